@@ -1,0 +1,46 @@
+"""Entry point of the ``ditsam`` command.
+
+Each sub-command lives in its own module of :mod:`ditsam.cli` exposing ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed namespace, returns an exit code).
+Modules are imported only when ``main`` runs, so importing :mod:`ditsam` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+COMMAND_MODULES = ("data",)
+
+
+class CLIError(Exception):
+    """An error to report to the user as one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ditsam", description="Text-instructed segmentation with SAM (DIT).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ditsam.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, FileNotFoundError, ValueError) as error:
+        if args.verbose:
+            raise
+        print(f"ditsam {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

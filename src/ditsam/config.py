@@ -1,0 +1,121 @@
+"""Config dataclasses: strict construction from dicts / YAML, dotted ``key=value`` overrides.
+
+Every concern (model, text encoder, data, training) has one dataclass deriving from
+:class:`ConfigBase`. Unknown keys and values of the wrong type raise :class:`ConfigError`
+naming the dotted key, so a typo in a YAML file or on the command line never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping, TypeVar, Union
+
+import yaml
+
+C = TypeVar("C", bound="ConfigBase")
+
+
+class ConfigError(ValueError):
+    """A config key or value is not what the dataclass expects."""
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Return ``value`` converted to ``annotation`` where that is lossless, else raise."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key}: {value!r} matches none of {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value in choices:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        items = [_check_value(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if isinstance(annotation, type) and issubclass(annotation, ConfigBase):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return annotation.from_dict(value, prefix=f"{key}.")
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclasses.dataclass
+class ConfigBase:
+    """Base of every config dataclass."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
+        """Build from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
+                f"known keys: {', '.join(sorted(fields))}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {name: _check_value(value, hints[name], prefix + name) for name, value in data.items()}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable dict (tuples become lists)."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, ConfigBase):
+                return value.to_dict()
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def with_overrides(self: C, overrides: Mapping[str, Any]) -> C:
+        """Copy with dotted-key overrides applied, e.g. ``{"text.max_tokens": 16}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            node = data
+            parts = dotted.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown config key {dotted!r} for {type(self).__name__}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key {dotted!r} for {type(self).__name__}")
+            node[parts[-1]] = value
+        return type(self).from_dict(data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one command-line ``key=value``; the value is read as YAML (``4``, ``true``, ``[1,2]``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
