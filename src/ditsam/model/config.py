@@ -1,0 +1,123 @@
+"""Model configuration: one dataclass, every field commented, saved inside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, NamedTuple
+
+from ditsam.config import ConfigBase, ConfigError
+from ditsam.model.text import TextConfig
+
+
+class BackboneSize(NamedTuple):
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+
+
+# SAM's three ViT sizes (segment-anything build_sam.py).
+BACKBONES: dict[str, BackboneSize] = {
+    "vit_b": BackboneSize(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": BackboneSize(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": BackboneSize(1280, 32, 16, (7, 15, 23, 31)),
+}
+
+Injection = Literal["none", "e2e", "layerwise", "crossattn", "crossattn_ffn"]
+
+
+@dataclasses.dataclass
+class DITSamConfig(ConfigBase):
+    """Everything needed to rebuild a DITSam model (weights aside)."""
+
+    # SAM image-encoder size: "vit_b" | "vit_l" | "vit_h", or "custom" to use the four fields below.
+    backbone: Literal["vit_b", "vit_l", "vit_h", "custom"] = "vit_b"
+    # Custom backbone width (ignored unless backbone == "custom").
+    embed_dim: int | None = None
+    # Custom backbone depth, in blocks.
+    depth: int | None = None
+    # Custom backbone attention heads.
+    num_heads: int | None = None
+    # Custom backbone blocks using global attention in the "windowed" layout.
+    global_attn_indexes: tuple[int, ...] | None = None
+    # ViT patch size in pixels.
+    patch_size: int = 16
+    # Square model input in pixels (the reference code trains at 512; SAM at 1024).
+    image_size: int = 512
+    # "global": every block attends globally (reference code); "windowed": SAM's window/global layout.
+    attention: Literal["global", "windowed"] = "global"
+    # Window side, in patches, of the windowed blocks.
+    window_size: int = 14
+    # MLP hidden width / embed_dim in the ViT blocks.
+    mlp_ratio: float = 4.0
+    # Prompt / decoder width (SAM: 256).
+    prompt_embed_dim: int = 256
+    # How text enters the ViT: "none" (decoder only), "e2e" (E-DIT), "layerwise" (L-DIT),
+    # "crossattn" / "crossattn_ffn" (Table 3).
+    injection: Injection = "layerwise"
+    # Dropout on the text features before each L-DIT projection (reference: 0.1).
+    injection_dropout: float = 0.1
+    # Zero-initialise the L-DIT projections, so training starts from SAM's encoder (reference: True).
+    injection_zero_init: bool = True
+    # Learnable static tokens appended to the projected text tokens (Table 2); 0 = off.
+    static_tokens: int = 0
+    # Per-layer text refresh for E-DIT; None = on exactly when the image encoder is frozen (paper).
+    refine_text_per_layer: bool | None = None
+    # Two-way transformer layers added to SAM's 2 in the mask decoder (Table 1 "Add N dec layers").
+    extra_decoder_layers: int = 0
+    # Mask-decoder MLP width (SAM: 2048).
+    decoder_mlp_dim: int = 2048
+    # Mask-decoder attention heads (SAM: 8).
+    decoder_num_heads: int = 8
+    # Mask text [PAD] tokens in ViT and decoder attention; False reproduces the reference code.
+    mask_text_padding: bool = True
+    # Predict SAM's 3 masks (tokens 1..3) instead of the single mask of token 0 (reference: False).
+    multimask_output: bool = False
+    # Freeze the ViT except the injection parameters (Table 1 "*").
+    freeze_image_encoder: bool = False
+    # Upsample the low-res logits with align_corners=True (reference code) or False (SAM).
+    upsample_align_corners: bool = True
+    # Recompute ViT blocks in the backward pass to save memory (ViT-L/H training).
+    gradient_checkpointing: bool = False
+    # Text encoder settings.
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+
+    def __post_init__(self) -> None:
+        if self.backbone == "custom":
+            missing = [k for k in ("embed_dim", "depth", "num_heads") if getattr(self, k) is None]
+            if missing:
+                raise ConfigError(f"backbone 'custom' needs {', '.join(missing)}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.static_tokens < 0 or self.extra_decoder_layers < 0:
+            raise ConfigError("static_tokens and extra_decoder_layers must be >= 0")
+        if self.static_tokens and self.injection not in ("e2e", "layerwise"):
+            raise ConfigError(f"static_tokens need a token injection (e2e or layerwise), not {self.injection!r}")
+        if self.global_attn_indexes is not None:
+            self.global_attn_indexes = tuple(self.global_attn_indexes)
+
+    @property
+    def size(self) -> BackboneSize:
+        """The backbone's dimensions, from the table or the custom fields."""
+        if self.backbone != "custom":
+            return BACKBONES[self.backbone]
+        depth = int(self.depth)  # type: ignore[arg-type]
+        return BackboneSize(
+            int(self.embed_dim), depth, int(self.num_heads),  # type: ignore[arg-type]
+            tuple(self.global_attn_indexes) if self.global_attn_indexes is not None else (depth - 1,),
+        )
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of the image embedding."""
+        return self.image_size // self.patch_size
+
+
+def reference_config(**overrides: object) -> DITSamConfig:
+    """The preset that reproduces the authors' code (wysnzzzz/DIT): global attention everywhere,
+    BERT's first layer, no padding mask, single-mask decoder, align_corners upsampling."""
+    base = DITSamConfig(attention="global", mask_text_padding=False, multimask_output=False, upsample_align_corners=True)
+    data = base.to_dict()
+    data["text"]["hidden_layer"] = 1
+    data.update(overrides)
+    return DITSamConfig.from_dict(data)

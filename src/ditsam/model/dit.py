@@ -1,0 +1,229 @@
+"""DITSam: SAM with deep instruction tuning — BERT tokens inside the ViT, SAM's decoder on top."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditsam.model.config import DITSamConfig
+from ditsam.model.inject import (
+    CrossAttentionInjection,
+    EndToEndInjection,
+    LayerwiseInjection,
+    NoInjection,
+)
+from ditsam.model.sam.image_encoder import ImageEncoderViT
+from ditsam.model.sam.mask_decoder import MaskDecoder
+from ditsam.model.sam.prompt_encoder import PromptEncoder
+from ditsam.model.sam.transformer import TwoWayTransformer
+from ditsam.model.text import TextEncoder, TextTokenizer, TokenizedText
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_DIR = "text_encoder"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class DITSamOutput:
+    """logits: (B, M, S, S) at input resolution; low_res_logits: (B, M, S/4, S/4);
+    iou_predictions: (B, M). M = 1, or 3 with multimask output."""
+
+    logits: torch.Tensor
+    low_res_logits: torch.Tensor
+    iou_predictions: torch.Tensor
+
+
+def build_injection(config: DITSamConfig, *, text_dim: int) -> nn.Module:
+    """The :mod:`ditsam.model.inject` module selected by ``config.injection``."""
+    size = config.size
+    if config.injection == "none":
+        return NoInjection()
+    if config.injection == "e2e":
+        refine = config.freeze_image_encoder if config.refine_text_per_layer is None else config.refine_text_per_layer
+        return EndToEndInjection(
+            text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=config.static_tokens,
+            refine_per_layer=refine,
+        )
+    if config.injection == "layerwise":
+        return LayerwiseInjection(
+            text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=config.static_tokens,
+            dropout=config.injection_dropout, zero_init=config.injection_zero_init,
+        )
+    return CrossAttentionInjection(
+        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads,
+        with_ffn=config.injection == "crossattn_ffn",
+    )
+
+
+class DITSam(nn.Module):
+    """Text- (and point/box-) prompted SAM.
+
+    forward(images (B,3,S,S), text=TokenizedText | list[str], points=(coords (B,N,2), labels (B,N)),
+    boxes (B,4)) -> :class:`DITSamOutput`. Images are normalised and padded to S = config.image_size
+    (see :mod:`ditsam.data.transforms`); point and box coordinates are pixels of that canvas.
+    """
+
+    def __init__(self, config: DITSamConfig, *, load_text_weights: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        size = config.size
+        self.text_encoder = TextEncoder(config=config.text, load_weights=load_text_weights)
+        text_dim = self.text_encoder.hidden_size
+        self.image_encoder = ImageEncoderViT(
+            img_size=config.image_size, patch_size=config.patch_size, embed_dim=size.embed_dim, depth=size.depth,
+            num_heads=size.num_heads, mlp_ratio=config.mlp_ratio, out_chans=config.prompt_embed_dim,
+            window_size=config.window_size if config.attention == "windowed" else 0,
+            global_attn_indexes=size.global_attn_indexes, injection=build_injection(config, text_dim=text_dim),
+        )
+        self.image_encoder.gradient_checkpointing = config.gradient_checkpointing
+        grid = (config.grid, config.grid)
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=config.prompt_embed_dim, image_embedding_size=grid,
+            input_image_size=(config.image_size, config.image_size),
+        )
+        self.mask_decoder = MaskDecoder(
+            transformer_dim=config.prompt_embed_dim,
+            transformer=TwoWayTransformer(
+                depth=2 + config.extra_decoder_layers, embedding_dim=config.prompt_embed_dim,
+                num_heads=config.decoder_num_heads, mlp_dim=config.decoder_mlp_dim,
+            ),
+        )
+        # W_o: the words as sparse prompts of the decoder (applied to BERT's features, as the reference).
+        self.text_proj = nn.Linear(text_dim, config.prompt_embed_dim)
+        self._tokenizer: TextTokenizer | None = None
+        self.apply_freezing()
+
+    # -- parameters ---------------------------------------------------------------------------
+    def apply_freezing(self) -> None:
+        """Set requires_grad from the config: frozen ViT keeps its injection trainable."""
+        self.text_encoder.bert.requires_grad_(self.config.text.trainable)
+        self.image_encoder.requires_grad_(not self.config.freeze_image_encoder)
+        self.image_encoder.injection.requires_grad_(True)
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    # -- text ---------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            text = self.config.text
+            self._tokenizer = TextTokenizer(
+                name_or_path=text.name_or_path, max_tokens=text.max_tokens, local_files_only=text.local_files_only
+            )
+        return self._tokenizer
+
+    def tokenize(self, sentences: str | Sequence[str]) -> TokenizedText:
+        return self.tokenizer(sentences).to(self.text_proj.weight.device)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        images: torch.Tensor,
+        text: TokenizedText | str | Sequence[str] | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> DITSamOutput:
+        self._check_inputs(images, text, points, boxes)
+        batch = images.shape[0]
+        if text is not None and not isinstance(text, TokenizedText):
+            text = self.tokenize(text)
+        if text is None:
+            features = images.new_zeros(batch, 0, self.text_encoder.hidden_size)
+            keep = torch.ones(batch, 0, dtype=torch.bool, device=images.device)
+        else:
+            features = self.text_encoder(text.input_ids, text.attention_mask)
+            keep = text.attention_mask.bool()
+        if not self.config.mask_text_padding:
+            keep = torch.ones_like(keep)
+
+        image_embeddings = self.image_encoder(images, features, keep)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None, batch_size=batch)
+        sparse = torch.cat([self.text_proj(features).to(sparse.dtype), sparse], dim=1)
+        token_keep = torch.cat([keep, keep.new_ones(batch, sparse.shape[1] - keep.shape[1])], dim=1)
+        low_res, iou = self.mask_decoder(
+            image_embeddings=image_embeddings, image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=self.config.multimask_output, token_key_mask=token_keep,
+        )
+        logits = F.interpolate(
+            low_res, size=images.shape[-2:], mode="bilinear", align_corners=self.config.upsample_align_corners
+        )
+        return DITSamOutput(logits=logits, low_res_logits=low_res, iou_predictions=iou)
+
+    def _check_inputs(self, images, text, points, boxes) -> None:
+        size = self.config.image_size
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a (B, 3, {size}, {size}) tensor, got {shape}")
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"images must be {size}x{size} (the model's image_size; resize and pad with "
+                f"ditsam.data.transforms), got {tuple(images.shape[-2:])}"
+            )
+        batch = images.shape[0]
+        if text is None and points is None and boxes is None:
+            raise ValueError("no prompt given: pass text, points or boxes")
+        if isinstance(text, TokenizedText) and text.input_ids.shape[0] != batch:
+            raise ValueError(f"text has {text.input_ids.shape[0]} sentences for {batch} images")
+        if text is not None and not isinstance(text, (TokenizedText, str)) and len(text) != batch:
+            raise ValueError(f"text has {len(text)} sentences for {batch} images")
+        if isinstance(text, str) and batch != 1:
+            raise ValueError(f"one sentence given for {batch} images: pass a list of {batch} sentences")
+        if points is not None:
+            coords, labels = points
+            if coords.ndim != 3 or coords.shape[0] != batch or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"points must be (coords (B,N,2), labels (B,N)) with B={batch}, "
+                    f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
+                )
+            real = labels >= 0
+            outside = real & ((coords < 0) | (coords > size)).any(-1)
+            if outside.any():
+                first = coords[outside][0].tolist()
+                raise ValueError(f"point {first} lies outside the {size}x{size} input canvas")
+        if boxes is not None:
+            if boxes.ndim != 2 or boxes.shape != (batch, 4):
+                raise ValueError(f"boxes must be ({batch}, 4) as x1, y1, x2, y2, got {tuple(boxes.shape)}")
+            bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+            if bad.any():
+                raise ValueError(f"box {boxes[bad][0].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, model.safetensors and the text tokenizer/config to ``directory``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        text_dir = directory / TEXT_DIR
+        self.text_encoder.bert.config.save_pretrained(str(text_dir))
+        self.tokenizer.save_pretrained(text_dir)
+        payload = {"format_version": FORMAT_VERSION, "model": self.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> "DITSam":
+        """Load a model written by :meth:`save_pretrained`."""
+        from ditsam.model.weights import load_ditsam_directory
+
+        return load_ditsam_directory(cls, Path(directory), map_location=map_location)
+
+    def load_sam_checkpoint(self, path: str | Path) -> "LoadReport":  # noqa: F821 (documented in weights)
+        """Load an official SAM checkpoint (sam_vit_{b,l,h}_*.pth); see :func:`ditsam.model.weights.load_sam_checkpoint`."""
+        from ditsam.model.weights import load_sam_checkpoint
+
+        return load_sam_checkpoint(self, path)
