@@ -1,0 +1,135 @@
+"""What all readers share: the referred-object record, the train/eval indexing, split checks.
+
+A reader parses its annotation files once into :class:`RefObject` records (text and ids only,
+nothing decoded) and implements :meth:`RefDatasetBase._load_mask`. Items are then
+
+- ``mode="train"``: one per referred object, with all its sentences (one epoch = every object
+  once, the transform picks a random sentence), as the reference training does;
+- ``mode="eval"``: one per sentence, which is how the published scores count samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+
+from ditsam.data.sample import DataError, RefSample
+from ditsam.data.segmentation import bbox_from_mask
+
+Mode = Literal["train", "eval"]
+MODES: tuple[str, ...] = ("train", "eval")
+
+# Conventional order for listing splits; others follow alphabetically.
+_SPLIT_ORDER = ("train", "val", "test", "testA", "testB", "testC")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefObject:
+    """One referred object as read from the annotations; ``mask_source`` is reader-specific."""
+
+    image_path: str
+    sentences: tuple[str, ...]
+    sent_ids: tuple[int, ...]
+    ref_id: int
+    ann_id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float] | None  # None: computed from the mask
+    mask_source: Any
+
+
+def check_mode(mode: str) -> Mode:
+    """Return ``mode`` if it is ``"train"`` or ``"eval"``, else raise :class:`DataError`."""
+    if mode not in MODES:
+        raise DataError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def sorted_splits(splits: Iterable[str]) -> list[str]:
+    """Distinct split names, conventional ones first (train, val, test, testA, testB)."""
+    rank = {name: i for i, name in enumerate(_SPLIT_ORDER)}
+    return sorted(set(splits), key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def check_split(split: str, available: Iterable[str], *, source: str) -> None:
+    """Raise :class:`DataError` listing the available splits when ``split`` is not one of them."""
+    names = sorted_splits(available)
+    if split not in names:
+        raise DataError(f"unknown split {split!r} in {source}; available splits: {', '.join(names) or '(none)'}")
+
+
+def clean_sentence(text: str) -> str:
+    """Collapse runs of whitespace (files mix tabs, newlines and double spaces)."""
+    return " ".join(text.split())
+
+
+class RefDatasetBase:
+    """Map-style dataset (``len`` / ``[i]``) of :class:`RefSample` over a list of objects."""
+
+    def __init__(self, *, objects: Sequence[RefObject], split: str, mode: str) -> None:
+        self.mode: Mode = check_mode(mode)
+        self.split = split
+        self._objects = list(objects)
+        if self.mode == "train":
+            self._index: list[tuple[int, int]] = [(i, -1) for i in range(len(self._objects))]
+        else:
+            self._index = [(i, s) for i, obj in enumerate(self._objects) for s in range(len(obj.sentences))]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> RefSample:
+        # IndexError (not DataError) out of range: iteration protocols rely on it.
+        object_index, sentence_index = self._index[index]
+        obj = self._objects[object_index]
+        if not os.path.isfile(obj.image_path):
+            raise DataError(f"image file not found: {obj.image_path} (ref {obj.ref_id})")
+        mask = self._load_mask(obj)
+        if sentence_index < 0:
+            sentences, sent_ids = list(obj.sentences), list(obj.sent_ids)
+        else:
+            sentences, sent_ids = [obj.sentences[sentence_index]], [obj.sent_ids[sentence_index]]
+        return RefSample(
+            image_path=obj.image_path,
+            sentences=sentences,
+            mask=mask,
+            bbox=obj.bbox if obj.bbox is not None else bbox_from_mask(mask),
+            ref_id=obj.ref_id,
+            ann_id=obj.ann_id,
+            image_id=obj.image_id,
+            sent_ids=sent_ids,
+            category_id=obj.category_id,
+        )
+
+    def _load_mask(self, obj: RefObject) -> np.ndarray:
+        """The object's bool (H, W) mask at original resolution."""
+        raise NotImplementedError
+
+    @property
+    def num_objects(self) -> int:
+        """Referred objects in this split."""
+        return len(self._objects)
+
+    @property
+    def num_sentences(self) -> int:
+        """Sentences in this split (= eval-mode length)."""
+        return sum(len(obj.sentences) for obj in self._objects)
+
+    @property
+    def num_images(self) -> int:
+        """Distinct images in this split."""
+        return len({obj.image_path for obj in self._objects})
+
+    def iter_sentences(self) -> Iterator[str]:
+        """Every sentence of the split, without reading images or masks (for statistics)."""
+        for obj in self._objects:
+            yield from obj.sentences
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, mode={self.mode!r}, items={len(self)}, "
+            f"objects={self.num_objects}, sentences={self.num_sentences})"
+        )

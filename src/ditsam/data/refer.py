@@ -1,0 +1,187 @@
+"""Reader for the original REFER release (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF).
+
+Layout (``root`` is the folder holding one sub-folder per dataset)::
+
+    <root>/<dataset>/refs(<split_by>).p   pickled list of refs: {ref_id, ann_id, image_id,
+                                          category_id, split, sent_ids, sentences: [{raw, sent,
+                                          sent_id, tokens}], ...}
+    <root>/<dataset>/instances.json      COCO images / annotations / categories
+    <image_dir>/<images[i].file_name>    e.g. train2014/COCO_train2014_000000581857.jpg
+
+Datasets and split_by: refcoco and refcoco+ (unc: train/val/testA/testB), refcocog (umd:
+train/val/test; google: train/val), refclef (unc, berkeley). The image file comes from the
+``file_name`` of the image in instances.json (the refs' own ``file_name`` carries an ann-id
+suffix and names no real file).
+
+The refs pickle is read with an unpickler that resolves no global at all: the files hold only
+lists, dicts, strings and numbers, so anything else (a crafted file trying to call a function)
+is rejected with :class:`DataError` before it can run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, sorted_splits
+from ditsam.data.sample import DataError, PathLike
+from ditsam.data.segmentation import decode_segmentation
+
+TextField = Literal["sent", "raw"]
+_REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global, i.e. every class and callable."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: refs files hold only plain data")
+
+
+def refs_path(*, root: PathLike, dataset: str, split_by: str) -> Path:
+    """Path of the refs pickle, ``<root>/<dataset>/refs(<split_by>).p``."""
+    return Path(root) / dataset / f"refs({split_by}).p"
+
+
+def load_refs(path: PathLike) -> list[dict]:
+    """Read a refs pickle safely; returns the list of ref dicts with ``str`` text.
+
+    Python 2 pickles (protocol 2, REFER's own) store text as byte strings; they are read as
+    bytes and decoded as UTF-8, falling back to Latin-1 (which never fails) — decoding them
+    straight as Latin-1 would garble UTF-8 text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("refs(*).p")) if path.parent.is_dir() else []
+        hint = f"; refs files there: {', '.join(others)}" if others else ""
+        raise DataError(f"refs file not found: {path}{hint}")
+    try:
+        data = _NoGlobalsUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except Exception as error:  # any unpickling failure means a bad file; report it, never run it
+        raise DataError(f"cannot read refs file {path}: {type(error).__name__}: {error}") from error
+    refs = _text(data)
+    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+        raise DataError(f"refs file {path} does not hold a list of ref dicts")
+    for position, ref in enumerate(refs):
+        missing = [key for key in _REQUIRED_REF_KEYS if key not in ref]
+        if missing:
+            raise DataError(f"refs file {path}: ref #{position} lacks field(s) {', '.join(missing)}")
+    return refs
+
+
+def available_splits(*, root: PathLike, dataset: str, split_by: str) -> list[str]:
+    """Names of the splits present in ``refs(<split_by>).p``."""
+    return sorted_splits(str(ref["split"]) for ref in load_refs(refs_path(root=root, dataset=dataset, split_by=split_by)))
+
+
+class ReferDataset(RefDatasetBase):
+    """One split of a REFER dataset; items are :class:`~ditsam.data.sample.RefSample`.
+
+    Args:
+        root: folder holding ``<dataset>/refs(<split_by>).p`` and ``<dataset>/instances.json``.
+        dataset: ``refcoco``, ``refcoco+``, ``refcocog`` or ``refclef``.
+        split_by: ``unc``, ``umd``, ``google`` or ``berkeley``.
+        split: e.g. ``train``, ``val``, ``testA``; unknown names raise listing the available ones.
+        image_dir: folder of the images named by instances.json (COCO train2014 for RefCOCO*).
+        mode: ``train`` (one item per object) or ``eval`` (one item per sentence).
+        text_field: ``sent`` (REFER's lowercased, tokenised text; default) or ``raw``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: PathLike,
+        dataset: str,
+        split_by: str,
+        split: str,
+        image_dir: PathLike,
+        mode: str = "eval",
+        text_field: TextField = "sent",
+    ) -> None:
+        if text_field not in ("sent", "raw"):
+            raise DataError(f"unknown text_field {text_field!r}; expected 'sent' or 'raw'")
+        path = refs_path(root=root, dataset=dataset, split_by=split_by)
+        refs = load_refs(path)
+        check_split(split, (str(ref["split"]) for ref in refs), source=str(path))
+        refs = [ref for ref in refs if ref["split"] == split]
+        instances = Path(root) / dataset / "instances.json"
+        images, annotations = _read_instances(instances, ann_ids={ref["ann_id"] for ref in refs})
+        objects = [_ref_object(ref, images, annotations, Path(image_dir), text_field, path, instances) for ref in refs]
+        self.dataset = dataset
+        self.split_by = split_by
+        super().__init__(objects=objects, split=split, mode=mode)
+
+    def _load_mask(self, obj: RefObject) -> np.ndarray:
+        segmentation, height, width = obj.mask_source
+        try:
+            return decode_segmentation(segmentation, height=height, width=width)
+        except DataError as error:
+            raise DataError(f"{self.dataset} ref {obj.ref_id} (annotation {obj.ann_id}): {error}") from None
+
+
+def _text(value: Any) -> Any:
+    """Recursively turn Python 2 byte strings into ``str``."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_text(v) for v in value)
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    return value
+
+
+def _read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Images by id, and the annotations whose id is in ``ann_ids`` by id."""
+    if not path.is_file():
+        raise DataError(f"instances file not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+        images = {int(image["id"]): image for image in data["images"]}
+        annotations = {int(ann["id"]): ann for ann in data["annotations"] if int(ann["id"]) in ann_ids}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"cannot read instances file {path}: {type(error).__name__}: {error}") from error
+    return images, annotations
+
+
+def _ref_object(
+    ref: dict, images: dict, annotations: dict, image_dir: Path, text_field: str, refs_file: Path, instances: Path
+) -> RefObject:
+    where = f"{refs_file}: ref {ref['ref_id']}"
+    ann = annotations.get(ref["ann_id"])
+    if ann is None:
+        raise DataError(f"{where}: annotation {ref['ann_id']} is not in {instances}")
+    if not ann.get("segmentation"):
+        raise DataError(f"{where}: annotation {ref['ann_id']} in {instances} has no segmentation")
+    image = images.get(ann["image_id"])
+    if image is None:
+        raise DataError(f"{where}: image {ann['image_id']} of annotation {ref['ann_id']} is not in {instances}")
+    sentences, sent_ids = [], []
+    for position, sentence in enumerate(ref["sentences"]):
+        if not isinstance(sentence, dict) or text_field not in sentence:
+            raise DataError(f"{where}: sentence #{position} has no {text_field!r} text")
+        text = clean_sentence(str(sentence[text_field]))
+        sentences.append(text.lower() if text_field == "sent" else text)
+        sent_ids.append(int(sentence.get("sent_id", -1)))
+    return RefObject(
+        image_path=os.fspath(image_dir / image["file_name"]),
+        sentences=tuple(sentences),
+        sent_ids=tuple(sent_ids),
+        ref_id=int(ref["ref_id"]),
+        ann_id=int(ref["ann_id"]),
+        image_id=int(ann["image_id"]),
+        category_id=int(ref.get("category_id", ann.get("category_id", -1))),
+        bbox=tuple(float(v) for v in ann["bbox"]) if "bbox" in ann else None,  # type: ignore[arg-type]
+        mask_source=(ann["segmentation"], int(image["height"]), int(image["width"])),
+    )

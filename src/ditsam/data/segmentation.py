@@ -1,0 +1,106 @@
+"""COCO segmentations (polygons or RLE) to boolean masks, and boxes from masks.
+
+Accepted forms of a segmentation, all at an image of ``height`` x ``width`` pixels:
+
+- polygons: ``[[x0, y0, x1, y1, ...], ...]``, one list per part;
+- RLE: ``{"size": [height, width], "counts": ...}`` with compressed (``str`` / ``bytes``) or
+  uncompressed (list of run lengths) counts;
+- a list of RLE dicts (one per part).
+
+The mask of an annotation is the union of its parts, as ``COCO.annToMask`` computes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from numbers import Real
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ditsam.data.sample import DataError
+
+log = logging.getLogger(__name__)
+
+
+def decode_segmentation(segmentation: Any, *, height: int, width: int, strict: bool = False) -> np.ndarray:
+    """Decode a COCO segmentation to a bool mask of shape (height, width).
+
+    Polygon parts with fewer than 3 points cover no area; they are skipped unless ``strict``
+    (used when validating users' files), because real COCO annotations contain a few and
+    pycocotools would mistake a 4-number part for a box. Malformed input raises
+    :class:`DataError` describing what is wrong (callers add the file and record).
+    """
+    rles = _to_rles(segmentation, height=height, width=width, strict=strict)
+    if not rles:
+        return np.zeros((height, width), dtype=bool)
+    decoded = mask_utils.decode(mask_utils.merge(rles, intersect=0))
+    return np.ascontiguousarray(decoded, dtype=bool)
+
+
+def bbox_from_mask(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, w, h) of the mask's nonzero pixels, COCO convention; zeros for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    return (float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1))
+
+
+def _to_rles(segmentation: Any, *, height: int, width: int, strict: bool) -> list[dict]:
+    if isinstance(segmentation, dict):
+        return [_rle(segmentation, height=height, width=width)]
+    if not isinstance(segmentation, list) or not segmentation:
+        raise DataError(
+            f"segmentation {_short(segmentation)} is neither a non-empty polygon list nor an RLE dict {{size, counts}}"
+        )
+    if all(isinstance(part, dict) for part in segmentation):
+        return [_rle(part, height=height, width=width) for part in segmentation]
+    if all(isinstance(part, list) for part in segmentation):
+        polygons = _polygons(segmentation, strict=strict)
+        return mask_utils.frPyObjects(polygons, height, width) if polygons else []
+    raise DataError(f"segmentation {_short(segmentation)} mixes polygons and RLE dicts or holds other values")
+
+
+def _polygons(parts: list[list], *, strict: bool) -> list[list[float]]:
+    kept = []
+    for index, part in enumerate(parts):
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in part):
+            raise DataError(f"polygon part {index} {_short(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]")
+        if len(part) % 2:
+            raise DataError(f"polygon part {index} has an odd number of coordinates ({len(part)}); expected x, y pairs")
+        if len(part) < 6:
+            if strict:
+                raise DataError(f"polygon part {index} has {len(part) // 2} point(s); expected at least 3")
+            log.debug("skipping degenerate polygon part with %d coordinates", len(part))
+            continue
+        kept.append([float(v) for v in part])
+    return kept
+
+
+def _rle(rle: dict, *, height: int, width: int) -> dict:
+    if not {"size", "counts"} <= set(rle):
+        raise DataError(f"RLE {_short(rle)} lacks 'size' or 'counts'")
+    size = rle["size"]
+    if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
+        raise DataError(f"RLE size {size!r} does not match the image's [height, width] = [{height}, {width}]")
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            raise DataError("uncompressed RLE counts must be non-negative integers")
+        if sum(counts) != height * width:
+            raise DataError(f"uncompressed RLE counts sum to {sum(counts)}; expected height*width = {height * width}")
+        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    if isinstance(counts, str):
+        if not counts.isascii():
+            raise DataError(f"compressed RLE counts {_short(counts)} hold non-ASCII characters")
+        counts = counts.encode("ascii")
+    if not isinstance(counts, bytes):
+        raise DataError(f"RLE counts {_short(counts)} are neither a string nor a list of run lengths")
+    return {"size": [height, width], "counts": counts}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,122 @@
+"""``ditsam data validate`` and ``ditsam data stats`` on small generated data."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ditsam.cli import data_tools
+from ditsam.data import DataError
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "refcocog-umd-sample"
+
+
+def run(argv: list[str]) -> int:
+    """Run a ``ditsam data`` sub-command with only this module's commands registered."""
+    parser = argparse.ArgumentParser(prog="ditsam data")
+    data_tools.register(parser.add_subparsers(dest="data_command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture()
+def custom_file(tmp_path: Path) -> Path:
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i in range(4):
+        pixels = np.full((20, 30, 3), 40 * i, np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "img" / f"{i}.png")
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5:10, 3 + i : 12 + i] = 255
+        Image.fromarray(mask).save(tmp_path / "img" / f"{i}_mask.png")
+        lines.append({
+            "image": f"img/{i}.png", "mask": f"img/{i}_mask.png", "split": "val" if i % 2 else "train",
+            "sentences": ["the red box on the left"[: 8 + 4 * i], "box"],
+        })
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    return path
+
+
+def test_validate_ok(custom_file, capsys):
+    assert run(["validate", str(custom_file)]) == 0
+    assert "OK, 4 record(s); splits: train 2, val 2" in capsys.readouterr().out
+
+
+def test_validate_prints_every_problem(custom_file, capsys):
+    lines = custom_file.read_text().splitlines()
+    lines[1] = "{broken"
+    lines.append(json.dumps({"image": "img/none.png", "sentence": "", "mask": "img/0_mask.png"}))
+    custom_file.write_text("\n".join(lines))
+    assert run(["validate", "--quick", str(custom_file)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{custom_file}:2: not valid JSON")
+    assert any(line.startswith(f"{custom_file}:5: field 'sentence': empty sentence") for line in out)
+    assert out[-1] == f"2 problem(s) in {custom_file}"
+
+
+def test_stats_custom(custom_file, tmp_path, capsys):
+    out_dir = tmp_path / "stats"
+    assert run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "val", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "split  objects  sentences  images" in out
+    assert "train  2        4          2" in out and "val    2        4          2" in out
+    assert "split 'val': 4 sentences, mean 2.75, median 2, min 1, max 6" in out
+    histogram = out_dir / "sentence_lengths_val.png"
+    with Image.open(histogram) as picture:
+        assert picture.size == (720, 360)
+    samples = sorted(out_dir.glob("sample_*.png"))
+    assert len(samples) == 4
+    with Image.open(samples[0]) as picture:
+        assert picture.width == 30 and picture.height > 20  # the text band sits above the picture
+
+
+def test_stats_refer_sample_without_images(tmp_path, capsys, caplog):
+    if not FIXTURE.is_dir():
+        pytest.skip(f"REFER sample not found at {FIXTURE}")
+    argv = ["stats", "--format", "refer", "--root", str(FIXTURE.parent), "--dataset", FIXTURE.name, "--split-by", "umd",
+            "--image-dir", str(tmp_path / "no-images"), "--split", "test", "--out", str(tmp_path / "out"), "--samples", "2"]
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    for row in ("train  5        9          5", "val    5        10         5", "test   5        9          5"):
+        assert row in out
+    assert (tmp_path / "out" / "sentence_lengths_test.png").is_file()
+    assert not list((tmp_path / "out").glob("sample_*.png"))  # no images: samples skipped with a warning
+    assert "image file not found" in caplog.text
+
+
+def test_stats_simrec(tmp_path, capsys):
+    (tmp_path / "anns").mkdir()
+    (tmp_path / "masks" / "rc").mkdir(parents=True)
+    anns = {"val": [{"iid": 1, "bbox": [0, 0, 2, 2], "cat_id": 1, "refs": ["one two three"], "mask_id": 9}]}
+    (tmp_path / "anns" / "rc.json").write_text(json.dumps(anns))
+    np.save(tmp_path / "masks" / "rc" / "9.npy", np.ones((6, 8), np.uint8))
+    Image.new("RGB", (8, 6)).save(tmp_path / "COCO_train2014_000000000001.jpg")
+    argv = ["stats", "--format", "simrec", "--root", str(tmp_path), "--dataset", "rc", "--image-dir", str(tmp_path),
+            "--split", "val", "--out", str(tmp_path / "out")]
+    assert run(argv) == 0
+    assert "val    1        1          1" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").glob("sample_*.png"))) == 1
+
+
+def test_stats_rejects_options_of_other_formats(custom_file, tmp_path):
+    with pytest.raises(ValueError, match="option\\(s\\) --split-by do not apply to --format custom"):
+        run(["stats", "--format", "custom", "--path", str(custom_file), "--split-by", "umd", "--split", "val",
+             "--out", str(tmp_path)])
+    with pytest.raises(DataError, match="unknown split 'test'"):
+        run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "test", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ditsam.cli.data_synth") is None, reason="ditsam.cli.data_synth not there yet")
+def test_through_main(custom_file, tmp_path, capsys):
+    from ditsam.cli.main import main
+
+    assert main(["data", "validate", str(custom_file)]) == 0
+    assert main(["data", "stats", "--format", "custom", "--path", str(custom_file), "--split", "nope", "--out", str(tmp_path)]) == 2
+    assert "error: unknown split 'nope'" in capsys.readouterr().err
