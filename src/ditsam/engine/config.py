@@ -1,0 +1,194 @@
+"""Experiment configuration: model + data + training, loaded from YAML with strict keys.
+
+A YAML file may name a ``base`` file (relative to itself) whose values it overrides, so each
+experiment of the paper is a few lines on top of one base. Experiments shipped with the package
+live in ``ditsam/configs`` and are named without the extension (e.g. ``refcoco/ldit``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from ditsam.config import ConfigBase, ConfigError
+from ditsam.model.config import DITSamConfig
+
+
+@dataclasses.dataclass
+class ScheduleConfig(ConfigBase):
+    """Learning-rate schedule (per optimiser step)."""
+
+    # "cosine": cosine decay to min_lr after warm-up (reference code); "step": x decay_factor at decay_epochs (paper).
+    kind: Literal["cosine", "step"] = "cosine"
+    # Linear warm-up length in epochs (fractions allowed).
+    warmup_epochs: float = 3.0
+    # Learning rate at the first warm-up step.
+    warmup_start_lr: float = 1e-7
+    # Final learning rate of the cosine schedule.
+    min_lr: float = 1e-6
+    # Epochs at which the step schedule multiplies the learning rate by decay_factor.
+    decay_epochs: tuple[float, ...] = (30.0, 35.0)
+    # Step-schedule multiplier.
+    decay_factor: float = 0.2
+
+
+@dataclasses.dataclass
+class DataConfig(ConfigBase):
+    """Where the data is and which splits to use."""
+
+    # "refshapes" (generated on first use), "refer" (original RefCOCO release), "simrec", "custom" (JSONL).
+    format: Literal["refshapes", "refer", "simrec", "custom"] = "refshapes"
+    # refer/refshapes: folder holding <dataset>/refs(<split_by>).p; custom: the JSONL file; simrec: the anns JSON.
+    root: str = "data/refshapes"
+    # REFER dataset name: refcoco, refcoco+, refcocog, refshapes.
+    dataset: str = "refshapes"
+    # REFER split scheme: unc, umd, google.
+    split_by: str = "unc"
+    # Image folder (refer/simrec); empty = <root>/images for refshapes.
+    image_dir: str = ""
+    # SimREC masks folder (masks/<dataset>).
+    mask_dir: str = ""
+    # Split used for training.
+    train_split: str = "train"
+    # Splits evaluated after training epochs and by `ditsam eval` by default.
+    eval_splits: tuple[str, ...] = ("val",)
+    # Split that selects the best checkpoint.
+    select_split: str = "val"
+    # RefShapes generator preset (tiny | small | large), used when format == refshapes.
+    refshapes_preset: str = "tiny"
+    # RefShapes generator seed.
+    refshapes_seed: int = 0
+    # Data-loader worker processes.
+    num_workers: int = 2
+    # Long-side sizes drawn at random in training, as fractions of the model's image_size
+    # (reference: 320..512 step 32 at 512).
+    train_scales: tuple[float, ...] = (0.625, 0.6875, 0.75, 0.8125, 0.875, 0.9375, 1.0)
+    # Photometric augmentation (colour jitter p 0.8, Gaussian blur) in training.
+    photometric: bool = True
+    # Horizontal flip probability in training (swaps the words left/right).
+    flip_probability: float = 0.5
+
+
+@dataclasses.dataclass
+class TrainConfig(ConfigBase):
+    """Optimisation recipe (reference code defaults)."""
+
+    # Number of epochs (one sample per referred object per epoch).
+    epochs: int = 40
+    # Effective batch size over all processes and accumulation steps.
+    batch_size: int = 64
+    # Per-process batch per forward; batch_size / (micro_batch_size * processes) steps are accumulated.
+    micro_batch_size: int = 64
+    # Adam learning rate after warm-up.
+    lr: float = 1e-4
+    # Adam betas.
+    betas: tuple[float, float] = (0.9, 0.98)
+    # Adam epsilon.
+    eps: float = 1e-9
+    # Weight decay (Adam, not AdamW; the reference uses none).
+    weight_decay: float = 0.0
+    # Gradient-norm clip (0 = off).
+    grad_clip: float = 0.15
+    # Learning-rate schedule.
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    # EMA decay of the weights used for evaluation and checkpoints (0 = no EMA).
+    ema_decay: float = 0.9997
+    # "auto" (bf16 on GPU, fp32 on CPU), "no", "bf16", "fp16".
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Random seed (model init, data order, augmentation, dropout).
+    seed: int = 0
+    # Stop after this many optimiser steps (None = run all epochs).
+    max_steps: int | None = None
+    # Evaluate every N epochs (and after the last).
+    eval_every_epochs: int = 1
+    # Also write the resumable "last" checkpoint every N optimiser steps (None = end of epoch only).
+    save_every_steps: int | None = None
+    # Log loss / lr every N optimiser steps.
+    log_every_steps: int = 10
+    # Sigmoid threshold of the predicted mask (reference: 0.35).
+    threshold: float = 0.35
+    # Checkpoint-selection metric on data.select_split: "oiou", "miou" or "p@0.5" .. "p@0.9".
+    select_metric: str = "oiou"
+    # Prediction pictures written to TensorBoard and the run folder per evaluation.
+    num_visualizations: int = 6
+    # Weights to start from: official SAM .pth, reference-DIT .pth or a ditsam folder (empty = random init).
+    init_checkpoint: str = ""
+
+
+@dataclasses.dataclass
+class ExperimentConfig(ConfigBase):
+    """One experiment: what to build, on what data, how to train."""
+
+    # Name used for the run folder.
+    name: str = "experiment"
+    # Folder under which run folders are created.
+    output_dir: str = "runs"
+    # Model architecture.
+    model: DITSamConfig = dataclasses.field(default_factory=DITSamConfig)
+    # Data.
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    # Training recipe.
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through 'base'")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _deep_merge(_read_yaml_chain(path.parent / base, (*seen, path)), data)
+
+
+def packaged_config_dir() -> Path:
+    return Path(str(resources.files("ditsam") / "configs"))
+
+
+def list_experiments() -> list[str]:
+    root = packaged_config_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a packaged experiment (``refcoco/ldit``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        return path
+    packaged = packaged_config_dir() / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    known = ", ".join(list_experiments())
+    raise ConfigError(f"unknown experiment {name_or_path!r}: give a .yaml path or one of: {known}")
+
+
+def load_experiment(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read an experiment (YAML chain through ``base``), apply dotted overrides, validate strictly."""
+    path = resolve_config_path(name_or_path)
+    data = _read_yaml_chain(path)
+    config = ExperimentConfig.from_dict(data)
+    if overrides:
+        config = config.with_overrides(overrides)
+    return config

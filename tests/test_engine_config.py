@@ -1,0 +1,88 @@
+"""Experiment configs, schedules and EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ditsam.config import ConfigError, parse_override
+from ditsam.engine.config import ExperimentConfig, ScheduleConfig, list_experiments, load_experiment
+from ditsam.engine.ema import EMA
+from ditsam.engine.schedule import learning_rate
+
+PAPER_EXPERIMENTS = [
+    "default", "default_frozen", "dec2", "dec2_frozen", "dec4", "dec4_frozen", "edit", "edit_frozen", "ldit",
+    "ldit_frozen", "edit_static", "ldit_static", "crossatt", "crossatt_ffn", "reference",
+]
+
+
+@pytest.mark.parametrize("scale", ["refcoco", "refshapes"])
+def test_every_paper_experiment_loads(scale):
+    names = set(list_experiments())
+    for experiment in PAPER_EXPERIMENTS:
+        assert f"{scale}/{experiment}" in names
+        config = load_experiment(f"{scale}/{experiment}")
+        assert config.name.startswith(scale)
+    assert load_experiment("refcoco/ldit").model.injection == "layerwise"
+    assert load_experiment("refcoco/dec4_frozen").model.extra_decoder_layers == 4
+    assert load_experiment("refcoco/ldit_vith").model.backbone == "vit_h"
+    reference = load_experiment("refcoco/reference").model
+    assert reference.text.hidden_layer == 1 and not reference.mask_text_padding
+
+
+def test_overrides_and_errors(tmp_path):
+    config = load_experiment("refshapes/ldit", dict([parse_override("train.epochs=3"), parse_override("model.text.max_tokens=12")]))
+    assert config.train.epochs == 3 and config.model.text.max_tokens == 12
+    with pytest.raises(ConfigError, match="train.epocs"):
+        load_experiment("refshapes/ldit", {"train.epocs": 3})
+    with pytest.raises(ConfigError, match="unknown experiment 'refshapes/nope'"):
+        load_experiment("refshapes/nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_experiment(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("modle: {}\n")
+    with pytest.raises(ConfigError, match="modle"):
+        load_experiment(str(typo))
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.epochs")
+    round_trip = ExperimentConfig.from_dict(config.to_dict())
+    assert round_trip == config
+
+
+def test_cosine_schedule_values():
+    config = ScheduleConfig(kind="cosine", warmup_epochs=3, warmup_start_lr=1e-7, min_lr=1e-6)
+    lr = lambda step: learning_rate(step, steps_per_epoch=10, epochs=40, base_lr=1e-4, config=config)  # noqa: E731
+    assert lr(0) == pytest.approx(1e-7)
+    assert lr(15) == pytest.approx(1e-7 + (1e-4 - 1e-7) * 0.5)
+    assert lr(30) == pytest.approx(1e-4)
+    assert lr(30 + 185) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5)
+    assert lr(400) == pytest.approx(1e-6)
+    assert lr(100) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 70 / 370)))
+
+
+def test_step_schedule_values():
+    config = ScheduleConfig(kind="step", warmup_epochs=3, decay_epochs=(30, 35), decay_factor=0.2)
+    lr = lambda step: learning_rate(step, steps_per_epoch=10, epochs=40, base_lr=1e-4, config=config)  # noqa: E731
+    assert lr(29) == pytest.approx(1e-7 + (1e-4 - 1e-7) * 29 / 30)
+    assert lr(299) == pytest.approx(1e-4)
+    assert lr(300) == pytest.approx(2e-5)
+    assert lr(349) == pytest.approx(2e-5)
+    assert lr(350) == pytest.approx(4e-6)
+
+
+def test_ema_follows_weights_and_copies_buffers():
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)
+    assert torch.allclose(ema.shadow.weight, torch.full((2,), 1.1))
+    assert int(ema.shadow.num_batches_tracked) == 7
+    assert not any(p.requires_grad for p in ema.shadow.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.0)
