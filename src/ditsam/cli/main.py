@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-COMMAND_MODULES = ("data",)
+COMMAND_MODULES = ("data", "train", "eval", "demo")
 
 
 class CLIError(Exception):

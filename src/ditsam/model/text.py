@@ -71,6 +71,7 @@ class TextTokenizer:
                 f"or a model already in the Hugging Face cache ({error})"
             ) from error
         self.max_tokens = max_tokens
+        self._warned = False
 
     def __call__(self, sentences: str | Sequence[str]) -> TokenizedText:
         if isinstance(sentences, str):
@@ -83,8 +84,11 @@ class TextTokenizer:
         full = self.tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
         too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_tokens]
         if too_long:
-            logger.warning(
-                "%d sentence(s) exceed %d tokens and are truncated (first: %r, %d tokens)",
+            # Warn once per tokenizer: a training loop would otherwise repeat it every batch.
+            log = logger.debug if self._warned else logger.warning
+            self._warned = True
+            log(
+                "%d sentence(s) exceed %d tokens and are truncated (first: %r, %d tokens); later truncations are logged at DEBUG",
                 len(too_long), self.max_tokens, sentences[too_long[0]], len(full[too_long[0]]),
             )
         encoded = self.tokenizer(

@@ -1,0 +1,37 @@
+"""``ditsam train EXPERIMENT [key=value ...]``: train one experiment (Accelerate-aware)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train an experiment (a packaged name such as refshapes/ldit, or a YAML file)",
+        description="Train an experiment. Runs as is on one CPU/GPU; for several GPUs or nodes start it with "
+                    "`accelerate launch -m ditsam.cli.main train ...` or torchrun.",
+    )
+    parser.add_argument("experiment", help="packaged experiment name (see `ditsam train --list`) or a .yaml path")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 model.injection=e2e")
+    parser.add_argument("--run-dir", default=None, help="run folder (default: <output_dir>/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last")
+    parser.add_argument("--list", action="store_true", help="list the packaged experiments and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditsam.config import parse_override
+    from ditsam.engine.config import list_experiments, load_experiment
+    from ditsam.engine.train import train
+
+    if args.list:
+        print("\n".join(list_experiments()))
+        return 0
+    config = load_experiment(args.experiment, dict(parse_override(o) for o in args.overrides))
+    results = train(config, run_dir=args.run_dir, resume=args.resume)
+    from ditsam.metrics import format_table
+
+    if results:
+        print(format_table(results, title=f"## {config.name}"), file=sys.stdout)
+    return 0

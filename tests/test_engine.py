@@ -1,0 +1,151 @@
+"""Training and evaluation end to end on a few generated RefShapes images, CPU, tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ditsam.config import ConfigError
+from ditsam.data.synthetic import generate_refshapes
+from ditsam.engine.config import ExperimentConfig
+from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
+
+TINY_MODEL = dict(
+    backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
+    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_zero_init=False,
+)
+
+
+@pytest.fixture(scope="module")
+def refshapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("refshapes")
+    generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
+    return root
+
+
+def tiny_experiment(root: Path, bert_dir: Path, **train_overrides) -> ExperimentConfig:
+    train = dict(epochs=2, batch_size=4, micro_batch_size=2, lr=1e-3, ema_decay=0.5, mixed_precision="no",
+                 num_visualizations=2, select_metric="miou", schedule=dict(warmup_epochs=0.5))
+    train.update(train_overrides)
+    return ExperimentConfig.from_dict(dict(
+        name="tiny",
+        model={**TINY_MODEL, "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
+        data=dict(format="refshapes", root=str(root), eval_splits=["val", "testB"], num_workers=0),
+        train=train,
+    ))
+
+
+def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir, tmp_path):
+    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=2)
+    results = train(config, run_dir=tmp_path / "run", progress=False)
+    assert set(results) == {"val", "testB"}
+    for metrics in results.values():
+        assert 0.0 <= metrics["miou"] <= 100.0 and set(metrics) >= {"oiou", "p@0.5", "p@0.9"}
+    run = tmp_path / "run"
+    for path in ["config.yaml", "metrics.jsonl", "results.json", "results.md", "checkpoints/last/model.safetensors",
+                 "checkpoints/last/training_state.pt", "checkpoints/best/config.json"]:
+        assert (run / path).exists(), path
+    assert list((run / "predictions").glob("*.png"))
+    assert list((run / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/miou" in r for r in records)
+    assert not list(run.glob("checkpoints/.*")), "no temporary checkpoint folders are left behind"
+
+    from ditsam.engine.run_eval import evaluate_checkpoint
+
+    again, out = evaluate_checkpoint(run / "checkpoints" / "last", splits=["val", "testB"], dump_masks="rle")
+    for split in ("val", "testB"):
+        assert again[split]["miou"] == pytest.approx(results[split]["miou"])
+    assert (out / "results.json").exists() and (out / "masks_val.rle.json").exists()
+
+
+def test_resume_gives_the_same_weights(refshapes_root, tiny_bert_dir, tmp_path):
+    straight = Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, eval_every_epochs=100),
+                       run_dir=tmp_path / "straight", progress=False)
+    straight.fit()
+    Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=2, eval_every_epochs=100),
+            run_dir=tmp_path / "split", progress=False).fit()
+    resumed = Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, eval_every_epochs=100),
+                      run_dir=tmp_path / "split", resume=True, progress=False)
+    assert resumed.progress.global_step == 2
+    resumed.fit()
+    assert resumed.progress.global_step == 4
+    a, b = straight.unwrapped.state_dict(), resumed.unwrapped.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    for name, value in straight.ema.shadow.state_dict().items():
+        torch.testing.assert_close(value, resumed.ema.shadow.state_dict()[name], rtol=0, atol=0, msg=name)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(refshapes_root, tiny_bert_dir, tmp_path, monkeypatch):
+    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, save_every_steps=1, eval_every_epochs=100)
+    trainer = Trainer(config, run_dir=tmp_path / "run", progress=False)
+    import ditsam.engine.train as train_module
+
+    calls = {"n": 0}
+    real_loss = train_module.segmentation_loss
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = real_loss(logits, target)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 2 .*ref_ids"):
+        trainer.fit()
+    state = torch.load(tmp_path / "run/checkpoints/last/training_state.pt", weights_only=True)
+    assert state["progress"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_bad_inputs(refshapes_root, tiny_bert_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        config = tiny_experiment(refshapes_root, tiny_bert_dir).with_overrides(
+            {"data.format": "refer", "data.root": str(tmp_path / "does-not-exist")})
+        Trainer(config, run_dir=tmp_path / "r1", progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunFolderError, match="not writable"):
+        Trainer(tiny_experiment(refshapes_root, tiny_bert_dir), run_dir=blocker / "run", progress=False)
+    with pytest.raises(ConfigError, match="multiple of train.micro_batch_size"):
+        Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, batch_size=5), run_dir=tmp_path / "r2", progress=False)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        Trainer(tiny_experiment(refshapes_root, tiny_bert_dir), run_dir=tmp_path / "r3", resume=True, progress=False)
+
+
+def test_cli_unknown_experiment_is_one_clear_line(capsys):
+    from ditsam.cli.main import main
+
+    assert main(["train", "refshapes/nope"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown experiment 'refshapes/nope'" in error and "Traceback" not in error
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU launch tested on Linux")
+def test_two_process_evaluation_matches_one_process(refshapes_root, tiny_bert_dir, tmp_path):
+    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100)
+    train(config, run_dir=tmp_path / "run", progress=False)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last"
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"eval{processes}"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "ditsam.cli.main", "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
+                   "--device", "cpu"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + processes)}
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        outputs[processes] = json.loads((out / "results.json").read_text())
+    for split in ("val", "testB"):
+        assert outputs[2][split]["count"] == outputs[1][split]["count"]
+        for key, value in outputs[1][split].items():
+            assert outputs[2][split][key] == pytest.approx(value, abs=1e-9), (split, key)
+
+
