@@ -14,7 +14,7 @@ from ditsam.engine.schedule import learning_rate
 
 PAPER_EXPERIMENTS = [
     "default", "default_frozen", "dec2", "dec2_frozen", "dec4", "dec4_frozen", "edit", "edit_frozen", "ldit",
-    "ldit_frozen", "edit_static", "ldit_static", "crossatt", "crossatt_ffn", "reference",
+    "ldit_frozen", "edit_static", "ldit_static", "crossatt", "crossatt_ffn", "mix", "reference",
 ]
 
 

@@ -115,6 +115,9 @@ class TrainConfig(ConfigBase):
     select_metric: str = "oiou"
     # Prediction pictures written to TensorBoard and the run folder per evaluation.
     num_visualizations: int = 6
+    # Table 4 "Mix": probabilities that a micro-batch is prompted by (text, a point, a box); points
+    # and boxes are drawn from the ground-truth masks. (1, 0, 0) = text only.
+    prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
     # Weights to start from: official SAM .pth, reference-DIT .pth or a ditsam folder (empty = random init).
     init_checkpoint: str = ""
 

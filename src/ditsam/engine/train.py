@@ -64,6 +64,28 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
+def prompts_from_masks(masks: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Point or box prompts derived from (B,1,S,S) target masks on the canvas (Table 4 "Mix").
+
+    "point": one positive point at a random foreground pixel centre; "box": the mask's extent
+    (x1, y1, x2, y2). Returns keyword arguments for :class:`DITSam`'s forward.
+    """
+    foreground = masks[:, 0] > 0.5
+    batch = foreground.shape[0]
+    if kind == "point":
+        coords = torch.zeros(batch, 1, 2, device=masks.device)
+        for row in range(batch):
+            ys, xs = torch.nonzero(foreground[row], as_tuple=True)
+            pick = int(torch.randint(len(ys), (1,), generator=generator))
+            coords[row, 0] = torch.stack([xs[pick], ys[pick]]).float() + 0.5
+        return {"points": (coords, torch.ones(batch, 1, device=masks.device))}
+    boxes = torch.zeros(batch, 4, device=masks.device)
+    for row in range(batch):
+        ys, xs = torch.nonzero(foreground[row], as_tuple=True)
+        boxes[row] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    return {"boxes": boxes}
+
+
 def build_model(config: ExperimentConfig) -> DITSam:
     model = DITSam(config.model)
     if config.train.init_checkpoint:
@@ -338,6 +360,16 @@ class Trainer:
             self.progress.best_score = score
             self.save("best")
 
+    def _prompts(self, batch: Any) -> dict[str, Any]:
+        """Text, or for a Mix experiment sometimes a point or a box from the target mask."""
+        mix = self.config.train.prompt_mix
+        if mix[1] == 0 and mix[2] == 0:
+            return {"text": batch.text}
+        kind = ("text", "point", "box")[int(torch.multinomial(torch.tensor(mix, dtype=torch.float), 1))]
+        if kind == "text" or not bool((batch.masks.flatten(1) > 0.5).any(1).all()):
+            return {"text": batch.text}
+        return prompts_from_masks(batch.masks, kind)
+
     def _optimizer_step(self, group: list[Any]) -> float:
         """Forward/backward over the micro-batches of one optimiser step; returns the mean loss."""
         train = self.config.train
@@ -352,7 +384,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
                 with self.accelerator.autocast():
-                    output = self.model(batch.images, text=batch.text)
+                    output = self.model(batch.images, **self._prompts(batch))
                     loss = segmentation_loss(output.logits, batch.masks)
                 if not torch.isfinite(loss):
                     finite = False
