@@ -120,4 +120,7 @@ def reference_config(**overrides: object) -> DITSamConfig:
     data = base.to_dict()
     data["text"]["hidden_layer"] = 1
     data.update(overrides)
+    if data.get("injection") == "e2e" and data.get("refine_text_per_layer") is None:
+        # The reference E-DIT re-projects the text tokens before every block, frozen backbone or not.
+        data["refine_text_per_layer"] = True
     return DITSamConfig.from_dict(data)

@@ -48,7 +48,8 @@ class NoInjection(nn.Module):
 
 
 class ProjectText(nn.Module):
-    """Writes ``dropout(F_t) W + b`` at the text positions, ignoring what was there: (B,L,D) -> (B,L,C)."""
+    """Writes ``dropout(F_t W + b)`` at the text positions, ignoring what was there: (B,L,D) -> (B,L,C).
+    (Dropout after the projection, as the reference code does.)"""
 
     def __init__(self, *, text_dim: int, embed_dim: int, dropout: float = 0.0, zero_init: bool = False) -> None:
         super().__init__()
@@ -59,7 +60,7 @@ class ProjectText(nn.Module):
             nn.init.zeros_(self.proj.bias)
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.dropout(features))
+        return self.dropout(self.proj(features))
 
 
 class KeepText(nn.Module):
