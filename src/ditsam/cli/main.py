@@ -13,11 +13,9 @@ import logging
 import sys
 from typing import Sequence
 
-COMMAND_MODULES = ("data", "train", "eval", "demo")
+from ditsam.cli.errors import CLIError
 
-
-class CLIError(Exception):
-    """An error to report to the user as one line, without a traceback."""
+COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,157 @@
+"""From reader samples to model batches: :class:`RISDataset` (per-sample work) and
+:class:`RISCollator` (batching and tokenisation).
+
+``RISDataset`` wraps any reader yielding :class:`~ditsam.data.sample.RefSample` (REFER, SimREC,
+RefShapes, custom): it loads the image, picks the sentence, applies the transform. Every random
+choice of item ``i`` in epoch ``e`` comes from a generator seeded with (seed, e, i), so a run is
+reproducible whatever the number of data-loader workers and the order they finish in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ditsam.data.sample import RefSample, load_sample_image
+from ditsam.data.transforms import RISTransform, TransformMeta
+from ditsam.model.text import TextTokenizer, TokenizedText
+
+
+class SampleReader(Protocol):
+    """What :class:`RISDataset` needs from a reader."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> RefSample: ...
+
+
+@dataclasses.dataclass
+class RISItem:
+    """One transformed sample. image: (3, S, S) float32; mask: (1, S, S) float32 in {0, 1} on the
+    padded canvas; gt_mask: bool (H, W) at the original resolution; sentence: as fed to the model
+    (left/right swapped when flipped)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    sentence: str
+    meta: TransformMeta
+    ref_id: int
+    sent_id: int
+    gt_mask: np.ndarray
+
+
+class RISDataset(Dataset):
+    """Map-style dataset of :class:`RISItem` over a reader.
+
+    ``train=True`` picks one of the object's sentences at random (deterministic given seed,
+    epoch and index); otherwise the sample's first sentence, which in a reader's eval mode is
+    its only one. Call :meth:`set_epoch` before each epoch's data-loader iterator is created:
+    workers receive a copy of the dataset when the iterator starts (so keep
+    ``persistent_workers=False``, or the epoch never reaches them).
+    """
+
+    def __init__(self, base_dataset: SampleReader, *, transform: RISTransform, train: bool, seed: int = 0) -> None:
+        self.base = base_dataset
+        self.transform = transform
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def rng_for(self, index: int) -> np.random.Generator:
+        """The generator behind every random choice of item ``index`` in the current epoch."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index]))
+
+    def __getitem__(self, index: int) -> RISItem:
+        sample = self.base[index]
+        if not sample.sentences:
+            raise ValueError(f"ref {sample.ref_id} ({sample.image_path}) has no sentence")
+        rng = self.rng_for(index)
+        choice = int(rng.integers(len(sample.sentences))) if self.train else 0
+        image = load_sample_image(sample)
+        out = self.transform(image, sentence=sample.sentences[choice], mask=sample.mask, rng=rng)
+        assert out.mask is not None
+        return RISItem(
+            image=out.image,
+            mask=out.mask,
+            sentence=out.sentence,
+            meta=out.meta,
+            ref_id=sample.ref_id,
+            sent_id=sample.sent_ids[choice] if choice < len(sample.sent_ids) else -1,
+            gt_mask=np.asarray(sample.mask, dtype=bool),
+        )
+
+
+@dataclasses.dataclass
+class RISBatch:
+    """A batch of B samples on an S x S canvas.
+
+    images: (B, 3, S, S) float32. masks: (B, 1, S, S) float32 targets in {0, 1}. text: token ids
+    and attention mask, (B, T). sentences, metas, ref_ids, sent_ids: per sample. gt_masks: bool
+    (H_i, W_i) arrays at original resolution (evaluation compares predictions there).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    text: TokenizedText
+    sentences: list[str]
+    metas: list[TransformMeta]
+    ref_ids: list[int]
+    sent_ids: list[int]
+    gt_masks: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "RISBatch":
+        """A copy with the tensors on ``device`` (the per-sample lists are shared)."""
+        text = TokenizedText(
+            self.text.input_ids.to(device, non_blocking=non_blocking),
+            self.text.attention_mask.to(device, non_blocking=non_blocking),
+        )
+        return dataclasses.replace(
+            self,
+            images=self.images.to(device, non_blocking=non_blocking),
+            masks=self.masks.to(device, non_blocking=non_blocking),
+            text=text,
+        )
+
+    def pin_memory(self) -> "RISBatch":
+        """Called by ``DataLoader(pin_memory=True)``."""
+        text = TokenizedText(self.text.input_ids.pin_memory(), self.text.attention_mask.pin_memory())
+        return dataclasses.replace(self, images=self.images.pin_memory(), masks=self.masks.pin_memory(), text=text)
+
+
+class RISCollator:
+    """``collate_fn`` turning :class:`RISItem` lists into a :class:`RISBatch`, tokenising all
+    sentences of the batch in one tokenizer call."""
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: Sequence[RISItem]) -> RISBatch:
+        if not items:
+            raise ValueError("cannot collate an empty list of items")
+        sizes = {tuple(item.image.shape) for item in items}
+        if len(sizes) != 1:
+            raise ValueError(f"items have different canvas shapes {sorted(sizes)}; use one input_size per loader")
+        sentences = [item.sentence for item in items]
+        return RISBatch(
+            images=torch.stack([item.image for item in items]),
+            masks=torch.stack([item.mask for item in items]),
+            text=self.tokenizer(sentences),
+            sentences=sentences,
+            metas=[item.meta for item in items],
+            ref_ids=[item.ref_id for item in items],
+            sent_ids=[item.sent_id for item in items],
+            gt_masks=[item.gt_mask for item in items],
+        )
