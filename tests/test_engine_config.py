@@ -76,7 +76,7 @@ def test_step_schedule_values():
 
 def test_ema_follows_weights_and_copies_buffers():
     model = torch.nn.BatchNorm1d(2)
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=0.9, warmup=False)
     with torch.no_grad():
         model.weight.fill_(2.0)
         model.num_batches_tracked.fill_(7)
@@ -86,3 +86,9 @@ def test_ema_follows_weights_and_copies_buffers():
     assert not any(p.requires_grad for p in ema.shadow.parameters())
     with pytest.raises(ValueError, match="decay"):
         EMA(model, decay=1.0)
+    ramped = EMA(model, decay=0.9997)
+    assert ramped.current_decay == pytest.approx(0.1)
+    ramped.update(model)
+    assert ramped.current_decay == pytest.approx(2 / 11)
+    ramped.updates = 10**6
+    assert ramped.current_decay == 0.9997

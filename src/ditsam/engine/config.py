@@ -91,12 +91,16 @@ class TrainConfig(ConfigBase):
     eps: float = 1e-9
     # Weight decay (Adam, not AdamW; the reference uses none).
     weight_decay: float = 0.0
+    # Weight of a soft Dice loss added to the BCE (the paper: 0, BCE only; helps tiny CPU runs on small objects).
+    dice_weight: float = 0.0
     # Gradient-norm clip (0 = off).
     grad_clip: float = 0.15
     # Learning-rate schedule.
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     # EMA decay of the weights used for evaluation and checkpoints (0 = no EMA).
     ema_decay: float = 0.9997
+    # Ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over updates n (False = reference: fixed).
+    ema_warmup: bool = True
     # "auto" (bf16 on GPU, fp32 on CPU), "no", "bf16", "fp16".
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # Random seed (model init, data order, augmentation, dropout).

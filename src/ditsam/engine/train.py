@@ -59,9 +59,18 @@ class Progress:
     best_score: float | None = None
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on mask logits over the padded canvas: (B,1,S,S) x (B,1,S,S) -> scalar."""
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy on mask logits over the padded canvas (the paper's loss), plus
+    ``dice_weight`` times a soft Dice loss: (B,1,S,S) x (B,1,S,S) -> scalar."""
+    logits, target = logits.float(), target.float()
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    if dice_weight:
+        probabilities = torch.sigmoid(logits).flatten(1)
+        target = target.flatten(1)
+        overlap = (probabilities * target).sum(1)
+        dice = 1 - (2 * overlap + 1) / (probabilities.sum(1) + target.sum(1) + 1)
+        loss = loss + dice_weight * dice.mean()
+    return loss
 
 
 def prompts_from_masks(masks: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -154,7 +163,7 @@ class Trainer:
             )
 
         model = build_model(config)
-        self.ema = EMA(model, decay=train.ema_decay) if train.ema_decay > 0 else None
+        self.ema = EMA(model, decay=train.ema_decay, warmup=train.ema_warmup) if train.ema_decay > 0 else None
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(parameters, lr=train.lr, betas=train.betas, eps=train.eps,
                                      weight_decay=train.weight_decay)
@@ -221,6 +230,7 @@ class Trainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.shadow.state_dict()
+            state["ema_updates"] = self.ema.updates
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return state
@@ -244,6 +254,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             self.ema.shadow.load_state_dict(state["ema"])
+            self.ema.updates = int(state["ema_updates"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
@@ -385,7 +396,7 @@ class Trainer:
             with sync:
                 with self.accelerator.autocast():
                     output = self.model(batch.images, **self._prompts(batch))
-                    loss = segmentation_loss(output.logits, batch.masks)
+                    loss = segmentation_loss(output.logits, batch.masks, dice_weight=train.dice_weight)
                 if not torch.isfinite(loss):
                     finite = False
                     bad_refs = [int(r) for r in batch.ref_ids]
