@@ -17,6 +17,8 @@ _LAZY = {
     "reference_config": "ditsam.model.config",
     "TextConfig": "ditsam.model.text",
     "RISMetrics": "ditsam.metrics",
+    "Segmenter": "ditsam.api",
+    "SegmentationResult": "ditsam.api",
 }
 
 __all__ = sorted(_LAZY)

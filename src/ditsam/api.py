@@ -1,0 +1,628 @@
+"""The user-facing predictor: an image and a sentence in, a mask at the image's own size out.
+
+    from ditsam import Segmenter
+
+    seg = Segmenter.from_pretrained("runs/refcoco_ldit/checkpoints/best")   # device: cuda if available
+    result = seg.predict("photo.jpg", "the man on the left")
+    result.mask      # bool (H, W) at the ORIGINAL image size
+    result.score     # the model's IoU prediction for that mask (a float, roughly 0..1)
+    result.logits    # float32 (H, W) mask logits at the original size (sigmoid > threshold = mask)
+
+    seg.predict("photo.jpg", ["the man on the left", "the dog"])   # one image, several sentences -> list
+    seg.predict(["a.jpg", "b.png"], "the red car")                   # several images, one sentence -> list
+    seg.predict(["a.jpg", "b.png"], ["the red car", "a tree"])       # pairs -> list
+
+Images (``image``): a file path (EXIF orientation applied, any mode PIL reads, alpha dropped: see
+:func:`ditsam.data.sample.load_image`), a ``PIL.Image`` (used as given: no EXIF rotation; converted
+to RGB the same way), or a numpy array: ``(H, W)`` grayscale, ``(H, W, 1)``, ``(H, W, 3)`` RGB or
+``(H, W, 4)`` RGBA (alpha dropped), dtype ``uint8`` (0..255), ``bool`` or float (0..1; values outside
+are an error, not clipped). Every image is resized (long side to the model's input size, 512 for
+the paper's models), centre-padded and ImageNet-normalised exactly as in evaluation
+(:meth:`ditsam.data.transforms.RISTransform.for_eval`), and the logits are mapped back to the
+original pixels (:func:`~ditsam.data.transforms.restore_to_original`) before thresholding.
+
+Cost model -- unlike SAM: SAM encodes an image once and answers every prompt with its light
+decoder. Here the sentence lives *inside* the image encoder (that is what deep instruction tuning
+is), so every new sentence needs a new pass through the ViT. What is shared for one image with
+several sentences: the image is read and preprocessed once, and the sentences go through the
+encoder as one batch (``batch_size`` at a time).
+
+Points and boxes (``points=``, ``boxes=``) are SAM prompts in ORIGINAL image pixel coordinates,
+mapped onto the model canvas with the image's :class:`~ditsam.data.transforms.TransformMeta`
+(:func:`original_to_canvas`). They are only meaningful for a model trained with them (Table 4
+"Mix", ``train.prompt_mix``); a text-only model has never seen point or box tokens and ignores
+or misreads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence, Union
+
+import numpy as np
+
+from ditsam.data.sample import DataError
+
+if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
+    import torch
+    from PIL import Image
+
+    from ditsam.data.transforms import TransformMeta
+    from ditsam.model.config import DITSamConfig
+    from ditsam.model.dit import DITSam
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]
+#: ``(coords, labels)``: coords (N, 2) as (x, y) pixels, labels (N,) with 1 = foreground, 0 = background.
+PointsInput = tuple[Any, Any]
+#: ``(x1, y1, x2, y2)`` pixels: left, top, right, bottom edges.
+BoxInput = Any
+
+DEFAULT_THRESHOLD = 0.35
+DEFAULT_MAX_PIXELS = 40_000_000
+_DTYPE_NAMES = {
+    "fp32": "float32", "float32": "float32", "float": "float32",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+}
+
+
+@dataclasses.dataclass
+class SegmentationResult:
+    """One prediction at the original image resolution.
+
+    mask: bool (H, W); score: the model's predicted IoU of that mask (float); logits: float32 (H, W),
+    ``sigmoid(logits) > threshold`` gives ``mask``.
+    """
+
+    mask: np.ndarray
+    score: float
+    logits: np.ndarray
+
+    @property
+    def area(self) -> int:
+        """Foreground pixels of :attr:`mask`."""
+        return int(self.mask.sum())
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """COCO box (x, y, w, h) around :attr:`mask`; (0, 0, 0, 0) for an empty mask."""
+        ys = np.flatnonzero(self.mask.any(axis=1))
+        xs = np.flatnonzero(self.mask.any(axis=0))
+        if len(xs) == 0:
+            return (0, 0, 0, 0)
+        return (int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Coordinates
+# ---------------------------------------------------------------------------------------------------
+def original_to_canvas(xy: np.ndarray, meta: "TransformMeta") -> np.ndarray:
+    """Map (..., 2) (x, y) points from original image pixels to the model's S x S canvas.
+
+    Coordinates are continuous: pixel column ``i`` spans ``[i, i + 1)``, so a box's right edge is
+    ``x + w`` (COCO) and the image spans ``[0, W] x [0, H]``. The transform scales by
+    ``resized / original`` per axis and shifts by the padding; a horizontal flip (never done at
+    inference) mirrors x. Returns float64 (..., 2).
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.shape[-1:] != (2,):
+        raise ValueError(f"expected (..., 2) x, y coordinates, got shape {xy.shape}")
+    x = xy[..., 0] * (meta.resized_w / meta.orig_w)
+    y = xy[..., 1] * (meta.resized_h / meta.orig_h)
+    if meta.flipped:
+        x = meta.resized_w - x
+    return np.stack([x + meta.pad_left, y + meta.pad_top], axis=-1)
+
+
+def box_to_canvas(box: np.ndarray, meta: "TransformMeta") -> np.ndarray:
+    """Map (..., 4) boxes (x1, y1, x2, y2) from original pixels to the canvas (see
+    :func:`original_to_canvas`); x1 <= x2 still holds after a flip. Returns float64 (..., 4)."""
+    box = np.asarray(box, dtype=np.float64)
+    if box.shape[-1:] != (4,):
+        raise ValueError(f"expected (..., 4) boxes as x1, y1, x2, y2, got shape {box.shape}")
+    corners = original_to_canvas(box.reshape(*box.shape[:-1], 2, 2), meta)
+    low, high = corners.min(axis=-2), corners.max(axis=-2)
+    return np.concatenate([low, high], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------
+def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if width < 1 or height < 1:
+        raise DataError(f"{what} is empty ({width}x{height} pixels)")
+    if max_pixels is not None and width * height > max_pixels:
+        raise DataError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g} (max_pixels={max_pixels}; raise it with Segmenter(max_pixels=...) or "
+            f"downscale the image)"
+        )
+
+
+def _array_to_pil(array: np.ndarray, what: str) -> "Image.Image":
+    from PIL import Image
+
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(
+            f"{what}: a numpy image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {array.shape} "
+            f"(a batch of images is a list of arrays)"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(f"{what}: the float image holds {int((~finite).sum())} NaN / infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{what}: a float image must hold values in 0..1, got {low:g}..{high:g} "
+                f"(pass uint8 for 0..255 values)"
+            )
+        array = np.rint(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"{what}: numpy images must be uint8 (0..255), bool or float (0..1), got dtype {array.dtype}")
+    if array.ndim == 3:
+        array = array[..., :3]  # RGBA: alpha dropped, as load_image does for files
+    return Image.fromarray(np.ascontiguousarray(array))  # uint8: (H, W) -> "L", (H, W, 3) -> "RGB"
+
+
+def read_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image") -> "Image.Image":
+    """Any accepted image input -> 8-bit RGB ``PIL.Image``, refusing more than ``max_pixels`` pixels.
+
+    The size is checked before any pixel is decoded or copied: from the file header for paths, from
+    ``.size`` / ``.shape`` otherwise. Raises :class:`~ditsam.data.sample.DataError` (a ValueError)
+    naming the path for missing, unreadable, non-image or too large files; ValueError / TypeError for
+    arrays and objects of the wrong kind.
+    """
+    from PIL import Image
+
+    from ditsam.data.sample import _to_rgb, image_size, load_image
+
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if os.path.isdir(path):
+            raise DataError(f"cannot read image {path}: it is a folder")
+        try:
+            width, height = image_size(path)
+        except Image.DecompressionBombError as error:  # above PIL's own limit (~179 megapixels)
+            raise DataError(f"image {path} is too large for PIL ({error}); over max_pixels={max_pixels}") from error
+        _check_pixels(width, height, max_pixels, f"image {path}")
+        try:
+            return load_image(path)
+        except Image.DecompressionBombError as error:
+            raise DataError(f"image {path} is too large for PIL: {error}") from error
+    if isinstance(image, Image.Image):
+        _check_pixels(image.width, image.height, max_pixels, what)
+        try:
+            image.load()  # a lazily opened file fails here, not halfway through the transform
+            return _to_rgb(image)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{what}: cannot read the PIL image (mode {image.mode}): {error}") from error
+    if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            _check_pixels(int(image.shape[1]), int(image.shape[0]), max_pixels, what)
+        return _array_to_pil(image, what).convert("RGB")
+    raise TypeError(
+        f"{what}: expected a file path, a PIL image or a numpy array, got {type(image).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------------
+def _parse_points(points: Any, what: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if points is None:
+        return None
+    if not isinstance(points, (tuple, list)) or len(points) != 2:
+        raise ValueError(f"{what}: points must be a pair (coords (N, 2), labels (N,)), got {type(points).__name__}")
+    coords = np.asarray(_to_numpy(points[0]), dtype=np.float64)
+    labels = np.asarray(_to_numpy(points[1]))
+    if coords.ndim == 1 and coords.shape == (2,):
+        coords = coords[None]
+    if labels.ndim == 0:
+        labels = labels[None]
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError(f"{what}: point coords must be (N, 2) x, y with N >= 1, got shape {coords.shape}")
+    if labels.shape != (coords.shape[0],):
+        raise ValueError(f"{what}: point labels must be ({coords.shape[0]},), got shape {labels.shape}")
+    if not np.isfinite(coords).all():
+        raise ValueError(f"{what}: point coords must be finite, got {coords.tolist()}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{what}: point labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
+    return coords, labels.astype(np.float32)
+
+
+def _parse_box(box: Any, what: str) -> np.ndarray | None:
+    if box is None:
+        return None
+    try:
+        values = np.asarray(_to_numpy(box), dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.zeros(0)
+    if values.size != 4:
+        raise ValueError(f"{what}: a box must be 4 numbers x1, y1, x2, y2, got {box!r}")
+    values = values.reshape(4)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what}: box values must be finite, got {values.tolist()}")
+    if values[2] < values[0] or values[3] < values[1]:
+        raise ValueError(f"{what}: box {values.tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
+    return values
+
+
+def _to_numpy(value: Any) -> Any:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _check_inside(job: "_Job", width: int, height: int) -> None:
+    if job.points is not None:
+        coords = job.points[0]
+        outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
+        if outside.any():
+            raise ValueError(
+                f"{job.what}: point {coords[outside][0].tolist()} lies outside the {width}x{height} image "
+                f"(points are x, y in original image pixels)"
+            )
+    if job.box is not None:
+        x1, y1, x2, y2 = job.box.tolist()
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise ValueError(
+                f"{job.what}: box {job.box.tolist()} reaches outside the {width}x{height} image "
+                f"(boxes are x1, y1, x2, y2 in original image pixels, within 0..W and 0..H)"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Segmenter
+# ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Job:
+    index: int
+    image_key: Hashable
+    image: Any
+    sentence: str
+    points: tuple[np.ndarray, np.ndarray] | None
+    box: np.ndarray | None
+    what: str
+
+    @property
+    def signature(self) -> tuple[int, bool]:
+        """Jobs batched together must have the same prompt layout."""
+        return (0 if self.points is None else len(self.points[1]), self.box is not None)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    canvas: "torch.Tensor"  # (3, S, S) float32, normalised
+    meta: "TransformMeta"
+
+
+def _image_key(image: Any) -> Hashable:
+    if isinstance(image, (str, os.PathLike)):
+        return ("path", os.fspath(image))
+    return ("object", id(image))
+
+
+def resolve_dtype(dtype: "torch.dtype | str | None") -> "torch.dtype | None":
+    """None / float32 -> None (no autocast); bfloat16 / float16 (or "bf16", "fp16", ...) -> that dtype."""
+    import torch
+
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        name = _DTYPE_NAMES.get(dtype.lower().removeprefix("torch."))
+        if name is None:
+            raise ValueError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+        dtype = getattr(torch, name)
+    if dtype == torch.float32:
+        return None
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return dtype
+
+
+class Segmenter:
+    """Text-prompted segmentation with a :class:`~ditsam.model.dit.DITSam` (see the module docstring).
+
+    Build with :meth:`from_pretrained`, or wrap a model: ``Segmenter(model, device=..., dtype=...)``.
+
+    Args (keyword-only besides ``model``):
+        device: where the model runs; default ``cuda`` when available, else ``cpu``.
+        dtype: ``None`` / ``torch.float32`` (full precision) or ``torch.bfloat16`` (autocast on CPU
+            and GPU; weights stay float32); ``torch.float16`` (autocast, GPU) also works.
+        threshold: a pixel is foreground where ``sigmoid(logit) > threshold`` (paper / reference: 0.35).
+        max_pixels: images with more pixels are refused with a clear error before they are decoded
+            (``None``: no limit besides PIL's own, about 179 megapixels).
+        batch_size: sentences (image-sentence pairs) per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: "DITSam",
+        *,
+        device: "torch.device | str | None" = None,
+        dtype: "torch.dtype | str | None" = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        batch_size: int = 8,
+    ) -> None:
+        import torch
+
+        from ditsam.data.transforms import RISTransform, TransformConfig
+
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(dtype)
+        self.threshold = float(threshold)
+        self.max_pixels = max_pixels
+        self.batch_size = int(batch_size)
+        self.model = model.to(self.device).eval()
+        self.transform = RISTransform.for_eval(TransformConfig(input_size=model.config.image_size))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike,
+        *,
+        config: "DITSamConfig | None" = None,
+        device: "torch.device | str | None" = None,
+        dtype: "torch.dtype | str | None" = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        batch_size: int = 8,
+    ) -> "Segmenter":
+        """Load a checkpoint folder written by ``DITSam.save_pretrained`` (e.g. a training run's
+        ``checkpoints/best``), or -- with ``config=`` describing the architecture -- a single checkpoint
+        file that holds every weight (the authors' released DIT ``.pth``, a flat DITSam state dict).
+
+        Errors name the file: a missing folder, a folder without ``config.json`` (FileNotFoundError),
+        damaged weights or keys that do not match (:class:`~ditsam.model.weights.CheckpointError`).
+        """
+        from ditsam.model.dit import DITSam
+        from ditsam.model.weights import CheckpointError, load_checkpoint
+
+        path = Path(checkpoint)
+        if path.is_file():
+            if config is None:
+                raise CheckpointError(
+                    f"{path} is a checkpoint file: pass config= (a DITSamConfig, e.g. reference_config(...)) "
+                    f"to say which architecture it holds, or give a save_pretrained folder"
+                )
+            model = DITSam(config, load_text_weights=False)
+            report = load_checkpoint(model, path)
+            logger.info("%s", report)
+            if report.fresh or report.kept:
+                untrained = report.fresh + report.kept
+                raise CheckpointError(
+                    f"{path} ({report.kind}) does not hold every weight a Segmenter needs; missing e.g. "
+                    f"{', '.join(untrained[:4])} ({len(untrained)} tensors): use a trained DIT checkpoint"
+                )
+            model.eval()
+        else:
+            if config is not None:
+                raise ValueError("config= is only used with a checkpoint file; a folder carries its own config.json")
+            model = DITSam.from_pretrained(path)
+        return cls(model, device=device, dtype=dtype, threshold=threshold, max_pixels=max_pixels, batch_size=batch_size)
+
+    def __repr__(self) -> str:
+        config = self.model.config
+        return (
+            f"Segmenter(injection={config.injection!r}, image_size={config.image_size}, device={str(self.device)!r}, "
+            f"dtype={self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
+        )
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the square model input."""
+        return int(self.model.config.image_size)
+
+    def read_image(self, image: ImageInput, *, what: str = "image") -> "Image.Image":
+        """An accepted image input as RGB ``PIL.Image``, under this segmenter's ``max_pixels``
+        (see :func:`read_image`)."""
+        return read_image(image, max_pixels=self.max_pixels, what=what)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # -- predict ----------------------------------------------------------------------------------
+    def predict(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        text: str | Sequence[str],
+        *,
+        points: PointsInput | Sequence[PointsInput | None] | None = None,
+        boxes: BoxInput | Sequence[BoxInput | None] | None = None,
+        threshold: float | None = None,
+        progress: bool = False,
+    ) -> SegmentationResult | list[SegmentationResult]:
+        """Segment what ``text`` describes in ``image``.
+
+        - one image (path, PIL image or numpy array -- not a list) and one sentence: a
+          :class:`SegmentationResult`;
+        - one image and a list of sentences: a list, one result per sentence (the image is
+          preprocessed once, the sentences run through the encoder as a batch);
+        - a list of images and one sentence: a list, one result per image;
+        - a list of images and a list of sentences of the same length: a list, one result per pair.
+
+        ``points``: ``(coords (N, 2), labels (N,))``, coords as x, y in ORIGINAL image pixels
+        (continuous: pixel column i spans [i, i + 1)), labels 1 = foreground, 0 = background.
+        ``boxes``: ``(x1, y1, x2, y2)`` in original pixels. With one image they apply to every
+        sentence; with a list of images give a list with one entry (or None) per image. Only a
+        model trained with point / box prompts ("Mix") uses them meaningfully.
+
+        ``threshold`` overrides the segmenter's for this call; ``progress`` shows a tqdm bar.
+        Raises ValueError for an empty sentence or mismatched lengths, DataError naming the path for
+        unreadable files or images over ``max_pixels``. Sentences longer than the model's token limit
+        are truncated, with one warning.
+        """
+        threshold = self.threshold if threshold is None else float(threshold)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        jobs, single = self._jobs(image, text, points, boxes)
+        results: list[SegmentationResult | None] = [None] * len(jobs)
+        for chunk, prepared in self._chunks(jobs, progress=progress):
+            for job, result in zip(chunk, self._run(chunk, prepared, threshold)):
+                results[job.index] = result
+        out = [r for r in results if r is not None]
+        assert len(out) == len(jobs)
+        return out[0] if single else out
+
+    def _jobs(
+        self, image: Any, text: Any, points: Any, boxes: Any
+    ) -> tuple[list[_Job], bool]:
+        """Validate the inputs (types, sentences, prompt shapes) and pair them up, before any work."""
+        many_images = isinstance(image, (list, tuple))
+        if isinstance(text, str):
+            sentences, many_sentences = [text], False
+        elif isinstance(text, (list, tuple)):
+            sentences, many_sentences = list(text), True
+        else:
+            raise TypeError(f"text must be a sentence (str) or a list of sentences, got {type(text).__name__}")
+        if many_sentences and not sentences:
+            raise ValueError("text is an empty list: give at least one sentence")
+        for index, sentence in enumerate(sentences):
+            if not isinstance(sentence, str):
+                raise TypeError(f"sentence {index} must be a str, got {type(sentence).__name__}")
+            if not sentence.strip():
+                raise ValueError(f"sentence {index} is empty ({sentence!r}): every prediction needs a description")
+        if many_images:
+            images = list(image)
+            if not images:
+                raise ValueError("image is an empty list: give at least one image")
+            if many_sentences and len(sentences) != len(images):
+                raise ValueError(
+                    f"{len(images)} images but {len(sentences)} sentences: give one sentence for all images, "
+                    f"or one per image"
+                )
+            if not many_sentences:
+                sentences = sentences * len(images)
+            point_list = self._per_pair(points, len(images), "points")
+            box_list = self._per_pair(boxes, len(images), "boxes")
+        else:
+            images = [image] * len(sentences)
+            point_list = [points] * len(sentences)
+            box_list = [boxes] * len(sentences)
+        jobs = []
+        for index, (img, sentence, pts, box) in enumerate(zip(images, sentences, point_list, box_list)):
+            what = f"image {index}" if many_images else "image"
+            if isinstance(img, (str, os.PathLike)):
+                what = os.fspath(img)
+            jobs.append(
+                _Job(
+                    index=index, image_key=_image_key(img), image=img, sentence=sentence,
+                    points=_parse_points(pts, what), box=_parse_box(box, what), what=what,
+                )
+            )
+        return jobs, not many_images and not many_sentences
+
+    @staticmethod
+    def _per_pair(value: Any, count: int, name: str) -> list[Any]:
+        if value is None:
+            return [None] * count
+        if isinstance(value, np.ndarray) and name == "boxes" and value.shape == (count, 4):
+            return list(value)
+        if not isinstance(value, (list, tuple)) or len(value) != count:
+            raise ValueError(
+                f"with a list of {count} images, {name} must be a list of {count} entries (None or one "
+                f"prompt per image), got {type(value).__name__}"
+                + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else "")
+            )
+        return list(value)
+
+    def _prepare(self, job: _Job) -> _Prepared:
+        rgb = self.read_image(job.image, what=job.what)
+        out = self.transform(rgb, sentence=job.sentence)
+        return _Prepared(canvas=out.image, meta=out.meta)
+
+    def _chunks(self, jobs: list[_Job], *, progress: bool) -> Iterator[tuple[list[_Job], dict[Hashable, _Prepared]]]:
+        """Batches of jobs with one prompt layout, and their preprocessed images. Each distinct image
+        is prepared once per batch; the previous batch's images are reused, then released."""
+        from tqdm.auto import tqdm
+
+        ordered = sorted(jobs, key=lambda job: (job.signature, job.index))
+        cache: dict[Hashable, _Prepared] = {}
+        bar = tqdm(total=len(jobs), desc="predict", unit="sentence", disable=not progress, leave=False)
+        try:
+            start = 0
+            while start < len(ordered):
+                stop = start + 1
+                while (
+                    stop < len(ordered) and stop - start < self.batch_size
+                    and ordered[stop].signature == ordered[start].signature
+                ):
+                    stop += 1
+                chunk = ordered[start:stop]
+                prepared: dict[Hashable, _Prepared] = {}
+                for job in chunk:
+                    if job.image_key not in prepared:
+                        prepared[job.image_key] = cache.get(job.image_key) or self._prepare(job)
+                    meta = prepared[job.image_key].meta
+                    _check_inside(job, meta.orig_w, meta.orig_h)
+                cache = prepared
+                yield chunk, prepared
+                bar.update(len(chunk))
+                start = stop
+        finally:
+            bar.close()
+
+    def _run(self, chunk: list[_Job], prepared: dict[Hashable, _Prepared], threshold: float) -> list[SegmentationResult]:
+        import torch
+
+        from ditsam.data.transforms import restore_to_original
+
+        device = self.device
+        keys = [job.image_key for job in chunk]
+        if len(set(keys)) == 1:  # one image, several sentences: one canvas, broadcast over the batch
+            images = prepared[keys[0]].canvas.to(device)[None].expand(len(chunk), -1, -1, -1)
+        else:
+            images = torch.stack([prepared[key].canvas for key in keys]).to(device)
+        metas = [prepared[key].meta for key in keys]
+        kwargs: dict[str, Any] = {}
+        if chunk[0].points is not None:
+            coords = np.stack([original_to_canvas(job.points[0], meta) for job, meta in zip(chunk, metas)])
+            labels = np.stack([job.points[1] for job in chunk])
+            kwargs["points"] = (
+                torch.as_tensor(coords, dtype=torch.float32, device=device),
+                torch.as_tensor(labels, dtype=torch.float32, device=device),
+            )
+        if chunk[0].box is not None:
+            canvas_boxes = np.stack([box_to_canvas(job.box, meta) for job, meta in zip(chunk, metas)])
+            kwargs["boxes"] = torch.as_tensor(canvas_boxes, dtype=torch.float32, device=device)
+        text = self.model.tokenize([job.sentence for job in chunk])
+        with torch.inference_mode(), self._autocast():
+            output = self.model(images, text=text, **kwargs)
+        logits = output.logits.float()
+        iou = output.iou_predictions.float()
+        # Multimask models: SAM's convention, the mask with the highest predicted IoU.
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(chunk), device=logits.device)
+        logits, iou = logits[rows, best], iou[rows, best]
+        results = []
+        for row, meta in enumerate(metas):
+            restored = restore_to_original(logits[row], meta)
+            mask = torch.sigmoid(restored) > threshold
+            results.append(
+                SegmentationResult(
+                    mask=mask.cpu().numpy(), score=float(iou[row]), logits=restored.cpu().numpy().astype(np.float32, copy=False)
+                )
+            )
+        return results

@@ -1,0 +1,55 @@
+"""``ditsam export-onnx --checkpoint C --out model.onnx``: the whole model as one ONNX file.
+
+Inputs of the graph: ``image`` (B, 3, S, S) normalised canvas, ``input_ids`` (B, T) int64,
+``attention_mask`` (B, T) int64 (or bool with ``--mask-dtype bool``); outputs: ``masks``
+(B, 1, S, S) logits and ``iou`` (B, 1). See :mod:`ditsam.export`. After writing, the file is run
+with onnxruntime and compared with PyTorch (``--no-verify`` skips that).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ditsam.cli.errors import CLIError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx", help="export a checkpoint to ONNX (image + tokens -> mask logits, IoU)",
+        description="Export a checkpoint folder to one ONNX model and check it against PyTorch with onnxruntime.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (save_pretrained / runs/NAME/checkpoints/best)")
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--mask-dtype", default="int64", choices=("int64", "bool"), help="type of the attention_mask input")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted |onnxruntime - torch| (default 1e-3)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise CLIError("export-onnx needs the onnx package: pip install 'ditsam[export]' (onnx, onnxruntime)") from None
+    from ditsam.export import export_onnx
+    from ditsam.model.dit import DITSam
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give the .onnx file to write")
+    model = DITSam.from_pretrained(args.checkpoint)
+    try:
+        report = export_onnx(
+            model, out, opset=args.opset, attention_mask_dtype=args.mask_dtype, verify=not args.no_verify, atol=args.atol
+        )
+    except RuntimeError as error:
+        raise CLIError(str(error)) from error
+    size = model.config.image_size
+    print(f"wrote {report}")
+    print(
+        f"inputs: image (B, 3, {size}, {size}) float32 normalised canvas, input_ids (B, T) int64, "
+        f"attention_mask (B, T) {args.mask_dtype}; outputs: masks (B, M, {size}, {size}) logits, iou (B, M)"
+    )
+    return 0
