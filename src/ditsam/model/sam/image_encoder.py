@@ -58,19 +58,64 @@ def relative_position_bias(
     """Decomposed relative-position bias between the image tokens of one attention call.
 
     q: (N, h*w, C) unscaled image queries (N = batch * heads). Returns (N, h*w, h*w).
+    Materialises the full bias; :class:`Attention` uses the factored form
+    (:func:`relative_position_query_terms`, :func:`relative_position_key_terms`) instead.
     """
     height, width = grid
-    table_h = relative_position_table(height, height, rel_pos_h)
-    table_w = relative_position_table(width, width, rel_pos_w)
-    q = q.reshape(q.shape[0], height, width, q.shape[-1])
-    bias_h = torch.einsum("nhwc,hkc->nhwk", q, table_h.to(q.dtype))
-    bias_w = torch.einsum("nhwc,wkc->nhwk", q, table_w.to(q.dtype))
+    terms = relative_position_query_terms(q, rel_pos_h, rel_pos_w, grid)
+    bias_h, bias_w = terms.reshape(q.shape[0], height, width, height + width).split([height, width], dim=-1)
     bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
     return bias.reshape(q.shape[0], height * width, height * width)
 
 
+def relative_position_query_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Per-query factors of the decomposed relative-position bias.
+
+    q: (..., h*w, C) unscaled image queries. Returns (..., h*w, h + w): for the query at (y, x), the
+    ``h`` values ``q . R_h[y, ky]`` followed by the ``w`` values ``q . R_w[x, kx]``. The bias towards
+    the key at (ky, kx) is ``terms[ky] + terms[h + kx]``, i.e. ``terms`` dotted with that key's row of
+    :func:`relative_position_key_terms`.
+    """
+    height, width = grid
+    table_h = relative_position_table(height, height, rel_pos_h).to(q.dtype)
+    table_w = relative_position_table(width, width, rel_pos_w).to(q.dtype)
+    lead = q.shape[:-2]
+    q = q.reshape(-1, height, width, q.shape[-1])
+    bias_h = torch.einsum("nhwc,hkc->nhwk", q, table_h)
+    bias_w = torch.einsum("nhwc,wkc->nhwk", q, table_w)
+    return torch.cat([bias_h, bias_w], dim=-1).reshape(*lead, height * width, height + width)
+
+
+def relative_position_key_terms(grid: tuple[int, int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(h*w, h + w) constant key factors: one-hot of the key's row, then one-hot of its column."""
+    height, width = grid
+    rows = torch.eye(height, dtype=dtype, device=device).repeat_interleave(width, dim=0)
+    cols = torch.eye(width, dtype=dtype, device=device).repeat(height, 1)
+    return torch.cat([rows, cols], dim=-1)
+
+
 class Attention(nn.Module):
-    """Multi-head attention over [text tokens; image tokens] with a relative-position bias on image pairs."""
+    """Multi-head attention over [text tokens; image tokens] with a relative-position bias on image pairs.
+
+    Implementation (exact up to float rounding; fp32 agrees with the explicit-mask form to ~1e-6): the
+    decomposed bias is a sum of two per-axis terms, so it is a dot product and is folded into the
+    attention logits by widening the heads instead of being materialised as a (B, heads, L, L) mask:
+
+        q' = [q, t_q, 0],  k' = [k, t_k / scale, 0],  v' = [v, 0, 0],  softmax(scale q' k'^T + pad) v'
+
+    with ``t_q`` (h + w per image query, zeros for text queries) from
+    :func:`relative_position_query_terms` and ``t_k`` the constant one-hot key rows (zeros for text
+    keys); the head width is zero-padded to a multiple of 8. The only mask left is the text padding,
+    a (B, 1, 1, L) key mask that SDPA broadcasts (``None`` without text). Trade-off: the attention
+    matmuls see a head width of 64 + 64 = 128 instead of 64 for ViT-B's 32x32 global grid (~1.5x the
+    attention FLOPs), in exchange for no O(L^2) mask to build, pad, add and read (on the CPU that
+    mask cost more than the attention itself: ~50 MB per block and call for ViT-B at 512). On a GPU,
+    without text (or with ``use_rel_pos=False`` and no text) ``attn_mask`` is ``None`` and the flash
+    kernel is eligible (head width <= 256); with text, the tiny broadcast padding mask selects the
+    memory-efficient kernel — still O(L) memory, unlike an explicit float bias of shape (B, heads, L, L).
+    """
 
     def __init__(
         self, *, dim: int, num_heads: int, qkv_bias: bool = True, use_rel_pos: bool = True,
@@ -92,18 +137,54 @@ class Attention(nn.Module):
         """x: (B, T + h*w, C), the first ``num_text`` tokens being text; text_bias: (B, 1, 1, T)
         additive key mask (0 = attend). Returns (B, T + h*w, C)."""
         batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        image_bias = torch.zeros((), dtype=q.dtype, device=q.device)
-        if self.use_rel_pos:
-            image_q = q[:, :, num_text:].reshape(batch * self.num_heads, length - num_text, self.head_dim)
-            image_bias = relative_position_bias(image_q, self.rel_pos_h, self.rel_pos_w, grid)
-            image_bias = image_bias.reshape(batch, self.num_heads, length - num_text, length - num_text)
-        # One additive mask: the rel-pos bias in the image-image block, text padding on text keys.
-        mask = F.pad(image_bias.expand(batch, self.num_heads, length - num_text, length - num_text), (num_text, 0, num_text, 0))
-        mask = mask + F.pad(text_bias.to(q.dtype), (0, length - num_text))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self._attend(self.qkv(x), num_text=num_text, grid=grid, text_bias=text_bias)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+    def forward_windows(
+        self, text: torch.Tensor, windows: torch.Tensor, *, grid: tuple[int, int], text_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windowed attention where every window also sees all text tokens.
+
+        text: (B, T, C); windows: (B * nW, h*w, C); text_bias: (B, 1, 1, T). Returns the text tokens
+        (B, T, C), each the mean of its outputs over the windows, and the windows (B * nW, h*w, C).
+        Same result as :meth:`forward` on ``[text repeated per window; window]`` followed by the mean,
+        but the text's qkv and output projections run once per image instead of once per window
+        (the projection is affine, so it commutes with the mean).
+        """
+        batch, num_text, dim = text.shape
+        num_windows, window_tokens = windows.shape[:2]
+        per_image = num_windows // batch
+        qkv = self.qkv(windows)
+        if num_text:
+            qkv = torch.cat([self.qkv(text).repeat_interleave(per_image, dim=0), qkv], dim=1)
+            text_bias = text_bias.expand(batch, per_image, 1, num_text).reshape(num_windows, 1, 1, num_text)
+        out = self._attend(qkv, num_text=num_text, grid=grid, text_bias=text_bias)
+        out = out.transpose(1, 2).reshape(num_windows, num_text + window_tokens, dim)
+        text = self.proj(out[:, :num_text].reshape(batch, per_image, num_text, dim).mean(dim=1))
+        return text, self.proj(out[:, num_text:])
+
+    def _attend(
+        self, qkv: torch.Tensor, *, num_text: int, grid: tuple[int, int], text_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """qkv: (B, L, 3C) -> attention output (B, heads, L, head_dim)."""
+        batch, length = qkv.shape[:2]
+        q, k, v = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Text padding: a (B, 1, 1, L) key mask, broadcast by SDPA over heads and queries.
+        mask = F.pad(text_bias.to(q.dtype), (0, length - num_text)) if num_text else None
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scale = self.head_dim**-0.5
+        query_terms = relative_position_query_terms(q[:, :, num_text:], self.rel_pos_h, self.rel_pos_w, grid)
+        # SDPA multiplies every logit by ``scale``: the key factors carry 1 / scale (8 for ViT heads of 64).
+        key_terms = relative_position_key_terms(grid, dtype=k.dtype, device=k.device) / scale
+        extra = query_terms.shape[-1]
+        pad = -(self.head_dim + extra) % 8
+        q = torch.cat([q, F.pad(query_terms, (0, pad, num_text, 0))], dim=-1)
+        key_terms = F.pad(key_terms, (0, pad, num_text, 0)).expand(batch, self.num_heads, length, extra + pad)
+        k = torch.cat([k, key_terms], dim=-1)
+        v = F.pad(v, (0, extra + pad))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return out[..., : self.head_dim]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -153,25 +234,24 @@ class Block(nn.Module):
         Returns the updated (x, text)."""
         batch, height, width, dim = x.shape
         num_text = text.shape[1]
-        shortcut_x, shortcut_text = x, text
-        x, text = self.norm1(x), self.norm1(text)
         if self.window_size > 0:
-            windows, padded_hw = window_partition(x, self.window_size)
-            per_image = windows.shape[0] // batch
+            windows, padded_hw = window_partition(self.norm1(x), self.window_size)
             grid = (self.window_size, self.window_size)
-            tokens = torch.cat(
-                [text.repeat_interleave(per_image, dim=0), windows.reshape(windows.shape[0], -1, dim)], dim=1
+            attended_text, windows = self.attn.forward_windows(
+                self.norm1(text), windows.reshape(windows.shape[0], -1, dim), grid=grid, text_bias=text_bias
             )
-            tokens = self.attn(tokens, num_text=num_text, grid=grid, text_bias=text_bias.repeat_interleave(per_image, dim=0))
-            text = tokens[:, :num_text].reshape(batch, per_image, num_text, dim).mean(dim=1)
-            windows = tokens[:, num_text:].reshape(-1, self.window_size, self.window_size, dim)
-            x = window_unpartition(windows, self.window_size, padded_hw, (height, width))
-        else:
-            tokens = torch.cat([text, x.reshape(batch, height * width, dim)], dim=1)
-            tokens = self.attn(tokens, num_text=num_text, grid=(height, width), text_bias=text_bias)
-            text, x = tokens[:, :num_text], tokens[:, num_text:].reshape(batch, height, width, dim)
-        x, text = shortcut_x + x, shortcut_text + text
-        return x + self.mlp(self.norm2(x)), text + self.mlp(self.norm2(text))
+            windows = windows.reshape(-1, self.window_size, self.window_size, dim)
+            x = x + window_unpartition(windows, self.window_size, padded_hw, (height, width))
+            text = text + attended_text
+            return x + self.mlp(self.norm2(x)), text + self.mlp(self.norm2(text))
+        # Global: one sequence [text; image] through attention and MLP (per-token ops are unchanged).
+        tokens = x.reshape(batch, height * width, dim)
+        if num_text:
+            tokens = torch.cat([text, tokens], dim=1)
+        # Out-of-place residual adds: under autocast the branches are bf16 and the stream stays fp32.
+        tokens = tokens + self.attn(self.norm1(tokens), num_text=num_text, grid=(height, width), text_bias=text_bias)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        return tokens[:, num_text:].reshape(batch, height, width, dim), tokens[:, :num_text]
 
 
 class PatchEmbed(nn.Module):
