@@ -67,6 +67,16 @@ def test_padding_does_not_matter_when_masked(tiny_bert_dir, variant):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_a_sentence_gives_the_same_mask_alone_or_padded_in_a_batch(tiny_bert_dir, variant):
+    model = make_model(tiny_bert_dir, **variant, text=dict(max_tokens=16))
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        alone = model(image, text=["a star"]).logits
+        batched = model(image.expand(2, -1, -1, -1), text=["a star", "the small red circle left of the blue square"]).logits
+    torch.testing.assert_close(alone[0], batched[0], atol=1e-5, rtol=1e-5)
+
+
 def test_reference_mode_attends_to_padding(tiny_bert_dir):
     short = make_model(tiny_bert_dir, mask_text_padding=False, text=dict(max_tokens=8))
     long = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False, mask_text_padding=False, text=dict(max_tokens=16))).eval()

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ditsam.cli.errors import CLIError
 
-COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export")
+COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

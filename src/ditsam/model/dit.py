@@ -142,8 +142,14 @@ class DITSam(nn.Module):
             features = images.new_zeros(batch, 0, self.text_encoder.hidden_size)
             keep = torch.ones(batch, 0, dtype=torch.bool, device=images.device)
         else:
-            features = self.text_encoder(text.input_ids, text.attention_mask)
-            keep = text.attention_mask.bool()
+            input_ids, keep = text.input_ids, text.attention_mask.bool()
+            if self.config.mask_text_padding and not torch.jit.is_tracing():
+                # Columns that are [PAD] in every sentence change nothing once padding is masked
+                # (BERT masks it too): drop them before BERT, the ViT and the decoder see them. Not
+                # while tracing (ONNX export), where the cut would be frozen into the graph.
+                longest = max(int(keep.sum(1).max()), 1)
+                input_ids, keep = input_ids[:, :longest], keep[:, :longest]
+            features = self.text_encoder(input_ids, keep)
         if not self.config.mask_text_padding:
             keep = torch.ones_like(keep)
 

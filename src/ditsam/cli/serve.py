@@ -1,0 +1,81 @@
+"""``ditsam serve``: the web demo (Gradio) for a checkpoint -- upload an image, type a sentence,
+see the mask. Needs the ``demo`` extra (``pip install -e ".[demo]"``).
+
+Examples under the inputs come from ``--examples DIR`` (a RefShapes root written by ``ditsam data
+synth``, or any folder of images) or, without it, from a few RefShapes images generated into a
+temporary folder that is removed when the server stops (``--no-examples`` skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+from ditsam.cli.errors import CLIError
+
+logger = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="the web demo: upload an image, type a sentence, see the mask",
+        description="Serve a Gradio page for a checkpoint folder: image + sentence -> overlay, mask and score; "
+                    "optional point / box clicks for Mix-trained models.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (save_pretrained / runs/NAME/checkpoints/best)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--examples", metavar="DIR", help="example images: a RefShapes root or a folder of images "
+                                                          "(default: a few generated RefShapes images)")
+    parser.add_argument("--no-examples", action="store_true", help="show no examples")
+    parser.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                        help="refuse larger images with a message in the page (default 40 MP)")
+    parser.add_argument("--threshold", type=float, default=0.35, help="sigmoid threshold (default 0.35)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="bf16: autocast (CPU / GPU)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CLIError("serve needs gradio: pip install 'ditsam[demo]'") from None
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must lie in 1..65535, got {args.port}")
+    if args.examples and args.no_examples:
+        raise CLIError("give --examples DIR or --no-examples, not both")
+    from ditsam.api import Segmenter
+    from ditsam.serve import example_pairs, make_refshapes_examples, serve
+
+    examples: list[tuple[Path, str]] = []
+    if args.examples:  # checked before the model loads: a typo fails at once
+        try:
+            examples = example_pairs(args.examples)
+        except FileNotFoundError as error:
+            raise CLIError(str(error)) from None
+        if not examples:
+            logger.warning("no images found in %s: the page shows no examples", args.examples)
+    segmenter = Segmenter.from_pretrained(
+        args.checkpoint, device=args.device, dtype=args.dtype, threshold=args.threshold, max_pixels=args.max_pixels,
+    )
+    logger.info("%r", segmenter)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests, one INFO line each
+    try:
+        if args.examples or args.no_examples:
+            serve(segmenter, host=args.host, port=args.port, examples=examples)
+            return 0
+        with tempfile.TemporaryDirectory(prefix="ditsam-examples-") as folder:
+            serve(segmenter, host=args.host, port=args.port, examples=make_refshapes_examples(folder, count=4))
+    except OSError as error:  # e.g. the port is taken
+        raise CLIError(f"cannot serve on {args.host}:{args.port}: {error}") from None
+    return 0
