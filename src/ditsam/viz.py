@@ -30,10 +30,11 @@ def overlay(image: Image.Image, pred: np.ndarray | None, gt: np.ndarray | None =
     return Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
 
 
-def captioned(image: Image.Image, caption: str, *, width: int = 48) -> Image.Image:
-    """The image with ``caption`` written on a white band below it."""
+def captioned(image: Image.Image, caption: str) -> Image.Image:
+    """The image with ``caption`` written on a white band below it, wrapped to the image width."""
     font = ImageFont.load_default()
-    lines = textwrap.wrap(caption, width=max(width, image.width // 7)) or [""]
+    # PIL's default bitmap font is about 6 px per character.
+    lines = textwrap.wrap(caption, width=max(8, (image.width - 8) // 6)) or [""]
     band = 14 * len(lines) + 6
     out = Image.new("RGB", (image.width, image.height + band), "white")
     out.paste(image, (0, 0))
