@@ -31,6 +31,16 @@ def tiny_config(bert_dir: Path, **overrides) -> DITSamConfig:
     return DITSamConfig.from_dict(data)
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """A saved tiny L-DIT whose projections are not zero, so the sentence changes the output."""
+    from ditsam.model.dit import DITSam
+
+    torch.manual_seed(0)
+    model = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False))
+    return model.save_pretrained(tmp_path_factory.mktemp("checkpoint") / "ckpt")
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

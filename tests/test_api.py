@@ -21,14 +21,6 @@ from ditsam.model.weights import CheckpointError, to_reference_state_dict
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    torch.manual_seed(0)
-    # Non-zero L-DIT projections: the sentence changes the output, so batching mistakes show.
-    model = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False))
-    return model.save_pretrained(tmp_path_factory.mktemp("api") / "ckpt")
-
-
-@pytest.fixture(scope="module")
 def seg(checkpoint: Path) -> Segmenter:
     return Segmenter.from_pretrained(checkpoint, device="cpu")
 

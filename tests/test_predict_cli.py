@@ -7,20 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import tiny_config
 from ditsam.cli.main import main
-from ditsam.model.dit import DITSam
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    torch.manual_seed(0)
-    model = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False))
-    return model.save_pretrained(tmp_path_factory.mktemp("cli") / "ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import tiny_config
 from ditsam.api import Segmenter
 from ditsam.cli.main import COMMAND_MODULES, build_parser, main
-from ditsam.model.dit import DITSam
 from ditsam.serve import (
     CLICK_BACKGROUND,
     CLICK_BOX,
@@ -47,14 +44,6 @@ WAIT_S = 20  # longest wait for anything in the page
 # ---------------------------------------------------------------------------------------------------
 # Model and images
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    torch.manual_seed(0)
-    # Non-zero L-DIT projections: the sentence and the prompts change the output.
-    model = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False))
-    return model.save_pretrained(tmp_path_factory.mktemp("serve") / "ckpt")
-
-
 @pytest.fixture(scope="module")
 def segmenter(checkpoint: Path) -> Segmenter:
     # A random tiny model's logits sit near 0: threshold 0.5 cuts them into a partial mask.

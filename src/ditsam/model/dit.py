@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from ditsam.model.sam.mask_decoder import MaskDecoder
 from ditsam.model.sam.prompt_encoder import PromptEncoder
 from ditsam.model.sam.transformer import TwoWayTransformer
 from ditsam.model.text import TextEncoder, TextTokenizer, TokenizedText
+
+if TYPE_CHECKING:
+    from ditsam.model.weights import LoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +231,7 @@ class DITSam(nn.Module):
 
         return load_ditsam_directory(cls, Path(directory), map_location=map_location)
 
-    def load_sam_checkpoint(self, path: str | Path) -> "LoadReport":  # noqa: F821 (documented in weights)
+    def load_sam_checkpoint(self, path: str | Path) -> "LoadReport":
         """Load an official SAM checkpoint (sam_vit_{b,l,h}_*.pth); see :func:`ditsam.model.weights.load_sam_checkpoint`."""
         from ditsam.model.weights import load_sam_checkpoint
 
