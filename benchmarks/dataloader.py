@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
@@ -40,6 +38,7 @@ from ditsam.data.refer import ReferDataset, available_splits
 from ditsam.data.synthetic import REFSHAPES_WORDS, generate_refshapes
 from ditsam.data.transforms import RISTransform, TransformConfig
 from ditsam.model.text import TextTokenizer, build_tiny_bert
+from machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,26 +56,6 @@ class Cycle(Dataset):
     def __getitem__(self, index: int):
         return self.base[index % len(self.base)]
 
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def refshapes_reader(directory: Path, images: int) -> Dataset:
@@ -160,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:>10} S={size:<4} workers={workers:<2} {row['samples_per_s']:>8.1f} samples/s "
                           f"(first batch after {row['first_batch_s']:.2f} s)", file=sys.stderr)
 
-    info = machine()
+    info = machine_info()
     # A shared machine: other jobs' load changes every number here; recorded for reading them.
     info["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     report = {"benchmark": "dataloader", "machine": info, "settings": vars(args) | {"out": str(args.out), "refer_root": str(args.refer_root)}, "results": results}

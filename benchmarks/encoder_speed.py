@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from ditsam.model.inject import EndToEndInjection, LayerwiseInjection, NoInjection
 from ditsam.model.sam import image_encoder as ie
 from ditsam.model.sam.image_encoder import Attention, Block, ImageEncoderViT
+from machine import machine_info
 
 TEXT_DIM = 768
 # Reference code's L-DIT ViT-B 512 fp32 batch 1 (DESIGN.md §6), measured on a 2-core AMD EPYC with
@@ -340,25 +340,6 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def machine() -> dict:
-    cpu_model, flags = "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu_model == "unknown":
-                cpu_model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    return {
-        "cpu_model": cpu_model,
-        "logical_cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-
 
 def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -447,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     started = time.time()
-    info = machine()
-    print(f"machine: {info['cpu_model']}, {info['cores_usable']} cores, torch {info['torch']}, "
+    info = machine_info()
+    print(f"machine: {info['cpu_model']}, {info['usable_cores']} cores, torch {info['torch']}, "
           f"{info['torch_threads']} threads, ISA {' '.join(info['isa'])}", flush=True)
     result: dict = {"machine": info, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                     "load_average_start": load_average()}

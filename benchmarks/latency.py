@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from ditsam.api import Segmenter
 from ditsam.model.config import DITSamConfig
 from ditsam.model.dit import DITSam
 from ditsam.model.text import build_tiny_bert
+from machine import machine_info
 
 RESULTS = Path(__file__).parent / "results" / "latency_cpu.json"
 WORDS = "the man on left right of a red car dog woman in front small large near".split()
@@ -76,24 +76,6 @@ SIZES = {
 # ---------------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu, flags = platform.processor() or "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    import transformers
-
-    return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "platform": platform.platform(),
-    }
-
 
 # ---------------------------------------------------------------------------------------------------
 # Items
@@ -272,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    report: dict = {"machine": machine(), "settings": vars(args) | {"out": str(args.out)}, "results": [], "compile": [],
+    report: dict = {"machine": machine_info(), "settings": vars(args) | {"out": str(args.out)}, "results": [], "compile": [],
                     "notes": []}
-    native_bf16 = report["machine"]["avx512_bf16"] or report["machine"]["amx_bf16"]
+    native_bf16 = any(f in report["machine"]["isa"] for f in ("avx512_bf16", "amx_bf16"))
     report["notes"].append(
         "shared machine: other jobs ran during the measurement (see the load averages); absolute times vary "
         "between runs, compare ratios within one run (items of a case and setting run interleaved)"

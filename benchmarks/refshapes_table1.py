@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 
-import torch
 
 from ditsam.config import parse_override
 from ditsam.engine.config import load_experiment
 from ditsam.engine.train import train
+from machine import machine_info
 
 VARIANTS = ("default", "dec2", "edit", "ldit", "default_frozen", "dec2_frozen", "edit_frozen", "ldit_frozen")
 LABELS = {
@@ -29,16 +27,6 @@ LABELS = {
     "default_frozen": "Default*", "dec2_frozen": "+2 dec layers*", "edit_frozen": "E-DIT*", "ldit_frozen": "L-DIT*",
 }
 
-
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "python": platform.python_version()}
 
 
 def main() -> None:
@@ -62,7 +50,7 @@ def main() -> None:
         results = train(config, run_dir=Path(args.runs) / variant)
         rows[variant] = {"label": LABELS[variant], "seconds": time.perf_counter() - started, "results": results}
         print(f"{LABELS[variant]}: " + ", ".join(f"{s} mIoU {r['miou']:.2f} oIoU {r['oiou']:.2f}" for s, r in results.items()))
-    record = {"machine": machine(), "overrides": overrides, "rows": rows}
+    record = {"machine": machine_info(), "overrides": overrides, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))

@@ -22,7 +22,7 @@ from ditsam.config import parse_override
 from ditsam.engine.config import load_experiment
 from ditsam.engine.train import Trainer
 
-from refshapes_table1 import machine
+from machine import machine_info
 
 
 def vit_forward_flops(config) -> float:
@@ -67,7 +67,7 @@ def main() -> None:
     batch_size = config.train.micro_batch_size
     total = sum(steps)
     record = {
-        "experiment": args.experiment, "overrides": overrides, "machine": machine(), "device": str(device),
+        "experiment": args.experiment, "overrides": overrides, "machine": machine_info(), "device": str(device),
         "mixed_precision": trainer.mixed_precision, "micro_batch_size": batch_size, "steps": args.steps,
         "samples_per_s": batch_size * args.steps / total,
         "data_wait_share": sum(waits) / total,
