@@ -169,3 +169,13 @@ def test_mix_training_step_runs(refshapes_root, tiny_bert_dir, tmp_path):
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=3, prompt_mix=[0.0, 0.5, 0.5], eval_every_epochs=100)
     results = train(config, run_dir=tmp_path / "run", progress=False)
     assert set(results) == {"val", "testB"}
+
+
+def test_cli_lists_experiments_and_asks_for_one(capsys):
+    from ditsam.cli.main import main
+
+    assert main(["train", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "refshapes/ldit" in listed and "refcoco/ldit_vith" in listed
+    assert main(["train"]) == 2
+    assert "which experiment" in capsys.readouterr().err

@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train an experiment. Runs as is on one CPU/GPU; for several GPUs or nodes start it with "
                     "`accelerate launch -m ditsam.cli.main train ...` or torchrun.",
     )
-    parser.add_argument("experiment", help="packaged experiment name (see `ditsam train --list`) or a .yaml path")
+    parser.add_argument("experiment", nargs="?", help="packaged experiment name (see `ditsam train --list`) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 model.injection=e2e")
     parser.add_argument("--run-dir", default=None, help="run folder (default: <output_dir>/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last")
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditsam.cli.errors import CLIError
     from ditsam.config import parse_override
     from ditsam.engine.config import list_experiments, load_experiment
     from ditsam.engine.train import train
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(list_experiments()))
         return 0
+    if not args.experiment:
+        raise CLIError("which experiment? give a packaged name (`ditsam train --list`) or a .yaml path")
     config = load_experiment(args.experiment, dict(parse_override(o) for o in args.overrides))
     results = train(config, run_dir=args.run_dir, resume=args.resume)
     from ditsam.metrics import format_table
