@@ -36,7 +36,7 @@ def tiny_experiment(root: Path, bert_dir: Path, **train_overrides) -> Experiment
     return ExperimentConfig.from_dict(dict(
         name="tiny",
         model={**TINY_MODEL, "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
-        data=dict(format="refshapes", root=str(root), eval_splits=["val", "testB"], num_workers=0),
+        data=dict(format="refshapes", root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
         train=train,
     ))
 

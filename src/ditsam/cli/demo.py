@@ -1,8 +1,8 @@
 """``ditsam demo``: the main job on the built-in RefShapes benchmark, CPU-sized.
 
-Generates RefShapes, trains a tiny L-DIT and the tiny decoder-only SAM baseline with the same
-budget, evaluates both on val / testA / testB, and writes a results table and prediction
-pictures to one folder.
+Generates RefShapes' evaluation splits, trains a tiny L-DIT and the tiny decoder-only SAM baseline
+with the same recipe and budget (fresh training scenes on the fly), evaluates both on val / testA /
+testB, and writes a results table, ``results.json`` and prediction pictures to one folder.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# (label, packaged experiment) of the models the demo trains, in the order of the table.
 DEMO_MODELS = (("L-DIT", "refshapes/ldit"), ("SAM decoder-only (default)", "refshapes/default"))
+# A sentence of the benchmark's vocabulary to try the trained model on.
+EXAMPLE_SENTENCE = "the leftmost red shape"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="the main job: train and compare L-DIT and the SAM baseline on RefShapes (CPU, minutes)",
         description="Generate RefShapes, train a tiny L-DIT and the decoder-only baseline, evaluate both and "
-                    "write a results table and prediction pictures.",
+                    "write a results table (results.md, results.json) and prediction pictures.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--data", default="data/refshapes", help="RefShapes folder, generated if missing")
@@ -42,24 +45,33 @@ def run(args: argparse.Namespace) -> int:
     overrides["data.root"] = args.data
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
+    configs = {label: load_experiment(experiment, overrides) for label, experiment in DEMO_MODELS}
     results: dict[str, dict[str, dict[str, float]]] = {}
-    timings = {}
-    for label, experiment in DEMO_MODELS:
-        config = load_experiment(experiment, overrides)
+    seconds: dict[str, float] = {}
+    for label, config in configs.items():
         started = time.perf_counter()
-        logger.info("training %s (%s)", label, experiment)
-        results[label] = train(config, run_dir=out / config.name)
-        timings[label] = time.perf_counter() - started
+        logger.info("training %s (%s)", label, config.name)
+        results[config.name] = train(config, run_dir=out / config.name)
+        seconds[config.name] = time.perf_counter() - started
     sections = [
-        format_table(split_results, title=f"### {label} ({timings[label]:.0f} s)")
-        for label, split_results in results.items()
+        format_table(results[config.name], title=f"### {label}: {config.name} ({seconds[config.name]:.0f} s)")
+        for label, config in configs.items()
     ]
     table = "## RefShapes results (ditsam demo)\n\n" + "\n\n".join(sections) + "\n"
     (out / "results.md").write_text(table, encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"results": results, "seconds": timings}, indent=2), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"models": results, "seconds": seconds}, indent=2), encoding="utf-8")
     print(table)
-    print(f"Results: {out / 'results.md'}")
-    for label, experiment in DEMO_MODELS:
-        name = load_experiment(experiment, overrides).name
-        print(f"{label}: pictures in {out / name / 'predictions'}, checkpoint {out / name / 'checkpoints' / 'best'}")
+    print(f"Results: {out / 'results.md'} and {out / 'results.json'}")
+    for label, config in configs.items():
+        run_dir = out / config.name
+        checkpoint = run_dir / "checkpoints" / "best"
+        print(f"{label}: checkpoint {checkpoint}, pictures {run_dir / 'predictions'}; try it with "
+              f"`ditsam predict --checkpoint {checkpoint} --image {_example_image(config)} --text \"{EXAMPLE_SENTENCE}\"` "
+              f"or `ditsam serve --checkpoint {checkpoint}`")
     return 0
+
+
+def _example_image(config) -> str:
+    """A validation image of the generated data (any PNG of the RefShapes folder)."""
+    images = sorted((Path(config.data.root) / "images").glob("*.png"))
+    return str(images[-1]) if images else "IMAGE.png"

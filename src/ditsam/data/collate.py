@@ -49,20 +49,26 @@ class RISDataset(Dataset):
 
     ``train=True`` picks one of the object's sentences at random (deterministic given seed,
     epoch and index); otherwise the sample's first sentence, which in a reader's eval mode is
-    its only one. Call :meth:`set_epoch` before each epoch's data-loader iterator is created:
+    its only one. ``fixed_sentence`` replaces every sentence (a text-blind control). Call :meth:`set_epoch` before each epoch's data-loader iterator is created:
     workers receive a copy of the dataset when the iterator starts (so keep
     ``persistent_workers=False``, or the epoch never reaches them).
     """
 
-    def __init__(self, base_dataset: SampleReader, *, transform: RISTransform, train: bool, seed: int = 0) -> None:
+    def __init__(
+        self, base_dataset: SampleReader, *, transform: RISTransform, train: bool, seed: int = 0, fixed_sentence: str = ""
+    ) -> None:
         self.base = base_dataset
         self.transform = transform
         self.train = train
         self.seed = seed
+        # A control experiment's sentence given for every sample instead of its own ("" = off).
+        self.fixed_sentence = fixed_sentence
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):  # readers that draw new samples every epoch (RefShapesStream)
+            self.base.set_epoch(self.epoch)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -78,7 +84,8 @@ class RISDataset(Dataset):
         rng = self.rng_for(index)
         choice = int(rng.integers(len(sample.sentences))) if self.train else 0
         image = load_sample_image(sample)
-        out = self.transform(image, sentence=sample.sentences[choice], mask=sample.mask, rng=rng)
+        sentence = self.fixed_sentence or sample.sentences[choice]
+        out = self.transform(image, sentence=sentence, mask=sample.mask, rng=rng)
         assert out.mask is not None
         return RISItem(
             image=out.image,

@@ -52,6 +52,8 @@ class RefSample:
     image_id: int
     sent_ids: list[int]
     category_id: int
+    # uint8 (H, W, 3) RGB pixels held in memory (generated scenes); None: read ``image_path``.
+    pixels: np.ndarray | None = None
 
 
 def load_image(path: PathLike, *, apply_exif: bool = True) -> Image.Image:
@@ -110,6 +112,13 @@ def load_sample_image(sample: RefSample) -> Image.Image:
     the stored one is returned. Any other size mismatch raises :class:`DataError`.
     """
     height, width = sample.mask.shape
+    if sample.pixels is not None:
+        if sample.pixels.shape != (height, width, 3):
+            raise DataError(
+                f"{sample.image_path}: pixels {sample.pixels.shape} do not match the mask of ref {sample.ref_id} "
+                f"({height}, {width}, 3 expected)"
+            )
+        return Image.fromarray(sample.pixels, mode="RGB")
     image = load_image(sample.image_path)
     if image.size == (width, height):
         return image

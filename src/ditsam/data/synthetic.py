@@ -157,6 +157,13 @@ PRESETS: dict[str, RefShapesPreset] = {
         images={"train": 150, "val": 32, "testA": 40, "testB": 33},
         train_sentences_per_ref=3, eval_sentences_per_ref=1,
     ),
+    # The CPU demo's evaluation: tiny's scenes, >= 400 sentences per evaluation split (training
+    # streams fresh scenes, see ditsam.data.refshapes_stream; the train files are for reference).
+    "demo": RefShapesPreset(
+        side_range=(96, 160), side_step=16, objects_range=(3, 6),
+        images={"train": 150, "val": 100, "testA": 110, "testB": 95},
+        train_sentences_per_ref=3, eval_sentences_per_ref=1,
+    ),
     "small": RefShapesPreset(
         side_range=(128, 256), side_step=16, objects_range=(3, 7),
         images={"train": 1500, "val": 150, "testA": 180, "testB": 180},
@@ -690,13 +697,18 @@ class _ImageRecord:
     refs: list[tuple[int, list[tuple[str, str]]]]
 
 
+def draw_scene(rng: np.random.Generator, *, preset: str, split: str) -> tuple[Scene, np.ndarray]:
+    """A new scene of ``split``'s kind drawn from ``rng``, and its pixels, uint8 (H, W, 3)."""
+    scene = _generate_scene(rng, preset=PRESETS[preset], split=split)
+    return scene, _render(rng, scene.height, scene.width, scene.objects)
+
+
 def build_scene(*, seed: int, preset: str, split: str, image_index: int) -> tuple[Scene, np.ndarray]:
     """Re-create image ``image_index`` of ``split`` exactly as :func:`generate_refshapes` draws
     it: the scene (objects with their masks, referred objects with their sentences) and its
     pixels, uint8 (H, W, 3). For tests and debugging."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), image_index]))
-    scene = _generate_scene(rng, preset=PRESETS[preset], split=split)
-    return scene, _render(rng, scene.height, scene.width, scene.objects)
+    return draw_scene(rng, preset=preset, split=split)
 
 
 def _build_image(job: _ImageJob) -> _ImageRecord:

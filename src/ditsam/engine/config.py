@@ -58,10 +58,15 @@ class DataConfig(ConfigBase):
     eval_splits: tuple[str, ...] = ("val",)
     # Split that selects the best checkpoint.
     select_split: str = "val"
-    # RefShapes generator preset (tiny | small | large), used when format == refshapes.
+    # RefShapes generator preset (tiny | demo | small | large), used when format == refshapes.
     refshapes_preset: str = "tiny"
     # RefShapes generator seed.
     refshapes_seed: int = 0
+    # RefShapes only: > 0 trains on freshly generated scenes, this many samples per epoch (an
+    # endless train split, see ditsam.data.refshapes_stream), instead of the written train split.
+    train_stream_samples: int = 0
+    # Consecutive stream samples (one batch, in order) drawn from one scene, each naming another of its objects.
+    train_stream_items_per_scene: int = 4
     # Data-loader worker processes.
     num_workers: int = 2
     # Long-side sizes drawn at random in training, as fractions of the model's image_size
@@ -71,6 +76,9 @@ class DataConfig(ConfigBase):
     photometric: bool = True
     # Horizontal flip probability in training (swaps the words left/right).
     flip_probability: float = 0.5
+    # Control experiment: every sample, in training and evaluation, gets this sentence instead of
+    # its own, so the model must guess without words ("" = off, the normal task).
+    fixed_sentence: str = ""
 
 
 @dataclasses.dataclass

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from ditsam.data import open_dataset
+from ditsam.data import DataError, open_dataset
 from ditsam.engine.config import DataConfig, ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -14,12 +15,26 @@ logger = logging.getLogger(__name__)
 
 def ensure_refshapes(data: DataConfig) -> Path:
     """Generate RefShapes into ``data.root`` unless it is already there; returns the root."""
-    from ditsam.data.synthetic import DATASET_NAME, SPLIT_BY, generate_refshapes
+    from ditsam.data.synthetic import DATASET_NAME, SPLIT_BY, generate_refshapes, refshapes_files
 
     root = Path(data.root)
     if not (root / DATASET_NAME / f"refs({SPLIT_BY}).p").is_file():
         logger.info("generating RefShapes (%s, seed %d) into %s", data.refshapes_preset, data.refshapes_seed, root)
-        generate_refshapes(root, seed=data.refshapes_seed, preset=data.refshapes_preset)
+        generate_refshapes(root, seed=data.refshapes_seed, preset=data.refshapes_preset, progress=True)
+        return root
+    try:
+        made = json.loads(refshapes_files(root)[2].read_text(encoding="utf-8"))
+        found = (made["preset"], int(made["seed"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{root} holds RefShapes annotations without a readable scenes.json ({error}); "
+                        f"regenerate it with `ditsam data synth --out {root} --preset {data.refshapes_preset} "
+                        f"--seed {data.refshapes_seed} --overwrite`") from error
+    if found != (data.refshapes_preset, data.refshapes_seed):
+        # Scores on another preset's splits would not compare with the experiment's; never reuse them silently.
+        raise DataError(
+            f"{root} holds RefShapes preset {found[0]!r} seed {found[1]}, but the experiment asks for preset "
+            f"{data.refshapes_preset!r} seed {data.refshapes_seed}: set data.root to another folder, or remove {root}"
+        )
     return root
 
 
@@ -42,8 +57,26 @@ def dataset_spec(data: DataConfig) -> dict[str, Any]:
 
 
 def open_split(data: DataConfig, split: str, *, mode: str) -> Any:
-    """A reader of ``split`` in ``mode`` ("train": one item per object, "eval": one per sentence)."""
+    """A reader of ``split`` in ``mode`` ("train": one item per object, "eval": one per sentence);
+    RefShapes' training split is an endless stream of new scenes when ``data.train_stream_samples``."""
+    if data.format == "refshapes" and mode == "train" and data.train_stream_samples > 0:
+        from ditsam.data.refshapes_stream import RefShapesStream
+
+        return RefShapesStream(seed=data.refshapes_seed, preset=data.refshapes_preset,
+                               samples_per_epoch=data.train_stream_samples,
+                               items_per_scene=data.train_stream_items_per_scene)
     return open_dataset({**dataset_spec(data), "split": split, "mode": mode})
+
+
+def ris_dataset(config: ExperimentConfig, split: str, *, train: bool) -> Any:
+    """The :class:`~ditsam.data.collate.RISDataset` of ``split``: training (one item per object, random
+    sentence, augmented) or evaluation (one item per sentence) samples on the model's canvas."""
+    from ditsam.data.collate import RISDataset
+
+    return RISDataset(
+        open_split(config.data, split, mode="train" if train else "eval"), transform=transform_for(config, train=train),
+        train=train, seed=config.train.seed, fixed_sentence=config.data.fixed_sentence,
+    )
 
 
 def transform_for(config: ExperimentConfig, *, train: bool) -> Any:

@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ditsam.config import ConfigError
-from ditsam.data.collate import RISCollator, RISDataset
+from ditsam.data.collate import RISCollator
 from ditsam.engine.checkpoint import load_training_state, save_training_state, write_atomically
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import open_split, resolve_text_encoder, transform_for
+from ditsam.engine.data import resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.schedule import learning_rate
@@ -145,17 +145,10 @@ class Trainer:
         )
         set_seed(train.seed)
 
-        with self.accelerator.main_process_first():
-            self.train_reader = open_split(config.data, config.data.train_split, mode="train")
+        with self.accelerator.main_process_first():  # the first process generates RefShapes and its BERT
+            self.train_set = ris_dataset(config, config.data.train_split, train=True)
+            self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
             config = self.config = resolve_text_encoder(config)
-        self.train_set = RISDataset(
-            self.train_reader, transform=transform_for(config, train=True), train=True, seed=train.seed
-        )
-        self.eval_sets = {
-            split: RISDataset(open_split(config.data, split, mode="eval"), transform=transform_for(config, train=False),
-                              train=False, seed=train.seed)
-            for split in config.data.eval_splits
-        }
         if len(self.train_set) < train.micro_batch_size * world:
             raise ConfigError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch "
@@ -195,7 +188,10 @@ class Trainer:
     def _epoch_loader(self, epoch: int, skip_micro_batches: int) -> DataLoader:
         """This process's share of a seeded permutation, the same on every process and every resume."""
         generator = torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.train_set), generator=generator)
+        if getattr(self.train_set.base, "presorted", False):  # a stream in random order already
+            order = torch.arange(len(self.train_set))
+        else:
+            order = torch.randperm(len(self.train_set), generator=generator)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         per_process = len(self.train_set) // world
         mine = order[rank * per_process:(rank + 1) * per_process]

@@ -254,6 +254,24 @@ class Block(nn.Module):
         return tokens[:, num_text:].reshape(batch, height, width, dim), tokens[:, :num_text]
 
 
+# Wavelength range of the sine-cosine position embedding (as in "Attention Is All You Need").
+SINCOS_MAX_PERIOD = 10000.0
+
+
+def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position codes, (1, H, W, dim): the first half of the channels encodes
+    the row, the second half the column, each as sines and cosines of geometric frequencies."""
+    if dim % 4:
+        raise ValueError(f"a sine-cosine position embedding needs embed_dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = SINCOS_MAX_PERIOD ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows = torch.arange(grid[0], dtype=torch.float64)[:, None] * frequencies
+    cols = torch.arange(grid[1], dtype=torch.float64)[:, None] * frequencies
+    row_codes = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(grid[0], grid[1], 2 * quarter)
+    col_codes = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(grid[0], grid[1], 2 * quarter)
+    return torch.cat([row_codes, col_codes], dim=-1).unsqueeze(0).float()
+
+
 class PatchEmbed(nn.Module):
     """(B, 3, H, W) -> (B, H/p, W/p, C) by a strided convolution."""
 
@@ -277,6 +295,7 @@ class ImageEncoderViT(nn.Module):
         depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, out_chans: int = 256,
         qkv_bias: bool = True, use_rel_pos: bool = True, window_size: int = 0,
         global_attn_indexes: tuple[int, ...] = (), injection: nn.Module | None = None,
+        pos_embed_init: str = "zeros",
     ) -> None:
         super().__init__()
         from ditsam.model.inject import NoInjection
@@ -286,7 +305,11 @@ class ImageEncoderViT(nn.Module):
         self.img_size = img_size
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid, embed_dim))
+        # SAM's checkpoints overwrite a zero init; a model trained from scratch needs positions from the start.
+        if pos_embed_init not in ("zeros", "sincos"):
+            raise ValueError(f"pos_embed_init must be 'zeros' or 'sincos', got {pos_embed_init!r}")
+        initial = sincos_position_embedding(self.grid, embed_dim) if pos_embed_init == "sincos" else torch.zeros(1, *self.grid, embed_dim)
+        self.pos_embed = nn.Parameter(initial)
         self.blocks = nn.ModuleList(
             Block(
                 dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos,
