@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import torch
 
 from ditsam.model.config import DITSamConfig
 from ditsam.model.text import build_tiny_bert
+
+# The suite never touches the network: only tiny models and data built locally. Set before anything imports
+# huggingface_hub (it reads the variable once); text models may download by default, so this matters.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 WORDS = "the a red blue green small large circle square triangle star left right of above below on".split()
 

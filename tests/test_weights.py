@@ -33,6 +33,15 @@ from ditsam.model.weights import (
     to_reference_state_dict,
 )
 
+from checkpoint_files import (
+    cheap_state_dict,
+    official_sam_shapes,
+    randomise,
+    reference_checkpoint,
+    reference_pos_embed,
+    reference_rel_pos,
+)
+
 WORDS = ["red", "cat", "the", "big", "dog", "on", "left", "man", "in", "blue"]
 SENTENCES = ["the red cat", "big dog on the left"]
 TINY_SIZE = 64  # 4x4 patch grid
@@ -65,21 +74,6 @@ def tiny_config(bert_dir: Path, **overrides: object) -> DITSamConfig:
     return reference_config(**settings)
 
 
-def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random values everywhere (zero-initialised tables and projections would hide mistakes)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if ("norm" in name or "LayerNorm" in name or "neck.1" in name or "neck.3" in name) and name.endswith(
-                "weight"
-            ):
-                param.copy_(1.0 + 0.1 * noise)
-            else:
-                param.copy_(0.1 * noise)
-    return model.eval()
-
-
 def inputs(model: DITSam, seed: int = 0) -> tuple[torch.Tensor, object]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(len(SENTENCES), 3, TINY_SIZE, TINY_SIZE, generator=generator)
@@ -100,156 +94,6 @@ def prompt_logits(model: DITSam) -> torch.Tensor:
     labels = torch.tensor([[1, 0], [1, 1]])
     boxes = torch.tensor([[4.0, 4.0, 50.0, 40.0], [10.0, 12.0, 30.0, 60.0]])
     return model(images, points=(coords, labels), boxes=boxes).logits
-
-
-def official_sam_shapes(
-    *, width: int, depth: int, heads: int, global_blocks: tuple[int, ...]
-) -> dict[str, tuple[int, ...]]:
-    """Every key and shape of an official segment-anything checkpoint (1024 px, window 14, decoder 256)."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "image_encoder.pos_embed": (1, 64, 64, width),
-        "image_encoder.patch_embed.proj.weight": (width, 3, 16, 16),
-        "image_encoder.patch_embed.proj.bias": (width,),
-    }
-    head_dim = width // heads
-    for i in range(depth):
-        block = f"image_encoder.blocks.{i}."
-        rows = 127 if i in global_blocks else 27
-        shapes.update(
-            {
-                block + "norm1.weight": (width,),
-                block + "norm1.bias": (width,),
-                block + "attn.rel_pos_h": (rows, head_dim),
-                block + "attn.rel_pos_w": (rows, head_dim),
-                block + "attn.qkv.weight": (3 * width, width),
-                block + "attn.qkv.bias": (3 * width,),
-                block + "attn.proj.weight": (width, width),
-                block + "attn.proj.bias": (width,),
-                block + "norm2.weight": (width,),
-                block + "norm2.bias": (width,),
-                block + "mlp.lin1.weight": (4 * width, width),
-                block + "mlp.lin1.bias": (4 * width,),
-                block + "mlp.lin2.weight": (width, 4 * width),
-                block + "mlp.lin2.bias": (width,),
-            }
-        )
-    shapes.update(
-        {
-            "image_encoder.neck.0.weight": (256, width, 1, 1),
-            "image_encoder.neck.1.weight": (256,),
-            "image_encoder.neck.1.bias": (256,),
-            "image_encoder.neck.2.weight": (256, 256, 3, 3),
-            "image_encoder.neck.3.weight": (256,),
-            "image_encoder.neck.3.bias": (256,),
-            "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (2, 128),
-            "prompt_encoder.not_a_point_embed.weight": (1, 256),
-            "prompt_encoder.no_mask_embed.weight": (1, 256),
-            "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2),
-            "prompt_encoder.mask_downscaling.0.bias": (4,),
-            "prompt_encoder.mask_downscaling.1.weight": (4,),
-            "prompt_encoder.mask_downscaling.1.bias": (4,),
-            "prompt_encoder.mask_downscaling.3.weight": (16, 4, 2, 2),
-            "prompt_encoder.mask_downscaling.3.bias": (16,),
-            "prompt_encoder.mask_downscaling.4.weight": (16,),
-            "prompt_encoder.mask_downscaling.4.bias": (16,),
-            "prompt_encoder.mask_downscaling.6.weight": (256, 16, 1, 1),
-            "prompt_encoder.mask_downscaling.6.bias": (256,),
-        }
-    )
-    shapes.update({f"prompt_encoder.point_embeddings.{i}.weight": (1, 256) for i in range(4)})
-
-    def attention(prefix: str, internal: int) -> None:
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            shapes[f"{prefix}.{proj}.weight"] = (internal, 256)
-            shapes[f"{prefix}.{proj}.bias"] = (internal,)
-        shapes[f"{prefix}.out_proj.weight"] = (256, internal)
-        shapes[f"{prefix}.out_proj.bias"] = (256,)
-
-    for i in range(2):
-        layer = f"mask_decoder.transformer.layers.{i}"
-        attention(f"{layer}.self_attn", 256)
-        attention(f"{layer}.cross_attn_token_to_image", 128)
-        attention(f"{layer}.cross_attn_image_to_token", 128)
-        for norm in range(1, 5):
-            shapes[f"{layer}.norm{norm}.weight"] = (256,)
-            shapes[f"{layer}.norm{norm}.bias"] = (256,)
-        shapes.update(
-            {
-                f"{layer}.mlp.lin1.weight": (2048, 256),
-                f"{layer}.mlp.lin1.bias": (2048,),
-                f"{layer}.mlp.lin2.weight": (256, 2048),
-                f"{layer}.mlp.lin2.bias": (256,),
-            }
-        )
-    attention("mask_decoder.transformer.final_attn_token_to_image", 128)
-    shapes.update(
-        {
-            "mask_decoder.transformer.norm_final_attn.weight": (256,),
-            "mask_decoder.transformer.norm_final_attn.bias": (256,),
-            "mask_decoder.iou_token.weight": (1, 256),
-            "mask_decoder.mask_tokens.weight": (4, 256),
-            "mask_decoder.output_upscaling.0.weight": (256, 64, 2, 2),
-            "mask_decoder.output_upscaling.0.bias": (64,),
-            "mask_decoder.output_upscaling.1.weight": (64,),
-            "mask_decoder.output_upscaling.1.bias": (64,),
-            "mask_decoder.output_upscaling.3.weight": (64, 32, 2, 2),
-            "mask_decoder.output_upscaling.3.bias": (32,),
-        }
-    )
-    for i in range(4):
-        mlp = f"mask_decoder.output_hypernetworks_mlps.{i}.layers"
-        shapes.update(
-            {
-                f"{mlp}.0.weight": (256, 256),
-                f"{mlp}.0.bias": (256,),
-                f"{mlp}.1.weight": (256, 256),
-                f"{mlp}.1.bias": (256,),
-                f"{mlp}.2.weight": (32, 256),
-                f"{mlp}.2.bias": (32,),
-            }
-        )
-    head = "mask_decoder.iou_prediction_head.layers"
-    shapes.update(
-        {
-            f"{head}.0.weight": (256, 256),
-            f"{head}.0.bias": (256,),
-            f"{head}.1.weight": (256, 256),
-            f"{head}.1.bias": (256,),
-            f"{head}.2.weight": (4, 256),
-            f"{head}.2.bias": (4,),
-        }
-    )
-    return shapes
-
-
-def cheap_state_dict(
-    shapes: dict[str, tuple[int, ...]], *, random_keys: tuple[str, ...] = ()
-) -> dict[str, torch.Tensor]:
-    """Constant zero-stride tensors (a per-key value, so mix-ups show), random values for ``random_keys``."""
-    generator = torch.Generator().manual_seed(1)
-    state = {}
-    for index, (key, shape) in enumerate(shapes.items()):
-        if any(key.endswith(suffix) for suffix in random_keys):
-            state[key] = torch.randn(shape, generator=generator)
-        else:
-            state[key] = torch.full((), 0.001 * index).expand(shape)
-    return state
-
-
-def reference_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """The reference's get_abs_pos: bicubic, align_corners=False, (1, H, W, C) layout."""
-    return F.interpolate(pos.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", align_corners=False).permute(
-        0, 2, 3, 1
-    )
-
-
-def reference_rel_pos(table: torch.Tensor, rows: int) -> torch.Tensor:
-    """The reference's get_rel_pos interpolation: linear over the rows, per channel."""
-    return (
-        F.interpolate(table.reshape(1, table.shape[0], -1).permute(0, 2, 1), size=rows, mode="linear")
-        .reshape(-1, rows)
-        .permute(1, 0)
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -453,45 +297,6 @@ def test_wrapped_state_dicts_are_unwrapped_preferring_ema(bert_dir: Path, tmp_pa
 # ---------------------------------------------------------------------------------------------------
 # Reference DIT checkpoints
 # ---------------------------------------------------------------------------------------------------
-def reference_checkpoint(model: DITSam, *, grid_scale: int = 2) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
-    """``model``'s weights as the authors' trainer saves them, with the reference's larger position
-    tables (``grid_scale`` x the grid, window tables at the window size); returns the checkpoint and the
-    position tables ``model`` must hold to compute what the reference computes."""
-    config = model.config
-    state = to_reference_state_dict(model.state_dict(), config, prefix="module.", old_bert_names=True)
-    generator = torch.Generator().manual_seed(5)
-    big_grid = config.grid * grid_scale
-    width, heads = config.size.embed_dim, config.size.num_heads
-    pos = torch.randn(1, big_grid, big_grid, width, generator=generator)
-    state["module.visual_encoder.pos_embed"] = pos
-    equivalent = {"image_encoder.pos_embed": reference_pos_embed(pos, config.grid)}
-    for i in range(config.size.depth):
-        rows = 2 * big_grid - 1 if i in config.size.global_attn_indexes else 2 * config.window_size - 1
-        for axis in "hw":
-            table = torch.randn(rows, width // heads, generator=generator)
-            state[f"module.visual_encoder.blocks.{i}.attn.rel_pos_{axis}"] = table
-            equivalent[f"image_encoder.blocks.{i}.attn.rel_pos_{axis}"] = reference_rel_pos(table, 2 * config.grid - 1)
-    text_dim = model.text_encoder.hidden_size
-    state.update(
-        {  # present in every reference checkpoint, unused by its forward
-            "module.query_embeddings": torch.randn(1, 4, text_dim, generator=generator),
-            "module.self_attention.in_proj_weight": torch.randn(3 * text_dim, text_dim, generator=generator),
-            "module.self_attention.in_proj_bias": torch.randn(3 * text_dim, generator=generator),
-            "module.self_attention.out_proj.weight": torch.randn(text_dim, text_dim, generator=generator),
-            "module.self_attention.out_proj.bias": torch.randn(text_dim, generator=generator),
-            "module.lang_encoder.bert.pooler.dense.weight": torch.randn(text_dim, text_dim, generator=generator),
-            "module.lang_encoder.bert.pooler.dense.bias": torch.randn(text_dim, generator=generator),
-        }
-    )
-    checkpoint = {
-        "epoch": 40,
-        "state_dict": state,
-        "optimizer": {"state": {}, "param_groups": []},
-        "scheduler": {"last_epoch": 3},
-        "lr": 1e-6,
-    }
-    return checkpoint, equivalent
-
 
 @pytest.mark.parametrize(
     "overrides",

@@ -3,6 +3,7 @@
     from ditsam import Segmenter
 
     seg = Segmenter.from_pretrained("runs/refcoco_ldit/checkpoints/best")   # device: cuda if available
+    # also: a Hub id "owner/name", or the authors' released L-DIT file "ldit_refcoco.pth" (no config needed)
     result = seg.predict("photo.jpg", "the man on the left")
     result.mask      # bool (H, W) at the ORIGINAL image size
     result.score     # the model's IoU prediction for that mask (a float, roughly 0..1)
@@ -40,7 +41,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence, Union
 
 import numpy as np
@@ -377,46 +377,40 @@ class Segmenter:
     @classmethod
     def from_pretrained(
         cls,
-        checkpoint: str | os.PathLike,
+        source: str | os.PathLike,
         *,
+        revision: str | None = None,
+        injection: str | None = None,
         config: "DITSamConfig | None" = None,
+        text_name_or_path: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
         device: "torch.device | str | None" = None,
         dtype: "torch.dtype | str | None" = None,
         threshold: float = DEFAULT_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
     ) -> "Segmenter":
-        """Load a checkpoint folder written by ``DITSam.save_pretrained`` (e.g. a training run's
-        ``checkpoints/best``), or -- with ``config=`` describing the architecture -- a single checkpoint
-        file that holds every weight (the authors' released DIT ``.pth``, a flat DITSam state dict).
+        """A segmenter for a model from any source (:meth:`DITSam.from_pretrained
+        <ditsam.model.dit.DITSam.from_pretrained>`):
 
-        Errors name the file: a missing folder, a folder without ``config.json`` (FileNotFoundError),
-        damaged weights or keys that do not match (:class:`~ditsam.model.weights.CheckpointError`).
+        - a folder written by ``DITSam.save_pretrained`` (e.g. a training run's ``checkpoints/best``);
+        - a Hugging Face Hub id ``owner/name`` (``revision=`` a branch, tag or commit), from the Hub cache,
+          downloaded when missing unless ``HF_HUB_OFFLINE=1``; ``owner/name/file.pth`` takes one file of it;
+        - the authors' released DIT ``.pth`` with no config: the architecture is read from the weights,
+          L-DIT unless ``injection="e2e"`` (or ``"none"``), BERT's config and tokenizer from
+          ``text_name_or_path`` (default ``bert-base-uncased``, through the Hub cache);
+        - any other checkpoint file holding every weight (a flat DITSam state dict), with ``config=``.
+
+        An official SAM checkpoint is refused: it holds no text model. Errors name the source: a missing
+        folder or file, an unresolvable Hub id (FileNotFoundError), damaged weights or keys that do not
+        match (:class:`~ditsam.model.weights.CheckpointError`).
         """
         from ditsam.model.dit import DITSam
-        from ditsam.model.weights import CheckpointError, load_checkpoint
 
-        path = Path(checkpoint)
-        if path.is_file():
-            if config is None:
-                raise CheckpointError(
-                    f"{path} is a checkpoint file: pass config= (a DITSamConfig, e.g. reference_config(...)) "
-                    f"to say which architecture it holds, or give a save_pretrained folder"
-                )
-            model = DITSam(config, load_text_weights=False)
-            report = load_checkpoint(model, path)
-            logger.info("%s", report)
-            if report.fresh or report.kept:
-                untrained = report.fresh + report.kept
-                raise CheckpointError(
-                    f"{path} ({report.kind}) does not hold every weight a Segmenter needs; missing e.g. "
-                    f"{', '.join(untrained[:4])} ({len(untrained)} tensors): use a trained DIT checkpoint"
-                )
-            model.eval()
-        else:
-            if config is not None:
-                raise ValueError("config= is only used with a checkpoint file; a folder carries its own config.json")
-            model = DITSam.from_pretrained(path)
+        model = DITSam.from_pretrained(
+            source, revision=revision, injection=injection, config=config,  # type: ignore[arg-type]
+            text_name_or_path=text_name_or_path, cache_dir=cache_dir,
+        )
         return cls(model, device=device, dtype=dtype, threshold=threshold, max_pixels=max_pixels, batch_size=batch_size)
 
     def __repr__(self) -> str:

@@ -5,21 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="evaluate a checkpoint (oIoU, mIoU, P@X per split)",
-        description="Evaluate a checkpoint folder (saved by training or save_pretrained) on the data of an "
-                    "experiment config, or of the experiment stored in the checkpoint.",
+        description="Evaluate a model (a checkpoint folder saved by training or save_pretrained, a Hub id or the "
+                    "authors' .pth) on the data of an experiment config, or of the experiment stored in a training "
+                    "run's checkpoint folder.",
     )
-    parser.add_argument("checkpoint", help="checkpoint folder (e.g. runs/NAME/checkpoints/best)")
+    parser.add_argument("checkpoint", help=SOURCE_HELP)
+    add_source_arguments(parser)
     parser.add_argument("--data", default=None, help="experiment name or YAML whose `data` section to use "
                         "(default: the experiment saved with the checkpoint)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the data/train sections, e.g. data.eval_splits=[testA]")
     parser.add_argument("--splits", nargs="+", default=None, help="splits to evaluate (default: data.eval_splits)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threshold", type=float, default=None, help="sigmoid threshold (default: train.threshold, 0.35)")
-    parser.add_argument("--out", default=None, help="folder for results.json / results.md (default: next to the checkpoint)")
+    parser.add_argument("--out", default=None, help="folder for results.json / results.md (default: next to the "
+                        "checkpoint; runs/eval/OWNER--NAME for a Hub id)")
     parser.add_argument("--dump-masks", choices=("none", "png", "rle"), default="none",
                         help="also write every predicted mask as PNG files or one COCO-RLE JSON per split")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ditsam.engine.run_eval import evaluate_checkpoint
 
     results, out = evaluate_checkpoint(
-        Path(args.checkpoint), data=args.data, overrides=args.overrides, splits=args.splits,
+        args.checkpoint, **source_options(args), data=args.data, overrides=args.overrides, splits=args.splits,
         batch_size=args.batch_size, threshold=args.threshold, out=Path(args.out) if args.out else None,
         dump_masks=args.dump_masks, device=args.device,
     )

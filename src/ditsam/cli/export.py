@@ -12,14 +12,17 @@ import argparse
 from pathlib import Path
 
 from ditsam.cli.errors import CLIError
+from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export-onnx", help="export a checkpoint to ONNX (image + tokens -> mask logits, IoU)",
-        description="Export a checkpoint folder to one ONNX model and check it against PyTorch with onnxruntime.",
+        description="Export a model (a checkpoint folder, a Hub id or the authors' .pth) to one ONNX model and check "
+                    "it against PyTorch with onnxruntime.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (save_pretrained / runs/NAME/checkpoints/best)")
+    parser.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
+    add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--mask-dtype", default="int64", choices=("int64", "bool"), help="type of the attention_mask input")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise CLIError(f"--out {out} is a folder; give the .onnx file to write")
-    model = DITSam.from_pretrained(args.checkpoint)
+    model = DITSam.from_pretrained(args.checkpoint, **source_options(args))
     try:
         report = export_onnx(
             model, out, opset=args.opset, attention_mask_dtype=args.mask_dtype, verify=not args.no_verify, atol=args.atol

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ditsam.cli.errors import CLIError
+from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,11 @@ OVERLAY_MAX_SIDE = 1024
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="segment what a sentence describes in your images",
-        description="Predict masks for (image, sentence) pairs with a trained checkpoint folder; writes overlay "
-                    "pictures, mask PNGs and one COCO-RLE predictions.json.",
+        description="Predict masks for (image, sentence) pairs with a trained model (a checkpoint folder, a Hub id or "
+                    "the authors' .pth); writes overlay pictures, mask PNGs and one COCO-RLE predictions.json.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (save_pretrained / runs/NAME/checkpoints/best)")
+    parser.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
+    add_source_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", metavar="FILE", help="an image file (repeat for several)")
     source.add_argument("--images", metavar="DIR", help="a folder of images (not recursive)")
@@ -190,7 +192,7 @@ def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]]) -> int:
     from ditsam.data.sample import DataError
 
     segmenter = Segmenter.from_pretrained(
-        args.checkpoint, device=args.device, dtype=args.dtype, threshold=args.threshold,
+        args.checkpoint, **source_options(args), device=args.device, dtype=args.dtype, threshold=args.threshold,
         max_pixels=args.max_pixels, batch_size=args.batch_size,
     )
     out = Path(args.out)

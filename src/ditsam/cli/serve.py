@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ditsam.cli.errors import CLIError
+from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,11 @@ def _positive_int(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve", help="the web demo: upload an image, type a sentence, see the mask",
-        description="Serve a Gradio page for a checkpoint folder: image + sentence -> overlay, mask and score; "
-                    "optional point / box clicks for Mix-trained models.",
+        description="Serve a Gradio page for a model (a checkpoint folder, a Hub id or the authors' .pth): image + "
+                    "sentence -> overlay, mask and score; optional point / box clicks for Mix-trained models.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (save_pretrained / runs/NAME/checkpoints/best)")
+    parser.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
+    add_source_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--examples", metavar="DIR", help="example images: a RefShapes root or a folder of images "
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if not examples:
             logger.warning("no images found in %s: the page shows no examples", args.examples)
     segmenter = Segmenter.from_pretrained(
-        args.checkpoint, device=args.device, dtype=args.dtype, threshold=args.threshold, max_pixels=args.max_pixels,
+        args.checkpoint, **source_options(args), device=args.device, dtype=args.dtype, threshold=args.threshold,
+        max_pixels=args.max_pixels,
     )
     logger.info("%r", segmenter)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests, one INFO line each

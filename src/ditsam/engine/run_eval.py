@@ -1,31 +1,38 @@
-"""``ditsam eval``: a checkpoint folder scored on the splits of an experiment's data."""
+"""``ditsam eval``: a model (checkpoint folder, Hub id or authors' .pth) scored on the splits of an experiment's data."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import yaml
 
 from ditsam.config import parse_override
-from ditsam.data.collate import RISDataset
 from ditsam.engine.config import ExperimentConfig, load_experiment
-from ditsam.engine.data import open_split, transform_for
+from ditsam.engine.data import ris_dataset
 from ditsam.engine.evaluate import SamplePrediction, evaluate
 from ditsam.engine.pictures import save_prediction_pictures
 from ditsam.metrics import format_table
 
+if TYPE_CHECKING:
+    from ditsam.model.sources import ResolvedSource
+
 logger = logging.getLogger(__name__)
 
 
-def _experiment(checkpoint: Path, data: str | None, overrides: Sequence[str]) -> ExperimentConfig:
+def _experiment(checkpoint: ResolvedSource, data: str | None, overrides: Sequence[str]) -> ExperimentConfig:
     parsed = dict(parse_override(o) for o in overrides)
     if data is not None:
         return load_experiment(data, parsed)
-    stored = checkpoint / "experiment.yaml"
+    if not checkpoint.path.is_dir():
+        raise FileNotFoundError(
+            f"{checkpoint} is a checkpoint file without a stored experiment: pass --data EXPERIMENT to say which "
+            f"data to evaluate on"
+        )
+    stored = checkpoint.path / "experiment.yaml"
     if not stored.is_file():
         raise FileNotFoundError(f"{stored} does not exist: pass --data EXPERIMENT to say which data to evaluate on")
     config = ExperimentConfig.from_dict(yaml.safe_load(stored.read_text(encoding="utf-8")))
@@ -58,31 +65,45 @@ class _MaskDump:
             path.write_text(json.dumps(self.records))
 
 
+def _default_out(source: ResolvedSource) -> Path:
+    """runs/NAME/eval/best for runs/NAME/checkpoints/best; eval/STEM beside a file; runs/eval/OWNER--NAME
+    for a Hub id (never inside the Hub cache)."""
+    if source.repo_id is not None:
+        return Path("runs") / "eval" / source.repo_id.replace("/", "--")
+    if source.path.is_dir():
+        return source.path.parent.parent / "eval" / source.path.name
+    return source.path.parent / "eval" / source.path.stem
+
+
 def evaluate_checkpoint(
-    checkpoint: Path, *, data: str | None = None, overrides: Sequence[str] = (), splits: Sequence[str] | None = None,
+    checkpoint: str | Path, *, data: str | None = None, overrides: Sequence[str] = (), splits: Sequence[str] | None = None,
     batch_size: int = 16, threshold: float | None = None, out: Path | None = None, dump_masks: str = "none",
-    device: str | None = None, num_pictures: int = 6,
+    device: str | None = None, num_pictures: int = 6, revision: str | None = None, injection: str | None = None,
+    text_name_or_path: str | None = None,
 ) -> tuple[dict[str, dict[str, float]], Path]:
-    """Evaluate ``checkpoint`` and write results.json / results.md / pictures to ``out``."""
+    """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.sources.load_pretrained` (a folder,
+    a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
+    write results.json / results.md / pictures to ``out``. Only a training run's folder stores its
+    experiment; other sources need ``data``."""
     from accelerate import Accelerator
 
     from ditsam.model.dit import DITSam
+    from ditsam.model.sources import resolve_source
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
-    experiment = _experiment(checkpoint, data, overrides)
+    source = resolve_source(checkpoint, revision=revision)
+    experiment = _experiment(source, data, overrides)
     accelerator = Accelerator(cpu=device == "cpu")
-    model = DITSam.from_pretrained(checkpoint).to(device or accelerator.device)
+    model = DITSam.from_pretrained(
+        source.path, injection=injection, text_name_or_path=text_name_or_path  # type: ignore[arg-type]
+    ).to(device or accelerator.device)
     # The checkpoint's own architecture decides the input size, whatever the data config says.
     experiment = experiment.with_overrides({"model": model.config.to_dict()})
-    out = out or checkpoint.parent.parent / "eval" / checkpoint.name
+    out = out or _default_out(source)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, float]] = {}
     for split in splits or experiment.data.eval_splits:
-        dataset = RISDataset(open_split(experiment.data, split, mode="eval"), transform=transform_for(experiment, train=False),
-                             train=False, seed=0)
+        dataset = ris_dataset(experiment, split, train=False)
         dump = _MaskDump(dump_masks, out / f"masks_{split}")
         result = evaluate(
             model, dataset, batch_size=batch_size,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
 from ditsam.config import ConfigBase, ConfigError
 from ditsam.model.text import TextConfig
@@ -46,6 +46,11 @@ class DITSamConfig(ConfigBase):
     image_size: int = 512
     # "global": every block attends globally (reference code); "windowed": SAM's window/global layout.
     attention: Literal["global", "windowed"] = "global"
+    # Initial absolute position embedding: "zeros" (SAM; pretrained weights replace it) or "sincos"
+    # (fixed 2-D sine-cosine codes, a learnable start for models trained from scratch).
+    pos_embed_init: Literal["zeros", "sincos"] = "zeros"
+    # SAM's decomposed relative-position bias in the ViT's attention (official checkpoints carry it).
+    use_rel_pos: bool = True
     # Window side, in patches, of the windowed blocks.
     window_size: int = 14
     # MLP hidden width / embed_dim in the ViT blocks.
@@ -113,13 +118,30 @@ class DITSamConfig(ConfigBase):
         return self.image_size // self.patch_size
 
 
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``overrides``, nested dicts merged key by key (a config object is a dict here)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, ConfigBase):
+            value = value.to_dict()
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def reference_config(**overrides: object) -> DITSamConfig:
     """The preset that reproduces the authors' code (wysnzzzz/DIT): global attention everywhere,
-    BERT's first layer, no padding mask, single-mask decoder, align_corners upsampling."""
+    BERT's first layer, no padding mask, single-mask decoder, align_corners upsampling.
+
+    ``overrides`` are merged into the preset, nested sections key by key:
+    ``reference_config(text={"name_or_path": "my-bert"})`` keeps ``text.hidden_layer = 1``.
+    """
     base = DITSamConfig(attention="global", mask_text_padding=False, multimask_output=False, upsample_align_corners=True)
     data = base.to_dict()
     data["text"]["hidden_layer"] = 1
-    data.update(overrides)
+    data = _merge(data, overrides)
     if data.get("injection") == "e2e" and data.get("refine_text_per_layer") is None:
         # The reference E-DIT re-projects the text tokens before every block, frozen backbone or not.
         data["refine_text_per_layer"] = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditsam.model.config import DITSamConfig
+from ditsam.model.config import DITSamConfig, Injection
 from ditsam.model.inject import (
     CrossAttentionInjection,
     EndToEndInjection,
@@ -87,6 +88,7 @@ class DITSam(nn.Module):
             num_heads=size.num_heads, mlp_ratio=config.mlp_ratio, out_chans=config.prompt_embed_dim,
             window_size=config.window_size if config.attention == "windowed" else 0,
             global_attn_indexes=size.global_attn_indexes, injection=build_injection(config, text_dim=text_dim),
+            pos_embed_init=config.pos_embed_init, use_rel_pos=config.use_rel_pos,
         )
         self.image_encoder.gradient_checkpointing = config.gradient_checkpointing
         grid = (config.grid, config.grid)
@@ -225,11 +227,30 @@ class DITSam(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu") -> "DITSam":
-        """Load a model written by :meth:`save_pretrained`."""
-        from ditsam.model.weights import load_ditsam_directory
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        injection: Injection | None = None,
+        config: DITSamConfig | None = None,
+        text_name_or_path: str | None = None,
+        cache_dir: str | Path | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> "DITSam":
+        """A model in eval mode from any source: a :meth:`save_pretrained` folder, a Hugging Face Hub id
+        ``owner/name`` (``revision=``; Hub cache, ``HF_HUB_OFFLINE=1`` honoured), or a checkpoint file -- the
+        authors' DIT ``.pth`` needs no config (architecture read from its shapes, L-DIT unless
+        ``injection="e2e"`` / ``"none"``, BERT config and tokenizer from ``text_name_or_path``, default
+        ``bert-base-uncased``); other files need ``config=``. An official SAM file is refused (no text model).
+        See :func:`ditsam.model.sources.load_pretrained`.
+        """
+        from ditsam.model.sources import load_pretrained
 
-        return load_ditsam_directory(cls, Path(directory), map_location=map_location)
+        return load_pretrained(
+            cls, source, revision=revision, injection=injection, config=config,
+            text_name_or_path=text_name_or_path, cache_dir=cache_dir, map_location=map_location,
+        )
 
     def load_sam_checkpoint(self, path: str | Path) -> "LoadReport":
         """Load an official SAM checkpoint (sam_vit_{b,l,h}_*.pth); see :func:`ditsam.model.weights.load_sam_checkpoint`."""

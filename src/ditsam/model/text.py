@@ -1,9 +1,10 @@
 """Text encoder: a Hugging Face BERT turned into per-token features plus a padding mask.
 
-Nothing is ever downloaded here: ``name_or_path`` is a local directory (``save_pretrained``
-layout) or a name already present in the Hugging Face cache. :func:`build_tiny_bert` writes a
-small randomly initialised BERT with a given vocabulary, which the tests and the synthetic
-benchmark use instead of ``bert-base-uncased``.
+``name_or_path`` is a local directory (``save_pretrained`` layout) or a Hugging Face Hub id such as
+``bert-base-uncased``, resolved as transformers does: from the Hub cache, downloaded when missing
+(only when a model is built, never at import), and never downloaded when ``HF_HUB_OFFLINE=1`` or
+``local_files_only`` is set. :func:`build_tiny_bert` writes a small randomly initialised BERT with a
+given vocabulary, which the tests and the synthetic benchmark use instead of ``bert-base-uncased``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 class TextConfig(ConfigBase):
     """Which BERT to use and how its features feed DIT."""
 
-    # Local directory with a HF BERT (config.json, weights, tokenizer files) or a name in the HF cache.
+    # Local directory with a HF BERT (config.json, weights, tokenizer files) or a Hugging Face Hub id.
     name_or_path: str = "bert-base-uncased"
     # Tokens per sentence including [CLS] and [SEP]; longer sentences are truncated with a warning.
     max_tokens: int = 20
@@ -37,8 +38,9 @@ class TextConfig(ConfigBase):
     hidden_layer: int = -1
     # Fine-tune BERT (True) or keep it frozen (False).
     trainable: bool = True
-    # Never reach the network when resolving name_or_path (a missing model is an error, not a download).
-    local_files_only: bool = True
+    # Never reach the network when resolving name_or_path (a model missing from the cache is then an
+    # error, not a download). False: downloads allowed, as in transformers (HF_HUB_OFFLINE=1 still wins).
+    local_files_only: bool = False
 
 
 @dataclasses.dataclass
@@ -58,7 +60,7 @@ class TokenizedText:
 class TextTokenizer:
     """Sentences -> :class:`TokenizedText`, padded to ``max_tokens`` (the reference code's layout)."""
 
-    def __init__(self, *, name_or_path: str, max_tokens: int = 20, local_files_only: bool = True) -> None:
+    def __init__(self, *, name_or_path: str, max_tokens: int = 20, local_files_only: bool = False) -> None:
         from transformers import AutoTokenizer
 
         if max_tokens < 3:
@@ -68,7 +70,8 @@ class TextTokenizer:
         except OSError as error:
             raise FileNotFoundError(
                 f"no tokenizer found at {name_or_path!r}: give a local BERT directory (config.json, vocab.txt) "
-                f"or a model already in the Hugging Face cache ({error})"
+                f"or a Hugging Face Hub id, reachable or in the cache (HF_HUB_OFFLINE=1 / local_files_only "
+                f"allow the cache only) ({error})"
             ) from error
         self.max_tokens = max_tokens
         self._warned = False
@@ -122,7 +125,8 @@ class TextEncoder(nn.Module):
         except OSError as error:
             raise FileNotFoundError(
                 f"no BERT found at {config.name_or_path!r}: give a local directory saved with save_pretrained "
-                f"or a model already in the Hugging Face cache ({error})"
+                f"or a Hugging Face Hub id, reachable or in the cache (HF_HUB_OFFLINE=1 / text.local_files_only "
+                f"allow the cache only) ({error})"
             ) from error
         num_states = self.bert.config.num_hidden_layers + 1
         if not -num_states <= config.hidden_layer < num_states:
@@ -149,6 +153,7 @@ def build_tiny_bert(
     num_layers: int = 2,
     num_heads: int = 2,
     intermediate_size: int = 128,
+    dropout: float = 0.1,
     seed: int = 0,
 ) -> Path:
     """Write a small random BERT with a word-level vocabulary (plus single letters) to ``directory``.
@@ -174,6 +179,8 @@ def build_tiny_bert(
         num_attention_heads=num_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(str(directory))

@@ -76,8 +76,11 @@ Three checkpoint formats are understood; :func:`load_checkpoint` tells them apar
    "model": config}``), ``model.safetensors`` and ``text_encoder/`` (BERT config + tokenizer). Read by
    :func:`load_ditsam_directory` (behind :meth:`DITSam.from_pretrained`), strictly.
 
-Files are always read with ``torch.load(..., map_location="cpu", weights_only=True)`` (or safetensors): a
-checkpoint that needs arbitrary Python objects is refused, never unpickled. Nothing happens at import time.
+Files are always read with ``torch.load(..., map_location="cpu", weights_only=True)`` (memory-mapped for
+zip-format files, so tensors saved on ``cuda:0`` load on a CPU-only machine and an optimizer state that is
+dropped is never read) or safetensors: a checkpoint that needs arbitrary Python objects is refused, never
+unpickled. Which source to load (a folder, a Hub id, an authors' file without config) is decided in
+:mod:`ditsam.model.sources`. Nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ import json
 import logging
 import pickle
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -223,8 +227,10 @@ def _weights_only_cause(error: Exception) -> str:
 
 
 def _torch_load(path: Path) -> Any:
+    """``torch.load`` on the CPU, weights only; zip-format files are memory-mapped, so tensors nobody reads
+    (the Adam state of a training checkpoint, ~2/3 of the authors' files) are never paged in."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         cause = _weights_only_cause(error)
         if "GLOBAL" in cause.upper() and "unsupported" in cause.lower():
@@ -889,6 +895,31 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def load_any_state_dict(
+    model: DITSam, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+) -> LoadReport:
+    """Load a state dict of any known layout into ``model`` (see :func:`detect_format`): reference DIT,
+    official / transformers SAM, or a flat DITSam state dict (strict). ``source`` names it in messages."""
+    kind = detect_format(state_dict)
+    if kind == "reference":
+        return load_reference_state_dict(model, state_dict, source=source)
+    if kind == "sam":
+        return load_sam_state_dict(model, state_dict, source=source)
+    if kind == "ditsam":
+        return _apply(
+            model,
+            _strip_module_prefix(state_dict),
+            kind="ditsam",
+            source=source,
+            classify_missing=lambda key: None,
+            allow_resize=False,
+        )
+    raise CheckpointError(
+        f"{source}: unknown checkpoint layout (first keys: {_listing(list(state_dict), 5)}); expected SAM "
+        f"(image_encoder.*), reference DIT (visual_encoder.*) or DITSam (text_encoder.*) names"
+    )
+
+
 def load_checkpoint(model: DITSam, path: str | Path) -> LoadReport:
     """Load whatever ``path`` is into ``model``: a save_pretrained folder (strict; config differences are
     reported), a reference-DIT checkpoint (``visual_encoder.*``), an official / transformers SAM checkpoint
@@ -897,21 +928,4 @@ def load_checkpoint(model: DITSam, path: str | Path) -> LoadReport:
     if path.is_dir():
         return _load_directory_into(model, path)
     state_dict, _ = read_checkpoint_file(path)
-    kind = detect_format(state_dict)
-    if kind == "reference":
-        return load_reference_state_dict(model, state_dict, source=str(path))
-    if kind == "sam":
-        return load_sam_state_dict(model, state_dict, source=str(path))
-    if kind == "ditsam":
-        return _apply(
-            model,
-            _strip_module_prefix(state_dict),
-            kind="ditsam",
-            source=str(path),
-            classify_missing=lambda key: None,
-            allow_resize=False,
-        )
-    raise CheckpointError(
-        f"{path}: unknown checkpoint layout (first keys: {_listing(list(state_dict), 5)}); expected SAM "
-        f"(image_encoder.*), reference DIT (visual_encoder.*) or DITSam (text_encoder.*) names"
-    )
+    return load_any_state_dict(model, state_dict, source=str(path))

@@ -1,0 +1,391 @@
+"""Where a model comes from: one entry point for every source.
+
+:func:`load_pretrained` is what :meth:`DITSam.from_pretrained <ditsam.model.dit.DITSam.from_pretrained>`,
+:meth:`Segmenter.from_pretrained <ditsam.api.Segmenter.from_pretrained>` and the ``predict``, ``serve``,
+``eval`` and ``export-onnx`` commands call. A *source* is one of:
+
+1. a local folder written by ``save_pretrained``: strict, it carries its own config;
+2. a Hugging Face Hub repo id ``owner/name`` (``revision=`` a branch, tag or commit), resolved with
+   :func:`huggingface_hub.snapshot_download`: its cache, downloads when missing, nothing but the cache
+   when ``HF_HUB_OFFLINE=1``. The snapshot is then a folder as in 1, or holds one checkpoint file as in 3;
+   ``owner/name/path/file.pth`` fetches that one file of the repo (:func:`huggingface_hub.hf_hub_download`);
+3. a checkpoint file (``.pth``, ``.pt``, ``.bin``). The authors' released DIT file needs no config: the
+   architecture is read from its tensor shapes (:func:`reference_config_from_state_dict`) and built with
+   the reference behaviour of :func:`~ditsam.model.config.reference_config`; its BERT weights are in the
+   file, BERT's config and tokenizer come from ``text_name_or_path`` (``bert-base-uncased`` through the
+   Hub, as transformers resolves it). Other files (a flat DITSam state dict) need ``config=``;
+4. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``).
+
+Files are read once, weights only, memory-mapped (:func:`~ditsam.model.weights.read_checkpoint_file`):
+the optimizer state of a training checkpoint is dropped with the wrapper and never read into memory.
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args
+
+import torch
+
+from ditsam.model.config import BACKBONES, DITSamConfig, Injection, reference_config
+from ditsam.model.dit import CONFIG_FILE
+from ditsam.model.weights import (
+    REFERENCE_IMAGE_SIZE,
+    REFERENCE_MAX_TOKENS,
+    SAM_DECODER_LAYERS,
+    CheckpointError,
+    _strip_module_prefix,
+    detect_format,
+    load_any_state_dict,
+    load_ditsam_directory,
+    read_checkpoint_file,
+)
+
+if TYPE_CHECKING:
+    from ditsam.model.dit import DITSam
+
+logger = logging.getLogger(__name__)
+
+#: File endings of torch checkpoints that load without a config (the authors' files are ``.pth``).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+#: BERT whose config and tokenizer an authors' checkpoint is paired with (its weights are in the file).
+DEFAULT_TEXT_MODEL = "bert-base-uncased"
+#: Attention heads of SAM's mask decoder: the weights' shapes do not tell, every SAM and DIT file uses 8.
+SAM_DECODER_HEADS = 8
+#: Injections an authors' checkpoint can hold: L-DIT and E-DIT share their key names, "none" is decoder-only.
+REFERENCE_INJECTIONS = ("layerwise", "e2e", "none")
+
+_HUB_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_HUB_REPO = re.compile(rf"({_HUB_PART}/{_HUB_PART})")
+_HUB_FILE = re.compile(rf"({_HUB_PART}/{_HUB_PART})/((?:[^/\\]+/)*[^/\\]+)")
+_REF_BLOCK = re.compile(r"visual_encoder\.blocks\.(\d+)\.")
+_REF_DECODER_LAYER = re.compile(r"mask_decoder\.transformer\.layers\.(\d+)\.")
+_REF_LAYER_PROBS = re.compile(r"visual_encoder\.probs\.\d+\.weight")
+_REF_SINGLE_PROBS = "visual_encoder.probs.weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedSource:
+    """A source as a local ``path`` (a folder or a checkpoint file); ``repo_id`` / ``revision`` when it came
+    from the Hugging Face Hub (``path`` then lies in the Hub cache: never write there)."""
+
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.repo_id is None:
+            return str(self.path)
+        return f"{self.repo_id}@{self.revision or 'main'} ({self.path})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolving a source to a local path
+# ---------------------------------------------------------------------------------------------------
+def hub_reference(source: str) -> tuple[str, str | None] | None:
+    """``(repo_id, filename)`` when ``source`` reads as a Hub id: ``owner/name`` (filename None) or
+    ``owner/name/path/to/file.pth`` (a checkpoint file in that repo); None for anything else."""
+    if source.startswith(("/", ".", "~")) or "\\" in source:
+        return None
+    if _HUB_REPO.fullmatch(source):
+        return source, None
+    match = _HUB_FILE.fullmatch(source)
+    if match and source.lower().endswith(CHECKPOINT_SUFFIXES):
+        return match.group(1), match.group(2)
+    return None
+
+
+def _hub_failure(source: str, revision: str | None, cache_dir: str | Path | None, error: Exception) -> FileNotFoundError:
+    """The one-line error for a Hub id that could not be resolved, naming the id and why."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = cache_dir or constants.HF_HUB_CACHE
+    if isinstance(error, HFValidationError):
+        reason = f"it is not a valid Hub repo id ({error})"
+    elif isinstance(error, RevisionNotFoundError):
+        reason = f"the repository has no revision {revision!r} (branch, tag or commit)"
+    elif isinstance(error, GatedRepoError):
+        reason = "the repository is gated: accept its terms on the Hub, then log in (hf auth login)"
+    elif isinstance(error, RepositoryNotFoundError):
+        reason = "the Hub has no such repository (or it is private: log in with hf auth login)"
+    elif isinstance(error, LocalEntryNotFoundError):
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            reason = f"it is not in the Hub cache {cache} and HF_HUB_OFFLINE=1 forbids downloading it"
+        else:
+            reason = f"the Hub cannot be reached and it is not in the Hub cache {cache}"
+    elif isinstance(error, EntryNotFoundError):
+        reason = "the repository has no such file"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    at = f" at revision {revision!r}" if revision else ""
+    return FileNotFoundError(
+        f"cannot load Hugging Face Hub id {source!r}{at}: {reason}; no local folder or file has that name either"
+    )
+
+
+def _snapshot_entry(folder: Path, repo_id: str) -> Path:
+    """What a downloaded repo holds: the folder itself (a ditsam ``config.json``) or its one checkpoint file."""
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    if len(files) == 1:
+        return files[0]
+    listing = ", ".join(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())[:10])
+    if not files:
+        raise CheckpointError(
+            f"Hub repo {repo_id} ({folder}) holds neither a ditsam {CONFIG_FILE} nor a checkpoint file "
+            f"({', '.join(CHECKPOINT_SUFFIXES)}); its files: {listing or 'none'}"
+        )
+    names = ", ".join(p.relative_to(folder).as_posix() for p in files)
+    raise CheckpointError(
+        f"Hub repo {repo_id} holds several checkpoint files ({names}): name one as {repo_id}/FILE"
+    )
+
+
+def _from_hub(
+    source: str, repo_id: str, filename: str | None, *, revision: str | None, cache_dir: str | Path | None
+) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
+
+    try:
+        if filename is not None:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
+    except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OSError) as error:
+        raise _hub_failure(source, revision, cache_dir, error) from error
+    return _snapshot_entry(folder, repo_id)
+
+
+def resolve_source(
+    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> ResolvedSource:
+    """A local folder or file as it is; otherwise a string that reads as a Hub id (:func:`hub_reference`)
+    fetched into the Hub cache (``cache_dir``: another cache folder). A ``Path`` is always local.
+
+    Raises FileNotFoundError naming the source when it is neither a local path nor a resolvable Hub id,
+    ValueError for ``revision=`` with a local path.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a model source is a folder, a file or a Hub id string, got {type(source).__name__}")
+    path = Path(source).expanduser()
+    if path.exists():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} only applies to a Hugging Face Hub id; {path} is a local path")
+        return ResolvedSource(path=path)
+    hub = hub_reference(source) if isinstance(source, str) else None
+    if hub is None:
+        raise FileNotFoundError(
+            f"no ditsam checkpoint folder or file at {path} (a model source is a save_pretrained folder, a "
+            f"checkpoint file or a Hugging Face Hub id owner/name)"
+        )
+    repo_id, filename = hub
+    local = _from_hub(source, repo_id, filename, revision=revision, cache_dir=cache_dir)
+    logger.info("%s resolved to %s", source, local)
+    return ResolvedSource(path=local, repo_id=repo_id, revision=revision)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The architecture of an authors' checkpoint, from its shapes
+# ---------------------------------------------------------------------------------------------------
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str, source: str) -> tuple[int, ...]:
+    tensor = state_dict.get(key)
+    if tensor is None:
+        raise CheckpointError(
+            f"{source}: {key} is missing, so the architecture of this reference DIT checkpoint cannot be "
+            f"read from its weights; pass config= to say what it holds"
+        )
+    return tuple(tensor.shape)
+
+
+def _layer_count(state_dict: Mapping[str, torch.Tensor], pattern: re.Pattern[str], what: str, source: str) -> int:
+    indices = {int(m.group(1)) for m in (pattern.match(key) for key in state_dict) if m}
+    if not indices:
+        raise CheckpointError(f"{source}: no {what} keys, so the architecture cannot be read from the weights")
+    return max(indices) + 1
+
+
+def reference_config_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    injection: Injection | None = None,
+    text_name_or_path: str = DEFAULT_TEXT_MODEL,
+    source: str = "<state dict>",
+) -> DITSamConfig:
+    """The :func:`~ditsam.model.config.reference_config` that fits an authors' state dict (their names,
+    ``module.`` prefix allowed). Only shapes are read, so ``meta`` tensors do.
+
+    ViT width, patch and MLP ratio from ``visual_encoder.patch_embed`` / ``blocks.0.mlp``; depth from the
+    ``blocks.N`` keys; heads from the relative-position tables (width / head dim) -- SAM's ViT-B/L/H are named
+    as such, anything else is a custom backbone. Decoder depth from ``mask_decoder.transformer.layers.N``,
+    its width and MLP from their tensors (heads: SAM's 8). Injection: L-DIT when there is one
+    ``visual_encoder.probs.N`` per block (``injection="e2e"`` for an E-DIT file, whose keys are the same),
+    E-DIT without refresh for a single ``visual_encoder.probs``, decoder-only ("none") without any.
+    The model input is the reference's 512 px, BERT's first layer, 20 tokens, [PAD] attended.
+    """
+    state = _strip_module_prefix(state_dict)
+    width, _, patch, _ = _shape(state, "visual_encoder.patch_embed.proj.weight", source)
+    depth = _layer_count(state, _REF_BLOCK, "visual_encoder.blocks.N", source)
+    rel_pos = state.get("visual_encoder.blocks.0.attn.rel_pos_h")
+    if rel_pos is not None:
+        head_dim = int(rel_pos.shape[-1])
+        if head_dim < 1 or width % head_dim:
+            raise CheckpointError(
+                f"{source}: visual_encoder.blocks.0.attn.rel_pos_h has head dim {head_dim}, which does not divide "
+                f"the width {width}"
+            )
+        num_heads = width // head_dim
+    else:
+        known = [size.num_heads for size in BACKBONES.values() if (size.embed_dim, size.depth) == (width, depth)]
+        if not known:
+            raise CheckpointError(
+                f"{source}: no relative-position tables to read the attention heads of a width-{width}, "
+                f"{depth}-block ViT from; pass config="
+            )
+        num_heads = known[0]
+    mlp_hidden = _shape(state, "visual_encoder.blocks.0.mlp.lin1.weight", source)[0]
+    prompt_dim = _shape(state, "mask_decoder.iou_token.weight", source)[-1]
+    decoder_layers = _layer_count(state, _REF_DECODER_LAYER, "mask_decoder.transformer.layers.N", source)
+    if decoder_layers < SAM_DECODER_LAYERS:
+        raise CheckpointError(f"{source}: the mask decoder has {decoder_layers} two-way layers, fewer than SAM's 2")
+    decoder_mlp = _shape(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", source)[0]
+
+    single = _REF_SINGLE_PROBS in state
+    layered = any(_REF_LAYER_PROBS.fullmatch(key) for key in state)
+    found: Injection = "e2e" if single else "layerwise" if layered else "none"
+    if injection is not None:
+        if injection not in REFERENCE_INJECTIONS:
+            raise ValueError(
+                f"injection={injection!r}: an authors' checkpoint holds one of {', '.join(REFERENCE_INJECTIONS)}"
+            )
+        if (injection == "none") != (found == "none"):
+            holds = "no text projections (visual_encoder.probs*)" if found == "none" else "text projections (visual_encoder.probs*)"
+            raise CheckpointError(
+                f"{source} has {holds}, so it cannot be loaded with injection={injection!r}"
+                + ("; it is a decoder-only model (injection='none')" if found == "none" else "")
+            )
+    chosen = injection or found
+
+    settings: dict[str, object] = dict(
+        patch_size=patch,
+        image_size=REFERENCE_IMAGE_SIZE,
+        mlp_ratio=mlp_hidden / width,
+        prompt_embed_dim=prompt_dim,
+        extra_decoder_layers=decoder_layers - SAM_DECODER_LAYERS,
+        decoder_mlp_dim=decoder_mlp,
+        decoder_num_heads=SAM_DECODER_HEADS,
+        injection=chosen,
+        text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
+    )
+    if single and chosen == "e2e":
+        settings["refine_text_per_layer"] = False  # image_encoder_e2e_token.py: one projection, no refresh
+    named = [name for name, size in BACKBONES.items() if (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)]
+    if named:
+        settings["backbone"] = named[0]
+    else:
+        settings.update(backbone="custom", embed_dim=width, depth=depth, num_heads=num_heads)
+    return reference_config(**settings)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+def _refuse_sam(source: str) -> CheckpointError:
+    return CheckpointError(
+        f"{source} is an official SAM checkpoint (image_encoder.*, prompt_encoder.*, mask_decoder.* keys): it "
+        f"holds no text model (no BERT, no text projection, no text injection), so it does not hold every weight "
+        f"a text-prompted model needs. Train from it instead: train.init_checkpoint={source}"
+    )
+
+
+def _load_file(
+    cls: type[DITSam],
+    path: Path,
+    *,
+    injection: Injection | None,
+    config: DITSamConfig | None,
+    text_name_or_path: str | None,
+) -> DITSam:
+    if config is None and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise NotADirectoryError(
+            f"{path} is a file, not a ditsam checkpoint folder; without config= only checkpoint files "
+            f"({', '.join(CHECKPOINT_SUFFIXES)}) holding the authors' DIT weights load"
+        )
+    state_dict, _ = read_checkpoint_file(path)  # the wrapper (optimizer, scheduler) is dropped here
+    kind = detect_format(state_dict)
+    if kind == "sam":
+        raise _refuse_sam(str(path))
+    if config is None:
+        if kind != "reference":
+            holds = "a flat DITSam state dict" if kind == "ditsam" else "an unknown layout"
+            raise CheckpointError(
+                f"{path} holds {holds}: without a config only the authors' DIT checkpoints (visual_encoder.*, "
+                f"lang_encoder.* keys) load; pass config= (a DITSamConfig) or give a save_pretrained folder"
+            )
+        config = reference_config_from_state_dict(
+            state_dict, injection=injection, text_name_or_path=text_name_or_path or DEFAULT_TEXT_MODEL, source=str(path)
+        )
+        logger.info("%s: detected %s, injection %s", path, config.backbone, config.injection)
+    elif injection is not None or text_name_or_path is not None:
+        raise ValueError("injection= and text_name_or_path= describe a file without config; with config= set them there")
+    model = cls(config, load_text_weights=False)
+    report = load_any_state_dict(model, state_dict, source=str(path))
+    del state_dict
+    if report.fresh or report.kept:
+        untrained = report.fresh + report.kept
+        raise CheckpointError(
+            f"{path} ({report.kind}) does not hold every weight a text-prompted model needs; missing e.g. "
+            f"{', '.join(untrained[:4])} ({len(untrained)} tensors): use a trained DIT checkpoint"
+        )
+    return model
+
+
+def load_pretrained(
+    cls: type[DITSam],
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    injection: Injection | None = None,
+    config: DITSamConfig | None = None,
+    text_name_or_path: str | None = None,
+    cache_dir: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> DITSam:
+    """A ready model (eval mode, on ``map_location``) from any source (see the module docstring).
+
+    ``revision``: branch, tag or commit of a Hub id. ``injection``: for an authors' file without config,
+    "layerwise" (default, the released weights), "e2e" or "none". ``config``: the architecture of a
+    checkpoint file, instead of reading it from the shapes. ``text_name_or_path``: BERT config and
+    tokenizer for an authors' file (default ``bert-base-uncased``). ``cache_dir``: a Hub cache other than
+    the default. A folder carries its own config: ``config``, ``injection`` and ``text_name_or_path`` are
+    errors with it. Errors: FileNotFoundError naming a missing path or an unresolvable Hub id;
+    :class:`~ditsam.model.weights.CheckpointError` for a file that cannot serve (a SAM file, no config).
+    """
+    if injection is not None and injection not in get_args(Injection):
+        raise ValueError(f"injection={injection!r} is not one of {', '.join(get_args(Injection))}")
+    resolved = resolve_source(source, revision=revision, cache_dir=cache_dir)
+    if resolved.path.is_dir():
+        given = [name for name, value in (("config", config), ("injection", injection),
+                                          ("text_name_or_path", text_name_or_path)) if value is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(name + '=' for name in given)} only apply to a checkpoint file; {resolved} is a "
+                f"save_pretrained folder with its own config.json"
+            )
+        return load_ditsam_directory(cls, resolved.path, map_location=map_location)
+    model = _load_file(cls, resolved.path, injection=injection, config=config, text_name_or_path=text_name_or_path)
+    return model.to(map_location).eval()
