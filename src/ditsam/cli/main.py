@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ditsam.cli.errors import CLIError
 
-COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export", "serve")
+COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export", "serve", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

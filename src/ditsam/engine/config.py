@@ -130,7 +130,9 @@ class TrainConfig(ConfigBase):
     # Table 4 "Mix": probabilities that a micro-batch is prompted by (text, a point, a box); points
     # and boxes are drawn from the ground-truth masks. (1, 0, 0) = text only.
     prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    # Weights to start from: official SAM .pth, reference-DIT .pth or a ditsam folder (empty = random init).
+    # Weights to start from (empty = random init): official SAM by name (sam_vit_b / sam_vit_l / sam_vit_h,
+    # downloaded once into torch's hub cache, hash-checked), an official SAM or reference-DIT .pth, a ditsam
+    # folder, or a Hugging Face Hub id owner/name (a save_pretrained folder or one .pth there).
     init_checkpoint: str = ""
 
 

@@ -98,9 +98,10 @@ def prompts_from_masks(masks: torch.Tensor, kind: str, generator: torch.Generato
 def build_model(config: ExperimentConfig) -> DITSam:
     model = DITSam(config.model)
     if config.train.init_checkpoint:
+        from ditsam.model.sources import resolve_init_checkpoint
         from ditsam.model.weights import load_checkpoint
 
-        report = load_checkpoint(model, config.train.init_checkpoint)
+        report = load_checkpoint(model, resolve_init_checkpoint(config.train.init_checkpoint))
         logger.info("initial weights from %s: %s", config.train.init_checkpoint, report)
     return model
 

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -211,10 +211,32 @@ class DITSam(nn.Module):
                 raise ValueError(f"box {boxes[bad][0].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
 
     # -- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors and the text tokenizer/config to ``directory``."""
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        metrics: Mapping[str, Mapping[str, object]] | None = None,
+        training_data: str | Sequence[str] | None = None,
+        base_model: str | None = None,
+        model_id: str | None = None,
+        card_notes: Sequence[str] = (),
+    ) -> Path:
+        """Write config.json, model.safetensors, the text tokenizer/config and a model card (README.md)
+        to ``directory``.
+
+        The card (:func:`ditsam.model.card.build_model_card`) describes the architecture and, when given,
+        ``metrics`` (split -> {metric: value}), ``training_data`` (dataset names or a description) and
+        ``base_model`` (where the weights came from); ``model_id`` is the name its loading examples use
+        (a Hub id; default a placeholder path), ``card_notes`` extra lines.
+        """
         from safetensors.torch import save_file
 
+        from ditsam.model.card import build_model_card, facts_of, write_model_card
+
+        card = build_model_card(
+            self.config, facts=facts_of(self), metrics=metrics, training_data=training_data, base_model=base_model,
+            model_id=model_id, notes=card_notes,
+        )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         text_dir = directory / TEXT_DIR
@@ -224,7 +246,48 @@ class DITSam(nn.Module):
         (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_model_card(directory, card)
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload DIT-SAM model",
+        create_pr: bool = False,
+        metrics: Mapping[str, Mapping[str, object]] | None = None,
+        training_data: str | Sequence[str] | None = None,
+        base_model: str | None = None,
+    ) -> str:
+        """Upload the model to the Hugging Face Hub repo ``repo_id`` (created if missing, ``private`` when
+        new) as a :meth:`save_pretrained` folder, model card included (its examples load ``repo_id``).
+
+        The folder is written to a temporary directory and sent with :meth:`huggingface_hub.HfApi.upload_folder`
+        (``token``: default the logged-in user, ``hf auth login``; ``revision``: the branch to commit to, created
+        when missing; ``create_pr``: open a pull request instead). Returns the URL of the commit (or pull request).
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory(prefix="ditsam-push-") as folder:
+            self.save_pretrained(
+                folder, metrics=metrics, training_data=training_data, base_model=base_model, model_id=repo_id
+            )
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
+                commit_message=commit_message, create_pr=create_pr,
+            )
+        url = getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)
+        logger.info("uploaded %s to %s", type(self).__name__, url)
+        return url
 
     @classmethod
     def from_pretrained(

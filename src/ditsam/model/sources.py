@@ -14,7 +14,8 @@
    the reference behaviour of :func:`~ditsam.model.config.reference_config`; its BERT weights are in the
    file, BERT's config and tokenizer come from ``text_name_or_path`` (``bert-base-uncased`` through the
    Hub, as transformers resolves it). Other files (a flat DITSam state dict) need ``config=``;
-4. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``).
+4. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``, where
+   :func:`resolve_init_checkpoint` also takes it by name: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``).
 
 Files are read once, weights only, memory-mapped (:func:`~ditsam.model.weights.read_checkpoint_file`):
 the optimizer state of a training checkpoint is dropped with the wrapper and never read into memory.
@@ -40,10 +41,11 @@ from ditsam.model.weights import (
     REFERENCE_MAX_TOKENS,
     SAM_DECODER_LAYERS,
     CheckpointError,
+    LoadReport,
     _strip_module_prefix,
     detect_format,
     load_any_state_dict,
-    load_ditsam_directory,
+    load_ditsam_directory_with_report,
     read_checkpoint_file,
 )
 
@@ -199,6 +201,21 @@ def resolve_source(
     return ResolvedSource(path=local, repo_id=repo_id, revision=revision)
 
 
+def resolve_init_checkpoint(
+    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
+    """What ``train.init_checkpoint`` names, as a local file or folder that
+    :func:`~ditsam.model.weights.load_checkpoint` reads: an official SAM checkpoint by name (``sam_vit_b``,
+    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.sam_files`), a local
+    file or folder, or a Hub id (:func:`resolve_source`; ``revision`` and ``cache_dir`` apply to it).
+    A local path of the same name as a SAM checkpoint wins over the name."""
+    from ditsam.model.sam_files import fetch_sam_checkpoint, is_sam_name
+
+    if isinstance(source, str) and is_sam_name(source) and not Path(source).exists():
+        return fetch_sam_checkpoint(source)
+    return resolve_source(source, revision=revision, cache_dir=cache_dir).path
+
+
 # ---------------------------------------------------------------------------------------------------
 # The architecture of an authors' checkpoint, from its shapes
 # ---------------------------------------------------------------------------------------------------
@@ -319,13 +336,13 @@ def _load_file(
     injection: Injection | None,
     config: DITSamConfig | None,
     text_name_or_path: str | None,
-) -> DITSam:
+) -> tuple[DITSam, LoadReport]:
     if config is None and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise NotADirectoryError(
             f"{path} is a file, not a ditsam checkpoint folder; without config= only checkpoint files "
             f"({', '.join(CHECKPOINT_SUFFIXES)}) holding the authors' DIT weights load"
         )
-    state_dict, _ = read_checkpoint_file(path)  # the wrapper (optimizer, scheduler) is dropped here
+    state_dict, wrapper = read_checkpoint_file(path)  # the wrapper (optimizer, scheduler) is dropped here
     kind = detect_format(state_dict)
     if kind == "sam":
         raise _refuse_sam(str(path))
@@ -345,13 +362,17 @@ def _load_file(
     model = cls(config, load_text_weights=False)
     report = load_any_state_dict(model, state_dict, source=str(path))
     del state_dict
+    if wrapper is not None:
+        report.notes.append(
+            f"weights read from the file's {wrapper!r} entry; its other entries (optimizer, ...) dropped"
+        )
     if report.fresh or report.kept:
         untrained = report.fresh + report.kept
         raise CheckpointError(
             f"{path} ({report.kind}) does not hold every weight a text-prompted model needs; missing e.g. "
             f"{', '.join(untrained[:4])} ({len(untrained)} tensors): use a trained DIT checkpoint"
         )
-    return model
+    return model, report
 
 
 def load_pretrained(
@@ -375,6 +396,27 @@ def load_pretrained(
     errors with it. Errors: FileNotFoundError naming a missing path or an unresolvable Hub id;
     :class:`~ditsam.model.weights.CheckpointError` for a file that cannot serve (a SAM file, no config).
     """
+    model, _ = load_pretrained_with_report(
+        cls, source, revision=revision, injection=injection, config=config, text_name_or_path=text_name_or_path,
+        cache_dir=cache_dir, map_location=map_location,
+    )
+    return model
+
+
+def load_pretrained_with_report(
+    cls: type[DITSam],
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    injection: Injection | None = None,
+    config: DITSamConfig | None = None,
+    text_name_or_path: str | None = None,
+    cache_dir: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[DITSam, LoadReport]:
+    """:func:`load_pretrained`, also returning the :class:`~ditsam.model.weights.LoadReport` of the load
+    (what was loaded, resized, ignored; its ``source`` names the resolved file or folder). Same arguments
+    and errors."""
     if injection is not None and injection not in get_args(Injection):
         raise ValueError(f"injection={injection!r} is not one of {', '.join(get_args(Injection))}")
     resolved = resolve_source(source, revision=revision, cache_dir=cache_dir)
@@ -386,6 +428,9 @@ def load_pretrained(
                 f"{', '.join(name + '=' for name in given)} only apply to a checkpoint file; {resolved} is a "
                 f"save_pretrained folder with its own config.json"
             )
-        return load_ditsam_directory(cls, resolved.path, map_location=map_location)
-    model = _load_file(cls, resolved.path, injection=injection, config=config, text_name_or_path=text_name_or_path)
-    return model.to(map_location).eval()
+        model, report = load_ditsam_directory_with_report(cls, resolved.path)
+    else:
+        model, report = _load_file(
+            cls, resolved.path, injection=injection, config=config, text_name_or_path=text_name_or_path
+        )
+    return model.to(map_location).eval(), report

@@ -856,11 +856,17 @@ def load_ditsam_directory(
     ``config.json``, ``text_encoder/config.json`` or weights; unknown config keys; a corrupted or
     mismatching weights file.
     """
+    model, _ = load_ditsam_directory_with_report(cls, directory)
+    return model.to(map_location).eval()
+
+
+def load_ditsam_directory_with_report(cls: type[DITSam], directory: str | Path) -> tuple[DITSam, LoadReport]:
+    """:func:`load_ditsam_directory` on the CPU, also returning the :class:`LoadReport` of the strict load."""
     directory = Path(directory)
     config, _, weights = _read_directory(directory)
     model = cls(config, load_text_weights=False)
-    _load_strict(model, weights)
-    return model.to(map_location).eval()
+    report = _load_strict(model, weights)
+    return model, report
 
 
 def _load_directory_into(model: DITSam, directory: Path) -> LoadReport:
