@@ -63,6 +63,11 @@ def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir
     for split in ("val", "testB"):
         assert again[split]["miou"] == pytest.approx(results[split]["miou"])
     assert (out / "results.json").exists() and (out / "masks_val.rle.json").exists()
+    assert json.loads((out / "results.json").read_text())["val"]["protocol"] == "exact"
+    reference, ref_out = evaluate_checkpoint(run / "checkpoints" / "last", splits=["val"], protocol="reference",
+                                             out=tmp_path / "reference", num_pictures=0)
+    assert json.loads((ref_out / "results.json").read_text())["val"]["protocol"] == "reference"
+    assert reference["val"]["count"] == again["val"]["count"]
 
 
 def test_resume_gives_the_same_weights(refshapes_root, tiny_bert_dir, tmp_path):

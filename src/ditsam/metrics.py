@@ -5,7 +5,7 @@ Per sample: I = |pred AND gt|, U = |pred OR gt|, at the original image resolutio
 - oIoU (a.k.a. cIoU) = sum(I) / sum(U) over the split;
 - mIoU = mean over samples of I / U (a sample with U = 0 — empty prediction and empty ground
   truth — scores 1);
-- P@X = share of samples with IoU >= X.
+- P@X = share of samples with IoU >= X (``strict=True``: IoU > X, as the authors' test code).
 
 All values are returned in percent. For several processes, :meth:`RISMetrics.state` gives the
 sums as one float64 tensor to all-reduce (``sum``), and :meth:`RISMetrics.load_state` puts the
@@ -35,9 +35,14 @@ def _as_bool_array(mask: Any, name: str) -> np.ndarray:
 
 
 class RISMetrics:
-    """Accumulates oIoU, mIoU and P@X over samples of any sizes."""
+    """Accumulates oIoU, mIoU and P@X over samples of any sizes.
 
-    def __init__(self) -> None:
+    ``strict``: a sample counts for P@X when its IoU is > X instead of >= X (the authors' test
+    code; see ``ditsam eval --protocol reference``).
+    """
+
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = strict
         self.reset()
 
     def reset(self) -> None:
@@ -64,7 +69,7 @@ class RISMetrics:
         self.count += 1
         self.iou_sum += iou
         for index, threshold in enumerate(THRESHOLDS):
-            self.hits[index] += int(iou >= threshold)
+            self.hits[index] += int(iou > threshold if self.strict else iou >= threshold)
         return iou
 
     def state(self) -> torch.Tensor:

@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "checkpoint; runs/eval/OWNER--NAME for a Hub id)")
     parser.add_argument("--dump-masks", choices=("none", "png", "rle"), default="none",
                         help="also write every predicted mask as PNG files or one COCO-RLE JSON per split")
+    parser.add_argument("--protocol", choices=("exact", "reference"), default="exact",
+                        help="exact (default): threshold after restoring the logits to the original size, P@X with >=; "
+                        "reference: as the authors' test code (threshold on the canvas, the binary mask resized "
+                        "bilinearly, any value > 0 foreground, P@X with a strict >) to compare with the paper")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.set_defaults(func=run)
 
@@ -37,11 +41,11 @@ def run(args: argparse.Namespace) -> int:
     results, out = evaluate_checkpoint(
         args.checkpoint, **source_options(args), data=args.data, overrides=args.overrides, splits=args.splits,
         batch_size=args.batch_size, threshold=args.threshold, out=Path(args.out) if args.out else None,
-        dump_masks=args.dump_masks, device=args.device,
+        dump_masks=args.dump_masks, device=args.device, protocol=args.protocol,
     )
     from ditsam.metrics import format_table
 
-    print(format_table(results, title=f"## {args.checkpoint}"))
+    print(format_table(results, title=f"## {args.checkpoint} ({args.protocol} protocol)"))
     print(f"results written to {out}")
     return 0 if results else 1
 

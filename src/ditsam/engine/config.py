@@ -134,6 +134,14 @@ class TrainConfig(ConfigBase):
     # downloaded once into torch's hub cache, hash-checked), an official SAM or reference-DIT .pth, a ditsam
     # folder, or a Hugging Face Hub id owner/name (a save_pretrained folder or one .pth there).
     init_checkpoint: str = ""
+    # What trains: "full" (everything the model config leaves trainable), "frozen" (only the text injection,
+    # the mask decoder and W_o; ViT, BERT and prompt encoder frozen), "lora" (as frozen, plus LoRA adapters
+    # on the ViT attention projections qkv / proj, merged into the weights in every saved checkpoint).
+    finetune: Literal["full", "frozen", "lora"] = "full"
+    # LoRA rank r of the adapters (finetune == "lora").
+    lora_rank: int = 8
+    # LoRA scale numerator: the adapter update is multiplied by lora_alpha / lora_rank (finetune == "lora").
+    lora_alpha: float = 16.0
 
 
 @dataclasses.dataclass

@@ -1,7 +1,14 @@
 """Evaluation: one function used by training and by ``ditsam eval``.
 
-Predictions are thresholded on the padded canvas' logits after restoring them to the original
-image (crop the unpadded region, resize back), then scored with :class:`~ditsam.metrics.RISMetrics`.
+Two scoring protocols (``protocol``):
+
+- ``"exact"`` (default, DESIGN 2): the canvas logits are restored to the original image (crop the
+  unpadded region, resize back bilinearly), then thresholded; P@X counts IoU >= X.
+- ``"reference"``: as the authors' test code -- threshold on the canvas (the model's input
+  resolution, 512 for the reference), crop the unpadded region, resize the *binary* mask bilinearly
+  to the original size and count every value > 0 as foreground; P@X counts IoU > X.
+
+Either way the masks are scored with :class:`~ditsam.metrics.RISMetrics`.
 With several processes each one scores a disjoint shard of the split (no sampler padding, so no
 sample counts twice) and the sums are all-reduced.
 """
@@ -10,18 +17,38 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ditsam.data.collate import RISCollator
-from ditsam.data.transforms import restore_to_original
+from ditsam.data.transforms import TransformMeta, restore_to_original
 from ditsam.metrics import RISMetrics
 
 logger = logging.getLogger(__name__)
+
+Protocol = Literal["exact", "reference"]
+PROTOCOLS: tuple[str, ...] = ("exact", "reference")
+
+
+def predicted_mask(logits: torch.Tensor, meta: TransformMeta, *, threshold: float,
+                   protocol: Protocol = "exact") -> np.ndarray:
+    """(S, S) canvas logits -> boolean (H, W) mask at the original resolution, by ``protocol``
+    (see the module docstring)."""
+    if protocol == "exact":
+        return (torch.sigmoid(restore_to_original(logits, meta)) > threshold).cpu().numpy()
+    if protocol != "reference":
+        raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    binary = (torch.sigmoid(logits.float()) > threshold).float()
+    crop = binary[meta.pad_top:meta.pad_top + meta.resized_h, meta.pad_left:meta.pad_left + meta.resized_w]
+    if meta.flipped:
+        crop = crop.flip(-1)
+    resized = F.interpolate(crop[None, None], size=(meta.orig_h, meta.orig_w), mode="bilinear", align_corners=False)
+    return (resized[0, 0] > 0).cpu().numpy()
 
 
 @dataclasses.dataclass
@@ -66,13 +93,17 @@ def evaluate(
     keep: int = 0,
     on_prediction: Callable[[SamplePrediction], None] | None = None,
     progress: bool = True,
+    protocol: Protocol = "exact",
 ) -> EvalResult:
     """Score ``model`` on an evaluation :class:`~ditsam.data.collate.RISDataset`.
 
     ``all_reduce`` sums a tensor over processes (e.g. ``accelerator.reduce(t, "sum")``); ``keep``
     predictions of the first samples are returned for pictures; ``on_prediction`` sees every
-    sample of this process (mask dumps).
+    sample of this process (mask dumps); ``protocol`` is ``"exact"`` or ``"reference"`` (the
+    authors' test code: threshold on the canvas, binary mask resized, > 0 foreground, P@X strict).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -82,7 +113,7 @@ def evaluate(
         collate_fn=RISCollator(model.tokenizer), pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training's dropout) alone
     )
-    metrics = RISMetrics()
+    metrics = RISMetrics(strict=protocol == "reference")
     kept: list[SamplePrediction] = []
     position = 0
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress or process_index != 0, leave=False)
@@ -91,8 +122,7 @@ def evaluate(
         with _autocast(device, mixed_precision):
             logits = model(batch.images, text=batch.text).logits[:, 0].float()
         for row in range(logits.shape[0]):
-            restored = restore_to_original(logits[row], batch.metas[row])
-            pred = (torch.sigmoid(restored) > threshold).cpu().numpy()
+            pred = predicted_mask(logits[row], batch.metas[row], threshold=threshold, protocol=protocol)
             gt = batch.gt_masks[row]
             iou = metrics.update(pred, gt)
             sample = SamplePrediction(

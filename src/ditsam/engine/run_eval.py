@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import yaml
@@ -79,12 +79,17 @@ def evaluate_checkpoint(
     checkpoint: str | Path, *, data: str | None = None, overrides: Sequence[str] = (), splits: Sequence[str] | None = None,
     batch_size: int = 16, threshold: float | None = None, out: Path | None = None, dump_masks: str = "none",
     device: str | None = None, num_pictures: int = 6, revision: str | None = None, injection: str | None = None,
-    text_name_or_path: str | None = None,
-) -> tuple[dict[str, dict[str, float]], Path]:
+    text_name_or_path: str | None = None, protocol: str = "exact",
+) -> tuple[dict[str, dict[str, Any]], Path]:
     """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.sources.load_pretrained` (a folder,
     a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
     write results.json / results.md / pictures to ``out``. Only a training run's folder stores its
-    experiment; other sources need ``data``."""
+    experiment; other sources need ``data``. ``protocol``: "exact" (ours) or "reference" (the authors' test
+    code, see :mod:`ditsam.engine.evaluate`); results.json records it."""
+    from ditsam.engine.evaluate import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     from accelerate import Accelerator
 
     from ditsam.model.dit import DITSam
@@ -101,7 +106,7 @@ def evaluate_checkpoint(
     out = out or _default_out(source)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for split in splits or experiment.data.eval_splits:
         dataset = ris_dataset(experiment, split, train=False)
         dump = _MaskDump(dump_masks, out / f"masks_{split}")
@@ -111,14 +116,15 @@ def evaluate_checkpoint(
             num_workers=experiment.data.num_workers, process_index=accelerator.process_index,
             num_processes=accelerator.num_processes, all_reduce=lambda t: accelerator.reduce(t, reduction="sum"),
             keep=num_pictures, on_prediction=dump if dump_masks != "none" else None,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         dump.close(out / f"masks_{split}.rle.json" if accelerator.num_processes == 1
                    else out / f"masks_{split}.rank{accelerator.process_index}.rle.json")
-        results[split] = {**result.metrics, "count": result.count}
+        results[split] = {**result.metrics, "count": result.count, "protocol": protocol}
         if accelerator.is_main_process and result.kept:
             save_prediction_pictures(result.kept, dataset, out / f"predictions_{split}.png")
         logger.info("%s: %d sentences, oIoU %.2f, mIoU %.2f", split, result.count, result.metrics["oiou"], result.metrics["miou"])
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(format_table(results, title=f"## {checkpoint}") + "\n")
+        (out / "results.md").write_text(format_table(results, title=f"## {checkpoint} ({protocol} protocol)") + "\n")
     return results, out

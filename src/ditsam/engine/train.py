@@ -34,6 +34,7 @@ from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.data import resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
+from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.schedule import learning_rate
 from ditsam.metrics import format_table
 from ditsam.model.dit import DITSam
@@ -156,7 +157,7 @@ class Trainer:
                 f"({train.micro_batch_size} x {world})"
             )
 
-        model = build_model(config)
+        model = prepare_for_finetuning(build_model(config), train)
         self.ema = EMA(model, decay=train.ema_decay, warmup=train.ema_warmup) if train.ema_decay > 0 else None
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(parameters, lr=train.lr, betas=train.betas, eps=train.eps,
@@ -239,7 +240,7 @@ class Trainer:
         state = self._training_state()
 
         def write(directory: Path) -> None:
-            self.eval_model.save_pretrained(directory)
+            merged_copy(self.eval_model).save_pretrained(directory)  # LoRA adapters merged: no peft to load
             save_training_state(directory, state)
             (directory / "experiment.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 

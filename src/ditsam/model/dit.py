@@ -109,11 +109,19 @@ class DITSam(nn.Module):
         self.apply_freezing()
 
     # -- parameters ---------------------------------------------------------------------------
-    def apply_freezing(self) -> None:
-        """Set requires_grad from the config: frozen ViT keeps its injection trainable."""
-        self.text_encoder.bert.requires_grad_(self.config.text.trainable)
-        self.image_encoder.requires_grad_(not self.config.freeze_image_encoder)
+    def apply_freezing(self, *, head_only: bool = False) -> None:
+        """Set requires_grad from the config: frozen ViT keeps its injection trainable.
+
+        ``head_only`` (fine-tuning modes ``frozen`` / ``lora``, see :mod:`ditsam.engine.finetune`)
+        also freezes the ViT, BERT and the prompt encoder, whatever the config says: only the
+        injection, the mask decoder and W_o (``text_proj``) train.
+        """
+        self.text_encoder.bert.requires_grad_(self.config.text.trainable and not head_only)
+        self.image_encoder.requires_grad_(not (self.config.freeze_image_encoder or head_only))
         self.image_encoder.injection.requires_grad_(True)
+        self.prompt_encoder.requires_grad_(not head_only)
+        self.mask_decoder.requires_grad_(True)
+        self.text_proj.requires_grad_(True)
 
     def trainable_parameter_names(self) -> list[str]:
         return [name for name, p in self.named_parameters() if p.requires_grad]
