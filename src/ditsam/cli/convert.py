@@ -7,6 +7,13 @@ SRC is whatever :func:`ditsam.model.sources.load_pretrained` accepts: the author
 tokenizer) and a model card ``README.md``: it then loads with no network at all. The key report (what was
 loaded, resized, ignored) is printed. The folder is written beside DST first and moved into place only
 once it has been read back and matches, so a failed conversion leaves nothing half-written.
+
+SRC may also be an official SAM checkpoint (a ``.pth`` file, or ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h``
+by name, fetched into torch's hub cache) *with* ``--text-model NAME_OR_DIR``: the reference config of the
+SAM's ViT size (``--injection``, default layerwise = L-DIT), SAM's weights loaded strictly, BERT's weights from
+the text model, the text injection and W_o freshly initialised. That folder is an untrained starting point
+for ``ditsam train EXPERIMENT train.init_checkpoint=DST`` (its model card says so), not a model to predict
+with. Without ``--text-model`` a SAM file is refused: it holds no text model.
 """
 
 from __future__ import annotations
@@ -30,9 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="turn the authors' .pth (or a Hub id / folder) into a self-contained save_pretrained folder",
         description="Load SRC (the authors' DIT .pth with no config, a Hugging Face Hub id or a save_pretrained folder) "
                     "and write it as a save_pretrained folder DST (config, safetensors, BERT config + tokenizer, model "
-                    "card) that loads without network. Prints what was loaded, resized and ignored.",
+                    "card) that loads without network. Prints what was loaded, resized and ignored. An official SAM "
+                    ".pth (or sam_vit_b / sam_vit_l / sam_vit_h by name) plus --text-model BERT gives an untrained "
+                    "starting point for `ditsam train ... train.init_checkpoint=DST` (text injection and W_o fresh).",
     )
-    parser.add_argument("source", metavar="SRC", help=SOURCE_HELP)
+    parser.add_argument(
+        "source", metavar="SRC",
+        help=SOURCE_HELP + "; or an official SAM .pth / sam_vit_b|sam_vit_l|sam_vit_h together with --text-model",
+    )
     parser.add_argument("destination", metavar="DST", help="the folder to write (must not exist or be empty)")
     add_source_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace DST when it exists and is not empty")
@@ -95,20 +107,26 @@ def convert(
     _check_destination(destination, source, overwrite=overwrite)
     model, report = load_pretrained_with_report(
         DITSam, source, revision=revision, injection=injection,  # type: ignore[arg-type]
-        text_name_or_path=text_name_or_path,
+        text_name_or_path=text_name_or_path, sam_start=True,
     )
     origin = _origin(source, revision)
+    notes = [f"Converted with `ditsam convert` from `{origin}` ({report.kind} checkpoint): "
+             f"{len(report.loaded)} tensors loaded, {len(report.resized)} resized, {len(report.ignored)} ignored."]
+    if report.kind == "sam":
+        untrained = "W_o (`text_proj`)" if model.config.injection == "none" else "the text injection and W_o (`text_proj`)"
+        notes.append(
+            f"**Untrained starting point, not a text-prompted model yet.** The SAM weights come from `{origin}`, the "
+            f"BERT weights from `{model.config.text.name_or_path}`; {untrained} are freshly initialised "
+            f"({len(report.fresh)} tensors) and untrained, so the masks do not follow the sentence. Fine-tune it "
+            f"first: `ditsam train EXPERIMENT train.init_checkpoint={destination}` (e.g. the `custom/finetune_ldit` "
+            f"experiment on your data)."
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f"{STAGING_PREFIX}{destination.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     try:
-        model.save_pretrained(
-            staging, training_data=training_data, base_model=origin,
-            card_notes=[f"Converted with `ditsam convert` from `{origin}` ({report.kind} checkpoint): "
-                        f"{len(report.loaded)} tensors loaded, {len(report.resized)} resized, "
-                        f"{len(report.ignored)} ignored."],
-        )
+        model.save_pretrained(staging, training_data=training_data, base_model=origin, card_notes=notes)
         written = DITSam.from_pretrained(staging)
         differing = _same_weights(model.state_dict(), written.state_dict())
         if differing:
@@ -133,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
         training_data=args.training_data,
     )
     print(report)
+    if report.startswith("sam checkpoint"):
+        print(f"wrote {args.destination}: an UNTRAINED starting point (text injection and W_o fresh); train it with "
+              f"ditsam train EXPERIMENT train.init_checkpoint={args.destination}")
+        return 0
     print(f"wrote {args.destination}: load it with DITSam.from_pretrained({str(args.destination)!r}) or "
           f"ditsam predict --checkpoint {args.destination} (no network needed)")
     return 0

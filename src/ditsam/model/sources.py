@@ -15,7 +15,9 @@
    file, BERT's config and tokenizer come from ``text_name_or_path`` (``bert-base-uncased`` through the
    Hub, as transformers resolves it). Other files (a flat DITSam state dict) need ``config=``;
 4. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``, where
-   :func:`resolve_init_checkpoint` also takes it by name: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``).
+   :func:`resolve_init_checkpoint` also takes it by name: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``). Only
+   :func:`load_pretrained_with_report` with ``sam_start=True`` (``ditsam convert SAM --text-model BERT``)
+   pairs it with a BERT into an untrained starting point for training (:func:`sam_start_config`).
 
 Files are read once, weights only, memory-mapped (:func:`~ditsam.model.weights.read_checkpoint_file`):
 the optimizer state of a training checkpoint is dropped with the wrapper and never read into memory.
@@ -46,6 +48,7 @@ from ditsam.model.weights import (
     detect_format,
     load_any_state_dict,
     load_ditsam_directory_with_report,
+    load_sam_state_dict,
     read_checkpoint_file,
 )
 
@@ -66,7 +69,6 @@ REFERENCE_INJECTIONS = ("layerwise", "e2e", "none")
 _HUB_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _HUB_REPO = re.compile(rf"({_HUB_PART}/{_HUB_PART})")
 _HUB_FILE = re.compile(rf"({_HUB_PART}/{_HUB_PART})/((?:[^/\\]+/)*[^/\\]+)")
-_REF_BLOCK = re.compile(r"visual_encoder\.blocks\.(\d+)\.")
 _REF_DECODER_LAYER = re.compile(r"mask_decoder\.transformer\.layers\.(\d+)\.")
 _REF_LAYER_PROBS = re.compile(r"visual_encoder\.probs\.\d+\.weight")
 _REF_SINGLE_PROBS = "visual_encoder.probs.weight"
@@ -255,31 +257,7 @@ def reference_config_from_state_dict(
     The model input is the reference's 512 px, BERT's first layer, 20 tokens, [PAD] attended.
     """
     state = _strip_module_prefix(state_dict)
-    width, _, patch, _ = _shape(state, "visual_encoder.patch_embed.proj.weight", source)
-    depth = _layer_count(state, _REF_BLOCK, "visual_encoder.blocks.N", source)
-    rel_pos = state.get("visual_encoder.blocks.0.attn.rel_pos_h")
-    if rel_pos is not None:
-        head_dim = int(rel_pos.shape[-1])
-        if head_dim < 1 or width % head_dim:
-            raise CheckpointError(
-                f"{source}: visual_encoder.blocks.0.attn.rel_pos_h has head dim {head_dim}, which does not divide "
-                f"the width {width}"
-            )
-        num_heads = width // head_dim
-    else:
-        known = [size.num_heads for size in BACKBONES.values() if (size.embed_dim, size.depth) == (width, depth)]
-        if not known:
-            raise CheckpointError(
-                f"{source}: no relative-position tables to read the attention heads of a width-{width}, "
-                f"{depth}-block ViT from; pass config="
-            )
-        num_heads = known[0]
-    mlp_hidden = _shape(state, "visual_encoder.blocks.0.mlp.lin1.weight", source)[0]
-    prompt_dim = _shape(state, "mask_decoder.iou_token.weight", source)[-1]
-    decoder_layers = _layer_count(state, _REF_DECODER_LAYER, "mask_decoder.transformer.layers.N", source)
-    if decoder_layers < SAM_DECODER_LAYERS:
-        raise CheckpointError(f"{source}: the mask decoder has {decoder_layers} two-way layers, fewer than SAM's 2")
-    decoder_mlp = _shape(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", source)[0]
+    settings = _architecture_settings(state, encoder="visual_encoder", source=source)
 
     single = _REF_SINGLE_PROBS in state
     layered = any(_REF_LAYER_PROBS.fullmatch(key) for key in state)
@@ -297,6 +275,43 @@ def reference_config_from_state_dict(
             )
     chosen = injection or found
 
+    settings.update(
+        injection=chosen, text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
+    )
+    if single and chosen == "e2e":
+        settings["refine_text_per_layer"] = False  # image_encoder_e2e_token.py: one projection, no refresh
+    return reference_config(**settings)
+
+
+def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, source: str) -> dict[str, object]:
+    """The :func:`~ditsam.model.config.reference_config` fields that the shapes of a SAM-style state dict
+    tell (no ``module.`` prefix): ViT size, patch, MLP ratio, decoder width, depth and MLP. ``encoder`` is the
+    image encoder's key prefix: ``visual_encoder`` (the authors' files) or ``image_encoder`` (official SAM)."""
+    width, _, patch, _ = _shape(state, f"{encoder}.patch_embed.proj.weight", source)
+    depth = _layer_count(state, re.compile(rf"{re.escape(encoder)}\.blocks\.(\d+)\."), f"{encoder}.blocks.N", source)
+    rel_pos = state.get(f"{encoder}.blocks.0.attn.rel_pos_h")
+    if rel_pos is not None:
+        head_dim = int(rel_pos.shape[-1])
+        if head_dim < 1 or width % head_dim:
+            raise CheckpointError(
+                f"{source}: {encoder}.blocks.0.attn.rel_pos_h has head dim {head_dim}, which does not divide "
+                f"the width {width}"
+            )
+        num_heads = width // head_dim
+    else:
+        known = [size.num_heads for size in BACKBONES.values() if (size.embed_dim, size.depth) == (width, depth)]
+        if not known:
+            raise CheckpointError(
+                f"{source}: no relative-position tables to read the attention heads of a width-{width}, "
+                f"{depth}-block ViT from; pass config="
+            )
+        num_heads = known[0]
+    mlp_hidden = _shape(state, f"{encoder}.blocks.0.mlp.lin1.weight", source)[0]
+    prompt_dim = _shape(state, "mask_decoder.iou_token.weight", source)[-1]
+    decoder_layers = _layer_count(state, _REF_DECODER_LAYER, "mask_decoder.transformer.layers.N", source)
+    if decoder_layers < SAM_DECODER_LAYERS:
+        raise CheckpointError(f"{source}: the mask decoder has {decoder_layers} two-way layers, fewer than SAM's 2")
+    decoder_mlp = _shape(state, "mask_decoder.transformer.layers.0.mlp.lin1.weight", source)[0]
     settings: dict[str, object] = dict(
         patch_size=patch,
         image_size=REFERENCE_IMAGE_SIZE,
@@ -305,16 +320,39 @@ def reference_config_from_state_dict(
         extra_decoder_layers=decoder_layers - SAM_DECODER_LAYERS,
         decoder_mlp_dim=decoder_mlp,
         decoder_num_heads=SAM_DECODER_HEADS,
-        injection=chosen,
-        text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
     )
-    if single and chosen == "e2e":
-        settings["refine_text_per_layer"] = False  # image_encoder_e2e_token.py: one projection, no refresh
     named = [name for name, size in BACKBONES.items() if (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)]
     if named:
         settings["backbone"] = named[0]
     else:
         settings.update(backbone="custom", embed_dim=width, depth=depth, num_heads=num_heads)
+    return settings
+
+
+def sam_start_config(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    text_name_or_path: str,
+    injection: Injection | None = None,
+    source: str = "<state dict>",
+) -> DITSamConfig:
+    """The :func:`~ditsam.model.config.reference_config` for training from an official SAM state dict (SAM's
+    names, or a transformers ``SamModel``'s) paired with the BERT ``text_name_or_path``: ViT-B/L/H (or a
+    custom size) and the decoder read from the shapes as in :func:`reference_config_from_state_dict`, at the
+    reference's 512 px, with ``injection`` (default "layerwise", L-DIT). Only shapes are read."""
+    from ditsam.model.sam.hf_names import hf_sam_to_official
+
+    state = _strip_module_prefix(state_dict)
+    if any(k.startswith(("vision_encoder.", "shared_image_embedding.")) for k in state):
+        try:
+            state = hf_sam_to_official(state)
+        except ValueError as error:
+            raise CheckpointError(f"{source}: {error}") from error
+    chosen = injection or "layerwise"
+    if chosen not in get_args(Injection):
+        raise ValueError(f"injection={chosen!r} is not one of {', '.join(get_args(Injection))}")
+    settings = _architecture_settings(state, encoder="image_encoder", source=source)
+    settings.update(injection=chosen, text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS})
     return reference_config(**settings)
 
 
@@ -329,6 +367,48 @@ def _refuse_sam(source: str) -> CheckpointError:
     )
 
 
+def _sam_needs_text(source: str) -> CheckpointError:
+    return CheckpointError(
+        f"{source} is an official SAM checkpoint: it holds no text model (no BERT, no text projection, no text "
+        f"injection). To turn it into a starting point for training, name the BERT to pair it with: "
+        f"text_name_or_path= (ditsam convert: --text-model NAME_OR_DIR, e.g. bert-base-uncased)"
+    )
+
+
+def _load_sam_start(
+    cls: type[DITSam],
+    path: Path,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    injection: Injection | None,
+    config: DITSamConfig | None,
+    text_name_or_path: str | None,
+) -> tuple[DITSam, LoadReport]:
+    """SAM's weights (strict, position tables resized) + a BERT's weights, the DIT parts fresh: a start for training."""
+    if config is None:
+        if text_name_or_path is None:
+            raise _sam_needs_text(str(path))
+        config = sam_start_config(state_dict, text_name_or_path=text_name_or_path, injection=injection, source=str(path))
+        logger.info("%s: SAM %s, injection %s, BERT %s", path, config.backbone, config.injection, text_name_or_path)
+    elif injection is not None or text_name_or_path is not None:
+        raise ValueError("injection= and text_name_or_path= describe a file without config; with config= set them there")
+    model = cls(config, load_text_weights=True)  # BERT's weights from config.text.name_or_path
+    report = load_sam_state_dict(model, state_dict, source=str(path))
+    bert = config.text.name_or_path
+    report.notes.append(
+        f"BERT weights ({len(report.kept)} text_encoder.* tensors, listed as kept) loaded from {bert}"
+    )
+    untrained = "W_o (text_proj)" if config.injection == "none" else "the text injection and W_o (text_proj)"
+    report.notes.append(
+        f"{untrained} freshly initialised (listed as fresh): UNTRAINED, the model does not follow "
+        f"text yet; train it (train.init_checkpoint=<this model>) before use"
+    )
+    report.notes.append(
+        f"model input {config.image_size} px (reference code); SAM's position tables were resized to it"
+    )
+    return model, report
+
+
 def _load_file(
     cls: type[DITSam],
     path: Path,
@@ -336,6 +416,7 @@ def _load_file(
     injection: Injection | None,
     config: DITSamConfig | None,
     text_name_or_path: str | None,
+    sam_start: bool = False,
 ) -> tuple[DITSam, LoadReport]:
     if config is None and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise NotADirectoryError(
@@ -345,7 +426,11 @@ def _load_file(
     state_dict, wrapper = read_checkpoint_file(path)  # the wrapper (optimizer, scheduler) is dropped here
     kind = detect_format(state_dict)
     if kind == "sam":
-        raise _refuse_sam(str(path))
+        if not sam_start:
+            raise _refuse_sam(str(path))
+        return _load_sam_start(
+            cls, path, state_dict, injection=injection, config=config, text_name_or_path=text_name_or_path
+        )
     if config is None:
         if kind != "reference":
             holds = "a flat DITSam state dict" if kind == "ditsam" else "an unknown layout"
@@ -413,13 +498,28 @@ def load_pretrained_with_report(
     text_name_or_path: str | None = None,
     cache_dir: str | Path | None = None,
     map_location: str | torch.device = "cpu",
+    sam_start: bool = False,
 ) -> tuple[DITSam, LoadReport]:
     """:func:`load_pretrained`, also returning the :class:`~ditsam.model.weights.LoadReport` of the load
     (what was loaded, resized, ignored; its ``source`` names the resolved file or folder). Same arguments
-    and errors."""
+    and errors.
+
+    ``sam_start=True`` (``ditsam convert``) accepts an official SAM checkpoint too -- a file, a Hub file id or
+    ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` by name (:func:`~ditsam.model.sam_files.fetch_sam_checkpoint`)
+    -- paired with the BERT ``text_name_or_path`` (required): the reference config of the SAM's ViT size
+    (:func:`sam_start_config`, ``injection`` default "layerwise"), SAM's weights loaded strictly, BERT's from
+    ``text_name_or_path``, the text injection and W_o fresh (reported): an untrained starting point for
+    ``train.init_checkpoint``, not a model for inference."""
     if injection is not None and injection not in get_args(Injection):
         raise ValueError(f"injection={injection!r} is not one of {', '.join(get_args(Injection))}")
-    resolved = resolve_source(source, revision=revision, cache_dir=cache_dir)
+    from ditsam.model.sam_files import fetch_sam_checkpoint, is_sam_name
+
+    if sam_start and isinstance(source, str) and is_sam_name(source) and not Path(source).expanduser().exists():
+        if config is None and text_name_or_path is None:
+            raise _sam_needs_text(source)  # before any download
+        resolved = ResolvedSource(path=fetch_sam_checkpoint(source))
+    else:
+        resolved = resolve_source(source, revision=revision, cache_dir=cache_dir)
     if resolved.path.is_dir():
         given = [name for name, value in (("config", config), ("injection", injection),
                                           ("text_name_or_path", text_name_or_path)) if value is not None]
@@ -431,6 +531,7 @@ def load_pretrained_with_report(
         model, report = load_ditsam_directory_with_report(cls, resolved.path)
     else:
         model, report = _load_file(
-            cls, resolved.path, injection=injection, config=config, text_name_or_path=text_name_or_path
+            cls, resolved.path, injection=injection, config=config, text_name_or_path=text_name_or_path,
+            sam_start=sam_start,
         )
     return model.to(map_location).eval(), report
