@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,8 @@ WIDTH, HEIGHT, MARGIN = 900, 520, 70
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207))
 GRID_COLOUR, AXIS_COLOUR = (225, 225, 225), (60, 60, 60)
 Y_TICKS = 10
+# Curves with more points than this (training loss, logged every few steps) are drawn as thin lines without dots.
+MAX_MARKED_POINTS = 60
 
 
 def read_curve(run: Path, split: str, metric: str) -> list[tuple[float, float]]:
@@ -38,7 +41,9 @@ def read_curve(run: Path, split: str, metric: str) -> list[tuple[float, float]]:
 
 def draw(curves: dict[str, list[tuple[float, float]]], *, title: str, y_label: str) -> Image.Image:
     x_max = max(x for points in curves.values() for x, _ in points)
-    y_max = max(10.0, 10 * (int(max(y for points in curves.values() for _, y in points)) // 10 + 1))
+    highest = max(y for points in curves.values() for _, y in points)
+    step = 10 ** math.floor(math.log10(highest)) / 2 if highest > 0 else 1.0
+    y_max = math.ceil(highest / step) * step
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     pen = ImageDraw.Draw(image)
     left, top, right, bottom = MARGIN, 40, WIDTH - 20, HEIGHT - MARGIN
@@ -50,7 +55,7 @@ def draw(curves: dict[str, list[tuple[float, float]]], *, title: str, y_label: s
         value = y_max * tick / Y_TICKS
         _, y = at(0, value)
         pen.line([(left, y), (right, y)], fill=GRID_COLOUR)
-        pen.text((left - 40, y - 6), f"{value:.0f}", fill=AXIS_COLOUR)
+        pen.text((left - 40, y - 6), f"{value:.3g}", fill=AXIS_COLOUR)
     for tick in range(6):
         value = x_max * tick / 5
         x, _ = at(value, 0)
@@ -61,11 +66,11 @@ def draw(curves: dict[str, list[tuple[float, float]]], *, title: str, y_label: s
     pen.text((8, top - 20), y_label, fill=AXIS_COLOUR)
     for index, (name, points) in enumerate(curves.items()):
         colour = COLOURS[index % len(COLOURS)]
-        pen.line([at(x, y) for x, y in points], fill=colour, width=3)
-        for x, y in points:
+        pen.line([at(x, y) for x, y in points], fill=colour, width=3 if len(points) <= MAX_MARKED_POINTS else 1)
+        for x, y in points if len(points) <= MAX_MARKED_POINTS else ():
             cx, cy = at(x, y)
             pen.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-        pen.text((left + 12, top + 10 + 16 * index), f"{name} (last {points[-1][1]:.1f})", fill=colour)
+        pen.text((left + 12, top + 10 + 16 * index), f"{name} (last {points[-1][1]:.3g})", fill=colour)
     return image
 
 
