@@ -49,3 +49,31 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) ->
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hub cache under tmp, offline (the constants are read when huggingface_hub is imported)."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf_home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+@pytest.fixture
+def no_network(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """:func:`hub_cache`, and any socket connection an error; returns the (empty) Hub cache."""
+    import socket
+
+    def refuse(self: socket.socket, address: object) -> None:
+        raise OSError(f"test: no network allowed (connect to {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return hub_cache

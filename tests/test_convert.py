@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,6 @@ from ditsam.model.dit import DITSam
 from test_loading_sources import authors_file, logits
 
 
-@pytest.fixture
-def no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty HF_HOME, offline, and any socket connection an error; returns the (empty) Hub cache."""
-    from huggingface_hub import constants
-
-    home = tmp_path / "empty_hf_home"
-    cache = home / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-    def refuse(self: socket.socket, address: object) -> None:
-        raise OSError(f"test: no network allowed (connect to {address})")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return cache
 
 
 def test_convert_authors_file_then_load_without_network(

@@ -23,7 +23,7 @@ from ditsam.model.dit import DITSam
 from ditsam.model.sam_files import SamDownloadError, fetch_sam_checkpoint, hash_prefix_of, sam_checkpoint_url
 from ditsam.model.sources import resolve_init_checkpoint
 from ditsam.model.weights import SAM_PREFIXES
-from test_loading_sources import COMMIT_MAIN, REPO, hub_cache, publish  # noqa: F401  (hub_cache: a fixture)
+from test_loading_sources import COMMIT_MAIN, REPO, publish
 
 HASH_DIGITS = 6
 
@@ -154,7 +154,7 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 
 
 def test_init_checkpoint_takes_a_hub_id_and_a_folder(
-    hub_cache: Path, checkpoint: Path, tiny_bert_dir: Path  # noqa: F811 (the fixture)
+    hub_cache: Path, checkpoint: Path, tiny_bert_dir: Path
 ) -> None:
     snapshot = publish(hub_cache, REPO, {".": checkpoint}, commit=COMMIT_MAIN, ref="main")
     assert resolve_init_checkpoint(REPO) == snapshot
