@@ -17,7 +17,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
