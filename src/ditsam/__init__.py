@@ -17,6 +17,7 @@ _LAZY = {
     "reference_config": "ditsam.model.config",
     "TextConfig": "ditsam.model.text",
     "RISMetrics": "ditsam.metrics",
+    "GRESMetrics": "ditsam.metrics",
     "Segmenter": "ditsam.api",
     "SegmentationResult": "ditsam.api",
 }
