@@ -1,4 +1,4 @@
-"""Datasets: readers for REFER, SimREC and custom JSONL data, all yielding :class:`RefSample`.
+"""Datasets: readers for REFER, gRefCOCO, SimREC and custom JSONL data, all yielding :class:`RefSample`.
 
 ``open_dataset({"format": "refer", ...})`` builds a reader from a config mapping; the reader
 classes are imported on first use so that ``import ditsam.data`` stays cheap.
@@ -16,6 +16,7 @@ __all__ = [
     "CustomDataset",
     "DataError",
     "FORMATS",
+    "GRefCocoDataset",
     "RefSample",
     "ReferDataset",
     "SimRecDataset",
@@ -28,6 +29,7 @@ __all__ = [
 # format name -> (module, dataset class); the class's keyword arguments are the spec's keys.
 FORMATS: dict[str, tuple[str, str]] = {
     "refer": ("ditsam.data.refer", "ReferDataset"),
+    "grefcoco": ("ditsam.data.grefcoco", "GRefCocoDataset"),
     "simrec": ("ditsam.data.simrec", "SimRecDataset"),
     "custom": ("ditsam.data.custom", "CustomDataset"),
 }
@@ -41,7 +43,7 @@ def __getattr__(name: str) -> Any:
 
 
 def open_dataset(spec: Mapping[str, Any]) -> Any:
-    """Build a dataset from a mapping: ``format`` (refer | simrec | custom) plus the keyword
+    """Build a dataset from a mapping: ``format`` (refer | grefcoco | simrec | custom) plus the keyword
     arguments of that format's class, e.g.::
 
         {"format": "refer", "root": "data/refer", "dataset": "refcocog", "split_by": "umd",
@@ -62,6 +64,11 @@ def list_splits(spec: Mapping[str, Any]) -> list[str]:
         from ditsam.data.refer import available_splits as refer_splits
 
         return refer_splits(**_pick(args, ("root", "dataset", "split_by"), fmt))
+    if fmt == "grefcoco":
+        from ditsam.data.grefcoco import available_splits as grefcoco_splits
+
+        optional = {key: args[key] for key in ("dataset", "split_by") if key in args}
+        return grefcoco_splits(**_pick(args, ("root",), fmt), **optional)
     if fmt == "simrec":
         from pathlib import Path
 

@@ -39,6 +39,8 @@ class RefObject:
     category_id: int
     bbox: tuple[float, float, float, float] | None  # None: computed from the mask
     mask_source: Any
+    # Generalized RIS: the sentences name no object in the image (the mask is empty).
+    no_target: bool = False
 
 
 def check_mode(mode: str) -> Mode:
@@ -68,6 +70,9 @@ def clean_sentence(text: str) -> str:
 
 class RefDatasetBase:
     """Map-style dataset (``len`` / ``[i]``) of :class:`RefSample` over a list of objects."""
+
+    # True for readers whose sentences may name several objects or none (score with GRESMetrics).
+    generalized = False
 
     def __init__(self, *, objects: Sequence[RefObject], split: str, mode: str) -> None:
         self.mode: Mode = check_mode(mode)
@@ -102,6 +107,7 @@ class RefDatasetBase:
             image_id=obj.image_id,
             sent_ids=sent_ids,
             category_id=obj.category_id,
+            no_target=obj.no_target,
         )
 
     def _load_mask(self, obj: RefObject) -> np.ndarray:

@@ -65,7 +65,12 @@ def load_refs(path: PathLike) -> list[dict]:
         data = _NoGlobalsUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except Exception as error:  # any unpickling failure means a bad file; report it, never run it
         raise DataError(f"cannot read refs file {path}: {type(error).__name__}: {error}") from error
-    refs = _text(data)
+    return check_refs(_text(data), path)
+
+
+def check_refs(refs: Any, path: PathLike) -> list[dict]:
+    """``refs`` if it is a list of ref dicts that each carry REFER's required fields, else
+    :class:`DataError` naming ``path`` and the first bad ref."""
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise DataError(f"refs file {path} does not hold a list of ref dicts")
     for position, ref in enumerate(refs):
@@ -111,7 +116,7 @@ class ReferDataset(RefDatasetBase):
         check_split(split, (str(ref["split"]) for ref in refs), source=str(path))
         refs = [ref for ref in refs if ref["split"] == split]
         instances = Path(root) / dataset / "instances.json"
-        images, annotations = _read_instances(instances, ann_ids={ref["ann_id"] for ref in refs})
+        images, annotations = read_instances(instances, ann_ids={ref["ann_id"] for ref in refs})
         objects = [_ref_object(ref, images, annotations, Path(image_dir), text_field, path, instances) for ref in refs]
         self.dataset = dataset
         self.split_by = split_by
@@ -141,7 +146,7 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], dict[int, dict]]:
+def read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], dict[int, dict]]:
     """Images by id, and the annotations whose id is in ``ann_ids`` by id."""
     if not path.is_file():
         raise DataError(f"instances file not found: {path}")
@@ -153,6 +158,18 @@ def _read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], 
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"cannot read instances file {path}: {type(error).__name__}: {error}") from error
     return images, annotations
+
+
+def ref_sentences(ref: dict, *, text_field: str, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """A ref's sentences (``text_field``, whitespace collapsed; ``sent`` lower-cased) and their ids."""
+    sentences, sent_ids = [], []
+    for position, sentence in enumerate(ref["sentences"]):
+        if not isinstance(sentence, dict) or text_field not in sentence:
+            raise DataError(f"{where}: sentence #{position} has no {text_field!r} text")
+        text = clean_sentence(str(sentence[text_field]))
+        sentences.append(text.lower() if text_field == "sent" else text)
+        sent_ids.append(int(sentence.get("sent_id", -1)))
+    return tuple(sentences), tuple(sent_ids)
 
 
 def _ref_object(
@@ -167,17 +184,11 @@ def _ref_object(
     image = images.get(ann["image_id"])
     if image is None:
         raise DataError(f"{where}: image {ann['image_id']} of annotation {ref['ann_id']} is not in {instances}")
-    sentences, sent_ids = [], []
-    for position, sentence in enumerate(ref["sentences"]):
-        if not isinstance(sentence, dict) or text_field not in sentence:
-            raise DataError(f"{where}: sentence #{position} has no {text_field!r} text")
-        text = clean_sentence(str(sentence[text_field]))
-        sentences.append(text.lower() if text_field == "sent" else text)
-        sent_ids.append(int(sentence.get("sent_id", -1)))
+    sentences, sent_ids = ref_sentences(ref, text_field=text_field, where=where)
     return RefObject(
         image_path=os.fspath(image_dir / image["file_name"]),
-        sentences=tuple(sentences),
-        sent_ids=tuple(sent_ids),
+        sentences=sentences,
+        sent_ids=sent_ids,
         ref_id=int(ref["ref_id"]),
         ann_id=int(ref["ann_id"]),
         image_id=int(ann["image_id"]),

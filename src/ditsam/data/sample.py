@@ -54,6 +54,9 @@ class RefSample:
     category_id: int
     # uint8 (H, W, 3) RGB pixels held in memory (generated scenes); None: read ``image_path``.
     pixels: np.ndarray | None = None
+    # Generalized RIS (gRefCOCO): the sentence names no object; ``mask`` is then all False. A sentence
+    # naming several objects has the union of their masks and ``no_target`` False.
+    no_target: bool = False
 
 
 def load_image(path: PathLike, *, apply_exif: bool = True) -> Image.Image:
