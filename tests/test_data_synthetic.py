@@ -345,7 +345,7 @@ def test_refer_round_trip(dataset: Path) -> None:
         stored = np.asarray(Image.open(samples[next(iter(samples))].image_path))
         assert np.array_equal(stored, pixels)
         image_refs = [r for r in split_refs if r["image_id"] == first_image]
-        for ref, (index, sentences) in zip(image_refs, scene.refs):
+        for ref, ((index,), sentences) in zip(image_refs, scene.refs):
             sample = samples[ref["ann_id"]]
             assert np.array_equal(sample.mask, scene.objects[index].mask)
             assert sample.sentences == [s for s, _ in sentences]

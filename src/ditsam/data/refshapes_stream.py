@@ -73,7 +73,7 @@ class RefShapesStream:
             raise IndexError(f"RefShapesStream index {index} outside 0..{self.samples_per_epoch - 1}")
         group, position = divmod(index, self.items_per_scene)
         scene, pixels, order = self._scene(group)
-        object_index, sentences = scene.refs[int(order[position % len(order)])]
+        (object_index,), sentences = scene.refs[int(order[position % len(order)])]
         obj = scene.objects[object_index]
         x0, y0, x1, y1 = obj.bbox
         return RefSample(

@@ -31,7 +31,7 @@ import logging
 import math
 import pickle
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -640,30 +640,50 @@ def _pick_sentences(
 
 @dataclasses.dataclass
 class Scene:
-    """A generated scene: its objects and, per referred object, its sentences with their kinds."""
+    """A generated scene: its objects and its referring expressions with their targets."""
 
     width: int
     height: int
     objects: list[SceneObject]
-    # Per referred object: (object index, [(sentence, kind), ...]).
-    refs: list[tuple[int, list[tuple[str, str]]]]
+    # Per ref: (indices of the referred objects, [(sentence, kind), ...]). RefShapes refers to exactly
+    # one object; its generalized variant (ditsam.data.grefshapes) also to several or none (empty).
+    refs: list[tuple[tuple[int, ...], list[tuple[str, str]]]]
 
 
-def _generate_scene(rng: np.random.Generator, *, preset: RefShapesPreset, split: str) -> Scene:
+def sentence_limit(preset: RefShapesPreset, split: str) -> int:
+    """At most this many phrasings per ref in ``split``."""
+    return preset.train_sentences_per_ref if split == "train" else preset.eval_sentences_per_ref
+
+
+def sample_scene_objects(rng: np.random.Generator, *, preset: RefShapesPreset, split: str) -> tuple[int, int, list[SceneObject]]:
+    """(width, height, objects) of a new layout with at least two objects."""
     sides = np.arange(preset.side_range[0], preset.side_range[1] + 1, preset.side_step)
-    limit = preset.train_sentences_per_ref if split == "train" else preset.eval_sentences_per_ref
-    while True:  # redraw the (rare) scenes where nothing can be referred to
+    while True:
         width, height = (int(v) for v in rng.choice(sides, size=2))
         count = int(rng.integers(preset.objects_range[0], preset.objects_range[1] + 1))
         objects = _sample_objects(rng, height=height, width=width, count=count, split=split)
-        if len(objects) < 2:
-            continue
-        expressions = find_expressions(objects, height=height, width=width)
-        refs = []
-        for index in sorted(expressions):
-            sentences = _pick_sentences(expressions[index], kinds=_SPLIT_KINDS[split], limit=limit, rng=rng)
-            if sentences:
-                refs.append((index, sentences))
+        if len(objects) >= 2:
+            return width, height, objects
+
+
+def single_target_refs(
+    objects: Sequence[SceneObject], *, height: int, width: int, split: str, limit: int, rng: np.random.Generator
+) -> list[tuple[tuple[int, ...], list[tuple[str, str]]]]:
+    """One ref per object that some expression of ``split``'s kinds provably names alone."""
+    expressions = find_expressions(objects, height=height, width=width)
+    refs = []
+    for index in sorted(expressions):
+        sentences = _pick_sentences(expressions[index], kinds=_SPLIT_KINDS[split], limit=limit, rng=rng)
+        if sentences:
+            refs.append(((index,), sentences))
+    return refs
+
+
+def _generate_scene(rng: np.random.Generator, *, preset: RefShapesPreset, split: str) -> Scene:
+    while True:  # redraw the (rare) scenes where nothing can be referred to
+        width, height, objects = sample_scene_objects(rng, preset=preset, split=split)
+        refs = single_target_refs(objects, height=height, width=width, split=split,
+                                  limit=sentence_limit(preset, split), rng=rng)
         if refs:
             return Scene(width, height, objects, refs)
 
@@ -683,6 +703,8 @@ class _ImageJob:
     image_id: int
     preset_name: str
     image_dir: str
+    # File name prefix of the written PNGs (the dataset's name).
+    prefix: str = DATASET_NAME
 
 
 @dataclasses.dataclass
@@ -694,27 +716,35 @@ class _ImageRecord:
     width: int
     height: int
     objects: list[dict]  # shape, colour, size, bbox (x, y, w, h), area, segmentation
-    refs: list[tuple[int, list[tuple[str, str]]]]
+    refs: list[tuple[tuple[int, ...], list[tuple[str, str]]]]
 
 
 def draw_scene(rng: np.random.Generator, *, preset: str, split: str) -> tuple[Scene, np.ndarray]:
     """A new scene of ``split``'s kind drawn from ``rng``, and its pixels, uint8 (H, W, 3)."""
     scene = _generate_scene(rng, preset=PRESETS[preset], split=split)
-    return scene, _render(rng, scene.height, scene.width, scene.objects)
+    return scene, render_scene(rng, scene)
+
+
+def render_scene(rng: np.random.Generator, scene: Scene) -> np.ndarray:
+    """The pixels of ``scene``, uint8 (H, W, 3), drawn with ``rng``."""
+    return _render(rng, scene.height, scene.width, scene.objects)
+
+
+def scene_rng(*, seed: int, split: str, image_index: int) -> np.random.Generator:
+    """The generator of image ``image_index`` of ``split``: one per image, so files do not depend on workers."""
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), image_index]))
 
 
 def build_scene(*, seed: int, preset: str, split: str, image_index: int) -> tuple[Scene, np.ndarray]:
     """Re-create image ``image_index`` of ``split`` exactly as :func:`generate_refshapes` draws
-    it: the scene (objects with their masks, referred objects with their sentences) and its
-    pixels, uint8 (H, W, 3). For tests and debugging."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), image_index]))
-    return draw_scene(rng, preset=preset, split=split)
+    it: the scene (objects with their masks, refs with their sentences) and its pixels, uint8
+    (H, W, 3). For tests and debugging."""
+    return draw_scene(scene_rng(seed=seed, split=split, image_index=image_index), preset=preset, split=split)
 
 
-def _build_image(job: _ImageJob) -> _ImageRecord:
-    """Generate, render and save one image. A process-pool task: depends on ``job`` alone."""
-    scene, pixels = build_scene(seed=job.seed, preset=job.preset_name, split=job.split, image_index=job.image_index)
-    file_name = f"refshapes_{job.image_id:06d}.png"
+def image_record(job: _ImageJob, scene: Scene, pixels: np.ndarray) -> _ImageRecord:
+    """Save the scene's image under ``job.image_dir`` and encode its objects for the annotation files."""
+    file_name = f"{job.prefix}_{job.image_id:06d}.png"
     # PIL writes no timestamp into PNGs: equal pixels give equal bytes.
     Image.fromarray(pixels).save(Path(job.image_dir) / file_name, format="PNG", compress_level=6)
     objects = []
@@ -728,6 +758,12 @@ def _build_image(job: _ImageJob) -> _ImageRecord:
     return _ImageRecord(job, file_name, scene.width, scene.height, objects, scene.refs)
 
 
+def _build_image(job: _ImageJob) -> _ImageRecord:
+    """Generate, render and save one RefShapes image. A process-pool task: depends on ``job`` alone."""
+    scene, pixels = build_scene(seed=job.seed, preset=job.preset_name, split=job.split, image_index=job.image_index)
+    return image_record(job, scene, pixels)
+
+
 def _resolve_counts(preset: RefShapesPreset, num_images: Mapping[str, int] | None) -> dict[str, int]:
     counts = dict(preset.images)
     for split, n in (num_images or {}).items():
@@ -739,42 +775,134 @@ def _resolve_counts(preset: RefShapesPreset, num_images: Mapping[str, int] | Non
     return counts
 
 
+@dataclasses.dataclass(frozen=True)
+class DatasetFiles:
+    """Where a generated dataset's files go under its root."""
+
+    refs: Path
+    instances: Path
+    scenes: Path
+    images: Path
+
+
+def dataset_files(out_dir: str | Path, *, dataset: str = DATASET_NAME, refs_name: str = f"refs({SPLIT_BY}).p") -> DatasetFiles:
+    """The files of generated ``dataset`` under ``out_dir``: ``<dataset>/<refs_name>``,
+    ``<dataset>/instances.json``, ``<dataset>/scenes.json`` and the ``images`` folder."""
+    out = Path(out_dir)
+    return DatasetFiles(out / dataset / refs_name, out / dataset / "instances.json", out / dataset / "scenes.json", out / "images")
+
+
 def refshapes_files(out_dir: str | Path) -> tuple[Path, Path, Path, Path]:
     """(refs pickle, instances.json, scenes.json, images directory) under ``out_dir``."""
-    out = Path(out_dir)
-    ann = out / DATASET_NAME
-    return ann / f"refs({SPLIT_BY}).p", ann / "instances.json", ann / "scenes.json", out / "images"
+    files = dataset_files(out_dir)
+    return files.refs, files.instances, files.scenes, files.images
 
 
-def _prepare_output(out_dir: str | Path, *, overwrite: bool) -> None:
-    refs_path, instances_path, scenes_path, image_dir = refshapes_files(out_dir)
-    old = [p for p in (refs_path, instances_path, scenes_path) if p.exists()]
-    old += sorted(image_dir.glob("refshapes_*.png")) if image_dir.is_dir() else []
+def _prepare_output(out_dir: str | Path, files: DatasetFiles, *, prefix: str, overwrite: bool) -> None:
+    old = [p for p in (files.refs, files.instances, files.scenes) if p.exists()]
+    old += sorted(files.images.glob(f"{prefix}_*.png")) if files.images.is_dir() else []
     if old and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds RefShapes files ({old[0]}); pass overwrite=True to replace them")
+        raise FileExistsError(f"{out_dir} already holds generated files ({old[0]}); pass overwrite=True to replace them")
     for path in old:
         path.unlink()
-    refs_path.parent.mkdir(parents=True, exist_ok=True)
-    image_dir.mkdir(parents=True, exist_ok=True)
+    files.refs.parent.mkdir(parents=True, exist_ok=True)
+    files.images.mkdir(parents=True, exist_ok=True)
 
 
-def _run_jobs(jobs: Sequence[_ImageJob], *, workers: int, progress: bool) -> Iterator[_ImageRecord]:
-    """Records in job order, whatever the number of worker processes."""
+def _run_jobs(jobs: Sequence[_ImageJob], *, build: Callable[[_ImageJob], _ImageRecord], workers: int,
+              progress: bool) -> Iterator[_ImageRecord]:
+    """Records in job order, whatever the number of worker processes (``build`` must be a module-level function)."""
     bar = _progress(len(jobs), enabled=progress)
     try:
         if workers <= 1:
             for job in jobs:
-                yield _build_image(job)
+                yield build(job)
                 bar.update(1)
         else:
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for record in pool.map(_build_image, jobs, chunksize=8):
+                for record in pool.map(build, jobs, chunksize=8):
                     yield record
                     bar.update(1)
     finally:
         bar.close()
+
+
+def write_generated(
+    out_dir: str | Path,
+    *,
+    files: DatasetFiles,
+    build: Callable[[_ImageJob], _ImageRecord],
+    ref_fields: Callable[[list[int], list[int]], dict],
+    seed: int,
+    preset: str,
+    num_images: Mapping[str, int] | None,
+    workers: int,
+    overwrite: bool,
+    progress: bool,
+    prefix: str = DATASET_NAME,
+    description: str = "RefShapes synthetic referring segmentation",
+) -> list[dict]:
+    """Generate every image with ``build``, write instances.json and scenes.json, and return the ref
+    records (without their target fields, which ``ref_fields(ann_ids, category_ids)`` gives); the
+    caller writes the refs file in its format."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown RefShapes preset {preset!r}; presets are {', '.join(PRESETS)}")
+    counts = _resolve_counts(PRESETS[preset], num_images)
+    _prepare_output(out_dir, files, prefix=prefix, overwrite=overwrite)
+    jobs, image_id = [], 0
+    for split in SPLITS:
+        for index in range(counts[split]):
+            image_id += 1
+            jobs.append(_ImageJob(seed, split, index, image_id, preset, str(files.images), prefix))
+
+    images, annotations, refs, scene_images = [], [], [], []
+    sentence_kinds: dict[str, str] = {}
+    ann_id = ref_id = sent_id = 0
+    for record in _run_jobs(jobs, build=build, workers=workers, progress=progress):
+        image_id, split = record.job.image_id, record.job.split
+        images.append({"id": image_id, "file_name": record.file_name, "height": record.height, "width": record.width})
+        ann_ids, scene_objects = [], []
+        for obj in record.objects:
+            ann_id += 1
+            ann_ids.append(ann_id)
+            annotations.append({
+                "id": ann_id, "image_id": image_id, "segmentation": obj["segmentation"], "bbox": obj["bbox"],
+                "area": obj["area"], "iscrowd": 0, "category_id": SHAPES.index(obj["shape"]) + 1,
+            })
+            scene_objects.append({"ann_id": ann_id, "shape": obj["shape"], "colour": obj["colour"], "size": obj["size"]})
+        scene_images.append({"image_id": image_id, "split": split, "objects": scene_objects})
+        for targets, sentences in record.refs:
+            ref_id += 1
+            sent_dicts = []
+            for sentence, kind in sentences:
+                sent_id += 1
+                sent_dicts.append({"raw": sentence, "sent": sentence, "sent_id": sent_id, "tokens": sentence.split()})
+                sentence_kinds[str(sent_id)] = kind
+            categories = [SHAPES.index(record.objects[i]["shape"]) + 1 for i in targets]
+            refs.append({
+                "ref_id": ref_id, **ref_fields([ann_ids[i] for i in targets], categories), "image_id": image_id,
+                "split": split, "file_name": record.file_name, "sent_ids": [s["sent_id"] for s in sent_dicts],
+                "sentences": sent_dicts,
+            })
+
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
+    instances = {
+        "info": {"description": description, "seed": seed, "preset": preset},
+        "images": images, "annotations": annotations, "categories": categories,
+    }
+    files.instances.write_text(json.dumps(instances), encoding="utf-8")
+    scenes = {
+        "seed": seed, "preset": preset, "splits": split_counts(refs),
+        "images": scene_images, "sentence_kinds": sentence_kinds,
+    }
+    files.scenes.write_text(json.dumps(scenes), encoding="utf-8")
+    return refs
+
+
+def _single_target_fields(ann_ids: list[int], category_ids: list[int]) -> dict:
+    return {"ann_id": ann_ids[0], "category_id": category_ids[0]}
 
 
 def generate_refshapes(
@@ -794,63 +922,16 @@ def generate_refshapes(
     Existing RefShapes files raise ``FileExistsError`` unless ``overwrite``; then the old
     annotation files and ``refshapes_*.png`` images are removed first, nothing else.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown RefShapes preset {preset!r}; presets are {', '.join(PRESETS)}")
-    spec = PRESETS[preset]
-    counts = _resolve_counts(spec, num_images)
-    _prepare_output(out_dir, overwrite=overwrite)
-    refs_path, instances_path, scenes_path, image_dir = refshapes_files(out_dir)
-    jobs, image_id = [], 0
-    for split in SPLITS:
-        for index in range(counts[split]):
-            image_id += 1
-            jobs.append(_ImageJob(seed, split, index, image_id, preset, str(image_dir)))
-
-    images, annotations, refs, scene_images = [], [], [], []
-    sentence_kinds: dict[str, str] = {}
-    ann_id = ref_id = sent_id = 0
-    for record in _run_jobs(jobs, workers=workers, progress=progress):
-        image_id, split = record.job.image_id, record.job.split
-        images.append({"id": image_id, "file_name": record.file_name, "height": record.height, "width": record.width})
-        ann_ids, scene_objects = [], []
-        for obj in record.objects:
-            ann_id += 1
-            ann_ids.append(ann_id)
-            annotations.append({
-                "id": ann_id, "image_id": image_id, "segmentation": obj["segmentation"], "bbox": obj["bbox"],
-                "area": obj["area"], "iscrowd": 0, "category_id": SHAPES.index(obj["shape"]) + 1,
-            })
-            scene_objects.append({"ann_id": ann_id, "shape": obj["shape"], "colour": obj["colour"], "size": obj["size"]})
-        scene_images.append({"image_id": image_id, "split": split, "objects": scene_objects})
-        for index, sentences in record.refs:
-            ref_id += 1
-            sent_dicts = []
-            for sentence, kind in sentences:
-                sent_id += 1
-                sent_dicts.append({"raw": sentence, "sent": sentence, "sent_id": sent_id, "tokens": sentence.split()})
-                sentence_kinds[str(sent_id)] = kind
-            refs.append({
-                "ref_id": ref_id, "ann_id": ann_ids[index], "image_id": image_id,
-                "category_id": SHAPES.index(record.objects[index]["shape"]) + 1, "split": split,
-                "file_name": record.file_name, "sent_ids": [s["sent_id"] for s in sent_dicts], "sentences": sent_dicts,
-            })
-
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
-    instances = {
-        "info": {"description": "RefShapes synthetic referring segmentation", "seed": seed, "preset": preset},
-        "images": images, "annotations": annotations, "categories": categories,
-    }
-    instances_path.write_text(json.dumps(instances), encoding="utf-8")
-    with refs_path.open("wb") as handle:
+    files = dataset_files(out_dir)
+    refs = write_generated(
+        out_dir, files=files, build=_build_image, ref_fields=_single_target_fields, seed=seed, preset=preset,
+        num_images=num_images, workers=workers, overwrite=overwrite, progress=progress,
+    )
+    with files.refs.open("wb") as handle:
         # Pickle memoises by object identity, which differs between in-process and pooled runs;
         # a JSON round trip gives every run the same object graph, hence the same bytes.
         pickle.dump(json.loads(json.dumps(refs)), handle, protocol=4)
-    scenes = {
-        "seed": seed, "preset": preset, "splits": split_counts(refs),
-        "images": scene_images, "sentence_kinds": sentence_kinds,
-    }
-    scenes_path.write_text(json.dumps(scenes), encoding="utf-8")
-    log.info("wrote RefShapes (%s, seed %d, %d images) to %s", preset, seed, len(images), out_dir)
+    log.info("wrote RefShapes (%s, seed %d) to %s", preset, seed, out_dir)
     return Path(out_dir)
 
 
