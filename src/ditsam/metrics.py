@@ -230,3 +230,12 @@ def format_table(results: dict[str, dict[str, Any]], *, title: str = "") -> str:
         cells = ("n/a" if values[name] is None else f"{values[name]:.2f}" for name in names)
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summarize(values: dict[str, Any]) -> str:
+    """The headline metrics of one split on one line, e.g. "mIoU 30.12 oIoU 28.40" or, for generalized
+    RIS, "gIoU 41.20 cIoU 38.00 N-acc 60.00 T-acc 90.00" (``n/a`` where a value is None)."""
+    names = ("giou", "ciou", "n_acc", "t_acc") if "giou" in values else ("miou", "oiou")
+    return " ".join(
+        f"{_COLUMN_TITLES[name]} {'n/a' if values[name] is None else format(values[name], '.2f')}" for name in names
+    )

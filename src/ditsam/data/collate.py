@@ -42,6 +42,8 @@ class RISItem:
     ref_id: int
     sent_id: int
     gt_mask: np.ndarray
+    # Generalized RIS: the sentence names no object (mask all zeros).
+    no_target: bool = False
 
 
 class RISDataset(Dataset):
@@ -95,6 +97,7 @@ class RISDataset(Dataset):
             ref_id=sample.ref_id,
             sent_id=sample.sent_ids[choice] if choice < len(sample.sent_ids) else -1,
             gt_mask=np.asarray(sample.mask, dtype=bool),
+            no_target=sample.no_target,
         )
 
 
@@ -104,7 +107,8 @@ class RISBatch:
 
     images: (B, 3, S, S) float32. masks: (B, 1, S, S) float32 targets in {0, 1}. text: token ids
     and attention mask, (B, T). sentences, metas, ref_ids, sent_ids: per sample. gt_masks: bool
-    (H_i, W_i) arrays at original resolution (evaluation compares predictions there).
+    (H_i, W_i) arrays at original resolution (evaluation compares predictions there). no_target:
+    (B,) bool, True where the sentence names nothing (generalized RIS).
     """
 
     images: torch.Tensor
@@ -115,6 +119,7 @@ class RISBatch:
     ref_ids: list[int]
     sent_ids: list[int]
     gt_masks: list[np.ndarray]
+    no_target: torch.Tensor
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -129,6 +134,7 @@ class RISBatch:
             self,
             images=self.images.to(device, non_blocking=non_blocking),
             masks=self.masks.to(device, non_blocking=non_blocking),
+            no_target=self.no_target.to(device, non_blocking=non_blocking),
             text=text,
         )
 
@@ -161,4 +167,5 @@ class RISCollator:
             ref_ids=[item.ref_id for item in items],
             sent_ids=[item.sent_id for item in items],
             gt_masks=[item.gt_mask for item in items],
+            no_target=torch.tensor([item.no_target for item in items], dtype=torch.bool),
         )

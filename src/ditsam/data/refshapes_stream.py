@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ditsam.data.grefshapes import draw_generalized_scene
 from ditsam.data.sample import RefSample
+from ditsam.data.segmentation import bbox_from_mask
 from ditsam.data.synthetic import PRESETS, SHAPES, SPLITS, Scene, draw_scene
 
 # Seed-sequence key that separates stream scenes from the files' (split index, image index) seeds.
@@ -31,6 +33,8 @@ class RefShapesStream:
     image as ``pixels``. The order is already random, so read it in index order (``presorted``):
     a group's items then sit in one batch, the same picture with different targets, and the scene
     is drawn once. Deterministic in (seed, epoch, index), whatever process computes it.
+    ``generalized`` draws gRefShapes scenes (:mod:`ditsam.data.grefshapes`): a ref may name several
+    objects (the mask is their union) or none (an empty mask, ``no_target``).
     """
 
     # Items are in random order already; readers should not shuffle them (see the class docstring).
@@ -38,7 +42,7 @@ class RefShapesStream:
 
     def __init__(
         self, *, seed: int = 0, preset: str = "tiny", samples_per_epoch: int,
-        items_per_scene: int = DEFAULT_ITEMS_PER_SCENE,
+        items_per_scene: int = DEFAULT_ITEMS_PER_SCENE, generalized: bool = False,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown RefShapes preset {preset!r}; presets are {', '.join(PRESETS)}")
@@ -50,6 +54,7 @@ class RefShapesStream:
         self.preset = preset
         self.samples_per_epoch = samples_per_epoch
         self.items_per_scene = items_per_scene
+        self.generalized = generalized
         self.epoch = 0
         self._cached: tuple[tuple[int, int], Scene, np.ndarray, np.ndarray] | None = None
 
@@ -64,7 +69,8 @@ class RefShapesStream:
         key = (self.epoch, group)
         if self._cached is None or self._cached[0] != key:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, _STREAM_KEY, self.epoch, group]))
-            scene, pixels = draw_scene(rng, preset=self.preset, split="train")
+            draw = draw_generalized_scene if self.generalized else draw_scene
+            scene, pixels = draw(rng, preset=self.preset, split="train")
             self._cached = (key, scene, pixels, rng.permutation(len(scene.refs)))
         return self._cached[1:]
 
@@ -73,18 +79,21 @@ class RefShapesStream:
             raise IndexError(f"RefShapesStream index {index} outside 0..{self.samples_per_epoch - 1}")
         group, position = divmod(index, self.items_per_scene)
         scene, pixels, order = self._scene(group)
-        (object_index,), sentences = scene.refs[int(order[position % len(order)])]
-        obj = scene.objects[object_index]
-        x0, y0, x1, y1 = obj.bbox
+        targets, sentences = scene.refs[int(order[position % len(order)])]
+        mask = np.zeros((scene.height, scene.width), dtype=bool)
+        for object_index in targets:
+            mask |= scene.objects[object_index].mask
+        first = scene.objects[targets[0]] if targets else None
         return RefSample(
             image_path=f"<RefShapes stream seed {self.seed} epoch {self.epoch} scene {group}>",
             sentences=[sentence for sentence, _kind in sentences],
-            mask=obj.mask,
-            bbox=(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+            mask=mask,
+            bbox=bbox_from_mask(mask),
             ref_id=-1,
             ann_id=-1,
             image_id=-1,
             sent_ids=[-1] * len(sentences),
-            category_id=SHAPES.index(obj.shape) + 1,
+            category_id=SHAPES.index(first.shape) + 1 if first is not None else -1,
             pixels=pixels,
+            no_target=not targets,
         )

@@ -40,8 +40,9 @@ class ScheduleConfig(ConfigBase):
 class DataConfig(ConfigBase):
     """Where the data is and which splits to use."""
 
-    # "refshapes" (generated on first use), "refer" (original RefCOCO release), "simrec", "custom" (JSONL).
-    format: Literal["refshapes", "refer", "simrec", "custom"] = "refshapes"
+    # "refshapes" / "grefshapes" (generated on first use; grefshapes: sentences naming several objects or
+    # none), "refer" (original RefCOCO release), "grefcoco" (generalized), "simrec", "custom" (JSONL).
+    format: Literal["refshapes", "grefshapes", "refer", "grefcoco", "simrec", "custom"] = "refshapes"
     # refer/refshapes: folder holding <dataset>/refs(<split_by>).p; custom: the JSONL file; simrec: the anns JSON.
     root: str = "data/refshapes"
     # REFER dataset name: refcoco, refcoco+, refcocog, refshapes.
@@ -101,6 +102,9 @@ class TrainConfig(ConfigBase):
     weight_decay: float = 0.0
     # Weight of a soft Dice loss added to the BCE (the paper: 0, BCE only; helps tiny CPU runs on small objects).
     dice_weight: float = 0.0
+    # Weight of the no-target classification loss (BCE on the presence logit; models with
+    # model.no_target_head only, see ditsam.model.presence).
+    no_target_loss_weight: float = 1.0
     # Gradient-norm clip (0 = off).
     grad_clip: float = 0.15
     # Learning-rate schedule.
@@ -123,7 +127,8 @@ class TrainConfig(ConfigBase):
     log_every_steps: int = 10
     # Sigmoid threshold of the predicted mask (reference: 0.35).
     threshold: float = 0.35
-    # Checkpoint-selection metric on data.select_split: "oiou", "miou" or "p@0.5" .. "p@0.9".
+    # Checkpoint-selection metric on data.select_split: "oiou", "miou" or "p@0.5" .. "p@0.9"; for
+    # generalized data (grefcoco, grefshapes) "giou", "ciou", "n_acc", "t_acc" or "p@0.7" .. "p@0.9".
     select_metric: str = "oiou"
     # Prediction pictures written to TensorBoard and the run folder per evaluation.
     num_visualizations: int = 6

@@ -12,27 +12,47 @@ from ditsam.engine.config import DataConfig, ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
+# Data formats generated on first use (RefShapes and its generalized variant).
+GENERATED_FORMATS = ("refshapes", "grefshapes")
+# name after "generated:" in model.text.name_or_path -> the vocabulary's module and constant.
+GENERATED_VOCABULARIES = {
+    "refshapes": ("ditsam.data.synthetic", "REFSHAPES_WORDS"),
+    "grefshapes": ("ditsam.data.grefshapes", "GREFSHAPES_WORDS"),
+}
+
+
+def _generator(data_format: str) -> tuple[Any, Any]:
+    """(files of a generated root, generator function) of a generated format (refshapes | grefshapes)."""
+    if data_format == "grefshapes":
+        from ditsam.data.grefshapes import generate_grefshapes, grefshapes_files
+
+        return grefshapes_files, generate_grefshapes
+    from ditsam.data.synthetic import dataset_files, generate_refshapes
+
+    return dataset_files, generate_refshapes
+
 
 def ensure_refshapes(data: DataConfig) -> Path:
-    """Generate RefShapes into ``data.root`` unless it is already there; returns the root."""
-    from ditsam.data.synthetic import DATASET_NAME, SPLIT_BY, generate_refshapes, refshapes_files
-
+    """Generate RefShapes (or gRefShapes, ``data.format == "grefshapes"``) into ``data.root`` unless it is
+    already there; returns the root."""
+    files_of, generate = _generator(data.format)
     root = Path(data.root)
-    if not (root / DATASET_NAME / f"refs({SPLIT_BY}).p").is_file():
-        logger.info("generating RefShapes (%s, seed %d) into %s", data.refshapes_preset, data.refshapes_seed, root)
-        generate_refshapes(root, seed=data.refshapes_seed, preset=data.refshapes_preset, progress=True)
+    files = files_of(root)
+    if not files.refs.is_file():
+        logger.info("generating %s (%s, seed %d) into %s", data.format, data.refshapes_preset, data.refshapes_seed, root)
+        generate(root, seed=data.refshapes_seed, preset=data.refshapes_preset, progress=True)
         return root
     try:
-        made = json.loads(refshapes_files(root)[2].read_text(encoding="utf-8"))
+        made = json.loads(files.scenes.read_text(encoding="utf-8"))
         found = (made["preset"], int(made["seed"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{root} holds RefShapes annotations without a readable scenes.json ({error}); "
+        raise DataError(f"{root} holds {data.format} annotations without a readable scenes.json ({error}); "
                         f"regenerate it with `ditsam data synth --out {root} --preset {data.refshapes_preset} "
                         f"--seed {data.refshapes_seed} --overwrite`") from error
     if found != (data.refshapes_preset, data.refshapes_seed):
         # Scores on another preset's splits would not compare with the experiment's; never reuse them silently.
         raise DataError(
-            f"{root} holds RefShapes preset {found[0]!r} seed {found[1]}, but the experiment asks for preset "
+            f"{root} holds {data.format} preset {found[0]!r} seed {found[1]}, but the experiment asks for preset "
             f"{data.refshapes_preset!r} seed {data.refshapes_seed}: set data.root to another folder, or remove {root}"
         )
     return root
@@ -40,14 +60,19 @@ def ensure_refshapes(data: DataConfig) -> Path:
 
 def dataset_spec(data: DataConfig) -> dict[str, Any]:
     """The :func:`ditsam.data.open_dataset` mapping for ``data`` (without split and mode)."""
-    if data.format == "refshapes":
+    if data.format in GENERATED_FORMATS:
         root = ensure_refshapes(data)
-        return {"format": "refer", "root": str(root), "dataset": "refshapes", "split_by": "unc",
-                "image_dir": str(Path(data.image_dir) if data.image_dir else root / "images")}
+        image_dir = str(Path(data.image_dir) if data.image_dir else root / "images")
+        if data.format == "grefshapes":
+            return {"format": "grefcoco", "root": str(root), "dataset": "grefshapes", "image_dir": image_dir}
+        return {"format": "refer", "root": str(root), "dataset": "refshapes", "split_by": "unc", "image_dir": image_dir}
     if not Path(data.root).exists():
         raise FileNotFoundError(f"data.root {data.root!r} does not exist (format {data.format})")
     if data.format == "refer":
         return {"format": "refer", "root": data.root, "dataset": data.dataset, "split_by": data.split_by,
+                "image_dir": data.image_dir}
+    if data.format == "grefcoco":
+        return {"format": "grefcoco", "root": data.root, "dataset": data.dataset, "split_by": data.split_by,
                 "image_dir": data.image_dir}
     if data.format == "simrec":
         if data.mask_dir:
@@ -59,12 +84,13 @@ def dataset_spec(data: DataConfig) -> dict[str, Any]:
 def open_split(data: DataConfig, split: str, *, mode: str) -> Any:
     """A reader of ``split`` in ``mode`` ("train": one item per object, "eval": one per sentence);
     RefShapes' training split is an endless stream of new scenes when ``data.train_stream_samples``."""
-    if data.format == "refshapes" and mode == "train" and data.train_stream_samples > 0:
+    if data.format in GENERATED_FORMATS and mode == "train" and data.train_stream_samples > 0:
         from ditsam.data.refshapes_stream import RefShapesStream
 
         return RefShapesStream(seed=data.refshapes_seed, preset=data.refshapes_preset,
                                samples_per_epoch=data.train_stream_samples,
-                               items_per_scene=data.train_stream_items_per_scene)
+                               items_per_scene=data.train_stream_items_per_scene,
+                               generalized=data.format == "grefshapes")
     return open_dataset({**dataset_spec(data), "split": split, "mode": mode})
 
 
@@ -99,20 +125,25 @@ GENERATED_TEXT_PREFIX = "generated:"
 
 
 def resolve_text_encoder(config: ExperimentConfig) -> ExperimentConfig:
-    """Replace ``model.text.name_or_path = "generated:refshapes"`` by a tiny random BERT with the
-    RefShapes vocabulary, written once under ``<data.root>/tiny_bert`` (nothing is downloaded)."""
+    """Replace ``model.text.name_or_path = "generated:refshapes"`` (or ``"generated:grefshapes"``) by a tiny
+    random BERT with that dataset's vocabulary, written once under ``<data.root>/tiny_bert`` (or
+    ``tiny_bert_grefshapes``); nothing is downloaded."""
     from ditsam.config import ConfigError
 
     name = config.model.text.name_or_path
     if not name.startswith(GENERATED_TEXT_PREFIX):
         return config
     vocabulary = name[len(GENERATED_TEXT_PREFIX):]
-    if vocabulary != "refshapes":
-        raise ConfigError(f"model.text.name_or_path {name!r}: the only generated text encoder is 'generated:refshapes'")
-    from ditsam.data.synthetic import REFSHAPES_WORDS
+    if vocabulary not in GENERATED_VOCABULARIES:
+        raise ConfigError(f"model.text.name_or_path {name!r}: generated text encoders are "
+                          f"{', '.join(GENERATED_TEXT_PREFIX + v for v in GENERATED_VOCABULARIES)}")
+    import importlib
+
     from ditsam.model.text import build_tiny_bert
 
-    directory = Path(config.data.root) / "tiny_bert"
+    module, constant = GENERATED_VOCABULARIES[vocabulary]
+    words = getattr(importlib.import_module(module), constant)
+    directory = Path(config.data.root) / ("tiny_bert" if vocabulary == "refshapes" else f"tiny_bert_{vocabulary}")
     if not (directory / "config.json").is_file():
-        build_tiny_bert(directory, words=REFSHAPES_WORDS, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+        build_tiny_bert(directory, words=words, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
     return config.with_overrides({"model.text.name_or_path": str(directory)})

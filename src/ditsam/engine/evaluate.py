@@ -8,7 +8,12 @@ Two scoring protocols (``protocol``):
   resolution, 512 for the reference), crop the unpadded region, resize the *binary* mask bilinearly
   to the original size and count every value > 0 as foreground; P@X counts IoU > X.
 
-Either way the masks are scored with :class:`~ditsam.metrics.RISMetrics`.
+Either way the masks are scored with :class:`~ditsam.metrics.RISMetrics`, or -- for readers whose
+sentences may name several objects or none (``generalized``, e.g. gRefCOCO) -- with
+:class:`~ditsam.metrics.GRESMetrics`: the model's no-target flag comes from its presence head
+(``model.no_target_head``), else an empty mask means "no target". Under ``"reference"`` the
+generalized scores are taken at 480 x 480, the resolution gRefCOCO's reference evaluator compares
+masks at (prediction resized bilinearly before the threshold, ground truth nearest).
 With several processes each one scores a disjoint shard of the split (no sampler padding, so no
 sample counts twice) and the sums are all-reduced.
 """
@@ -27,12 +32,25 @@ from tqdm.auto import tqdm
 
 from ditsam.data.collate import RISCollator
 from ditsam.data.transforms import TransformMeta, restore_to_original
-from ditsam.metrics import RISMetrics
+from ditsam.metrics import GRESMetrics, RISMetrics
+from ditsam.model.presence import no_target_from_logits
 
 logger = logging.getLogger(__name__)
 
 Protocol = Literal["exact", "reference"]
 PROTOCOLS: tuple[str, ...] = ("exact", "reference")
+# Side of the square gRefCOCO's reference evaluator (ReLA) scores masks at.
+GRES_REFERENCE_SIZE = 480
+
+
+def gres_reference_masks(logits: torch.Tensor, meta: TransformMeta, gt: np.ndarray, *,
+                         threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, ground truth) at gRefCOCO's reference resolution, 480 x 480 (see the module docstring)."""
+    size = (GRES_REFERENCE_SIZE, GRES_REFERENCE_SIZE)
+    restored = restore_to_original(logits, meta).float()
+    pred = F.interpolate(restored[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    target = F.interpolate(torch.from_numpy(gt)[None, None].float(), size=size, mode="nearest")[0, 0]
+    return (torch.sigmoid(pred) > threshold).cpu().numpy(), (target > 0.5).numpy()
 
 
 def predicted_mask(logits: torch.Tensor, meta: TransformMeta, *, threshold: float,
@@ -62,6 +80,8 @@ class SamplePrediction:
     iou: float
     pred: np.ndarray
     gt: np.ndarray
+    # Generalized RIS: the model's "nothing is referred" flag (None: the model has no presence head).
+    no_target: bool | None = None
 
 
 @dataclasses.dataclass
@@ -113,21 +133,29 @@ def evaluate(
         collate_fn=RISCollator(model.tokenizer), pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training's dropout) alone
     )
-    metrics = RISMetrics(strict=protocol == "reference")
+    generalized = bool(getattr(getattr(dataset, "base", dataset), "generalized", False))
+    metrics = GRESMetrics() if generalized else RISMetrics(strict=protocol == "reference")
     kept: list[SamplePrediction] = []
     position = 0
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress or process_index != 0, leave=False)
     for batch in bar:
         batch = batch.to(device)
         with _autocast(device, mixed_precision):
-            logits = model(batch.images, text=batch.text).logits[:, 0].float()
+            output = model(batch.images, text=batch.text)
+        logits = output.logits[:, 0].float()
+        flags = None if output.presence_logits is None else no_target_from_logits(output.presence_logits).tolist()
         for row in range(logits.shape[0]):
-            pred = predicted_mask(logits[row], batch.metas[row], threshold=threshold, protocol=protocol)
             gt = batch.gt_masks[row]
-            iou = metrics.update(pred, gt)
+            flag = None if flags is None else bool(flags[row])
+            if generalized and protocol == "reference":
+                pred, scored_gt = gres_reference_masks(logits[row], batch.metas[row], gt, threshold=threshold)
+            else:
+                pred = predicted_mask(logits[row], batch.metas[row], threshold=threshold, protocol=protocol)
+                scored_gt = gt
+            iou = metrics.update(pred, scored_gt, flag) if generalized else metrics.update(pred, gt)
             sample = SamplePrediction(
                 index=shard.indices[position], ref_id=int(batch.ref_ids[row]), sent_id=int(batch.sent_ids[row]),
-                sentence=batch.sentences[row], iou=iou, pred=pred, gt=gt,
+                sentence=batch.sentences[row], iou=iou, pred=pred, gt=scored_gt, no_target=flag,
             )
             position += 1
             if len(kept) < keep:

@@ -15,7 +15,7 @@ from ditsam.engine.config import ExperimentConfig, load_experiment
 from ditsam.engine.data import ris_dataset
 from ditsam.engine.evaluate import SamplePrediction, evaluate
 from ditsam.engine.pictures import save_prediction_pictures
-from ditsam.metrics import format_table
+from ditsam.metrics import format_table, summarize
 
 if TYPE_CHECKING:
     from ditsam.model.sources import ResolvedSource
@@ -121,9 +121,12 @@ def evaluate_checkpoint(
         dump.close(out / f"masks_{split}.rle.json" if accelerator.num_processes == 1
                    else out / f"masks_{split}.rank{accelerator.process_index}.rle.json")
         results[split] = {**result.metrics, "count": result.count, "protocol": protocol}
+        source = getattr(dataset.base, "source", None)
+        if source is not None:  # gRefCOCO was renumbered once: say which refs file was scored
+            results[split]["data_source"] = source
         if accelerator.is_main_process and result.kept:
             save_prediction_pictures(result.kept, dataset, out / f"predictions_{split}.png")
-        logger.info("%s: %d sentences, oIoU %.2f, mIoU %.2f", split, result.count, result.metrics["oiou"], result.metrics["miou"])
+        logger.info("%s: %d sentences, %s", split, result.count, summarize(result.metrics))
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(format_table(results, title=f"## {checkpoint} ({protocol} protocol)") + "\n")

@@ -36,7 +36,7 @@ from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.schedule import learning_rate
-from ditsam.metrics import format_table
+from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight
         dice = 1 - (2 * overlap + 1) / (probabilities.sum(1) + target.sum(1) + 1)
         loss = loss + dice_weight * dice.mean()
     return loss
+
+
+def presence_loss(presence_logits: torch.Tensor, no_target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the (B,) presence logits against "something is referred" (not ``no_target``)."""
+    return F.binary_cross_entropy_with_logits(presence_logits.float(), (~no_target).float())
 
 
 def prompts_from_masks(masks: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -348,7 +353,7 @@ class Trainer:
                     self._select_best(last_results)
                 self.save("last")
                 mean_loss = epoch_loss / max(epoch_samples, 1)
-                summary = " ".join(f"{s} mIoU {r.metrics['miou']:.2f} oIoU {r.metrics['oiou']:.2f}" for s, r in last_results.items())
+                summary = " ".join(f"{s} {summarize(r.metrics)}" for s, r in last_results.items())
                 logger.info("epoch %d: loss %.4f, %.1f s, %s", epoch, mean_loss, time.perf_counter() - started, summary)
         finally:
             bar.close()
@@ -364,7 +369,14 @@ class Trainer:
         split = self.config.data.select_split
         if split not in results:
             return
-        score = results[split].metrics[self.config.train.select_metric]
+        metrics = results[split].metrics
+        name = self.config.train.select_metric
+        if name not in metrics:
+            raise ConfigError(f"train.select_metric {name!r} is not a metric of split {split!r}; "
+                              f"its metrics are {', '.join(metrics)}")
+        score = metrics[name]
+        if score is None:  # e.g. N-acc of a split without no-target sentences
+            return
         if self.progress.best_score is None or score > self.progress.best_score:
             self.progress.best_score = score
             self.save("best")
@@ -394,7 +406,10 @@ class Trainer:
             with sync:
                 with self.accelerator.autocast():
                     output = self.model(batch.images, **self._prompts(batch))
+                    # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.
                     loss = segmentation_loss(output.logits, batch.masks, dice_weight=train.dice_weight)
+                    if output.presence_logits is not None:
+                        loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, batch.no_target)
                 if not torch.isfinite(loss):
                     finite = False
                     bad_refs = [int(r) for r in batch.ref_ids]

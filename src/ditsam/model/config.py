@@ -82,6 +82,9 @@ class DITSamConfig(ConfigBase):
     freeze_image_encoder: bool = False
     # Upsample the low-res logits with align_corners=True (reference code) or False (SAM).
     upsample_align_corners: bool = True
+    # Generalized RIS (gRefCOCO): a head on the decoder's IoU token predicts, per sentence, whether
+    # anything is referred (ditsam.model.presence); False builds no head (checkpoints unchanged).
+    no_target_head: bool = False
     # Recompute ViT blocks in the backward pass to save memory (ViT-L/H training).
     gradient_checkpointing: bool = False
     # Text encoder settings.

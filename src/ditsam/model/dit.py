@@ -20,6 +20,7 @@ from ditsam.model.inject import (
     LayerwiseInjection,
     NoInjection,
 )
+from ditsam.model.presence import PresenceHead
 from ditsam.model.sam.image_encoder import ImageEncoderViT
 from ditsam.model.sam.mask_decoder import MaskDecoder
 from ditsam.model.sam.prompt_encoder import PromptEncoder
@@ -40,11 +41,13 @@ FORMAT_VERSION = 1
 @dataclasses.dataclass
 class DITSamOutput:
     """logits: (B, M, S, S) at input resolution; low_res_logits: (B, M, S/4, S/4);
-    iou_predictions: (B, M). M = 1, or 3 with multimask output."""
+    iou_predictions: (B, M). M = 1, or 3 with multimask output. presence_logits: (B,), > 0 where
+    the sentence refers to something (only with ``config.no_target_head``, else None)."""
 
     logits: torch.Tensor
     low_res_logits: torch.Tensor
     iou_predictions: torch.Tensor
+    presence_logits: torch.Tensor | None = None
 
 
 def build_injection(config: DITSamConfig, *, text_dim: int) -> nn.Module:
@@ -105,6 +108,10 @@ class DITSam(nn.Module):
         )
         # W_o: the words as sparse prompts of the decoder (applied to BERT's features, as the reference).
         self.text_proj = nn.Linear(text_dim, config.prompt_embed_dim)
+        self.presence_head = (
+            PresenceHead(embed_dim=config.prompt_embed_dim, hidden_dim=config.prompt_embed_dim)
+            if config.no_target_head else nn.Identity()
+        )
         self._tokenizer: TextTokenizer | None = None
         self.apply_freezing()
 
@@ -122,6 +129,7 @@ class DITSam(nn.Module):
         self.prompt_encoder.requires_grad_(not head_only)
         self.mask_decoder.requires_grad_(True)
         self.text_proj.requires_grad_(True)
+        self.presence_head.requires_grad_(True)
 
     def trainable_parameter_names(self) -> list[str]:
         return [name for name, p in self.named_parameters() if p.requires_grad]
@@ -170,15 +178,16 @@ class DITSam(nn.Module):
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None, batch_size=batch)
         sparse = torch.cat([self.text_proj(features).to(sparse.dtype), sparse], dim=1)
         token_keep = torch.cat([keep, keep.new_ones(batch, sparse.shape[1] - keep.shape[1])], dim=1)
-        low_res, iou = self.mask_decoder(
+        low_res, iou, iou_token = self.mask_decoder(
             image_embeddings=image_embeddings, image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-            multimask_output=self.config.multimask_output, token_key_mask=token_keep,
+            multimask_output=self.config.multimask_output, token_key_mask=token_keep, with_iou_token=True,
         )
         logits = F.interpolate(
             low_res, size=images.shape[-2:], mode="bilinear", align_corners=self.config.upsample_align_corners
         )
-        return DITSamOutput(logits=logits, low_res_logits=low_res, iou_predictions=iou)
+        presence = self.presence_head(iou_token).float() if self.config.no_target_head else None
+        return DITSamOutput(logits=logits, low_res_logits=low_res, iou_predictions=iou, presence_logits=presence)
 
     def _check_inputs(self, images, text, points, boxes) -> None:
         size = self.config.image_size

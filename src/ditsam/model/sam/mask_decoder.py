@@ -138,7 +138,8 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         token_key_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with_iou_token: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """
         Args:
             image_embeddings: (B_img, C, h, w); B_img = B, or B_img divides B (each image shared
@@ -149,10 +150,13 @@ class MaskDecoder(nn.Module):
             multimask_output: return the 3 ambiguity-aware masks instead of the single one.
             token_key_mask: (B, K) bool, True = real prompt token, False = padding that no
                 attention may read. None treats all tokens as real (SAM).
+            with_iou_token: also return the IoU token's output, (B, C): it has read the prompts and
+                the image, so heads that judge the whole prompt (e.g. "is anything referred?") use it.
 
         Returns:
             masks: (B, M, 4h, 4w) low-resolution mask logits, M = num_multimask_outputs or 1.
             iou_pred: (B, M) predicted IoU of each mask.
+            iou_token: (B, C), only with ``with_iou_token``.
         """
         tokens, key_mask = self._tokens_and_mask(sparse_prompt_embeddings, token_key_mask)
         src = self._per_prompt_images(image_embeddings, tokens.shape[0]) + dense_prompt_embeddings
@@ -171,4 +175,6 @@ class MaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(iou_token_out)
 
         selected = slice(1, None) if multimask_output else slice(0, 1)
+        if with_iou_token:
+            return masks[:, selected], iou_pred[:, selected], iou_token_out
         return masks[:, selected], iou_pred[:, selected]
