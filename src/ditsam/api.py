@@ -77,12 +77,18 @@ class SegmentationResult:
     """One prediction at the original image resolution.
 
     mask: bool (H, W); score: the model's predicted IoU of that mask (float); logits: float32 (H, W),
-    ``sigmoid(logits) > threshold`` gives ``mask``.
+    ``sigmoid(logits) > threshold`` gives ``mask`` when something is referred. present: False when a
+    model with a no-target head (generalized RIS, ``config.no_target_head``) says the sentence names
+    nothing in the image; ``mask`` is then empty (``logits`` stay the decoder's, for inspection).
+    presence: that head's probability that something is referred (None: the model has no such head).
+    A sentence naming several objects gives one mask covering all of them.
     """
 
     mask: np.ndarray
     score: float
     logits: np.ndarray
+    present: bool = True
+    presence: float | None = None
 
     @property
     def area(self) -> int:
@@ -582,6 +588,7 @@ class Segmenter:
         import torch
 
         from ditsam.data.transforms import restore_to_original
+        from ditsam.model.presence import PRESENCE_THRESHOLD
 
         device = self.device
         keys = [job.image_key for job in chunk]
@@ -610,13 +617,17 @@ class Segmenter:
         best = iou.argmax(dim=1)
         rows = torch.arange(len(chunk), device=logits.device)
         logits, iou = logits[rows, best], iou[rows, best]
+        presence = None if output.presence_logits is None else torch.sigmoid(output.presence_logits.float()).tolist()
         results = []
         for row, meta in enumerate(metas):
             restored = restore_to_original(logits[row], meta)
-            mask = torch.sigmoid(restored) > threshold
+            present = presence is None or presence[row] >= PRESENCE_THRESHOLD
+            mask = (torch.sigmoid(restored) > threshold) if present else torch.zeros_like(restored, dtype=torch.bool)
             results.append(
                 SegmentationResult(
-                    mask=mask.cpu().numpy(), score=float(iou[row]), logits=restored.cpu().numpy().astype(np.float32, copy=False)
+                    mask=mask.cpu().numpy(), score=float(iou[row]),
+                    logits=restored.cpu().numpy().astype(np.float32, copy=False), present=present,
+                    presence=None if presence is None else float(presence[row]),
                 )
             )
         return results

@@ -15,6 +15,8 @@ from ditsam.model.sam.mask_decoder import MLP
 
 # Layers of the head's MLP (SAM's IoU head uses 3 on the same token).
 PRESENCE_HEAD_DEPTH = 2
+# Probability of "something is referred" below which a sentence counts as naming nothing.
+PRESENCE_THRESHOLD = 0.5
 
 
 class PresenceHead(nn.Module):
@@ -29,5 +31,5 @@ class PresenceHead(nn.Module):
 
 
 def no_target_from_logits(presence_logits: torch.Tensor) -> torch.Tensor:
-    """(B,) presence logits -> (B,) bool, True where the model says nothing is referred (p < 0.5)."""
-    return presence_logits < 0
+    """(B,) presence logits -> (B,) bool, True where the model says nothing is referred."""
+    return torch.sigmoid(presence_logits.float()) < PRESENCE_THRESHOLD

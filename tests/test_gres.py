@@ -1,0 +1,133 @@
+"""Generalized RIS end to end: the no-target head, its loss, GRES evaluation and the predictor's `present`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from ditsam.api import Segmenter
+from ditsam.data.grefshapes import generate_grefshapes
+from ditsam.engine.config import ExperimentConfig
+from ditsam.engine.train import presence_loss, segmentation_loss, train
+from ditsam.model.dit import DITSam
+
+TINY_MODEL = dict(
+    backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
+    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_zero_init=False,
+    no_target_head=True,
+)
+
+
+@pytest.fixture(scope="module")
+def grefshapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("grefshapes")
+    generate_grefshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 3, "testA": 2, "testB": 2})
+    return root
+
+
+def gres_experiment(root: Path, bert_dir: Path, **train_overrides) -> ExperimentConfig:
+    train_config = dict(epochs=1, batch_size=4, micro_batch_size=2, lr=1e-3, ema_decay=0.0, mixed_precision="no",
+                        num_visualizations=2, select_metric="giou", schedule=dict(warmup_epochs=0.5))
+    train_config.update(train_overrides)
+    return ExperimentConfig.from_dict(dict(
+        name="tiny-gres",
+        model={**TINY_MODEL, "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
+        data=dict(format="grefshapes", root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
+        train=train_config,
+    ))
+
+
+def test_head_off_changes_nothing(tiny_bert_dir):
+    model = DITSam(tiny_config(tiny_bert_dir)).eval()
+    assert not any(name.startswith("presence_head") for name in model.state_dict())
+    output = model(torch.randn(1, 3, 64, 64), text=["a red circle"])
+    assert output.presence_logits is None
+
+
+def test_head_on_gets_gradients_and_its_loss_falls(tiny_bert_dir):
+    torch.manual_seed(0)
+    model = DITSam(tiny_config(tiny_bert_dir, no_target_head=True)).train()
+    head = {name for name in model.trainable_parameter_names() if name.startswith("presence_head.")}
+    assert head and all(name in model.state_dict() for name in head)
+    images = torch.randn(4, 3, 64, 64)
+    text = model.tokenize(["the red circle", "the blue star", "a green square", "the left triangle"])
+    masks = torch.zeros(4, 1, 64, 64)
+    masks[0, 0, 10:30, 10:30] = 1
+    masks[2, 0, 30:50, 5:25] = 1
+    no_target = torch.tensor([False, True, False, True])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        output = model(images, text=text)
+        loss = presence_loss(output.presence_logits, no_target)
+        (loss + segmentation_loss(output.logits, masks)).backward()
+        if not losses:
+            received = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+            assert head <= received
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_training_and_evaluation_report_gres_metrics(grefshapes_root, tiny_bert_dir, tmp_path):
+    results = train(gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=2), run_dir=tmp_path / "run",
+                    progress=False)
+    for split in ("val", "testB"):
+        assert set(results[split]) == {"giou", "ciou", "n_acc", "t_acc", "p@0.7", "p@0.8", "p@0.9"}
+        assert results[split]["n_acc"] is not None and 0 <= results[split]["giou"] <= 100
+    assert "| gIoU | cIoU | N-acc | T-acc |" in (tmp_path / "run" / "results.md").read_text()
+    assert (tmp_path / "run" / "checkpoints" / "best" / "config.json").is_file()
+
+    from ditsam.engine.run_eval import evaluate_checkpoint
+
+    again, out = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last", splits=["val"], num_pictures=0)
+    assert again["val"]["giou"] == pytest.approx(results["val"]["giou"])
+    source = json.loads((out / "results.json").read_text())["val"]["data_source"]
+    assert source["refs_file"].endswith("grefs(unc).json") and len(source["sha256"]) == 64
+    reference, _ = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last", splits=["val"], num_pictures=0,
+                                       protocol="reference", out=tmp_path / "reference")
+    assert reference["val"]["count"] == again["val"]["count"] and reference["val"]["n_acc"] == again["val"]["n_acc"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU launch tested on Linux")
+def test_two_process_gres_evaluation_matches_one_process(grefshapes_root, tiny_bert_dir, tmp_path):
+    train(gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100),
+          run_dir=tmp_path / "run", progress=False)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last"
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"eval{processes}"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "ditsam.cli.main", "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
+                   "--device", "cpu"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29600 + processes)}
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        outputs[processes] = json.loads((out / "results.json").read_text())
+    for split in ("val", "testB"):
+        assert outputs[2][split]["count"] == outputs[1][split]["count"]
+        for key, value in outputs[1][split].items():
+            assert outputs[2][split][key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
+
+
+@pytest.mark.parametrize("bias, present", [(-20.0, False), (20.0, True)])
+def test_predictor_says_when_nothing_is_referred(tiny_bert_dir, tmp_path, bias, present):
+    torch.manual_seed(0)
+    model = DITSam(tiny_config(tiny_bert_dir, no_target_head=True))
+    with torch.no_grad():
+        model.presence_head.mlp.layers[-1].bias.fill_(bias)
+        model.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.fill_(5.0)  # a mask with pixels
+    seg = Segmenter.from_pretrained(model.save_pretrained(tmp_path / "model"), device="cpu")
+    result = seg.predict(np.zeros((40, 50, 3), np.uint8), "the blue star")
+    assert result.present is present and result.presence == pytest.approx(float(present), abs=1e-6)
+    assert result.mask.shape == (40, 50) and bool(result.mask.any()) is present
