@@ -949,10 +949,9 @@ def split_counts(refs: Sequence[Mapping]) -> dict[str, dict[str, int]]:
     return {split: counts[split] for split in SPLITS if split in counts}
 
 
-def read_split_counts(out_dir: str | Path) -> dict[str, dict[str, int]]:
-    """Per-split counts of a generated RefShapes, read back from its scenes.json."""
-    _, _, scenes_path, _ = refshapes_files(out_dir)
-    return json.loads(scenes_path.read_text(encoding="utf-8"))["splits"]
+def read_split_counts(out_dir: str | Path, *, dataset: str = DATASET_NAME) -> dict[str, dict[str, int]]:
+    """Per-split counts of generated ``dataset`` (refshapes, grefshapes), read back from its scenes.json."""
+    return json.loads(dataset_files(out_dir, dataset=dataset).scenes.read_text(encoding="utf-8"))["splits"]
 
 
 class _NoProgress:
