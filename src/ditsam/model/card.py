@@ -136,6 +136,8 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
     )
     decoder_depth = SAM_DECODER_LAYERS + config.extra_decoder_layers
     outputs = "three masks + IoU scores" if config.multimask_output else "one mask + IoU score"
+    if config.no_target_head:
+        outputs += "; a no-target head says whether the sentence refers to anything (generalized RIS)"
     injection = _INJECTIONS.get(config.injection, config.injection)
     if config.static_tokens:
         injection += f", plus {config.static_tokens} learnable static prompt tokens"
