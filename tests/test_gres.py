@@ -131,3 +131,21 @@ def test_predictor_says_when_nothing_is_referred(tiny_bert_dir, tmp_path, bias, 
     result = seg.predict(np.zeros((40, 50, 3), np.uint8), "the blue star")
     assert result.present is present and result.presence == pytest.approx(float(present), abs=1e-6)
     assert result.mask.shape == (40, 50) and bool(result.mask.any()) is present
+
+
+def test_data_of_another_generator_version_is_refused(grefshapes_root, tiny_bert_dir, tmp_path):
+    import shutil
+
+    from ditsam.data import DataError
+    from ditsam.engine.data import ensure_refshapes
+
+    copy = tmp_path / "old"
+    shutil.copytree(grefshapes_root, copy)
+    scenes_path = copy / "grefshapes" / "scenes.json"
+    scenes = json.loads(scenes_path.read_text())
+    data = gres_experiment(copy, tiny_bert_dir).data
+    assert ensure_refshapes(data) == copy
+    scenes["version"] = 1
+    scenes_path.write_text(json.dumps(scenes))
+    with pytest.raises(DataError, match="generator version 1, this ditsam writes version 2"):
+        ensure_refshapes(data)

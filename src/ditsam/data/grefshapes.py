@@ -69,6 +69,8 @@ from ditsam.data.synthetic import (
 log = logging.getLogger(__name__)
 
 DATASET_NAME = "grefshapes"
+# Bumped whenever the same seed and preset would write other files: data folders of another version are refused.
+GENERATOR_VERSION = 2
 REFS_FILE = f"grefs({SPLIT_BY}).json"
 # Kinds of the generalized programs (sentence_kinds in scenes.json); a no-target sentence's kind
 # gets the suffix NO_TARGET_SUFFIX, e.g. "attribute:none".
@@ -237,13 +239,20 @@ def _split_allows(expression: GroupExpression, split: str) -> bool:
 
 
 def _phrasings(expressions: Sequence[GroupExpression], *, limit: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Up to ``limit`` distinct (sentence, kind) phrasings of programs that all name the same targets."""
+    """Up to ``limit`` distinct (sentence, kind) phrasings of programs that all name the same targets,
+    the kind drawn first: relations to some anchor outnumber the other programs many times over, and
+    drawing programs uniformly would leave e.g. almost no "the blue star" among the no-target sentences."""
+    by_kind: dict[str, list[GroupExpression]] = {}
+    for expression in expressions:
+        by_kind.setdefault(expression.label, []).append(expression)
+    kinds = sorted(by_kind)
     chosen: list[tuple[str, str]] = []
     seen: set[str] = set()
     for _attempt in range(limit * 6):
         if len(chosen) == limit:
             break
-        expression = expressions[int(rng.integers(len(expressions)))]
+        options = by_kind[kinds[int(rng.integers(len(kinds)))]]
+        expression = options[int(rng.integers(len(options)))]
         sentence = render_group_expression(expression, rng)
         if sentence not in seen:
             seen.add(sentence)
@@ -322,6 +331,7 @@ def generate_grefshapes(
         out_dir, files=files, build=_build_generalized_image, ref_fields=_generalized_fields, seed=seed, preset=preset,
         num_images=num_images, workers=workers, overwrite=overwrite, progress=progress, prefix=DATASET_NAME,
         description="gRefShapes: synthetic generalized referring segmentation (several or no targets)",
+        version=GENERATOR_VERSION,
     )
     files.refs.write_text(json.dumps(refs), encoding="utf-8")
     log.info("wrote gRefShapes (%s, seed %d) to %s", preset, seed, out_dir)

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 DATASET_NAME = "refshapes"
 SPLIT_BY = "unc"
 SPLITS: tuple[str, ...] = ("train", "val", "testA", "testB")
+# Recorded in scenes.json; bumped whenever the same seed and preset would write other files.
+GENERATOR_VERSION = 1
 
 # Polygonal shapes are stored as COCO polygons, the others as RLE (a ring has a hole).
 POLYGON_SHAPES: tuple[str, ...] = ("square", "triangle", "star", "hexagon", "diamond", "cross")
@@ -843,6 +845,7 @@ def write_generated(
     progress: bool,
     prefix: str = DATASET_NAME,
     description: str = "RefShapes synthetic referring segmentation",
+    version: int = GENERATOR_VERSION,
 ) -> list[dict]:
     """Generate every image with ``build``, write instances.json and scenes.json, and return the ref
     records (without their target fields, which ``ref_fields(ann_ids, category_ids)`` gives); the
@@ -894,7 +897,7 @@ def write_generated(
     }
     files.instances.write_text(json.dumps(instances), encoding="utf-8")
     scenes = {
-        "seed": seed, "preset": preset, "splits": split_counts(refs),
+        "seed": seed, "preset": preset, "version": version, "splits": split_counts(refs),
         "images": scene_images, "sentence_kinds": sentence_kinds,
     }
     files.scenes.write_text(json.dumps(scenes), encoding="utf-8")
@@ -967,4 +970,4 @@ def _progress(total: int, *, enabled: bool):
         return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="RefShapes", unit="img")
+    return tqdm(total=total, desc="generating", unit="img")
