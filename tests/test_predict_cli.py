@@ -125,5 +125,6 @@ def test_usage_errors(checkpoint: Path, images: Path, tmp_path: Path, capsys: py
     assert "nope.png" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([*base, "--images", str(tmp_path / "empty"), "--text", "a"]) == 2
-    assert main(["predict", "--checkpoint", str(tmp_path / "empty"), "--image", str(images / "a.png"), "--text", "a"]) == 2
+    assert main(["predict", "--checkpoint", str(tmp_path / "empty"), "--image", str(images / "a.png"), "--text", "a",
+                 "--out", str(tmp_path / "out2")]) == 2
     assert "without config" in capsys.readouterr().err

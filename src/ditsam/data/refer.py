@@ -44,6 +44,14 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: refs files hold only plain data")
 
 
+def read_plain_pickle(path: PathLike) -> Any:
+    """The object in a pickle file of plain data only (lists, dicts, strings, numbers), with Python 2
+    byte strings kept as ``bytes``. This is the project's one way to read a pickle: any class or
+    callable in the file is refused (``pickle.UnpicklingError``) before anything of it runs.
+    Raises OSError as ``open`` does."""
+    return _NoGlobalsUnpickler(io.BytesIO(Path(path).read_bytes()), encoding="bytes").load()
+
+
 def refs_path(*, root: PathLike, dataset: str, split_by: str) -> Path:
     """Path of the refs pickle, ``<root>/<dataset>/refs(<split_by>).p``."""
     return Path(root) / dataset / f"refs({split_by}).p"
@@ -62,7 +70,7 @@ def load_refs(path: PathLike) -> list[dict]:
         hint = f"; refs files there: {', '.join(others)}" if others else ""
         raise DataError(f"refs file not found: {path}{hint}")
     try:
-        data = _NoGlobalsUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = read_plain_pickle(path)
     except Exception as error:  # any unpickling failure means a bad file; report it, never run it
         raise DataError(f"cannot read refs file {path}: {type(error).__name__}: {error}") from error
     refs = _text(data)
