@@ -44,7 +44,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         description="Check a dataset the way `ditsam train` does before its first step and list every bad record: "
                     "a custom JSONL file (PATH), or any format with --format and its options.",
     )
-    validate.add_argument("path", nargs="?", type=Path, help="a custom JSONL file (or give --format and its options)")
+    validate.add_argument("jsonl", nargs="?", type=Path, metavar="PATH",
+                          help="a custom JSONL file (or give --format and its options)")
     validate.add_argument("--quick", action="store_true",
                           help="PATH only: read image headers only (misses truncated files)")
     validate.add_argument("--format", choices=sorted(FORMAT_OPTIONS), help="dataset format (instead of PATH)")
@@ -80,7 +81,7 @@ def run_validate(args: argparse.Namespace) -> int:
     """Print every problem of the dataset; 0 if there is none, else 1."""
     from ditsam.data.custom import read_custom, validate_custom
 
-    if (args.path is None) == (args.format is None):
+    if (args.jsonl is None) == (args.format is None):
         raise ValueError("give a custom JSONL file (PATH) or --format with its options, not both or neither")
     if args.format is not None:
         if args.quick:
@@ -88,15 +89,15 @@ def run_validate(args: argparse.Namespace) -> int:
         return _validate_format(args)
     if args.split:
         raise ValueError("--split applies with --format; a JSONL PATH is checked whole")
-    problems = validate_custom(args.path, check_pixels=not args.quick)
+    problems = validate_custom(args.jsonl, check_pixels=not args.quick)
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.path}")
+        print(f"{len(problems)} problem(s) in {args.jsonl}")
         return 1
-    records, _ = read_custom(args.path)
+    records, _ = read_custom(args.jsonl)
     splits = Counter(record.split for record in records)
-    print(f"{args.path}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}")
+    print(f"{args.jsonl}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}")
     return 0
 
 

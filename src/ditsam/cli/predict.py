@@ -282,7 +282,7 @@ def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path) -
     failures: dict[Path, str] = {}  # unreadable image -> why
     cache: dict[Path, Any] = {}  # images of the current chunk (pairs often share an image)
     bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="predict", unit="pair")
-    with journal_path.open("a", encoding="utf-8") as journal:
+    with bar, journal_path.open("a", encoding="utf-8") as journal:  # the bar is closed before any error is shown
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start : start + args.batch_size]
             images: dict[Path, Any] = {}
@@ -313,7 +313,6 @@ def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path) -
                     journal.flush()  # a kill after this line loses nothing made before it
                     done[_key(record)] = record
             bar.update(len(chunk))
-    bar.close()
 
     records = [done[_key(pair)] for pair in pairs if _key(pair) in done]
     predictions = write_text_atomically(out / PREDICTIONS_FILE, json.dumps(records, indent=1))
