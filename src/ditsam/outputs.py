@@ -5,7 +5,8 @@ Every command that writes results goes through these helpers, so that they all b
 - :func:`prepare_output_folder`: the folder is created, proven writable with a probe file (a
   read-only folder, or a path that is a file, fails here with one sentence instead of a traceback
   later), and a folder that already holds earlier results is refused unless the user says whether
-  to continue (``resume``) or to replace them (``overwrite``).
+  to continue (``resume``) or to replace them (``overwrite``; :func:`remove_outputs` then deletes
+  the command's own outputs and nothing else).
 - :func:`write_text_atomically`: a file is written beside its target and renamed over it, so a
   kill leaves the old file or the new one, never half of one.
 - :func:`describe_write_failure`: what to tell the user when a write fails, above all when the disk

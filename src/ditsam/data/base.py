@@ -134,9 +134,10 @@ class RefDatasetBase:
         from tqdm.auto import tqdm
 
         problems = []
+        headers: dict[str, list[tuple[int, int]] | DataError] = {}  # objects share images: one header read each
         objects = tqdm(self._objects, desc=f"checking {self.split}", unit="object", disable=not progress, leave=False)
         for index, obj in enumerate(objects):
-            problem = self._object_problem(obj)
+            problem = self._object_problem(obj, headers)
             if problem is not None:
                 problems.append((index, f"{self._where(obj)}: {problem}"))
         return problems
@@ -147,16 +148,20 @@ class RefDatasetBase:
         self._objects = [obj for index, obj in enumerate(self._objects) if index not in dropped]
         self._build_index()
 
-    def _object_problem(self, obj: RefObject) -> str | None:
+    def _object_problem(self, obj: RefObject, headers: dict[str, list[tuple[int, int]] | DataError]) -> str | None:
         if not obj.sentences:
             return "no sentence; expected at least one"
         empty = [str(position) for position, sentence in enumerate(obj.sentences) if not sentence.strip()]
         if empty:
             return f"sentence #{', #'.join(empty)} is empty; expected non-empty text"
-        try:
-            sizes = accepted_sizes(obj.image_path)
-        except DataError as error:
-            return str(error)
+        if obj.image_path not in headers:
+            try:
+                headers[obj.image_path] = accepted_sizes(obj.image_path)
+            except DataError as error:
+                headers[obj.image_path] = error
+        sizes = headers[obj.image_path]
+        if isinstance(sizes, DataError):
+            return str(sizes)
         return self._mask_problem(obj, sizes)
 
     def _where(self, obj: RefObject) -> str:
