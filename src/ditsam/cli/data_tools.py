@@ -125,6 +125,7 @@ def _validate_format(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     """Print counts and the histogram; write the histogram and sample pictures under ``--out``."""
     from ditsam.data import list_splits, open_dataset
+    from ditsam.outputs import ensure_writable_folder
 
     spec = dataset_spec(args)
     rows = []
@@ -140,7 +141,7 @@ def run_stats(args: argparse.Namespace) -> int:
     print(describe_lengths(lengths, split=args.split))
     print(format_table(("words", "sentences", ""), [(label, count, "#" * _bar(count, bins)) for label, count in bins]))
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(args.out, what="--out")
     histogram_path = args.out / f"sentence_lengths_{_safe(args.split)}.png"
     draw_histogram(bins, title=f"sentence length (words), split {args.split}").save(histogram_path)
     print()
