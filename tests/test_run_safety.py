@@ -311,7 +311,7 @@ def test_skip_bad_data_trains_on_the_rest(broken_refer, tiny_bert_dir, tmp_path,
     config = _refer_experiment(root, tiny_bert_dir, max_steps=1, batch_size=2, micro_batch_size=2)
     with caplog.at_level("WARNING", logger="ditsam"):
         trainer = Trainer(config, run_dir=tmp_path / "run", skip_bad_data=True, progress=False)
-    assert f"dropped {len(bad)} bad record(s) of split train" in caplog.text
+    assert f"dropped {len(bad)} bad record(s) of split train (training)" in caplog.text
     assert all(obj.ref_id not in bad for obj in trainer.train_set.base._objects)
     trainer.fit()
     assert (tmp_path / "run" / "checkpoints" / "last").is_dir()

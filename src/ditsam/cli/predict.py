@@ -245,29 +245,52 @@ def run(args: argparse.Namespace) -> int:
     pairs = _collect_pairs(args)
     out = _prepare_out(args)  # before the model loads: a wrong --out fails at once
     with logging_redirect_tqdm():
-        try:
-            return _predict(args, pairs, out)
-        except OSError as error:
-            from ditsam.outputs import describe_write_failure
-
-            raise CLIError(
-                f"{describe_write_failure(error, out)}; every prediction made so far is in {out / JOURNAL_FILE}: "
-                f"free some space, then run the same command with --resume"
-            ) from error
+        return _predict(args, pairs, out)
 
 
 def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path) -> int:
-    from PIL import Image
-    from tqdm.auto import tqdm
-
     from ditsam.api import Segmenter
-    from ditsam.data.sample import DataError
-    from ditsam.outputs import write_text_atomically
+    from ditsam.outputs import describe_write_failure, is_disk_full
 
     segmenter = Segmenter.from_pretrained(
         args.checkpoint, **source_options(args), device=args.device, dtype=args.dtype, threshold=args.threshold,
         max_pixels=args.max_pixels, batch_size=args.batch_size,
     )
+    try:
+        predictions, records, failures = _write_predictions(args, pairs, out, segmenter)
+    except OSError as error:
+        advice = "free some space" if is_disk_full(error) else "fix that"
+        raise CLIError(
+            f"{describe_write_failure(error, out)}; every prediction made so far is in {out / JOURNAL_FILE}: "
+            f"{advice}, then run the same command with --resume"
+        ) from error
+    mean = sum(r["score"] for r in records) / len(records) if records else float("nan")
+    print(f"{len(records)} prediction(s) for {len(pairs)} pair(s); mean score {mean:.3f}")
+    print(f"predictions (COCO RLE): {predictions}")
+    if not args.no_masks:
+        print(f"masks: {out / 'masks'}/")
+    if not args.no_overlays:
+        print(f"overlays: {out / 'overlays'}/")
+    if failures:
+        print(f"{len(failures)} image(s) could not be read and were skipped:")
+        for why in failures.values():
+            print(f"  {why}")
+        return 1
+    return 0
+
+
+def _write_predictions(
+    args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path, segmenter: Any
+) -> tuple[Path, list[dict[str, Any]], dict[Path, str]]:
+    """Predict the pairs the journal does not hold yet (all of them without --resume), appending each
+    record as it is made, then write predictions.json atomically. Returns its path, the records in
+    input order and the unreadable images (path -> why). Raises OSError when a write fails."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ditsam.data.sample import DataError
+    from ditsam.outputs import write_text_atomically
+
     masks_dir, overlays_dir = out / "masks", out / "overlays"
     if not args.no_masks:
         masks_dir.mkdir(exist_ok=True)
@@ -315,17 +338,4 @@ def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path) -
             bar.update(len(chunk))
 
     records = [done[_key(pair)] for pair in pairs if _key(pair) in done]
-    predictions = write_text_atomically(out / PREDICTIONS_FILE, json.dumps(records, indent=1))
-    mean = sum(r["score"] for r in records) / len(records) if records else float("nan")
-    print(f"{len(records)} prediction(s) for {len(pairs)} pair(s); mean score {mean:.3f}")
-    print(f"predictions (COCO RLE): {predictions}")
-    if not args.no_masks:
-        print(f"masks: {masks_dir}/")
-    if not args.no_overlays:
-        print(f"overlays: {overlays_dir}/")
-    if failures:
-        print(f"{len(failures)} image(s) could not be read and were skipped:")
-        for why in failures.values():
-            print(f"  {why}")
-        return 1
-    return 0
+    return write_text_atomically(out / PREDICTIONS_FILE, json.dumps(records, indent=1)), records, failures

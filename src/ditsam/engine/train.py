@@ -36,7 +36,7 @@ from ditsam.config import ConfigError
 from ditsam.data.collate import RISCollator
 from ditsam.engine.checkpoint import load_training_state, recover_checkpoints, save_training_state, write_atomically
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import check_data, resolve_text_encoder, ris_dataset
+from ditsam.engine.data import GENERATED_BERT_DIR, check_data, resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
@@ -56,16 +56,16 @@ from ditsam.outputs import (
 logger = logging.getLogger(__name__)
 
 
+METRICS_FILE = "metrics.jsonl"
+BAD_RECORDS_FILE = "bad_records.txt"
 #: What a run writes into its folder; ``overwrite=True`` deletes these and nothing else.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "predictions", "results.json", "results.md",
-               "config.yaml", "bad_records.txt", "tiny_bert")
+RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "predictions", "results.json", "results.md",
+               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR)
 #: Present when a run folder holds a run that --resume could continue (or --overwrite replace).
 CHECKPOINT_NAMES = ("last", "best")
-METRICS_FILE = "metrics.jsonl"
 #: Model settings a resume may change: they change neither the weights nor what trains (the text
 #: encoder's path is resolved anew on every start).
 RESUME_MAY_CHANGE = ("model.gradient_checkpointing", "model.text.local_files_only", "model.text.name_or_path")
-BAD_RECORDS_FILE = "bad_records.txt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -200,7 +200,9 @@ class Trainer:
         with self.accelerator.main_process_first():  # the first process generates RefShapes and its BERT
             self.train_set = ris_dataset(config, config.data.train_split, train=True)
             self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
-            check_data({"train": self.train_set, **self.eval_sets}, skip_bad=skip_bad_data, progress=self.progress_bars,
+            # Keyed apart from the evaluation splits: one of them may read the training split too.
+            check_data({f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
+                       skip_bad=skip_bad_data, progress=self.progress_bars,
                        report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None)
             sentences = self.train_set.base.iter_sentences() if hasattr(self.train_set.base, "iter_sentences") else ()
             config = self.config = resolve_text_encoder(config, run_dir=self.run_dir, sentences=sentences)
@@ -304,9 +306,10 @@ class Trainer:
         except OSError as error:
             kept = (f"the previous checkpoint {target} is intact" if target.is_dir()
                     else f"no earlier {name!r} checkpoint existed")
+            advice = "Free some space" if is_disk_full(error) else "Fix that"
             raise RunFolderError(
                 f"cannot save checkpoint {target} at step {self.progress.global_step}: "
-                f"{describe_write_failure(error, target.parent)}; {kept}. Free some space, then continue with --resume"
+                f"{describe_write_failure(error, target.parent)}; {kept}. {advice}, then continue with --resume"
             ) from error
 
     def _disk_full(self, error: OSError) -> RunFolderError:
