@@ -3,8 +3,8 @@
 - ``validate PATH``: every problem of a custom JSONL file (exit status 1 if there is any).
   ``validate --format refer|simrec|custom [format options] [--split S ...]``: the checks ``ditsam
   train`` runs before its first step, on every split (or the ones named): images exist and their
-  headers decode, masks fit their image and are not empty, sentences are not empty. Only file
-  headers and annotations are read, so it stays fast on large datasets.
+  headers decode, masks fit their image and are not empty, sentences are not empty. Images are
+  read only up to their headers (no pixel decoded), so it stays fast on large datasets.
 - ``stats --format F [format options] --split S --out DIR``: objects / sentences / images per
   split, a sentence-length histogram of split S (printed, and drawn to a PNG), and a few sample
   pictures of split S with the mask, box and sentence drawn on them.
@@ -85,7 +85,7 @@ def run_validate(args: argparse.Namespace) -> int:
         raise ValueError("give a custom JSONL file (PATH) or --format with its options, not both or neither")
     if args.format is not None:
         if args.quick:
-            raise ValueError("--quick applies to a JSONL PATH; --format checks read file headers only anyway")
+            raise ValueError("--quick applies to a JSONL PATH; --format checks read image headers only anyway")
         return _validate_format(args)
     if args.split:
         raise ValueError("--split applies with --format; a JSONL PATH is checked whole")
