@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Extra options of `ditsam demo`, e.g. `make demo DEMO_ARGS=--overwrite` to replace an earlier demo's results.
+DEMO_ARGS ?=
 
 .PHONY: setup test demo clean
 
@@ -19,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
 
 demo: $(STAMP)
-	$(BIN)/ditsam demo
+	$(BIN)/ditsam demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--runs", default="runs/table1", help="run folders")
+    parser.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier invocation")
     parser.add_argument("--data", default="data/refshapes")
     parser.add_argument("--out", default="benchmarks/results/refshapes_table1")
     parser.add_argument("overrides", nargs="*")
@@ -78,7 +79,8 @@ def main() -> None:
         for seed in args.seeds:
             config = load_experiment(f"refshapes/{variant}", {**overrides, "train.seed": seed})
             started = time.perf_counter()
-            runs.append(train(config, run_dir=Path(args.runs) / f"{variant}-seed{seed}", progress=False))
+            runs.append(train(config, run_dir=Path(args.runs) / f"{variant}-seed{seed}", overwrite=args.overwrite,
+                              progress=False))
             seconds.append(time.perf_counter() - started)
             print(f"{LABELS[variant]} seed {seed}: "
                   + ", ".join(f"{s} mIoU {r['miou']:.2f} oIoU {r['oiou']:.2f}" for s, r in runs[-1].items()), flush=True)

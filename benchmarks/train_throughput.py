@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = {"data.root": args.data, "train.ema_decay": 0.999, **dict(parse_override(o) for o in args.overrides)}
     config = load_experiment(args.experiment, overrides)
-    trainer = Trainer(config, run_dir=Path("runs/throughput"), progress=False)
+    trainer = Trainer(config, run_dir=Path("runs/throughput"), overwrite=True, progress=False)  # a scratch folder
     loader = iter(trainer._epoch_loader(0, 0))
     waits, steps = [], []
     device = trainer.accelerator.device

@@ -242,6 +242,63 @@ def test_images_over_max_pixels_fail_before_decoding(checkpoint: Path, tmp_path:
     _check(seg.predict(np.zeros((20, 50), np.uint8), "a"), (20, 50))  # 1000 pixels: allowed
 
 
+class _Decoded(BaseException):
+    """Raised by the patched decoders; a BaseException, so no ``except Exception`` on the way hides it."""
+
+
+def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every PIL decoder (ImageFile.load and each plugin's own load) raise :class:`_Decoded`."""
+    from PIL import ImageFile
+
+    def decoded(self, *args, **kwargs):
+        raise _Decoded(f"{self.format} pixels were decoded before the size check")
+
+    Image.init()
+    classes = {ImageFile.ImageFile, *(factory for factory, _ in Image.OPEN.values() if isinstance(factory, type))}
+    for cls in classes:
+        if "load" in vars(cls):
+            monkeypatch.setattr(cls, "load", decoded)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "PNG+EXIF", "JPEG", "WEBP", "TIFF", "GIF", "BMP"])
+def test_size_guard_reads_only_the_header_for_every_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           fmt: str) -> None:
+    """PIL's PngImageFile.getexif() decodes every pixel: a small file of a huge canvas cost gigabytes before
+    the max_pixels check. The guard must refuse from the header alone, whatever the format."""
+    from ditsam.data.sample import image_size
+    from ditsam.serve import predict_handler
+
+    path = tmp_path / f"big.{fmt.split('+')[0].lower()}"
+    picture = Image.fromarray(_rgb(200, 300))
+    if fmt == "PNG+EXIF":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotated: shown as 200 x 300
+        picture.save(path, exif=exif.tobytes())
+    else:
+        picture.save(path, format=fmt.split("+")[0])
+    _forbid_decoding(monkeypatch)
+    assert sorted(image_size(path)) == [200, 300]
+    with pytest.raises(DataError, match=r"big\.\w+ is \d+x\d+ = 0\.1 megapixels, over the limit .*max_pixels=1000"):
+        read_image(path, max_pixels=1000)
+
+    class Tiny:  # the handler only needs these of a Segmenter before it decodes
+        max_pixels = 1000
+
+    out = predict_handler(Tiny(), image={"path": str(path), "orig_name": path.name}, sentence="the red one")
+    assert not out.ok and "more than this demo accepts" in out.status
+
+
+def test_resolve_device() -> None:
+    from ditsam.api import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None).type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda:1' asked for, but .*(no CUDA|CUDA support)"):
+            resolve_device("cuda:1")
+
+
 def test_empty_sentences(seg: Segmenter) -> None:
     image = _rgb(10, 10)
     with pytest.raises(ValueError, match="sentence 0 is empty"):

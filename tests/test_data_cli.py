@@ -61,6 +61,39 @@ def test_validate_prints_every_problem(custom_file, capsys):
     assert out[-1] == f"2 problem(s) in {custom_file}"
 
 
+def test_validate_simrec_reports_every_bad_record(tmp_path, capsys):
+    """The checks `ditsam train` runs, for SimREC: a missing image, a mask of another size, an empty mask."""
+    (tmp_path / "anns").mkdir()
+    (tmp_path / "masks" / "rc").mkdir(parents=True)
+    entries = [{"iid": iid, "bbox": [0, 0, 2, 2], "cat_id": 1, "refs": ["a thing"], "mask_id": iid} for iid in (1, 2, 3, 4)]
+    (tmp_path / "anns" / "rc.json").write_text(json.dumps({"train": entries, "val": entries[:1]}))
+    for iid in (1, 2, 3):
+        Image.new("RGB", (8, 6)).save(tmp_path / f"COCO_train2014_{iid:012d}.jpg")
+    np.save(tmp_path / "masks" / "rc" / "1.npy", np.ones((6, 8), np.uint8))
+    np.save(tmp_path / "masks" / "rc" / "2.npy", np.ones((8, 6), np.uint8))
+    np.save(tmp_path / "masks" / "rc" / "3.npy", np.zeros((6, 8), np.uint8))
+    np.save(tmp_path / "masks" / "rc" / "4.npy", np.ones((6, 8), np.uint8))
+    argv = ["validate", "--format", "simrec", "--root", str(tmp_path), "--dataset", "rc", "--image-dir", str(tmp_path)]
+    assert run(argv) == 1
+    out = capsys.readouterr().out
+    ann = tmp_path / "anns" / "rc.json"
+    assert f"{ann}: train mask_id 2: mask {tmp_path / 'masks' / 'rc' / '2.npy'} is 6x8 (WxH) but the image is 8x6" in out
+    assert f"{ann}: train mask_id 3: mask" in out and "is empty" in out
+    assert f"{ann}: train mask_id 4: image file not found" in out
+    assert "3 bad record(s) of 5 in simrec data, split(s) train, val" in out
+    assert run([*argv, "--split", "val"]) == 0
+    assert "OK, 1 record(s) checked" in capsys.readouterr().out
+
+
+def test_validate_custom_through_format_and_usage_errors(custom_file, capsys):
+    assert run(["validate", "--format", "custom", "--path", str(custom_file)]) == 0
+    assert "custom data, split(s) train, val: OK, 4 record(s) checked" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not both or neither"):
+        run(["validate", str(custom_file), "--format", "custom"])
+    with pytest.raises(ValueError, match="not both or neither"):
+        run(["validate"])
+
+
 def test_stats_custom(custom_file, tmp_path, capsys):
     out_dir = tmp_path / "stats"
     assert run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "val", "--out", str(out_dir)]) == 0

@@ -121,6 +121,23 @@ def test_validate_reports_every_problem_with_line_field_value(folder):
         CustomDataset(path=path)
 
 
+def test_validate_finds_empty_masks(folder):
+    """An annotation outside its image decodes to an empty mask: training would learn from nothing."""
+    (folder / "masks" / "blank.png").write_bytes(b"")
+    Image.new("L", (W, H), 0).save(folder / "masks" / "blank.png")
+    path = _write_jsonl(folder / "d.jsonl", [
+        {"image": "images/a.jpg", "sentence": "outside", "segmentation": [[W + 1, 0, W + 9, 0, W + 9, 5]]},
+        {"image": "images/a.jpg", "sentence": "blank", "mask": "masks/blank.png"},
+        {"image": "images/a.jpg", "sentence": "fine", "mask": "masks/a.png"},
+    ])
+    problems = validate_custom(path, check_pixels=False)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"{path}:1: field 'segmentation': the mask is empty")
+    assert problems[1].startswith(f"{path}:2: field 'mask': the mask is empty")
+    reader = CustomDataset(path=path, split="train", mode="train")
+    assert [index for index, _ in reader.validate()] == [0, 1]
+
+
 def test_validate_missing_file_and_empty_file(tmp_path):
     assert validate_custom(tmp_path / "none.jsonl") == [f"{tmp_path / 'none.jsonl'}: file not found"]
     empty = _write_jsonl(tmp_path / "empty.jsonl", ["", "  "])

@@ -57,3 +57,20 @@ def test_bool_attention_mask_and_cli(tiny_bert_dir: Path, tmp_path: Path, capsys
     diff, how = check_onnx(DITSam.from_pretrained(checkpoint), out, attention_mask_dtype="bool")
     assert diff is not None and diff <= 1e-3 and how.startswith("onnxruntime")
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_out_that_would_replace_a_checkpoint_or_cannot_be_written(checkpoint: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Refused in one line before the model loads: a checkpoint's name as --out (swapped arguments would
+    write an ONNX graph over the weights), or a folder that cannot be written."""
+    from ditsam.cli.main import main
+
+    swapped = tmp_path / "model.pth"
+    swapped.write_bytes(b"weights")
+    for out, expected in [(swapped, "checkpoint's suffix .pth"), (tmp_path / "a-file" / "m.onnx", "is a file"),
+                          (checkpoint, "is a folder")]:
+        (tmp_path / "a-file").write_text("x")
+        assert main(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out), "--no-verify"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+    assert swapped.read_bytes() == b"weights"

@@ -127,10 +127,26 @@ def test_predictor_says_when_nothing_is_referred(tiny_bert_dir, tmp_path, bias, 
     with torch.no_grad():
         model.presence_head.mlp.layers[-1].bias.fill_(bias)
         model.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.fill_(5.0)  # a mask with pixels
-    seg = Segmenter.from_pretrained(model.save_pretrained(tmp_path / "model"), device="cpu")
+    folder = model.save_pretrained(tmp_path / "model")
+    seg = Segmenter.from_pretrained(folder, device="cpu")
     result = seg.predict(np.zeros((40, 50, 3), np.uint8), "the blue star")
     assert result.present is present and result.presence == pytest.approx(float(present), abs=1e-6)
     assert result.mask.shape == (40, 50) and bool(result.mask.any()) is present
+    # The web demo says so instead of drawing; `ditsam predict` writes it, with a valid (empty) RLE.
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from ditsam.cli.main import main
+    from ditsam.serve import predict_handler
+
+    shown = predict_handler(seg, image=np.zeros((40, 50, 3), np.uint8), sentence="the blue star")
+    assert shown.ok and ("Nothing matches this sentence" in shown.status) is not present
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "image.png")
+    assert main(["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "image.png"), "--text",
+                 "the blue star", "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())[0]
+    decoded = mask_utils.decode({"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()})
+    assert record["present"] is present and bool(decoded.any()) is present and decoded.shape == (40, 50)
 
 
 def test_data_of_another_generator_version_is_refused(grefshapes_root, tiny_bert_dir, tmp_path):

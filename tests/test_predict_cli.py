@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,5 +127,129 @@ def test_usage_errors(checkpoint: Path, images: Path, tmp_path: Path, capsys: py
     assert "nope.png" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([*base, "--images", str(tmp_path / "empty"), "--text", "a"]) == 2
-    assert main(["predict", "--checkpoint", str(tmp_path / "empty"), "--image", str(images / "a.png"), "--text", "a"]) == 2
+    assert main(["predict", "--checkpoint", str(tmp_path / "empty"), "--image", str(images / "a.png"), "--text", "a",
+                 "--out", str(tmp_path / "out2")]) == 2
     assert "without config" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nothing lost: the journal, --resume, --overwrite, unusable --out / --device, a full disk
+# ---------------------------------------------------------------------------------------------------
+def _pairs_file(images: Path, tmp_path: Path, count: int) -> Path:
+    names = ["a.png", "b.jpg", "c.png"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"image": str(images / names[i % 3]), "text": f"shape {i}"}) for i in range(count)))
+    return pairs
+
+
+def _one_line_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ditsam predict: error:")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def test_kill_then_resume_predicts_only_what_is_missing(checkpoint: Path, images: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from ditsam.api import Segmenter
+
+    pairs = _pairs_file(images, tmp_path, 7)
+    base = ["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--batch-size", "2"]
+    assert main([*base, "--out", str(tmp_path / "straight")]) == 0
+    real_predict, predicted = Segmenter.predict, []
+
+    def dies_on_the_third_batch(self, image, text, **kwargs):
+        if len(predicted) == 4:
+            raise KeyboardInterrupt  # as a kill: two batches are made and journaled
+        predicted.extend(text)
+        return real_predict(self, image, text, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict", dies_on_the_third_batch)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        main([*base, "--out", str(out)])
+    journal = out / "predictions.jsonl"
+    assert len(journal.read_text().splitlines()) == 4 and not (out / "predictions.json").exists()
+    with journal.open("a") as handle:
+        handle.write('{"id": 4, "image": "cut off by the kil')  # a line the kill cut short
+
+    assert main([*base, "--out", str(out)]) == 2, "a non-empty --out needs --resume or --overwrite"
+    predicted.clear()
+    assert main([*base, "--out", str(out), "--resume"]) == 0
+    assert predicted == ["shape 4", "shape 5", "shape 6"], "finished pairs are not predicted again"
+    resumed, straight = _predictions(out), _predictions(tmp_path / "straight")
+    assert [r["sentence"] for r in resumed] == [f"shape {i}" for i in range(7)]
+    for a, b in zip(resumed, straight):
+        assert a["segmentation"] == b["segmentation"] and a["score"] == pytest.approx(b["score"], abs=1e-6)
+    assert len(journal.read_text().splitlines()) == 7 and all(json.loads(line) for line in journal.read_text().splitlines())
+    _check_outputs(out, 7)
+
+
+def test_overwrite_removes_the_earlier_outputs_only(checkpoint: Path, images: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    again = ["predict", "--checkpoint", str(checkpoint), "--image", str(images / "c.png"), "--text", "b", "--out", str(out)]
+    assert main(again) == 2
+    assert "already holds results" in _one_line_error(capsys)
+    assert main([*again, "--overwrite"]) == 0
+    assert len(list((out / "masks").iterdir())) == 1, "no stale mask of the earlier run is left"
+    assert [r["sentence"] for r in _check_outputs(out, 1)] == ["b"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_out_is_one_line_before_the_model_loads(checkpoint: Path, images: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                                         kind: str) -> None:
+    import ditsam.api
+
+    if kind == "file":
+        out = images / "a.png"
+    elif sys.platform == "linux":
+        out = Path("/sys/ditsam-test-out")  # nobody, root included, can create a folder there
+    else:
+        pytest.skip("uses Linux /sys as a read-only location")
+    monkeypatch.setattr(ditsam.api.Segmenter, "from_pretrained", None)  # loading the model would fail loudly
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "a",
+                 "--out", str(out)]) == 2
+    assert f"--out {out}" in _one_line_error(capsys)
+
+
+def test_device_without_cuda_is_one_line(checkpoint: Path, images: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "a",
+                 "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert "device 'cuda' asked for" in _one_line_error(capsys)
+
+
+def test_full_disk_keeps_the_journal_and_says_how_to_resume(checkpoint: Path, images: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image as PILImage
+
+    real_save, saved = PILImage.Image.save, []
+
+    def fills_the_disk(self, fp, *args, **kwargs):
+        if len(saved) == 2:  # the masks and overlays of the first pair fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "save", fills_the_disk)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out),
+                 "--batch-size", "1"]) == 2
+    err = _one_line_error(capsys)
+    assert "is full" in err and "predictions.jsonl" in err and "--resume" in err
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 1
+    monkeypatch.undo()
+    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out),
+                 "--batch-size", "1", "--resume"]) == 0
+    _check_outputs(out, 3)

@@ -29,6 +29,8 @@ from ditsam.serve import (
     CLICK_FOREGROUND,
     CLICK_OFF,
     DISPLAY_MAX_SIDE,
+    LOGGED_SENTENCE_CHARS,
+    MAX_SENTENCE_CHARS,
     Clicks,
     DemoOutput,
     example_pairs,
@@ -208,6 +210,42 @@ def test_examples_from_refshapes_and_from_a_folder(tmp_path: Path) -> None:
     assert example_pairs(folder) == [(folder / "a.jpg", ""), (folder / "b.png", "")]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         example_pairs(tmp_path / "missing")
+
+
+def test_crafted_refs_in_the_examples_folder_run_nothing(tmp_path: Path) -> None:
+    """``serve --examples DIR`` reads DIR's refs pickle before the checkpoint is even checked: it goes
+    through the restricted unpickler, so a crafted file is an error and its code never runs."""
+    import pickle
+
+    from ditsam.data import DataError
+    from ditsam.data.synthetic import refshapes_files
+
+    marker = tmp_path / "pwned"
+
+    class RunsShell:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    refs_path = refshapes_files(tmp_path / "crafted")[0]
+    refs_path.parent.mkdir(parents=True)
+    refs_path.write_bytes(pickle.dumps([RunsShell()], protocol=2))
+    with pytest.raises(DataError, match="refusing to load global"):
+        example_pairs(tmp_path / "crafted")
+    assert not marker.exists()
+
+
+def test_handler_refuses_overlong_sentences_and_logs_little(
+    segmenter: Segmenter, files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    too_long = "the red circle " * (MAX_SENTENCE_CHARS // 10)
+    out = predict_handler(segmenter, image=files["scene"], sentence=too_long)
+    _problem(out, f"{len(too_long.strip())} characters long", f"at most {MAX_SENTENCE_CHARS}")
+    long_but_accepted = ("the red circle " * 60)[:MAX_SENTENCE_CHARS]
+    with caplog.at_level("INFO", logger="ditsam"):
+        assert predict_handler(segmenter, image=files["scene"], sentence=long_but_accepted).ok
+    logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith("segmented")]
+    assert logged and all(len(message) < LOGGED_SENTENCE_CHARS + 100 for message in logged), logged
+    assert f"({len(long_but_accepted.strip())} characters)" in logged[0]
 
 
 # ---------------------------------------------------------------------------------------------------

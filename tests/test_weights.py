@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -510,3 +511,33 @@ def test_transformers_sam_state_dict_is_renamed_and_loaded(bert_dir: Path, tmp_p
     assert report.kind == "sam" and report.resized == []
     assert set(report.loaded) == set(sam_part(target))
     assert torch.equal(target.image_encoder.pos_embed.detach(), hf.state_dict()["vision_encoder.pos_embed"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           value: float) -> None:
+    """Loaded silently, such weights predicted empty masks for every input."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ditsam.cli.main import main
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    weights = load_file(str(damaged / "model.safetensors"))
+    key = next(k for k in sorted(weights) if k.startswith("mask_decoder.") and weights[k].is_floating_point())
+    weights[key].view(-1)[:3] = value
+    save_file(weights, str(damaged / "model.safetensors"))
+    kind = "NaN" if value != value else "inf"  # the message counts "3 NaN" or "3 inf"
+    with pytest.raises(CheckpointError, match=rf"tensor {re.escape(key)} .* 3 non-finite value\(s\).*refusing"):
+        DITSam.from_pretrained(damaged)
+    with pytest.raises(CheckpointError, match=re.escape(key)):
+        load_checkpoint(DITSam.from_pretrained(checkpoint), damaged)  # train.init_checkpoint goes this way
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert main(["predict", "--checkpoint", str(damaged), "--image", str(tmp_path / "a.png"), "--text", "a",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"tensor {key}" in err and f"3 {kind}" in err, err

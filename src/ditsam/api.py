@@ -319,6 +319,36 @@ def _image_key(image: Any) -> Hashable:
     return ("object", id(image))
 
 
+def resolve_device(device: "torch.device | str | None") -> "torch.device":
+    """None -> ``cuda`` when available, else ``cpu``; anything else as ``torch.device`` takes it, checked
+    to be usable here. Raises ValueError in one sentence for an unknown device name, or for a CUDA device
+    on a machine or torch build without one (torch itself would fail later, deep in ``.to()``)."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"device {str(device)!r} asked for, but this torch build ({torch.__version__}) has no CUDA support; "
+                f"use --device cpu (device='cpu'), or install the torch build for your CUDA"
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but no CUDA GPU is visible; use --device cpu (device='cpu')")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but MPS is not available here; use --device cpu (device='cpu')")
+    return resolved
+
+
 def resolve_dtype(dtype: "torch.dtype | str | None") -> "torch.dtype | None":
     """None / float32 -> None (no autocast); bfloat16 / float16 (or "bf16", "fp16", ...) -> that dtype."""
     import torch
@@ -362,8 +392,6 @@ class Segmenter:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
     ) -> None:
-        import torch
-
         from ditsam.data.transforms import RISTransform, TransformConfig
 
         if not 0.0 < threshold < 1.0:
@@ -372,7 +400,7 @@ class Segmenter:
             raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.threshold = float(threshold)
         self.max_pixels = max_pixels
@@ -413,6 +441,7 @@ class Segmenter:
         """
         from ditsam.model.dit import DITSam
 
+        resolve_device(device)  # an unusable device fails before the model loads
         model = DITSam.from_pretrained(
             source, revision=revision, injection=injection, config=config,  # type: ignore[arg-type]
             text_name_or_path=text_name_or_path, cache_dir=cache_dir,

@@ -17,9 +17,11 @@ the input image can add foreground / background points or a box (two corners), p
 :meth:`Segmenter.predict` as ``points=`` / ``boxes=`` -- only a model trained with point and box
 prompts ("Mix", Table 4) uses them; a text-only model ignores or misreads them.
 
-Bad input -- no image, an empty sentence, a file that is not an image, an image over the
-segmenter's ``max_pixels`` -- is answered by a message in the status line, never by an exception:
-:func:`predict_handler` is the whole request path and returns a :class:`DemoOutput` either way.
+Bad input -- no image, an empty sentence or one over :data:`MAX_SENTENCE_CHARS` characters, a file
+that is not an image, an image over the segmenter's ``max_pixels`` (checked from the file header,
+before any pixel is decoded) -- is answered by a message in the status line, never by an exception:
+:func:`predict_handler` is the whole request path and returns a :class:`DemoOutput` either way. The
+server log gets at most :data:`LOGGED_SENTENCE_CHARS` characters of a sentence.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -50,6 +51,11 @@ DISPLAY_MAX_SIDE = 1280
 #: Height of the image boxes on the page, in CSS pixels.
 IMAGE_HEIGHT = 360
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: Longest sentence the demo accepts, in characters. The model reads at most its token limit (20 tokens
+#: for the paper's models) anyway; the cap keeps a huge request from costing tokenizer time and log space.
+MAX_SENTENCE_CHARS = 1000
+#: Characters of a sentence written to the server log; longer ones are cut, with their length noted.
+LOGGED_SENTENCE_CHARS = 120
 
 CLICK_OFF = "off"
 CLICK_FOREGROUND = "foreground point"
@@ -171,6 +177,13 @@ def _problem(message: str) -> DemoOutput:
     return DemoOutput(overlay=None, mask=None, status=f"**Problem:** {message}", ok=False)
 
 
+def logged_sentence(sentence: str) -> str:
+    """``sentence`` for the server log: quoted, cut to :data:`LOGGED_SENTENCE_CHARS` characters."""
+    if len(sentence) <= LOGGED_SENTENCE_CHARS:
+        return repr(sentence)
+    return f"{sentence[:LOGGED_SENTENCE_CHARS]!r}... ({len(sentence)} characters)"
+
+
 def _upload_path(image: Any) -> tuple[str | None, str]:
     """(server path, name to show) of an image input: a path, or Gradio's file payload (a dict or
     an object with ``path`` / ``orig_name``)."""
@@ -276,6 +289,11 @@ def predict_handler(
     text = sentence.strip() if isinstance(sentence, str) else ""
     if not text:
         return _problem('no sentence: type what to segment, e.g. "the small red circle on the left".')
+    if len(text) > MAX_SENTENCE_CHARS:
+        return _problem(
+            f"the sentence is {len(text)} characters long; this demo accepts at most {MAX_SENTENCE_CHARS}. "
+            f"Describe one object in a short sentence."
+        )
     loaded = _load_checked(segmenter, image)
     if isinstance(loaded, DemoOutput):
         return loaded
@@ -286,7 +304,7 @@ def predict_handler(
     except (DataError, ValueError, TypeError) as error:  # e.g. clicks outside a newly uploaded image
         return _problem(f"cannot segment this input: {error}")
     except Exception:  # noqa: BLE001 -- the page shows a message; the trace goes to the server log
-        logger.exception("prediction failed for sentence %r", text)
+        logger.exception("prediction failed for sentence %s", logged_sentence(text))
         return _problem("the model failed on this input (the server log has the details).")
     assert not isinstance(result, list)
     return _result_output(rgb, text, result, prompts)
@@ -310,14 +328,17 @@ def _result_output(rgb: "Image.Image", sentence: str, result: "SegmentationResul
         f"**Mask:** area {area} px ({100.0 * area / (width * height):.1f}% of the {width}x{height} image), "
         f"score {result.score:.4f} (the model's IoU prediction)"
     )
-    if area:
+    if not result.present:  # a no-target head (generalized RIS) says the sentence names nothing here
+        status = (f"**Nothing matches this sentence** in this {width}x{height} image (the model is "
+                  f"{100.0 * (1.0 - (result.presence or 0.0)):.0f}% sure nothing is referred)")
+    elif area:
         x, y, w, h = result.bbox
         status += f", bounding box x={x} y={y} w={w} h={h}"
     else:
         status += "; nothing found for this sentence"
     if not clicks.empty:
         status += ". " + clicks.describe()
-    logger.info("segmented %r: area %d, score %.4f", sentence, area, result.score)
+    logger.info("segmented %s: area %d, score %.4f", logged_sentence(sentence), area, result.score)
     mask_image = Image.fromarray(mask.astype(np.uint8) * 255)  # (H, W) uint8: mode "L"
     return DemoOutput(overlay=picture, mask=mask_image, status=status, ok=True, result=result)
 
@@ -328,6 +349,7 @@ def _result_output(rgb: "Image.Image", sentence: str, result: "SegmentationResul
 def example_pairs(folder: str | os.PathLike, *, limit: int = 8) -> list[tuple[Path, str]]:
     """(image, sentence) examples from ``folder``: a RefShapes root (its refs give one sentence per
     image, evaluation splits first) or any folder of images (sentence left empty)."""
+    from ditsam.data.refer import load_refs
     from ditsam.data.synthetic import refshapes_files
 
     root = Path(folder)
@@ -336,8 +358,7 @@ def example_pairs(folder: str | os.PathLike, *, limit: int = 8) -> list[tuple[Pa
     refs_path, _, _, image_dir = refshapes_files(root)
     pairs: list[tuple[Path, str]] = []
     if refs_path.is_file():
-        with refs_path.open("rb") as handle:
-            refs = pickle.load(handle)
+        refs = load_refs(refs_path)  # the restricted unpickler: a crafted refs file runs nothing
         order = {"val": 0, "testA": 1, "testB": 2, "train": 3}
         seen: set[str] = set()
         for ref in sorted(refs, key=lambda r: (order.get(r.get("split"), 4), r.get("ref_id", 0))):
@@ -371,7 +392,8 @@ def make_refshapes_examples(out_dir: str | os.PathLike, *, count: int = 4, seed:
 def _model_line(segmenter: "Segmenter") -> str:
     config = segmenter.model.config
     limit = "no size limit" if segmenter.max_pixels is None else f"images up to {segmenter.max_pixels / 1e6:g} megapixels"
-    return f"Model: injection `{config.injection}`, input {config.image_size} px, device `{segmenter.device}`; {limit}."
+    return (f"Model: injection `{config.injection}`, input {config.image_size} px, device `{segmenter.device}`; {limit}; "
+            f"sentences up to {MAX_SENTENCE_CHARS} characters.")
 
 
 def build_app(
@@ -428,7 +450,8 @@ def build_app(
                     elem_id="image",
                 )
                 sentence_in = gr.Textbox(
-                    label="Sentence", placeholder="the small red circle on the left", lines=1, elem_id="sentence"
+                    label="Sentence", placeholder="the small red circle on the left", lines=1, elem_id="sentence",
+                    max_length=MAX_SENTENCE_CHARS,
                 )
                 with gr.Row():
                     segment = gr.Button("Segment", variant="primary", elem_id="segment")

@@ -45,7 +45,9 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ditsam.data.synthetic import generate_refshapes, read_split_counts
+    from ditsam.outputs import ensure_writable_folder
 
+    ensure_writable_folder(args.out, what="--out")  # a file or a read-only folder: one line, before any work
     if args.generalized:
         from ditsam.data.grefshapes import DATASET_NAME, generate_grefshapes
 

@@ -1,6 +1,10 @@
 """``ditsam data validate`` and ``ditsam data stats``.
 
 - ``validate PATH``: every problem of a custom JSONL file (exit status 1 if there is any).
+  ``validate --format refer|grefcoco|simrec|custom [format options] [--split S ...]``: the checks ``ditsam
+  train`` runs before its first step, on every split (or the ones named): images exist and their
+  headers decode, masks fit their image and are not empty, sentences are not empty. Images are
+  read only up to their headers (no pixel decoded), so it stays fast on large datasets.
 - ``stats --format F [format options] --split S --out DIR``: objects / sentences / images per
   split, a sentence-length histogram of split S (printed, and drawn to a PNG), and a few sample
   pictures of split S with the mask, box and sentence drawn on them.
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 # Which command-line options each format takes (the keys of its dataset spec).
 FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "refer": ("root", "dataset", "split_by", "image_dir", "text_field"),
+    "grefcoco": ("root", "dataset", "split_by", "image_dir", "text_field"),
     "simrec": ("root", "dataset", "ann_file", "mask_dir", "image_dir", "image_pattern"),
     "custom": ("path",),
 }
@@ -35,9 +40,18 @@ _SAMPLE_MAX_SIDE = 640
 
 def register(data_subparsers: argparse._SubParsersAction) -> None:
     """Add ``validate`` and ``stats`` to the ``ditsam data`` sub-commands."""
-    validate = data_subparsers.add_parser("validate", help="list every problem of a custom JSONL dataset file")
-    validate.add_argument("path", type=Path, help="the JSONL file")
-    validate.add_argument("--quick", action="store_true", help="read file headers only (misses truncated files)")
+    validate = data_subparsers.add_parser(
+        "validate", help="list every bad record of a dataset (custom JSONL, REFER, SimREC), as `ditsam train` checks it",
+        description="Check a dataset the way `ditsam train` does before its first step and list every bad record: "
+                    "a custom JSONL file (PATH), or any format with --format and its options.",
+    )
+    validate.add_argument("jsonl", nargs="?", type=Path, metavar="PATH",
+                          help="a custom JSONL file (or give --format and its options)")
+    validate.add_argument("--quick", action="store_true",
+                          help="PATH only: read image headers only (misses truncated files)")
+    validate.add_argument("--format", choices=sorted(FORMAT_OPTIONS), help="dataset format (instead of PATH)")
+    validate.add_argument("--split", action="append", help="--format only: a split to check (repeat; default: all)")
+    _add_format_options(validate)
     validate.set_defaults(func=run_validate)
 
     stats = data_subparsers.add_parser("stats", help="counts, sentence lengths and sample pictures of a dataset")
@@ -46,8 +60,14 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
     stats.add_argument("--samples", type=int, default=4, help="number of sample pictures (default 4)")
     stats.add_argument("--seed", type=int, default=0, help="seed choosing the samples")
-    group = stats.add_argument_group("format options (see `ditsam.data` readers)")
-    group.add_argument("--root", help="refer: folder of <dataset>/refs(<split_by>).p; simrec: folder of anns/ and masks/")
+    _add_format_options(stats)
+    stats.set_defaults(func=run_stats)
+
+
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every format (:data:`FORMAT_OPTIONS`); :func:`dataset_spec` takes those of one."""
+    group = parser.add_argument_group("format options (see `ditsam.data` readers)")
+    group.add_argument("--root", help="refer: folder of <dataset>/refs(<split_by>).p; grefcoco: folder of <dataset>/grefs(<split_by>).json; simrec: folder of anns/ and masks/")
     group.add_argument("--dataset", help="refer/simrec: dataset name, e.g. refcocog")
     group.add_argument("--split-by", dest="split_by", help="refer: unc, umd, google or berkeley")
     group.add_argument("--image-dir", dest="image_dir", help="refer/simrec: folder of the images")
@@ -56,28 +76,57 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--mask-dir", dest="mask_dir", help="simrec: masks/<dataset> folder")
     group.add_argument("--image-pattern", dest="image_pattern", help="simrec: %%-pattern of image names from iid")
     group.add_argument("--path", help="custom: the JSONL file")
-    stats.set_defaults(func=run_stats)
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Print every problem of the file; 0 if there is none, else 1."""
+    """Print every problem of the dataset; 0 if there is none, else 1."""
     from ditsam.data.custom import read_custom, validate_custom
 
-    problems = validate_custom(args.path, check_pixels=not args.quick)
+    if (args.jsonl is None) == (args.format is None):
+        raise ValueError("give a custom JSONL file (PATH) or --format with its options, not both or neither")
+    if args.format is not None:
+        if args.quick:
+            raise ValueError("--quick applies to a JSONL PATH; --format checks read image headers only anyway")
+        return _validate_format(args)
+    if args.split:
+        raise ValueError("--split applies with --format; a JSONL PATH is checked whole")
+    problems = validate_custom(args.jsonl, check_pixels=not args.quick)
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.path}")
+        print(f"{len(problems)} problem(s) in {args.jsonl}")
         return 1
-    records, _ = read_custom(args.path)
+    records, _ = read_custom(args.jsonl)
     splits = Counter(record.split for record in records)
-    print(f"{args.path}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}")
+    print(f"{args.jsonl}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}")
+    return 0
+
+
+def _validate_format(args: argparse.Namespace) -> int:
+    """``validate --format``: every split's records through the reader's own check (the one training runs)."""
+    from ditsam.data import list_splits, open_dataset
+
+    spec = dataset_spec(args)
+    splits = args.split or list_splits(spec)
+    problems, checked = [], 0
+    for split in splits:
+        dataset = open_dataset({**spec, "split": split, "mode": "train"})
+        problems += [message for _, message in dataset.validate(progress=True)]
+        checked += dataset.num_objects
+    for problem in problems:
+        print(problem)
+    where = f"{args.format} data, split(s) {', '.join(splits)}"
+    if problems:
+        print(f"{len(problems)} bad record(s) of {checked} in {where}")
+        return 1
+    print(f"{where}: OK, {checked} record(s) checked")
     return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
     """Print counts and the histogram; write the histogram and sample pictures under ``--out``."""
     from ditsam.data import list_splits, open_dataset
+    from ditsam.outputs import ensure_writable_folder
 
     spec = dataset_spec(args)
     rows = []
@@ -93,7 +142,7 @@ def run_stats(args: argparse.Namespace) -> int:
     print(describe_lengths(lengths, split=args.split))
     print(format_table(("words", "sentences", ""), [(label, count, "#" * _bar(count, bins)) for label, count in bins]))
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(args.out, what="--out")
     histogram_path = args.out / f"sentence_lengths_{_safe(args.split)}.png"
     draw_histogram(bins, title=f"sentence length (words), split {args.split}").save(histogram_path)
     print()

@@ -3,6 +3,10 @@
 Generates RefShapes' evaluation splits, trains a tiny L-DIT and the tiny decoder-only SAM baseline
 with the same recipe and budget (fresh training scenes on the fly), evaluates both on val / testA /
 testB, and writes a results table, ``results.json`` and prediction pictures to one folder.
+
+A folder that already holds a demo's results (a second ``make demo``) is refused with a message
+saying how to replace it (``--overwrite``; ``make demo DEMO_ARGS=--overwrite``) or where else to
+write (``--out``): an hour of results is never replaced without being asked.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # (label, packaged experiment) of the models the demo trains, in the order of the table.
 DEMO_MODELS = (("L-DIT", "refshapes/ldit"), ("SAM decoder-only (default)", "refshapes/default"))
+# Files the demo writes beside its run folders (one per trained model).
+DEMO_RESULTS = ("results.md", "results.json")
 # A sentence of the benchmark's vocabulary to try the trained model on.
 EXAMPLE_SENTENCE = "the leftmost red shape"
 
@@ -28,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "write a results table (results.md, results.json) and prediction pictures.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out")
     parser.add_argument("--data", default="data/refshapes", help="RefShapes folder, generated if missing")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the experiment's)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides applied to both experiments")
@@ -35,10 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditsam.cli.errors import CLIError
+    from ditsam.cli.train import train_reporting_errors
     from ditsam.config import parse_override
     from ditsam.engine.config import load_experiment
-    from ditsam.engine.train import train
     from ditsam.metrics import format_table
+    from ditsam.outputs import OutputFolderError, prepare_output_folder, remove_outputs
 
     out = Path(args.out)
     overrides = dict(parse_override(o) for o in args.overrides)
@@ -46,12 +55,19 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["train.epochs"] = args.epochs
     configs = {label: load_experiment(experiment, overrides) for label, experiment in DEMO_MODELS}
+    earlier = [*DEMO_RESULTS, *(config.name for config in configs.values())]
+    try:
+        prepare_output_folder(out, what="--out", holds_results=earlier, overwrite=args.overwrite, resume_flag=None)
+    except OutputFolderError as error:
+        raise CLIError(f"{error} (`ditsam demo --overwrite`; with make: `make demo DEMO_ARGS=--overwrite`)") from None
+    if args.overwrite:
+        remove_outputs(out, DEMO_RESULTS)
     results: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
     for label, config in configs.items():
         started = time.perf_counter()
         logger.info("training %s (%s)", label, config.name)
-        results[config.name] = train(config, run_dir=out / config.name)
+        results[config.name] = train_reporting_errors(config, run_dir=out / config.name, overwrite=args.overwrite)
         seconds[config.name] = time.perf_counter() - started
     sections = [
         format_table(results[config.name], title=f"### {label}: {config.name} ({seconds[config.name]:.0f} s)")

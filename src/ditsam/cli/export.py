@@ -13,6 +13,11 @@ from pathlib import Path
 
 from ditsam.cli.errors import CLIError
 from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
+from ditsam.outputs import OutputFolderError, describe_write_failure, ensure_writable_folder
+
+#: File names of model checkpoints: an --out like these is most likely the checkpoint given in the wrong place,
+#: and writing an ONNX graph over it would destroy it.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from ditsam.export import export_onnx
     from ditsam.model.dit import DITSam
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise CLIError(f"--out {out} is a folder; give the .onnx file to write")
+    out = _checked_out(Path(args.out))
     model = DITSam.from_pretrained(args.checkpoint, **source_options(args))
     try:
         report = export_onnx(
             model, out, opset=args.opset, attention_mask_dtype=args.mask_dtype, verify=not args.no_verify, atol=args.atol
         )
+    except OSError as error:  # a full disk, or the folder went away meanwhile
+        raise CLIError(f"cannot write {out}: {describe_write_failure(error, out.parent)}") from error
     except RuntimeError as error:
         raise CLIError(str(error)) from error
     size = model.config.image_size
@@ -56,3 +61,21 @@ def run(args: argparse.Namespace) -> int:
         f"attention_mask (B, T) {args.mask_dtype}; outputs: masks (B, M, {size}, {size}) logits, iou (B, M)"
     )
     return 0
+
+
+def _checked_out(out: Path) -> Path:
+    """``--out`` checked before the model loads: an .onnx file path (not a folder, not a checkpoint's
+    name) in a folder this process can write."""
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give the .onnx file to write")
+    if out.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise CLIError(
+            f"--out {out} has a checkpoint's suffix {out.suffix}: export-onnx writes an ONNX model there (and would "
+            f"replace that file). Give an .onnx path, e.g. --out {out.with_suffix('.onnx')}; the model to export is "
+            f"--checkpoint"
+        )
+    try:
+        ensure_writable_folder(out.parent, what="the folder of --out")
+    except OutputFolderError as error:
+        raise CLIError(str(error)) from None
+    return out

@@ -13,8 +13,17 @@ Outputs under ``--out`` (default ``runs/predict``): ``overlays/NNNNN_<image>.png
 on the image, captioned with the sentence), ``masks/NNNNN_<image>.png`` (0 / 255, the image's
 size) and ``predictions.json``: a list of ``{"id", "image", "sentence", "score", "segmentation":
 {"size": [H, W], "counts": RLE string}, "bbox": [x, y, w, h], "area", "mask_file",
-"overlay_file"}`` -- COCO-style, so the predictions can label a dataset. An image that cannot be
+"overlay_file", "present"}`` -- COCO-style, so the predictions can label a dataset. ``present`` is
+False when a model with a no-target head (generalized RIS) says the sentence names nothing; its
+mask is then empty (an empty COCO RLE is still valid RLE). An image that cannot be
 read is reported and skipped; the exit status is then 1.
+
+Nothing made is lost: each prediction is appended to ``predictions.jsonl`` (one JSON line, flushed)
+as soon as it is made, and ``predictions.json`` is written at the end through a temporary file
+renamed over it. After a kill or a full disk, ``--resume`` predicts only the pairs that the
+journal does not hold yet. A non-empty ``--out`` is refused unless ``--resume`` (continue) or
+``--overwrite`` (delete this command's outputs -- predictions.json, predictions.jsonl, masks/,
+overlays/ -- and start again; other files are left alone).
 """
 
 from __future__ import annotations
@@ -35,6 +44,10 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 JSONL_KEYS = ("image", "text", "sentence", "id")
 OVERLAY_MAX_SIDE = 1024
+PREDICTIONS_FILE = "predictions.json"
+JOURNAL_FILE = "predictions.jsonl"
+#: What this command writes into --out; --overwrite deletes these and nothing else.
+PREDICT_OUTPUTS = (PREDICTIONS_FILE, JOURNAL_FILE, "masks", "overlays")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default 40 MP)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay pictures")
     parser.add_argument("--no-masks", action="store_true", help="skip the mask PNGs (predictions.json still has them)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run into --out: pairs already in its predictions.jsonl are skipped")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete this command's earlier outputs in --out and start again (a non-empty --out is "
+                             "refused without --resume or --overwrite)")
     parser.set_defaults(func=run)
 
 
@@ -166,7 +184,56 @@ def _record(pair: dict[str, Any], result, *, mask_file: str | None, overlay_file
         "id": pair["id"], "image": str(pair["image"]), "sentence": pair["text"], "score": round(result.score, 6),
         "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
         "bbox": list(result.bbox), "area": result.area, "mask_file": mask_file, "overlay_file": overlay_file,
+        # False (with an empty mask) when a no-target head says the sentence names nothing in the image.
+        "present": result.present,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The journal: one line per prediction, appended as it is made
+# ---------------------------------------------------------------------------------------------------
+def _key(pair_or_record: dict[str, Any]) -> str:
+    """What identifies a pair across runs: its id, image and sentence."""
+    sentence = pair_or_record.get("sentence", pair_or_record.get("text"))
+    return json.dumps([pair_or_record["id"], str(pair_or_record["image"]), sentence])
+
+
+def read_journal(path: Path) -> dict[str, dict[str, Any]]:
+    """The records of ``predictions.jsonl`` by pair key. A last line cut short by a kill is removed
+    from the file, so that appending continues on a line of its own; other unreadable lines are
+    skipped with a warning."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        logger.warning("%s: removing an incomplete last line (left by an interrupted run)", path)
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    records: dict[str, dict[str, Any]] = {}
+    for number, raw in enumerate(complete.splitlines(), start=1):
+        try:
+            record = json.loads(raw)
+            records[_key(record)] = record
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("%s:%d: not a prediction record; its pair is predicted again", path, number)
+    return records
+
+
+def _prepare_out(args: argparse.Namespace) -> Path:
+    """--out as a folder this run may write: refused when it is a file, not writable, or holds earlier
+    results without --resume / --overwrite (whose outputs are deleted here)."""
+    from ditsam.outputs import OutputFolderError, prepare_output_folder, remove_outputs
+
+    out = Path(args.out)
+    earlier = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    try:
+        prepare_output_folder(out, what="--out", holds_results=earlier, resume=args.resume, overwrite=args.overwrite)
+    except OutputFolderError as error:
+        raise CLIError(str(error)) from None
+    if args.overwrite:
+        remove_outputs(out, PREDICT_OUTPUTS)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,74 +247,99 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
         raise CLIError(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
     pairs = _collect_pairs(args)
+    out = _prepare_out(args)  # before the model loads: a wrong --out fails at once
     with logging_redirect_tqdm():
-        return _predict(args, pairs)
+        return _predict(args, pairs, out)
 
 
-def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]]) -> int:
-    from PIL import Image
-    from tqdm.auto import tqdm
-
+def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path) -> int:
     from ditsam.api import Segmenter
-    from ditsam.data.sample import DataError
+    from ditsam.outputs import describe_write_failure, is_disk_full
 
     segmenter = Segmenter.from_pretrained(
         args.checkpoint, **source_options(args), device=args.device, dtype=args.dtype, threshold=args.threshold,
         max_pixels=args.max_pixels, batch_size=args.batch_size,
     )
-    out = Path(args.out)
-    masks_dir, overlays_dir = out / "masks", out / "overlays"
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.no_masks:
-        masks_dir.mkdir(exist_ok=True)
-    if not args.no_overlays:
-        overlays_dir.mkdir(exist_ok=True)
-
-    records: list[dict[str, Any]] = []
-    failures: dict[Path, str] = {}  # unreadable image -> why
-    cache: dict[Path, Any] = {}  # images of the current chunk (pairs often share an image)
-    bar = tqdm(total=len(pairs), desc="predict", unit="pair")
-    for start in range(0, len(pairs), args.batch_size):
-        chunk = pairs[start : start + args.batch_size]
-        images: dict[Path, Any] = {}
-        for pair in chunk:
-            path = pair["image"]
-            if path in images or path in failures:
-                continue
-            try:
-                images[path] = cache[path] if path in cache else segmenter.read_image(path, what=str(path))
-            except DataError as error:
-                failures[path] = str(error)
-                logger.error("skipped: %s", error)
-        cache = images
-        ready = [(index, pair) for index, pair in enumerate(chunk, start=start) if pair["image"] in images]
-        if ready:
-            results = segmenter.predict([images[p["image"]] for _, p in ready], [p["text"] for _, p in ready])
-            for (index, pair), result in zip(ready, results):
-                stem = _stem(index, pair["image"])
-                mask_file = overlay_file = None
-                if not args.no_masks:
-                    mask_file = f"masks/{stem}.png"
-                    Image.fromarray(result.mask.astype("uint8") * 255).save(out / mask_file)
-                if not args.no_overlays:
-                    overlay_file = f"overlays/{stem}.png"
-                    _overlay(images[pair["image"]], result.mask, pair["text"], result.score).save(out / overlay_file)
-                records.append(_record(pair, result, mask_file=mask_file, overlay_file=overlay_file))
-        bar.update(len(chunk))
-    bar.close()
-
-    predictions = out / "predictions.json"
-    predictions.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    try:
+        predictions, records, failures = _write_predictions(args, pairs, out, segmenter)
+    except OSError as error:
+        advice = "free some space" if is_disk_full(error) else "fix that"
+        raise CLIError(
+            f"{describe_write_failure(error, out)}; every prediction made so far is in {out / JOURNAL_FILE}: "
+            f"{advice}, then run the same command with --resume"
+        ) from error
     mean = sum(r["score"] for r in records) / len(records) if records else float("nan")
     print(f"{len(records)} prediction(s) for {len(pairs)} pair(s); mean score {mean:.3f}")
     print(f"predictions (COCO RLE): {predictions}")
     if not args.no_masks:
-        print(f"masks: {masks_dir}/")
+        print(f"masks: {out / 'masks'}/")
     if not args.no_overlays:
-        print(f"overlays: {overlays_dir}/")
+        print(f"overlays: {out / 'overlays'}/")
     if failures:
         print(f"{len(failures)} image(s) could not be read and were skipped:")
         for why in failures.values():
             print(f"  {why}")
         return 1
     return 0
+
+
+def _write_predictions(
+    args: argparse.Namespace, pairs: list[dict[str, Any]], out: Path, segmenter: Any
+) -> tuple[Path, list[dict[str, Any]], dict[Path, str]]:
+    """Predict the pairs the journal does not hold yet (all of them without --resume), appending each
+    record as it is made, then write predictions.json atomically. Returns its path, the records in
+    input order and the unreadable images (path -> why). Raises OSError when a write fails."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ditsam.data.sample import DataError
+    from ditsam.outputs import write_text_atomically
+
+    masks_dir, overlays_dir = out / "masks", out / "overlays"
+    if not args.no_masks:
+        masks_dir.mkdir(exist_ok=True)
+    if not args.no_overlays:
+        overlays_dir.mkdir(exist_ok=True)
+
+    journal_path = out / JOURNAL_FILE
+    done = read_journal(journal_path) if args.resume else {}
+    todo = [(index, pair) for index, pair in enumerate(pairs) if _key(pair) not in done]
+    if done:
+        logger.info("--resume: %d of %d pair(s) are already in %s", len(pairs) - len(todo), len(pairs), journal_path)
+    failures: dict[Path, str] = {}  # unreadable image -> why
+    cache: dict[Path, Any] = {}  # images of the current chunk (pairs often share an image)
+    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="predict", unit="pair")
+    with bar, journal_path.open("a", encoding="utf-8") as journal:  # the bar is closed before any error is shown
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start : start + args.batch_size]
+            images: dict[Path, Any] = {}
+            for _, pair in chunk:
+                path = pair["image"]
+                if path in images or path in failures:
+                    continue
+                try:
+                    images[path] = cache[path] if path in cache else segmenter.read_image(path, what=str(path))
+                except DataError as error:
+                    failures[path] = str(error)
+                    logger.error("skipped: %s", error)
+            cache = images
+            ready = [(index, pair) for index, pair in chunk if pair["image"] in images]
+            if ready:
+                results = segmenter.predict([images[p["image"]] for _, p in ready], [p["text"] for _, p in ready])
+                for (index, pair), result in zip(ready, results):
+                    stem = _stem(index, pair["image"])
+                    mask_file = overlay_file = None
+                    if not args.no_masks:
+                        mask_file = f"masks/{stem}.png"
+                        Image.fromarray(result.mask.astype("uint8") * 255).save(out / mask_file)
+                    if not args.no_overlays:
+                        overlay_file = f"overlays/{stem}.png"
+                        _overlay(images[pair["image"]], result.mask, pair["text"], result.score).save(out / overlay_file)
+                    record = _record(pair, result, mask_file=mask_file, overlay_file=overlay_file)
+                    journal.write(json.dumps(record) + "\n")
+                    journal.flush()  # a kill after this line loses nothing made before it
+                    done[_key(record)] = record
+            bar.update(len(chunk))
+
+    records = [done[_key(pair)] for pair in pairs if _key(pair) in done]
+    return write_text_atomically(out / PREDICTIONS_FILE, json.dumps(records, indent=1)), records, failures

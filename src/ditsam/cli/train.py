@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ditsam.engine.config import ExperimentConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 model.injection=e2e")
     parser.add_argument("--run-dir", default=None, help="run folder (default: <output_dir>/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in <run-dir> (its checkpoints, logs and results are deleted); a run "
+                             "folder holding checkpoints is refused without --resume or --overwrite")
+    parser.add_argument("--skip-bad-data", action="store_true",
+                        help="train on the records that pass the data check instead of stopping (how many were "
+                             "dropped is logged, the list written to <run-dir>/bad_records.txt)")
     parser.add_argument("--list", action="store_true", help="list the packaged experiments and exit")
     parser.set_defaults(func=run)
 
@@ -24,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from ditsam.cli.errors import CLIError
     from ditsam.config import parse_override
     from ditsam.engine.config import list_experiments, load_experiment
-    from ditsam.engine.train import train
 
     if args.list:
         print("\n".join(list_experiments()))
@@ -32,9 +41,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.experiment:
         raise CLIError("which experiment? give a packaged name (`ditsam train --list`) or a .yaml path")
     config = load_experiment(args.experiment, dict(parse_override(o) for o in args.overrides))
-    results = train(config, run_dir=args.run_dir, resume=args.resume)
+    results = train_reporting_errors(config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                                     skip_bad_data=args.skip_bad_data)
     from ditsam.metrics import format_table
 
     if results:
         print(format_table(results, title=f"## {config.name}"), file=sys.stdout)
     return 0
+
+
+def train_reporting_errors(config: "ExperimentConfig", **kwargs: Any) -> dict[str, dict[str, float]]:
+    """:func:`ditsam.engine.train.train`, with a NaN / inf loss turned into a one-line error
+    (run folder, data and config errors are ValueErrors, reported as one line already)."""
+    from ditsam.cli.errors import CLIError
+    from ditsam.engine.train import NonFiniteLossError, train
+
+    try:
+        return train(config, **kwargs)
+    except NonFiniteLossError as error:
+        raise CLIError(str(error)) from error

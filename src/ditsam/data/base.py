@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from ditsam.data.sample import DataError, RefSample
+from ditsam.data.sample import DataError, RefSample, accepted_sizes
 from ditsam.data.segmentation import bbox_from_mask
 
 Mode = Literal["train", "eval"]
@@ -68,6 +68,17 @@ def clean_sentence(text: str) -> str:
     return " ".join(text.split())
 
 
+def mask_shape_problem(mask: np.ndarray, sizes: Sequence[tuple[int, int]], *, what: str) -> str | None:
+    """What is wrong with a decoded (H, W) ``mask`` of an image of accepted (W, H) ``sizes``: another
+    size, or no object pixel at all; None when it is fine. ``what`` names the mask in the message."""
+    height, width = mask.shape[:2]
+    if (width, height) not in sizes:
+        return f"{what} is {width}x{height} (WxH) but the image is {sizes[0][0]}x{sizes[0][1]}"
+    if not mask.any():
+        return f"{what} is empty (no object pixel); expected the referred object's pixels"
+    return None
+
+
 class RefDatasetBase:
     """Map-style dataset (``len`` / ``[i]``) of :class:`RefSample` over a list of objects."""
 
@@ -78,6 +89,9 @@ class RefDatasetBase:
         self.mode: Mode = check_mode(mode)
         self.split = split
         self._objects = list(objects)
+        self._build_index()
+
+    def _build_index(self) -> None:
         if self.mode == "train":
             self._index: list[tuple[int, int]] = [(i, -1) for i in range(len(self._objects))]
         else:
@@ -112,6 +126,56 @@ class RefDatasetBase:
 
     def _load_mask(self, obj: RefObject) -> np.ndarray:
         """The object's bool (H, W) mask at original resolution."""
+        raise NotImplementedError
+
+    # -- checking the data before it is used -------------------------------------------------------
+    def validate(self, *, progress: bool = False) -> list[tuple[int, str]]:
+        """Every bad object of the split, as (object index, message naming the file and the record).
+
+        Checked: at least one sentence and no empty one; the image file exists and its header
+        decodes (no pixel is decoded); the mask fits the image and is not empty (a mask whose
+        annotation lies outside the image is empty). Readers add what their format can get wrong
+        (:meth:`_mask_problem`). ``progress`` shows a tqdm bar.
+        """
+        from tqdm.auto import tqdm
+
+        problems = []
+        headers: dict[str, list[tuple[int, int]] | DataError] = {}  # objects share images: one header read each
+        objects = tqdm(self._objects, desc=f"checking {self.split}", unit="object", disable=not progress, leave=False)
+        for index, obj in enumerate(objects):
+            problem = self._object_problem(obj, headers)
+            if problem is not None:
+                problems.append((index, f"{self._where(obj)}: {problem}"))
+        return problems
+
+    def drop_objects(self, indices: Iterable[int]) -> None:
+        """Remove the objects at ``indices`` (as :meth:`validate` numbers them) from the split."""
+        dropped = set(indices)
+        self._objects = [obj for index, obj in enumerate(self._objects) if index not in dropped]
+        self._build_index()
+
+    def _object_problem(self, obj: RefObject, headers: dict[str, list[tuple[int, int]] | DataError]) -> str | None:
+        if not obj.sentences:
+            return "no sentence; expected at least one"
+        empty = [str(position) for position, sentence in enumerate(obj.sentences) if not sentence.strip()]
+        if empty:
+            return f"sentence #{', #'.join(empty)} is empty; expected non-empty text"
+        if obj.image_path not in headers:
+            try:
+                headers[obj.image_path] = accepted_sizes(obj.image_path)
+            except DataError as error:
+                headers[obj.image_path] = error
+        sizes = headers[obj.image_path]
+        if isinstance(sizes, DataError):
+            return str(sizes)
+        return self._mask_problem(obj, sizes)
+
+    def _where(self, obj: RefObject) -> str:
+        """The file and record of ``obj`` in messages."""
+        return f"{self.split} ref {obj.ref_id}"
+
+    def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
+        """What is wrong with the mask of ``obj`` given the image's accepted (W, H) ``sizes``, or None."""
         raise NotImplementedError
 
     @property

@@ -39,8 +39,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, sorted_splits
-from ditsam.data.sample import DataError, PathLike, image_size, load_image
+from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
+from ditsam.data.sample import DataError, PathLike, accepted_sizes, load_image
 from ditsam.data.segmentation import decode_segmentation
 
 FIELDS = ("image", "sentences", "sentence", "mask", "segmentation", "split", "id", "category_id")
@@ -144,6 +144,17 @@ class CustomDataset(RefDatasetBase):
                 objects.append(_object(record, image_id=image_id, sent_ids=sent_ids))
         self.path = path
         super().__init__(objects=objects, split=split, mode=mode)
+
+    def _where(self, obj: RefObject) -> str:
+        return f"{self.path}:{obj.mask_source.line}"
+
+    def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
+        record: CustomRecord = obj.mask_source
+        try:
+            mask = _record_mask(record, strict=False)
+        except DataError as error:
+            return str(error)
+        return mask_shape_problem(mask, sizes, what=f"the mask of field '{'mask' if record.mask else 'segmentation'}'")
 
     def _load_mask(self, obj: RefObject) -> np.ndarray:
         record: CustomRecord = obj.mask_source
@@ -276,17 +287,22 @@ def _int_field(obj: dict, field: str, default: int, where: str, problems: list[s
 
 def _file_problems(record: CustomRecord, *, where: str, check_pixels: bool) -> list[str]:
     try:
-        sizes = _image_sizes(record.image)
+        sizes = accepted_sizes(record.image)
         if check_pixels:
             load_image(record.image)
     except DataError as error:
         return [f"{where}: field 'image': {error}; expected a readable image file"]
+    field = "mask" if record.mask is not None else "segmentation"
     if record.mask is not None:
-        return _mask_problems(record.mask, sizes, where=where, check_pixels=check_pixels)
+        problems = _mask_problems(record.mask, sizes, where=where, check_pixels=check_pixels)
+        if problems:
+            return problems
     try:
-        _decode(record.segmentation, sizes, strict=True)
+        mask = _record_mask(record, strict=True)
     except DataError as error:
-        return [f"{where}: field 'segmentation': {error}"]
+        return [f"{where}: field {field!r}: {error}"]
+    if not mask.any():  # e.g. a polygon outside the image: training would learn from an empty target
+        return [f"{where}: field {field!r}: the mask is empty (no object pixel); expected the referred object's pixels"]
     return []
 
 
@@ -311,12 +327,6 @@ def _mask_problems(path: Path, sizes: list[tuple[int, int]], *, where: str, chec
     return problems
 
 
-def _image_sizes(path: Path) -> list[tuple[int, int]]:
-    """Accepted annotation sizes (W, H): as viewers show the image, then as stored."""
-    shown, stored = image_size(path), image_size(path, apply_exif=False)
-    return [shown] if shown == stored else [shown, stored]
-
-
 def _decode(segmentation: Any, sizes: list[tuple[int, int]], *, strict: bool) -> np.ndarray:
     error: DataError | None = None
     for width, height in sizes:
@@ -329,7 +339,7 @@ def _decode(segmentation: Any, sizes: list[tuple[int, int]], *, strict: bool) ->
 
 
 def _record_mask(record: CustomRecord, *, strict: bool) -> np.ndarray:
-    sizes = _image_sizes(record.image)
+    sizes = accepted_sizes(record.image)
     if record.mask is None:
         return _decode(record.segmentation, sizes, strict=strict)
     mask = read_mask_png(record.mask)

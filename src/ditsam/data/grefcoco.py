@@ -29,7 +29,7 @@ import numpy as np
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, sorted_splits
 from ditsam.data.refer import TextField, check_refs, load_refs, read_instances, ref_sentences
 from ditsam.data.sample import DataError, PathLike
-from ditsam.data.segmentation import decode_segmentation
+from ditsam.data.segmentation import decode_segmentation, segmentation_area
 
 # ann_id of a ref whose sentences name nothing in the image.
 NO_TARGET_ANN_IDS = [-1]
@@ -131,6 +131,7 @@ class GRefCocoDataset(RefDatasetBase):
         images, annotations = read_instances(instances, ann_ids={a for ids in targets.values() for a in ids})
         self.dataset = dataset
         self.split_by = split_by
+        self.refs_file = path
         # The refs file read and its sha256 (the release was renumbered once: results name their file).
         self.source = {"refs_file": os.fspath(path), "sha256": file_sha256(path)}
         objects = [
@@ -174,6 +175,26 @@ class GRefCocoDataset(RefDatasetBase):
             mask_source=(parts, int(image["height"]), int(image["width"])),
             no_target=not ann_ids,
         )
+
+    def _where(self, obj: RefObject) -> str:
+        return f"{self.refs_file}: ref {obj.ref_id} ({self.split})"
+
+    def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
+        parts, height, width = obj.mask_source
+        if (width, height) not in sizes:
+            return (f"instances.json gives image {obj.image_path} as {width}x{height} (WxH) but the file is "
+                    f"{sizes[0][0]}x{sizes[0][1]}")
+        if obj.no_target:
+            return None  # an empty mask is what "no target" means
+        if not parts:
+            return "every listed annotation is a crowd region, so the target mask is empty; expected object pixels"
+        for ann_id, segmentation in parts:
+            try:
+                if not segmentation_area(segmentation, height=height, width=width):
+                    return f"annotation {ann_id} has an empty mask (outside its {width}x{height} image?)"
+            except DataError as error:
+                return f"annotation {ann_id}: {error}"
+        return None
 
     def _load_mask(self, obj: RefObject) -> np.ndarray:
         parts, height, width = obj.mask_source

@@ -31,7 +31,7 @@ import numpy as np
 
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, sorted_splits
 from ditsam.data.sample import DataError, PathLike
-from ditsam.data.segmentation import decode_segmentation
+from ditsam.data.segmentation import decode_segmentation, polygon_bounds, segmentation_area
 
 TextField = Literal["sent", "raw"]
 _REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
@@ -42,6 +42,14 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: refs files hold only plain data")
+
+
+def read_plain_pickle(path: PathLike) -> Any:
+    """The object in a pickle file of plain data only (lists, dicts, strings, numbers), with Python 2
+    byte strings kept as ``bytes``. This is the project's one way to read a pickle: any class or
+    callable in the file is refused (``pickle.UnpicklingError``) before anything of it runs.
+    Raises OSError as ``open`` does."""
+    return _NoGlobalsUnpickler(io.BytesIO(Path(path).read_bytes()), encoding="bytes").load()
 
 
 def refs_path(*, root: PathLike, dataset: str, split_by: str) -> Path:
@@ -62,7 +70,7 @@ def load_refs(path: PathLike) -> list[dict]:
         hint = f"; refs files there: {', '.join(others)}" if others else ""
         raise DataError(f"refs file not found: {path}{hint}")
     try:
-        data = _NoGlobalsUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = read_plain_pickle(path)
     except Exception as error:  # any unpickling failure means a bad file; report it, never run it
         raise DataError(f"cannot read refs file {path}: {type(error).__name__}: {error}") from error
     return check_refs(_text(data), path)
@@ -120,7 +128,28 @@ class ReferDataset(RefDatasetBase):
         objects = [_ref_object(ref, images, annotations, Path(image_dir), text_field, path, instances) for ref in refs]
         self.dataset = dataset
         self.split_by = split_by
+        self.refs_file = path
         super().__init__(objects=objects, split=split, mode=mode)
+
+    def _where(self, obj: RefObject) -> str:
+        return f"{self.refs_file}: ref {obj.ref_id} ({self.split})"
+
+    def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
+        segmentation, height, width = obj.mask_source
+        if (width, height) not in sizes:
+            return (f"instances.json gives image {obj.image_path} as {width}x{height} (WxH) but the file is "
+                    f"{sizes[0][0]}x{sizes[0][1]}")
+        try:
+            if segmentation_area(segmentation, height=height, width=width):
+                return None
+        except DataError as error:
+            return f"annotation {obj.ann_id}: {error}"
+        bounds = polygon_bounds(segmentation)
+        if bounds is not None and (bounds[0] >= width or bounds[1] >= height or bounds[2] <= 0 or bounds[3] <= 0):
+            x0, y0, x1, y1 = bounds
+            return (f"annotation {obj.ann_id} lies outside its {width}x{height} image (polygon x {x0:g}..{x1:g}, "
+                    f"y {y0:g}..{y1:g}), so its mask is empty")
+        return f"annotation {obj.ann_id} has an empty mask; expected the referred object's pixels"
 
     def _load_mask(self, obj: RefObject) -> np.ndarray:
         segmentation, height, width = obj.mask_source

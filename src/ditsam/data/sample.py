@@ -94,17 +94,31 @@ def load_image(path: PathLike, *, apply_exif: bool = True) -> Image.Image:
 
 
 def image_size(path: PathLike, *, apply_exif: bool = True) -> tuple[int, int]:
-    """(width, height) of an image as :func:`load_image` returns it, reading only the header."""
+    """(width, height) of an image as :func:`load_image` returns it, reading only the header.
+
+    No pixel is decoded, whatever the format: this is what size limits are checked with. The
+    EXIF orientation of a PNG is read only from an ``eXIf`` chunk before the pixel data (where
+    writers put it); a later one would need the whole image decoded, so it is not looked for here.
+    """
     try:
         with Image.open(path) as opened:
             width, height = opened.size
-            if apply_exif and _orientation(opened, path) in _TRANSPOSING_ORIENTATIONS:
+            if apply_exif and _header_orientation(opened, path) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
     except FileNotFoundError:
         raise DataError(f"image file not found: {os.fspath(path)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read image {os.fspath(path)}: {error}") from error
     return width, height
+
+
+def accepted_sizes(path: PathLike) -> list[tuple[int, int]]:
+    """The (width, height) an annotation of the image may have, from the header: as viewers show
+    the image (EXIF orientation applied), then as stored when that differs (see
+    :func:`load_sample_image`). Raises :class:`DataError` naming the path for a missing or
+    unreadable file."""
+    shown, stored = image_size(path), image_size(path, apply_exif=False)
+    return [shown] if shown == stored else [shown, stored]
 
 
 def load_sample_image(sample: RefSample) -> Image.Image:
@@ -141,6 +155,15 @@ def _orientation(image: Image.Image, path: PathLike) -> int:
     except Exception as error:  # PIL's EXIF parser raises many types on malformed tags
         log.warning("ignoring unreadable EXIF data in %s: %s", os.fspath(path), error)
         return 1
+
+
+def _header_orientation(image: Image.Image, path: PathLike) -> int:
+    """:func:`_orientation` of an image not yet decoded, without decoding it."""
+    if image.format == "PNG" and "exif" not in image.info:
+        # PIL's PngImageFile.getexif() decodes every pixel to look for an eXIf chunk after them:
+        # a small file of a huge canvas would cost gigabytes before any size check.
+        return 1
+    return _orientation(image, path)
 
 
 def _oriented(image: Image.Image, path: PathLike) -> Image.Image:

@@ -39,6 +39,27 @@ def decode_segmentation(segmentation: Any, *, height: int, width: int, strict: b
     return np.ascontiguousarray(decoded, dtype=bool)
 
 
+def segmentation_area(segmentation: Any, *, height: int, width: int) -> int:
+    """Pixels of :func:`decode_segmentation`'s mask, counted on the run-length encoding without making
+    the (height, width) array: cheap enough to check every annotation of a large dataset."""
+    rles = _to_rles(segmentation, height=height, width=width, strict=False)
+    if not rles:
+        return 0
+    return int(mask_utils.area(mask_utils.merge(rles, intersect=0)))
+
+
+def polygon_bounds(segmentation: Any) -> tuple[float, float, float, float] | None:
+    """(x_min, y_min, x_max, y_max) over every point of a polygon segmentation; None for RLE or
+    anything without numeric points (to say *where* an empty mask's polygon lies)."""
+    if not isinstance(segmentation, list) or not all(isinstance(part, list) for part in segmentation):
+        return None
+    xs = [v for part in segmentation for v in part[0::2] if isinstance(v, Real)]
+    ys = [v for part in segmentation for v in part[1::2] if isinstance(v, Real)]
+    if not xs or not ys:
+        return None
+    return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+
+
 def bbox_from_mask(mask: np.ndarray) -> tuple[float, float, float, float]:
     """(x, y, w, h) of the mask's nonzero pixels, COCO convention; zeros for an empty mask."""
     rows = np.flatnonzero(mask.any(axis=1))

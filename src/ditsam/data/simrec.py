@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, sorted_splits
+from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
 from ditsam.data.sample import DataError, PathLike
 
 COCO_TRAIN2014_PATTERN = "COCO_train2014_%012d.jpg"
@@ -66,6 +66,7 @@ class SimRecDataset(RefDatasetBase):
         if not isinstance(entries, list):
             raise DataError(f"{ann_path}: split {split!r} is not a list of entries")
         self.mask_dir = Path(mask_dir)
+        self.ann_file = ann_path
         objects = _group_entries(entries, ann_path=ann_path, split=split, image_dir=Path(image_dir), pattern=image_pattern)
         super().__init__(objects=objects, split=split, mode=mode)
 
@@ -91,17 +92,30 @@ class SimRecDataset(RefDatasetBase):
             image_pattern=image_pattern,
         )
 
-    def _load_mask(self, obj: RefObject) -> np.ndarray:
+    def _where(self, obj: RefObject) -> str:
+        return f"{self.ann_file}: {self.split} mask_id {obj.ref_id}"
+
+    def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
+        try:
+            mask = self._load_mask(obj, mmap=True)
+        except DataError as error:
+            return str(error)
+        return mask_shape_problem(mask, sizes, what=f"mask {self.mask_dir / f'{obj.mask_source}.npy'}")
+
+    def _load_mask(self, obj: RefObject, *, mmap: bool = False) -> np.ndarray:
+        """The object's mask; ``mmap``: memory-mapped as stored (nonzero = object), which a check
+        reads without copying."""
         path = self.mask_dir / f"{obj.mask_source}.npy"
         try:
-            mask = np.load(path, allow_pickle=False)  # never unpickle object arrays from data files
+            # Never unpickle object arrays from data files.
+            mask = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         except FileNotFoundError:
             raise DataError(f"mask file not found: {path} (ref {obj.ref_id})") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise DataError(f"cannot read mask file {path}: {error}") from error
         if mask.ndim != 2:
             raise DataError(f"mask file {path} has shape {mask.shape}; expected (H, W)")
-        return np.ascontiguousarray(mask != 0)
+        return mask if mmap else np.ascontiguousarray(mask != 0)
 
 
 def _read_ann_file(path: Path) -> dict[str, Any]:

@@ -3,37 +3,119 @@
 A checkpoint folder is a loadable ditsam model (config.json + model.safetensors + text_encoder/,
 holding the EMA weights when EMA is on) plus ``training_state.pt`` (raw weights, optimiser, EMA,
 counters and RNG states) for ``--resume``.
+
+Writing ``checkpoints/last`` goes through two renames (``last`` -> ``.last.old-PID``, then
+``.last.tmp-PID`` -> ``last``), so a kill between them leaves no ``last`` but two complete
+copies. Every finished copy carries :data:`COMPLETE_MARKER`, written after all its files, and
+:func:`recover_checkpoints` (run when training starts) puts the newest complete copy back in
+place and deletes what interrupted writes left behind. One trainer writes a run folder at a time.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 TRAINING_STATE_FILE = "training_state.pt"
+#: Written last into every checkpoint folder: its presence means every other file is complete.
+COMPLETE_MARKER = "complete.json"
+#: Test hook: seconds to sleep between the two renames of a write that replaces a checkpoint, so that
+#: a test can kill the process exactly there. Unset (the normal case): no pause.
+PAUSE_BETWEEN_RENAMES_ENV = "DITSAM_TEST_PAUSE_BETWEEN_RENAMES"
+# ".last.tmp-1234" / ".best.old-99": the folders of a write in progress (or of an interrupted one).
+_PENDING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+# Rank of a pending ".old" folder written before checkpoints carried the marker: complete, but older
+# than anything that carries one.
+_UNMARKED_RANK = -1
+
+
+def _pending_path(target: Path, kind: str) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}")
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_dir)`` and move the result to ``target``; on failure ``target`` is untouched."""
+    """Call ``write(tmp_dir)`` and move the result to ``target``; on failure ``target`` is untouched.
+
+    A kill at any point leaves ``target`` or a complete pending copy that :func:`recover_checkpoints`
+    restores. Raises what ``write`` raises (an OSError for a full disk), after removing the
+    temporary folder.
+    """
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    tmp, old = _pending_path(target, "tmp"), _pending_path(target, "old")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         write(tmp)
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"written_ns": time.time_ns()}), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
+    replacing = target.exists()
+    if replacing:
         target.rename(old)
+        pause = os.environ.get(PAUSE_BETWEEN_RENAMES_ENV)
+        if pause:
+            time.sleep(float(pause))
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _rank(folder: Path) -> int:
+    """When a complete copy was written (ns); :data:`_UNMARKED_RANK` for one without the marker."""
+    try:
+        return int(json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))["written_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _UNMARKED_RANK
+
+
+def recover_checkpoints(folder: Path) -> list[str]:
+    """Finish what interrupted :func:`write_atomically` calls left in ``folder`` (``<run>/checkpoints``).
+
+    For each checkpoint name with pending ``.NAME.tmp-PID`` / ``.NAME.old-PID`` folders, the newest
+    complete copy among them and ``NAME`` itself becomes ``NAME``; every other pending folder is
+    deleted (a ``tmp`` without the marker was cut off mid-write). Returns one line per action, for
+    the log. Call it only while no other process writes ``folder``.
+    """
+    folder = Path(folder)
+    groups: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            match = _PENDING.match(path.name)
+            if match and path.is_dir():
+                groups.setdefault(match["name"], []).append(path)
+    actions = []
+    for name, pending in groups.items():
+        target = folder / name
+        # A pending "old" folder was a finished target; a "tmp" one only once its marker is written.
+        complete = [p for p in pending if _PENDING.match(p.name)["kind"] == "old" or _rank(p) != _UNMARKED_RANK]
+        candidates = complete + ([target] if target.is_dir() else [])
+        newest = max(candidates, key=_rank, default=None)
+        if newest is not None and newest != target:
+            if target.exists():
+                displaced = _pending_path(target, "old")
+                shutil.rmtree(displaced, ignore_errors=True)
+                target.rename(displaced)
+                pending.append(displaced)
+            newest.rename(target)
+            actions.append(f"restored {target} from {newest.name}, the newest complete copy an interrupted write left")
+        for path in pending:
+            if path.exists() and path != newest:
+                shutil.rmtree(path, ignore_errors=True)
+                actions.append(f"removed {path.name}, left by an interrupted checkpoint write")
+    for action in actions:
+        logger.info("%s", action)
+    return actions
 
 
 def save_training_state(directory: Path, state: dict[str, Any]) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from ditsam.data import DataError, open_dataset
 from ditsam.engine.config import DataConfig, ExperimentConfig
@@ -32,6 +33,9 @@ def _generator(data_format: str) -> tuple[Any, Any, int]:
     from ditsam.data.synthetic import dataset_files, generate_refshapes
 
     return dataset_files, generate_refshapes, REFSHAPES_VERSION
+
+#: Bad records named in the error that stops a run; the report file lists them all.
+SHOWN_PROBLEMS = 50
 
 
 def ensure_refshapes(data: DataConfig) -> Path:
@@ -131,12 +135,27 @@ def transform_for(config: ExperimentConfig, *, train: bool) -> Any:
 
 
 GENERATED_TEXT_PREFIX = "generated:"
+#: Sizes of the generated text encoder (a tiny random BERT, trained from scratch with the model).
+GENERATED_BERT_SIZES = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+#: Folder of the generated text encoder: under data.root for RefShapes, under the run folder otherwise.
+GENERATED_BERT_DIR = "tiny_bert"
+_WORD = re.compile(r"[^\W_]+")
 
 
-def resolve_text_encoder(config: ExperimentConfig) -> ExperimentConfig:
+def resolve_text_encoder(
+    config: ExperimentConfig, *, run_dir: Path | None = None, sentences: Iterable[str] = ()
+) -> ExperimentConfig:
     """Replace ``model.text.name_or_path = "generated:refshapes"`` (or ``"generated:grefshapes"``) by a tiny
-    random BERT with that dataset's vocabulary, written once under ``<data.root>/tiny_bert`` (or
-    ``tiny_bert_grefshapes``); nothing is downloaded."""
+    random BERT (nothing is downloaded) and return the config pointing at it.
+
+    On generated data (RefShapes, gRefShapes) the vocabulary is the benchmark's, written once under
+    ``<data.root>/tiny_bert`` (``tiny_bert_grefshapes``). On other data (``data.format`` refer / grefcoco /
+    simrec / custom) it is the named vocabulary plus every word of ``sentences`` (the training sentences),
+    written under ``<run_dir>/tiny_bert``; words outside the vocabulary still split into letters, so no
+    sentence is lost to [UNK].
+    """
+    import importlib
+
     from ditsam.config import ConfigError
 
     name = config.model.text.name_or_path
@@ -146,13 +165,61 @@ def resolve_text_encoder(config: ExperimentConfig) -> ExperimentConfig:
     if vocabulary not in GENERATED_VOCABULARIES:
         raise ConfigError(f"model.text.name_or_path {name!r}: generated text encoders are "
                           f"{', '.join(GENERATED_TEXT_PREFIX + v for v in GENERATED_VOCABULARIES)}")
-    import importlib
-
     from ditsam.model.text import build_tiny_bert
 
     module, constant = GENERATED_VOCABULARIES[vocabulary]
-    words = getattr(importlib.import_module(module), constant)
-    directory = Path(config.data.root) / ("tiny_bert" if vocabulary == "refshapes" else f"tiny_bert_{vocabulary}")
+    words: Iterable[str] = getattr(importlib.import_module(module), constant)
+    if config.data.format in GENERATED_FORMATS:
+        suffix = "" if vocabulary == "refshapes" else f"_{vocabulary}"
+        directory = Path(config.data.root) / f"{GENERATED_BERT_DIR}{suffix}"
+    elif run_dir is None:
+        raise ConfigError(
+            f"model.text.name_or_path {name!r} on data.format={config.data.format} builds its vocabulary from the "
+            f"training sentences into the run folder, and none was given; set model.text.name_or_path to a BERT "
+            f"(a Hub id such as bert-base-uncased, or a local folder)"
+        )
+    else:
+        directory = Path(run_dir) / GENERATED_BERT_DIR
+        known = set(words)
+        found = {word for sentence in sentences for word in _WORD.findall(sentence.lower())}
+        words = [*words, *sorted(found - known)]
     if not (directory / "config.json").is_file():
-        build_tiny_bert(directory, words=words, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+        build_tiny_bert(directory, words=words, **GENERATED_BERT_SIZES)
     return config.with_overrides({"model.text.name_or_path": str(directory)})
+
+
+def check_data(
+    datasets: Mapping[str, Any], *, skip_bad: bool, report: Path | None = None, progress: bool = False
+) -> int:
+    """Check every record the run will read, before its first step; returns how many were dropped.
+
+    ``datasets``: split -> :class:`~ditsam.data.collate.RISDataset` (streams of generated scenes have
+    nothing to check and are passed over). Raises :class:`DataError` listing every bad record (file and
+    record named; at most :data:`SHOWN_PROBLEMS` lines, the rest in ``report``) unless ``skip_bad``,
+    which drops them and logs how many per split.
+    """
+    found: dict[str, list[tuple[int, str]]] = {}
+    for split, dataset in datasets.items():
+        reader = dataset.base
+        if hasattr(reader, "validate"):
+            found[split] = reader.validate(progress=progress)
+    messages = list(dict.fromkeys(message for problems in found.values() for _, message in problems))
+    if not messages:
+        return 0
+    if report is not None:
+        report.write_text("\n".join(messages) + "\n", encoding="utf-8")
+    listed = f"; all listed in {report}" if report is not None else ""
+    if not skip_bad:
+        shown = messages[:SHOWN_PROBLEMS]
+        more = f"\n... and {len(messages) - len(shown)} more" if len(messages) > len(shown) else ""
+        raise DataError(
+            f"{len(messages)} bad record(s) in the data this run reads{listed}; nothing was trained. Fix them, or pass "
+            f"--skip-bad-data to train on the rest:\n" + "\n".join(shown) + more
+        )
+    dropped = 0
+    for split, problems in found.items():
+        if problems:
+            datasets[split].base.drop_objects(index for index, _ in problems)
+            dropped += len(problems)
+            logger.warning("--skip-bad-data: dropped %d bad record(s) of split %s%s", len(problems), split, listed)
+    return dropped

@@ -92,20 +92,24 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     from accelerate import Accelerator
 
+    from ditsam.api import resolve_device
     from ditsam.model.dit import DITSam
     from ditsam.model.sources import resolve_source
+    from ditsam.outputs import ensure_writable_folder
 
+    if device is not None:
+        resolve_device(device)  # an unusable device fails before the model loads
     source = resolve_source(checkpoint, revision=revision)
     experiment = _experiment(source, data, overrides)
     accelerator = Accelerator(cpu=device == "cpu")
+    out = out or _default_out(source)
+    if accelerator.is_main_process:
+        ensure_writable_folder(out, what="--out")
     model = DITSam.from_pretrained(
         source.path, injection=injection, text_name_or_path=text_name_or_path  # type: ignore[arg-type]
     ).to(device or accelerator.device)
     # The checkpoint's own architecture decides the input size, whatever the data config says.
     experiment = experiment.with_overrides({"model": model.config.to_dict()})
-    out = out or _default_out(source)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     for split in splits or experiment.data.eval_splits:
         dataset = ris_dataset(experiment, split, train=False)

@@ -8,6 +8,11 @@ Run folder layout::
     <run>/predictions/          prediction pictures per evaluation
     <run>/checkpoints/last/     resumable (written atomically)
     <run>/checkpoints/best/     best on data.select_split by train.select_metric
+    <run>/bad_records.txt       every bad record the data check found (when it found any)
+    <run>/tiny_bert/            a generated text encoder for data other than RefShapes
+
+A run folder that holds checkpoints is refused unless the run is resumed (``resume=True``) or
+replaced (``overwrite=True``, which deletes the outputs listed above and nothing else).
 """
 
 from __future__ import annotations
@@ -29,25 +34,46 @@ from tqdm.auto import tqdm
 
 from ditsam.config import ConfigError
 from ditsam.data.collate import RISCollator
-from ditsam.engine.checkpoint import load_training_state, save_training_state, write_atomically
+from ditsam.engine.checkpoint import load_training_state, recover_checkpoints, save_training_state, write_atomically
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import resolve_text_encoder, ris_dataset
+from ditsam.engine.data import GENERATED_BERT_DIR, check_data, resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.schedule import learning_rate
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
+from ditsam.outputs import (
+    OutputFolderError,
+    describe_write_failure,
+    ensure_writable_folder,
+    is_disk_full,
+    refuse_earlier_results,
+    remove_outputs,
+    write_text_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
 
+METRICS_FILE = "metrics.jsonl"
+BAD_RECORDS_FILE = "bad_records.txt"
+#: What a run writes into its folder; ``overwrite=True`` deletes these and nothing else.
+RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "predictions", "results.json", "results.md",
+               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR)
+#: Present when a run folder holds a run that --resume could continue (or --overwrite replace).
+CHECKPOINT_NAMES = ("last", "best")
+#: Model settings a resume may change: they change neither the weights nor what trains (the text
+#: encoder's path is resolved anew on every start).
+RESUME_MAY_CHANGE = ("model.gradient_checkpointing", "model.text.local_files_only", "model.text.name_or_path")
+
+
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; training stops, checkpoints already written are kept."""
 
 
-class RunFolderError(OSError):
-    """The run folder cannot be created or written."""
+class RunFolderError(OutputFolderError):
+    """The run folder cannot be used: not writable, full, or holding a run not to be lost."""
 
 
 @dataclasses.dataclass
@@ -58,6 +84,20 @@ class Progress:
     step_in_epoch: int = 0
     global_step: int = 0
     best_score: float | None = None
+    # Records written to metrics.jsonl when the checkpoint was saved: a resume drops later ones (their
+    # steps are trained and logged again), so no step appears twice.
+    metrics_records: int = 0
+
+
+def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"text": {"max_tokens": 20}}`` -> ``{prefix + "text.max_tokens": 20}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 0.0) -> torch.Tensor:
@@ -112,15 +152,23 @@ def build_model(config: ExperimentConfig) -> DITSam:
     return model
 
 
-def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None) -> Path:
+def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume: bool = False,
+                       overwrite: bool = False) -> Path:
+    """The run folder, writable, with interrupted checkpoint writes finished (see
+    :func:`~ditsam.engine.checkpoint.recover_checkpoints`). A folder holding checkpoints is refused
+    unless ``resume`` or ``overwrite`` (whose outputs, :data:`RUN_OUTPUTS`, are deleted here)."""
     run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as error:
-        raise RunFolderError(f"run folder {run_dir} is not writable: {error.strerror or error}") from error
+        ensure_writable_folder(run_dir, what="run folder")
+        recover_checkpoints(run_dir / "checkpoints")
+        refuse_earlier_results(run_dir, what="run folder", resume=resume, overwrite=overwrite,
+                               holds_results=[f"checkpoints/{name}" for name in CHECKPOINT_NAMES])
+    except OutputFolderError as error:
+        raise RunFolderError(str(error)) from error
+    if overwrite:
+        removed = remove_outputs(run_dir, RUN_OUTPUTS)
+        if removed:
+            logger.info("--overwrite: removed %s from %s", ", ".join(removed), run_dir)
     return run_dir
 
 
@@ -128,7 +176,7 @@ class Trainer:
     """Builds everything from an :class:`ExperimentConfig` and runs the loop. See :func:`train`."""
 
     def __init__(self, config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool = False,
-                 progress: bool = True) -> None:
+                 overwrite: bool = False, skip_bad_data: bool = False, progress: bool = True) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -147,15 +195,22 @@ class Trainer:
             )
         self.accumulation = train.batch_size // (train.micro_batch_size * world)
         self.progress_bars = progress and self.accelerator.is_main_process
-        self.run_dir = prepare_run_folder(config, run_dir) if self.accelerator.is_main_process else Path(
-            run_dir or Path(config.output_dir) / config.name
-        )
+        if self.accelerator.is_main_process:
+            self.run_dir = prepare_run_folder(config, run_dir, resume=resume, overwrite=overwrite)
+        else:
+            self.run_dir = Path(run_dir or Path(config.output_dir) / config.name)
+        self.accelerator.wait_for_everyone()  # interrupted checkpoint writes are finished before anyone reads
         set_seed(train.seed)
 
         with self.accelerator.main_process_first():  # the first process generates RefShapes and its BERT
             self.train_set = ris_dataset(config, config.data.train_split, train=True)
             self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
-            config = self.config = resolve_text_encoder(config)
+            # Keyed apart from the evaluation splits: one of them may read the training split too.
+            check_data({f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
+                       skip_bad=skip_bad_data, progress=self.progress_bars,
+                       report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None)
+            sentences = self.train_set.base.iter_sentences() if hasattr(self.train_set.base, "iter_sentences") else ()
+            config = self.config = resolve_text_encoder(config, run_dir=self.run_dir, sentences=sentences)
         if len(self.train_set) < train.micro_batch_size * world:
             raise ConfigError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch "
@@ -216,8 +271,9 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.accelerator.is_main_process:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.progress.metrics_records += 1
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -249,10 +305,31 @@ class Trainer:
             save_training_state(directory, state)
             (directory / "experiment.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
-        return write_atomically(self.run_dir / "checkpoints" / name, write)
+        target = self.run_dir / "checkpoints" / name
+        try:
+            return write_atomically(target, write)
+        except OSError as error:
+            kept = (f"the previous checkpoint {target} is intact" if target.is_dir()
+                    else f"no earlier {name!r} checkpoint existed")
+            advice = "Free some space" if is_disk_full(error) else "Fix that"
+            raise RunFolderError(
+                f"cannot save checkpoint {target} at step {self.progress.global_step}: "
+                f"{describe_write_failure(error, target.parent)}; {kept}. {advice}, then continue with --resume"
+            ) from error
+
+    def _disk_full(self, error: OSError) -> RunFolderError:
+        """The error to raise when a write other than a checkpoint's finds the disk full."""
+        last = self.run_dir / "checkpoints" / "last"
+        kept = f"the last checkpoint {last} is intact" if last.is_dir() else "no checkpoint has been written yet"
+        return RunFolderError(
+            f"{describe_write_failure(error, self.run_dir)} (writing {error.filename or 'the run folder'}); {kept}. "
+            f"Free some space, then continue with --resume"
+        )
 
     def _resume(self) -> None:
-        state = load_training_state(self.run_dir / "checkpoints" / "last")
+        last = self.run_dir / "checkpoints" / "last"
+        state = load_training_state(last)
+        self._check_resumed_architecture(last, state["model"])
         self.unwrapped.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
@@ -262,7 +339,53 @@ class Trainer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.progress = Progress(**state["progress"])
+        if self.accelerator.is_main_process:
+            self._drop_metrics_after_checkpoint(counted="metrics_records" in state["progress"])
         logger.info("resumed at epoch %d, step %d", self.progress.epoch, self.progress.global_step)
+
+    def _check_resumed_architecture(self, last: Path, weights: dict[str, torch.Tensor]) -> None:
+        """Refuse, in one sentence, to resume a checkpoint into a model of another architecture or with
+        non-finite weights (a state dict that does not fit would fail deep inside torch)."""
+        from ditsam.model.weights import CheckpointError, first_non_finite
+
+        stored = last / "experiment.yaml"
+        if stored.is_file():
+            saved = _flatten((yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("model", {}), "model.")
+            current = _flatten(self.config.model.to_dict(), "model.")
+            changed = [f"{key}: {saved[key]!r} in the checkpoint, {value!r} now" for key, value in current.items()
+                       if key in saved and saved[key] != value and key not in RESUME_MAY_CHANGE]
+            if changed:
+                raise ConfigError(
+                    f"cannot resume {last}: the experiment's model differs from the one it was trained with "
+                    f"({'; '.join(changed)}). Resume with the settings it was trained with, or start again with "
+                    f"--overwrite (or another --run-dir)"
+                )
+        target = self.unwrapped.state_dict()
+        mismatched = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} now"
+                      for key, value in weights.items() if key in target and value.shape != target[key].shape]
+        missing = sorted(set(target) ^ set(weights))
+        if mismatched or missing:
+            detail = "; ".join(mismatched[:3]) or f"keys {', '.join(missing[:3])} are not in both"
+            raise ConfigError(
+                f"cannot resume {last}: its weights do not fit the model built now ({detail}); the architecture or "
+                f"the text encoder changed. Resume with the settings it was trained with, or start again with --overwrite"
+            )
+        bad = first_non_finite(weights)
+        if bad is not None:
+            raise CheckpointError(f"cannot resume {last / 'training_state.pt'}: {bad}")
+
+    def _drop_metrics_after_checkpoint(self, *, counted: bool) -> None:
+        """Keep the metrics records written up to the resumed checkpoint: the steps after it run again and
+        log again. A checkpoint from before the records were counted keeps the file as it is."""
+        path = self.run_dir / METRICS_FILE
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+        if not counted:
+            self.progress.metrics_records = len(lines)
+            return
+        if len(lines) > self.progress.metrics_records:
+            write_text_atomically(path, "".join(lines[:self.progress.metrics_records]))
+            logger.info("%s: dropped %d record(s) logged after the resumed checkpoint", path,
+                        len(lines) - self.progress.metrics_records)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_all(self, *, keep: int = 0) -> dict[str, EvalResult]:
@@ -305,7 +428,9 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # After a resume, events past the checkpoint's step are purged: those steps are logged again.
+            purge = self.progress.global_step + 1 if self.progress.global_step else None
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         total_steps = self.steps_per_epoch * train.epochs
         if train.max_steps is not None:
             total_steps = min(total_steps, train.max_steps)
@@ -355,6 +480,10 @@ class Trainer:
                 mean_loss = epoch_loss / max(epoch_samples, 1)
                 summary = " ".join(f"{s} {summarize(r.metrics)}" for s, r in last_results.items())
                 logger.info("epoch %d: loss %.4f, %.1f s, %s", epoch, mean_loss, time.perf_counter() - started, summary)
+        except OSError as error:
+            if is_disk_full(error):
+                raise self._disk_full(error) from error
+            raise
         finally:
             bar.close()
             if self.writer is not None:
@@ -418,11 +547,7 @@ class Trainer:
             total += float(loss.detach())
         flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
         if self.accelerator.reduce(flag, reduction="sum").item() > 0:
-            where = f"batch ref_ids {bad_refs}" if not finite else "on another process"
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.progress.global_step} (epoch {self.progress.epoch}), {where}; "
-                f"the last good checkpoint in {self.run_dir / 'checkpoints'} is kept"
-            )
+            raise NonFiniteLossError(self._non_finite_message(bad_refs if not finite else None))
         if train.grad_clip > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
         self.optimizer.step()
@@ -432,7 +557,31 @@ class Trainer:
         return total / len(group)
 
 
-def train(config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool = False,
-          progress: bool = True) -> dict[str, dict[str, float]]:
-    """Train ``config``; returns the last evaluation's metrics per split."""
-    return Trainer(config, run_dir=run_dir, resume=resume, progress=progress).fit()
+    def _non_finite_message(self, bad_refs: list[int] | None) -> str:
+        """Why training stops at a NaN / inf loss, what is kept, and where to look."""
+        step, init = self.progress.global_step, self.config.train.init_checkpoint
+        where = f"batch ref_ids {bad_refs}" if bad_refs is not None else "on another process"
+        if step == 0 and init:
+            cause = (f"non-finite loss at the first step (step 0), right after loading train.init_checkpoint={init} "
+                     f"({where}): the starting weights give NaN / inf on this data, so suspect them (or the model "
+                     f"config they were loaded into, or train.mixed_precision) before the data")
+        else:
+            cause = f"non-finite loss at step {step} (epoch {self.progress.epoch}), {where}"
+        checkpoints = self.run_dir / "checkpoints"
+        written = [name for name in CHECKPOINT_NAMES if (checkpoints / name).is_dir()]
+        if written:
+            return f"{cause}; the checkpoints written before it are kept ({', '.join(str(checkpoints / n) for n in written)})"
+        return f"{cause}; no checkpoint has been written yet, so there is nothing to resume from"
+
+
+def train(config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool = False, overwrite: bool = False,
+          skip_bad_data: bool = False, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Train ``config``; returns the last evaluation's metrics per split.
+
+    ``resume``: continue the run in ``run_dir`` from ``checkpoints/last``; ``overwrite``: replace the
+    run there. A run folder holding checkpoints needs one of the two (:class:`RunFolderError`).
+    ``skip_bad_data``: train on the records that pass the data check, instead of stopping
+    (:func:`~ditsam.engine.data.check_data`).
+    """
+    return Trainer(config, run_dir=run_dir, resume=resume, overwrite=overwrite, skip_bad_data=skip_bad_data,
+                   progress=progress).fit()

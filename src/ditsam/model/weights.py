@@ -400,6 +400,23 @@ def _unexpected_hints(keys: list[str], config: DITSamConfig) -> list[str]:
     return hints
 
 
+def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """A sentence naming the first floating-point tensor of ``state_dict`` that holds NaN or infinite
+    values (how many of each), or None when every value is finite."""
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        bad, nan = int((~finite).sum()), int(torch.isnan(tensor).sum())
+        return (
+            f"tensor {key} {tuple(tensor.shape)} holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} inf); "
+            f"expected finite weights (damaged file, or saved from a diverged run): refusing to load it"
+        )
+    return None
+
+
 def _apply(
     model: DITSam,
     state_dict: Mapping[str, torch.Tensor],
@@ -483,6 +500,9 @@ def _apply(
             f"{kind} checkpoint {source} lacks {len(errors)} key(s) of the model: {_listing(errors)}" + "".join(hints)
         )
 
+    bad = first_non_finite(to_load)
+    if bad is not None:  # loaded silently, such weights predict empty masks for every input
+        raise CheckpointError(f"{kind} checkpoint {source}: {bad}")
     for key in zeroed:
         to_load[key] = torch.zeros_like(target[key])
     result = model.load_state_dict(to_load, strict=False)
