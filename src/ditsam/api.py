@@ -381,11 +381,11 @@ class Segmenter:
         self.batch_size = int(batch_size)
         self.model = model.to(self.device).eval()
         self.transform = RISTransform.for_eval(TransformConfig(input_size=model.config.image_size))
-        self.int8 = None
+        self.onnx = None  # an OnnxRunner used instead of the PyTorch model (dtype="int8")
         if int8:
-            from ditsam.int8 import Int8Runner
+            from ditsam.int8 import OnnxRunner
 
-            self.int8 = Int8Runner.from_model(self.model)
+            self.onnx = OnnxRunner.int8(self.model)
 
     @classmethod
     def from_pretrained(
@@ -430,7 +430,7 @@ class Segmenter:
         config = self.model.config
         return (
             f"Segmenter(injection={config.injection!r}, image_size={config.image_size}, device={str(self.device)!r}, "
-            f"dtype={'int8' if self.int8 is not None else self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
+            f"dtype={'int8' if self.onnx is not None else self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
         )
 
     @property
@@ -616,7 +616,7 @@ class Segmenter:
             kwargs["boxes"] = torch.as_tensor(canvas_boxes, dtype=torch.float32, device=device)
         text = self.model.tokenize([job.sentence for job in chunk])
         with torch.inference_mode(), self._autocast():
-            output = self.model(images, text=text, **kwargs) if self.int8 is None else self.int8(images, text, **kwargs)
+            output = self.model(images, text=text, **kwargs) if self.onnx is None else self.onnx(images, text, **kwargs)
         logits = output.logits.float()
         iou = output.iou_predictions.float()
         # Multimask models: SAM's convention, the mask with the highest predicted IoU.

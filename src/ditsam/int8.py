@@ -6,7 +6,7 @@ with ``onnxruntime.quantization.quantize_dynamic``: the weights of every matrix 
 weight (the linear layers of BERT, the ViT and the decoder: ~all of the model's FLOPs but attention)
 become int8, and the activations entering them are quantised on the fly, per tensor, at every call.
 Attention's own products (q k^T, weights v) stay in float32, as do the softmaxes, norms and the
-upsampling. :class:`Int8Runner` runs the result with ONNX Runtime; ``Segmenter(..., dtype="int8")`` uses it.
+upsampling. :class:`OnnxRunner` runs the result with ONNX Runtime; ``Segmenter(..., dtype="int8")`` uses it.
 
 Text prompts only (the exported graph has no point or box inputs). Needs the ``int8`` extra
 (``pip install ditsam[int8]``: onnx, onnxruntime). Speed and agreement with float32 on this project's
@@ -60,8 +60,9 @@ def quantize_model(model: DITSam, path: str | os.PathLike, *, per_channel: bool 
     return path
 
 
-class Int8Runner:
-    """An int8 ONNX model (from :func:`quantize_model`) on ONNX Runtime's CPU provider.
+class OnnxRunner:
+    """An exported ONNX model (int8 from :func:`quantize_model`, or float from :func:`ditsam.export.export_onnx`) on
+    ONNX Runtime's CPU provider.
 
     ``__call__(images (B,3,S,S) float32, text TokenizedText (B,T))`` -> :class:`DITSamOutput` with
     ``logits`` (B,M,S,S) and ``iou_predictions`` (B,M) (``low_res_logits`` is not exported: None).
@@ -80,14 +81,14 @@ class Int8Runner:
         self.mask_is_bool = inputs.get(INPUT_NAMES[2]) == "tensor(bool)"
 
     @classmethod
-    def from_model(cls, model: DITSam, *, threads: int | None = None, per_channel: bool = False) -> "Int8Runner":
+    def int8(cls, model: DITSam, *, threads: int | None = None, per_channel: bool = False) -> "OnnxRunner":
         """Quantise ``model`` (see :func:`quantize_model`) into a temporary file and load it."""
         with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
             return cls(quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads)
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
         if any(value is not None for value in prompts.values()):
-            raise ValueError(f"int8 inference takes text prompts only, got {', '.join(sorted(prompts))}")
+            raise ValueError(f"the ONNX model (int8 inference) takes text prompts only, got {', '.join(sorted(prompts))}")
         mask = text.attention_mask.bool() if self.mask_is_bool else text.attention_mask.long()
         arrays = (images.detach().float().contiguous(), text.input_ids, mask)
         masks, iou = self.session.run(list(OUTPUT_NAMES), {n: a.cpu().numpy() for n, a in zip(INPUT_NAMES, arrays)})
