@@ -120,7 +120,7 @@ TINY_BACKBONE = dict(
 FULL = Scale(
     model={}, bert={}, throughput_batch=64, max_batches=(128, 256, 512, 1024, 2048), train_batches=(32, 64),
     probe_batch=8, latency_iters=50, throughput_iters=10, train_steps=5, matmul_n=8192,
-    large=(("vit_l", {"backbone": "vit_l"}, 16), ("vit_h", {"backbone": "vit_h"}, 16)), budget_s=450.0,
+    large=(("vit_l", {"backbone": "vit_l"}, 16), ("vit_h", {"backbone": "vit_h"}, 16)), budget_s=420.0,
 )
 SMOKE = Scale(
     model=TINY_BACKBONE,
@@ -252,8 +252,9 @@ class Models:
         return TokenizedText(ids, keep).without_padding_columns().to(self.device)
 
     def images(self, batch: int, size: int, *, seed: int = 0) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randn(batch, 3, size, size, generator=generator).to(self.device)
+        """Random (batch, 3, size, size) canvases, drawn on the device (batch 2048 at 512 px is 6 GB)."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return torch.randn(batch, 3, size, size, generator=generator, device=self.device)
 
 
 def model_call(model: Any, images: torch.Tensor, tokens: Any) -> Callable[[], Any]:
@@ -411,10 +412,9 @@ def datasheet_peak(name: str) -> float | None:
 
 
 def section_latency(suite: Suite, record: dict[str, Any]) -> None:
-    models, device, size = suite.models, suite.device, None
+    models, device = suite.models, suite.device
     model = models.cached("ldit")
-    size = model.config.image_size
-    images, tokens = models.images(1, size), models.tokens(1, lengths=(LATENCY_LENGTH,))
+    images, tokens = models.images(1, model.config.image_size), models.tokens(1, lengths=(LATENCY_LENGTH,))
     for name in ("bf16", "fp32", "tf32"):
         if name == "tf32" and device.type != "cuda":
             continue
@@ -554,10 +554,16 @@ def profile_ops(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
     averages = prof.key_averages()
     inclusive = "device_time_total" if device.type == "cuda" else "cpu_time_total"
     own = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    total = sum(getattr(event, own) for event in averages)
-    sdpa = sum(getattr(event, inclusive) for event in averages if event.key == "aten::scaled_dot_product_attention")
+    total = sum(event_time(event, own) for event in averages)
+    sdpa = sum(event_time(event, inclusive) for event in averages if event.key == "aten::scaled_dot_product_attention")
     ops = {event.key: event.count for event in averages if SDPA_OP.fullmatch(event.key)}
     return {"sdpa_ops": ops, "sdpa_share_pct": 100.0 * sdpa / total if total else float("nan")}
+
+
+def event_time(event: Any, name: str) -> float:
+    """A profiler average's time field; older torch names the device fields ``cuda_*``."""
+    value = getattr(event, name, None)
+    return float(value if value is not None else getattr(event, name.replace("device", "cuda"), 0.0))
 
 
 def section_throughput(suite: Suite, record: dict[str, Any]) -> None:
@@ -675,6 +681,7 @@ def section_compile(suite: Suite, record: dict[str, Any]) -> None:
     for mode in modes:
         entry: dict[str, Any] = record.setdefault(mode, {})
         try:
+            torch._dynamo.reset()  # each mode compiles from scratch (inductor's own cache may still help)
             compiled = torch.compile(model, mode=None if mode == "default" else mode, backend=args.compile_backend,
                                      dynamic=False)
             images, tokens = models.images(1, size), models.tokens(1, lengths=(LATENCY_LENGTH,))
@@ -832,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (any device; the CPU when no GPU): < 1 minute")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    parser.add_argument("--budget", type=float, default=None, help="global time budget, seconds (default 450; smoke 50)")
+    parser.add_argument("--budget", type=float, default=None, help="global time budget, seconds (default 420; smoke 50)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), metavar="SECTION",
                         help="sections to run, in the suite's order: " + ", ".join(SECTIONS))
     parser.add_argument("--compile-backend", default=None,
