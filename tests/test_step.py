@@ -78,3 +78,25 @@ def test_padding_columns_are_trimmed_on_the_cpu(tiny_bert_dir: Path) -> None:
     assert reference.tokenize(["a"]).input_ids.shape[1] == model.config.text.max_tokens
     empty = TokenizedText(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool))
     assert empty.without_padding_columns().input_ids.shape == (2, 0)
+
+
+def test_the_trainer_reads_the_loss_only_at_log_steps_and_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    from ditsam.engine.config import load_experiment
+    from ditsam.engine.train import Trainer
+
+    config = load_experiment("refshapes/ldit", {
+        "data.root": str(tmp_path / "data"), "data.eval_splits": [], "data.num_workers": 0,
+        "train.max_steps": 7, "train.log_every_steps": 3, "train.epochs": 1,
+    })
+    trainer = Trainer(config, run_dir=tmp_path / "run", progress=False)
+    checked_at: list[int] = []
+    real_check = Trainer._check_finite
+
+    def counting(self) -> None:
+        checked_at.append(self.progress.global_step)
+        real_check(self)
+
+    monkeypatch.setattr(Trainer, "_check_finite", counting)
+    trainer.fit()
+    # Steps 3 and 6 (log steps), then step 7 before the final checkpoint: not once per step.
+    assert checked_at[:2] == [3, 6] and set(checked_at[2:]) == {7}
