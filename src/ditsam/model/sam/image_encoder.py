@@ -101,8 +101,8 @@ def relative_position_key_terms(grid: tuple[int, int], *, dtype: torch.dtype, de
 def fold_last_column(query_terms: torch.Tensor, height: int) -> torch.Tensor:
     """(..., h + w) query factors -> (..., h + w - 1) factors against keys without the last column's one-hot.
 
-    The row and column one-hots of every key sum to 2, so one of the h + w key factors is redundant:
-    with ``A`` the row and ``B`` the column terms, ``A[ky] + B[kx] = (A[ky] + B[w-1]) + (B[kx] - B[w-1])``,
+    Every key's row one-hot and column one-hot each sum to 1, so the h + w key factors are linearly
+    dependent and one can go: with ``A`` the row and ``B`` the column terms, ``A[ky] + B[kx] = (A[ky] + B[w-1]) + (B[kx] - B[w-1])``,
     whose second part vanishes for the last column. Dropping that column's one-hot frees one slot of
     the widened heads (see :class:`Attention`) without changing the bias.
     """
