@@ -12,7 +12,7 @@ its error and the suite goes on; a global deadline, ``--budget``, skips what no 
 - ``environment``: device, driver, torch / CUDA / cuDNN versions, clocks (nvidia-smi), the bf16
   matmul rate measured on this card (the MFU reference beside the datasheet's);
 - ``latency``: batch 1, L-DIT, whole ``DITSam`` forward (BERT, ViT, decoder, upsampling) and the image
-  encoder alone, in fp32, TF32 and bf16 autocast (eager);
+  encoder alone, in fp32, TF32 and bf16 autocast (eager); E-DIT and the decoder-only baseline in bf16;
 - ``agreement``: bf16 vs fp32 logits of the same weights and inputs (max / mean |diff|, mask IoU at the
   0.35 threshold), and the two text-padding forms of the attention against each other;
 - ``text_cost``: the image encoder alone, plain SAM (no text) vs E-DIT vs L-DIT with 20 real text
@@ -424,6 +424,11 @@ def section_latency(suite: Suite, record: dict[str, Any]) -> None:
                                                device=device, iters=suite.scale.latency_iters)
         print(f"  {name}: model {record[f'model_{name}_b1']['median_ms']:.2f} ms, "
               f"encoder {record[f'encoder_{name}_b1']['median_ms']:.2f} ms", flush=True)
+    for variant in ("edit", "default"):  # E-DIT; SAM with the text in the decoder only
+        other = models.build(variant)
+        record[f"model_{variant}_bf16_b1"] = measure(in_precision("bf16", device, model_call(other, images, tokens)),
+                                                     device=device, iters=suite.scale.latency_iters)
+        print(f"  {variant} bf16: model {record[f'model_{variant}_bf16_b1']['median_ms']:.2f} ms", flush=True)
 
 
 def section_agreement(suite: Suite, record: dict[str, Any]) -> None:
