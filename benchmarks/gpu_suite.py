@@ -60,25 +60,16 @@ from typing import Any, Callable
 
 import torch
 
+from gpu_harness import MAX_TOKENS, Models, encoder_call, in_precision, measure, model_call, precision, synchronize
+from gpu_report import goals, markdown
+
 HERE = Path(__file__).resolve().parent
 
-MAX_TOKENS = 20
-CLS_ID, SEP_ID = 101, 102  # bert-base-uncased's [CLS] and [SEP]
-FIRST_WORD_ID = 1000  # bert-base ids below are [PAD], [unused*] and specials
 THRESHOLD = 0.35  # the paper's mask threshold on sigmoid(logits)
-# Sentence lengths ([CLS] + words + [SEP]) cycled through a batch: padding in every batch but the longest row.
-BATCH_LENGTHS = (8, 5, 12, 20, 7, 10, 6, 15)
 LATENCY_LENGTH = 8  # one sentence of 6 words at batch 1 (no padding after the all-[PAD] columns go)
 GIB = 2**30
 # Dense bf16 tensor-core peak from the vendors' datasheets, TFLOP/s (SXM parts; MFU's usual reference).
 DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "H800": 989.4, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
-# The goals of issue 13: (value key in "goals", comparison, target).
-GOALS = {
-    "batch1_bf16_full_model_ms": ("<=", 5.0),
-    "batch64_images_per_s": (">=", 1500.0),
-    "training_mfu_pct": (">=", 40.0),
-    "text_tokens_cost_pct": ("<=", 3.0),
-}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,8 +121,6 @@ SMOKE = Scale(
     train_steps=1, matmul_n=128, large=(("tiny_wide", {**TINY_BACKBONE, "embed_dim": 48, "num_heads": 3}, 2),),
     budget_s=50.0,
 )
-WARMUP_CALLS = 3
-
 # Section name -> (own time box in seconds at full scale, least time worth starting it with).
 SECTION_BUDGETS = {
     "environment": (30, 0), "latency": (60, 20), "agreement": (20, 5), "text_cost": (40, 10),
@@ -144,149 +133,6 @@ class SectionTimeout(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(fn: Callable[[], Any], *, device: torch.device, iters: int, warmup: int = WARMUP_CALLS) -> dict[str, float]:
-    """Per-call times of ``fn`` (CUDA events on a GPU, so the host may run ahead): median, min, calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times: list[float] = []
-    events = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            events.append((start, end))
-        else:
-            began = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - began) * 1e3)
-    synchronize(device)
-    times += [start.elapsed_time(end) for start, end in events]
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "calls": len(times)}
-
-
-def precision(name: str, device: torch.device) -> contextlib.ExitStack:
-    """fp32 (strict), tf32 (fp32 with TF32 matmuls on a GPU) or bf16 (autocast)."""
-    stack = contextlib.ExitStack()
-    if name == "bf16":
-        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-    if name == "tf32" and device.type == "cuda":
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-        def restore() -> None:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-        stack.callback(restore)
-    return stack
-
-
-# ---------------------------------------------------------------------------------------------------
-# Models and inputs (random weights, nothing downloaded)
-# ---------------------------------------------------------------------------------------------------
-class Models:
-    """Builds the packaged ``refcoco/<variant>`` models with a random BERT of ``scale.bert``'s size."""
-
-    def __init__(self, scale: Scale, device: torch.device, folder: Path) -> None:
-        from transformers import BertConfig
-
-        self.scale, self.device = scale, device
-        self.bert_dir = folder / "bert"
-        BertConfig(**scale.bert).save_pretrained(str(self.bert_dir))
-        self.vocab = BertConfig(**scale.bert).vocab_size
-        self._cache: dict[str, Any] = {}
-
-    def experiment(self, variant: str, **model_overrides: Any):
-        from ditsam.engine.config import load_experiment
-
-        overrides = {f"model.{k}": v for k, v in {**self.scale.model, **model_overrides}.items()}
-        overrides.update({"model.text.name_or_path": str(self.bert_dir), "model.text.local_files_only": True,
-                          "model.text.max_tokens": MAX_TOKENS})
-        return load_experiment(f"refcoco/{variant}", overrides)
-
-    def build(self, variant: str = "ldit", **model_overrides: Any):
-        """A fresh DITSam (eval mode) on the device, random weights; L-DIT projections non-zero."""
-        from ditsam.model.dit import DITSam
-
-        config = self.experiment(variant, **model_overrides).model
-        torch.manual_seed(0)
-        with torch.device(self.device):
-            model = DITSam(config, load_text_weights=False)
-            with torch.no_grad():  # zero-initialised parts (rel-pos tables, L-DIT projections) would hide work
-                for name, parameter in model.named_parameters():
-                    if "rel_pos" in name or ".writers." in name:
-                        parameter.normal_(0.0, 0.02)
-        return model.eval()
-
-    def cached(self, variant: str = "ldit") -> Any:
-        if variant not in self._cache:
-            self._cache[variant] = self.build(variant)
-        return self._cache[variant]
-
-    def drop(self) -> None:
-        self._cache.clear()
-
-    def tokens(self, batch: int, *, lengths: tuple[int, ...] = BATCH_LENGTHS, seed: int = 0):
-        """Random sentences of the given lengths ([CLS] ... [SEP], then [PAD]), all-[PAD] columns dropped."""
-        from ditsam.model.text import TokenizedText
-
-        generator = torch.Generator().manual_seed(seed)
-        ids = torch.zeros(batch, MAX_TOKENS, dtype=torch.long)
-        keep = torch.zeros(batch, MAX_TOKENS, dtype=torch.bool)
-        low = min(FIRST_WORD_ID, self.vocab // 2)
-        cls_id, sep_id = (CLS_ID, SEP_ID) if self.vocab > FIRST_WORD_ID else (2, 3)
-        for row in range(batch):
-            length = lengths[row % len(lengths)]
-            ids[row, 1:length - 1] = torch.randint(low, self.vocab, (length - 2,), generator=generator)
-            ids[row, 0], ids[row, length - 1] = cls_id, sep_id
-            keep[row, :length] = True
-        return TokenizedText(ids, keep).without_padding_columns().to(self.device)
-
-    def images(self, batch: int, size: int, *, seed: int = 0) -> torch.Tensor:
-        """Random (batch, 3, size, size) canvases, drawn on the device (batch 2048 at 512 px is 6 GB)."""
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        return torch.randn(batch, 3, size, size, generator=generator, device=self.device)
-
-
-def model_call(model: Any, images: torch.Tensor, tokens: Any) -> Callable[[], Any]:
-    def call() -> Any:
-        with torch.inference_mode():
-            return model(images, text=tokens)
-
-    return call
-
-
-def encoder_call(model: Any, images: torch.Tensor, tokens: Any) -> Callable[[], Any]:
-    """The image encoder alone on precomputed BERT features."""
-    with torch.inference_mode():
-        features = model.text_encoder(tokens.input_ids, tokens.attention_mask)
-    keep = tokens.attention_mask
-
-    def call() -> Any:
-        with torch.inference_mode():
-            return model.image_encoder(images, features.to(images.dtype), keep)
-
-    return call
-
-
-def in_precision(name: str, device: torch.device, fn: Callable[[], Any]) -> Callable[[], Any]:
-    def call() -> Any:
-        with precision(name, device):
-            return fn()
-
-    return call
-
-
-# ---------------------------------------------------------------------------------------------------
 # The suite
 # ---------------------------------------------------------------------------------------------------
 class Suite:
@@ -294,7 +140,7 @@ class Suite:
 
     def __init__(self, args: argparse.Namespace, scale: Scale, device: torch.device, folder: Path) -> None:
         self.args, self.scale, self.device = args, scale, device
-        self.models = Models(scale, device, folder)
+        self.models = Models(model=scale.model, bert=scale.bert, device=device, folder=folder)
         self.started = time.monotonic()
         self.deadline = self.started + (args.budget if args.budget is not None else scale.budget_s)
         # Section time boxes scale with the budget (the smoke run's are a ninth of the real ones).
@@ -751,90 +597,6 @@ SECTIONS: dict[str, Callable[[Suite, dict[str, Any]], None]] = {
     "compile": section_compile,
     "large": section_large,
 }
-
-
-# ---------------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------------
-def goals(sections: dict[str, Any]) -> dict[str, Any]:
-    """The issue's goals: the best measured value of each, its target, the ratio value / target."""
-    latency = sections.get("latency", {})
-    compiled = sections.get("compile", {})
-    b1 = [latency.get("model_bf16_b1", {}).get("median_ms")]
-    b1 += [compiled.get(mode, {}).get("bf16_b1", {}).get("median_ms") for mode in ("default", "reduce-overhead")]
-    throughput = sections.get("throughput", {}).get("bf16", {})
-    batch64 = [entry.get("images_per_s") for key, entry in throughput.items() if key == "64"]
-    batch64 += [compiled.get("default", {}).get("bf16_b64", {}).get("images_per_s")]
-    training = sections.get("training", {})
-    mfu = [entry.get("mfu_datasheet_pct") for entry in training.values() if isinstance(entry, dict)]
-    text = sections.get("text_cost", {})
-    cost = [text.get(f"bf16_b{batch}", {}).get("cost_pct", {}).get("layerwise") for batch in (64,)]
-    values = {
-        "batch1_bf16_full_model_ms": min((v for v in b1 if isinstance(v, (int, float))), default=None),
-        "batch64_images_per_s": max((v for v in batch64 if isinstance(v, (int, float))), default=None),
-        "training_mfu_pct": max((v for v in mfu if isinstance(v, (int, float))), default=None),
-        "text_tokens_cost_pct": next((v for v in cost if isinstance(v, (int, float))), None),
-    }
-    out = {}
-    for key, (comparison, target) in GOALS.items():
-        value = values[key]
-        met = None if value is None else (value <= target if comparison == "<=" else value >= target)
-        out[key] = {"value": value, "goal": f"{comparison} {target:g}", "ratio_to_goal": None if value is None else value / target,
-                    "met": met}
-    return out
-
-
-def markdown(results: dict[str, Any]) -> str:
-    sections = results["sections"]
-    env = sections.get("environment", {})
-    smi = env.get("nvidia_smi") if isinstance(env.get("nvidia_smi"), dict) else {}
-    lines = [
-        f"# GPU suite{' (smoke)' if results['smoke'] else ''}: {env.get('device_name', results['device'])}",
-        "",
-        f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, transformers {env.get('transformers')}, "
-        f"driver {smi.get('driver_version', '-')}, SM clock {smi.get('clocks.sm', '-')} (max {smi.get('clocks.max.sm', '-')}), "
-        f"memory clock {smi.get('clocks.mem', '-')}; bf16 matmul {fmt(env.get('matmul_bf16_tflops'))} TFLOP/s measured, "
-        f"{fmt(env.get('datasheet_bf16_tflops'))} datasheet; wall {results.get('wall_s')} s.",
-        "",
-        "| goal | value | target | ratio | met |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for key, goal in results.get("goals", {}).items():
-        lines.append(f"| {key} | {fmt(goal['value'])} | {goal['goal']} | {fmt(goal['ratio_to_goal'])} | {goal['met']} |")
-    lines += ["", "| section | status | s |", "|---|---|---:|"]
-    lines += [f"| {name} | {rec.get('status', 'running')} | {rec.get('seconds', '')} |" for name, rec in sections.items()]
-    lines += ["", "| measurement | ms (median) | extra |", "|---|---:|---|"]
-    for name, rec in sections.items():
-        for path, value in flatten(rec):
-            if isinstance(value, dict) and "median_ms" in value:
-                extra = f"{value['images_per_s']:.0f} images/s" if "images_per_s" in value else ""
-                lines.append(f"| {name}.{path} | {value['median_ms']:.3f} | {extra} |")
-    training = sections.get("training", {})
-    if any(isinstance(v, dict) and "samples_per_s" in v for v in training.values()):
-        lines += ["", "| training | samples/s | TFLOP/s | MFU (datasheet) | peak GiB | syncs/step |", "|---|---:|---:|---:|---:|---:|"]
-        for key, entry in training.items():
-            if isinstance(entry, dict) and "samples_per_s" in entry:
-                lines.append(f"| {key} | {entry['samples_per_s']:.1f} | {fmt(entry.get('achieved_tflops'))} | "
-                             f"{fmt(entry.get('mfu_datasheet_pct'))} | {fmt(entry.get('peak_memory_gib'))} | "
-                             f"{entry.get('host_syncs_in_one_step')} |")
-    return "\n".join(lines)
-
-
-def flatten(record: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted path, value) for every dict that holds a timing, depth first."""
-    out = []
-    for key, value in record.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            if "median_ms" in value:
-                out.append((path, value))
-            else:
-                out += flatten(value, path + ".")
-    return out
-
-
-def fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value if value is not None else "-")
 
 
 # ---------------------------------------------------------------------------------------------------
