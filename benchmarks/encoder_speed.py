@@ -8,8 +8,10 @@ machine hits all of them alike; the median per setting is reported. The text-tok
 
 - variants: ``plain`` (NoInjection, T = 0), ``e2e`` (E-DIT), ``layerwise`` (L-DIT), with
   ``--text-tokens`` random text features of width 768 and ``--real-tokens`` of them unmasked;
-- implementations: ``after`` (the package's attention) and ``before`` (the explicit-mask attention
-  the package used first, kept below verbatim as ``legacy_*``, patched in for the measurement);
+- implementations: ``after`` (the package's attention: bias and text padding folded into widened
+  heads, no mask), ``mask`` (the package's attention with ``text_padding="mask"``: the padding as a
+  broadcast key mask, the default until issue 13) and ``before`` (the explicit-mask attention the
+  package used first, kept below verbatim as ``legacy_*``, patched in for the measurement);
 - cases: tiny configs and ViT-B at 512 (``global``: every block global, as the reference code;
   ``windowed``: SAM's layout), fp32 and bf16 autocast, batch 1 and 4 (see ``CASES``).
 
@@ -105,10 +107,15 @@ def legacy_block_forward(self, x, text, text_bias):
 
 
 @contextlib.contextmanager
-def implementation(name: str) -> Iterator[None]:
-    """``after``: the package as it is; ``before``: the legacy forwards patched in."""
-    if name == "after":
-        yield
+def implementation(name: str, encoder: torch.nn.Module) -> Iterator[None]:
+    """``after``: the package as it is; ``mask``: its key-mask form of the text padding (in ``encoder``);
+    ``before``: the legacy forwards patched in."""
+    if name in ("after", "mask"):
+        ie.set_text_padding(encoder, "mask" if name == "mask" else "folded")
+        try:
+            yield
+        finally:
+            ie.set_text_padding(encoder, "folded")
         return
     saved = Attention.forward, Block.forward
     Attention.forward, Block.forward = legacy_attention_forward, legacy_block_forward
@@ -235,7 +242,7 @@ def check(args) -> dict:
             label = f"{size_name}-{layout}{'' if use_rel_pos else '-norelpos'}-{variant}"
             outs = {}
             for impl in ("before", "after"):
-                with implementation(impl), torch.inference_mode():
+                with implementation(impl, encoder), torch.inference_mode():
                     outs[impl] = run_encoder(encoder, injections[variant], variant, images, features, mask, "fp32")
             error = relative_error(outs["after"], outs["before"])
             report["outputs"].append({"setting": label, "max_rel_error": error, "ok": error <= args.tolerance})
@@ -245,7 +252,7 @@ def check(args) -> dict:
                 for impl in ("before", "after"):
                     encoder.zero_grad(set_to_none=True)
                     injections[variant].zero_grad(set_to_none=True)
-                    with implementation(impl):
+                    with implementation(impl, encoder):
                         out = run_encoder(encoder, injections[variant], variant, images, features, mask, "fp32")
                         weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
                         (out * weight).sum().backward()
@@ -260,7 +267,7 @@ def check(args) -> dict:
                 encoder.zero_grad(set_to_none=True)
                 outs_bf16 = {}
                 for impl in ("before", "after"):
-                    with implementation(impl), torch.inference_mode():
+                    with implementation(impl, encoder), torch.inference_mode():
                         outs_bf16[impl] = run_encoder(encoder, injections[variant], variant, images, features, mask, "bf16")
                 # bf16 cannot match to 1e-5; it must not drift further from fp32 than before did.
                 before_error = relative_error(outs_bf16["before"], outs["before"])
@@ -302,7 +309,7 @@ def time_case(case: Case, args) -> list[dict]:
     cpu_times: dict[tuple[str, str], list[float]] = {s: [] for s in settings}
 
     def call(impl: str, variant: str) -> tuple[float, float]:
-        with implementation(impl), torch.inference_mode():
+        with implementation(impl, encoder), torch.inference_mode():
             return timed_both(lambda: run_encoder(encoder, injections[variant], variant, images, features, mask, case.dtype))
 
     for setting in settings:
@@ -356,7 +363,7 @@ def format_table(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     order = [c.name for c in CASES]
-    keys = sorted({(r["case"], r["impl"]) for r in rows}, key=lambda k: (order.index(k[0]), k[1] != "before"))
+    keys = sorted({(r["case"], r["impl"]) for r in rows}, key=lambda k: (order.index(k[0]), ("before", "mask", "after").index(k[1])))
     for case, impl in keys:
         by_variant = {r["variant"]: r for r in rows if r["case"] == case and r["impl"] == impl}
 
@@ -378,9 +385,10 @@ def speedups(rows: list[dict]) -> list[str]:
     for case in dict.fromkeys(r["case"] for r in rows):
         for variant in VARIANTS:
             pair = {r["impl"]: r for r in rows if r["case"] == case and r["variant"] == variant}
-            if {"before", "after"} <= set(pair):
-                ratio = pair["before"]["median_ms"] / pair["after"]["median_ms"]
-                out.append(f"{case} {variant}: before/after = {ratio:.2f}x")
+            for other in ("before", "mask"):
+                if {other, "after"} <= set(pair):
+                    ratio = pair[other]["median_ms"] / pair["after"]["median_ms"]
+                    out.append(f"{case} {variant}: {other}/after = {ratio:.2f}x")
     return out
 
 
@@ -410,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=[c.name for c in CASES], metavar="CASE",
                         help="cases to time: " + ", ".join(c.name for c in CASES) + " (default: all but vitb-windowed-bf16-b1)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--impls", nargs="+", default=None, choices=["before", "after"],
+    parser.add_argument("--impls", nargs="+", default=None, choices=["before", "mask", "after"],
                         help="implementations to time (default: per case, see CASES)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default: per-case, see CASES)")
     parser.add_argument("--repeats-scale", type=float, default=1.0, help="multiply the per-case default rounds")

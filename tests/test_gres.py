@@ -165,3 +165,19 @@ def test_data_of_another_generator_version_is_refused(grefshapes_root, tiny_bert
     scenes_path.write_text(json.dumps(scenes))
     with pytest.raises(DataError, match="generator version 1, this ditsam writes version 2"):
         ensure_refshapes(data)
+
+
+def test_onnx_export_carries_the_presence_output(tiny_bert_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ditsam.export import example_inputs, export_onnx, run_onnx
+
+    torch.manual_seed(0)
+    model = DITSam(tiny_config(tiny_bert_dir, no_target_head=True))
+    report = export_onnx(model, tmp_path / "model.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff < 1e-3
+    image, input_ids, mask = example_inputs(model, batch_size=3, seed=2)
+    masks, iou, presence = run_onnx(tmp_path / "model.onnx", image.numpy(), input_ids.numpy(), mask.numpy())
+    with torch.no_grad():
+        expected = model.eval()(image, text=model.tokenize(["the left one", "a", "the left one"]))
+    assert presence.shape == (3,)
+    np.testing.assert_allclose(presence, expected.presence_logits.numpy(), atol=1e-4)

@@ -319,6 +319,17 @@ def _image_key(image: Any) -> Hashable:
     return ("object", id(image))
 
 
+def _is_int8(dtype: object) -> bool:
+    return isinstance(dtype, str) and dtype.lower() == "int8"
+
+
+def _int8_device(device: "torch.device | str | None") -> str:
+    """The device of int8 inference: the CPU (ONNX Runtime); any other explicit device is an error."""
+    if device is not None and str(device).split(":")[0] != "cpu":
+        raise ValueError(f"dtype='int8' runs on the CPU (ONNX Runtime), not on {str(device)!r}: pass device='cpu'")
+    return "cpu"
+
+
 def resolve_device(device: "torch.device | str | None") -> "torch.device":
     """None -> ``cuda`` when available, else ``cpu``; anything else as ``torch.device`` takes it, checked
     to be usable here. Raises ValueError in one sentence for an unknown device name, or for a CUDA device
@@ -375,7 +386,10 @@ class Segmenter:
     Args (keyword-only besides ``model``):
         device: where the model runs; default ``cuda`` when available, else ``cpu``.
         dtype: ``None`` / ``torch.float32`` (full precision) or ``torch.bfloat16`` (autocast on CPU
-            and GPU; weights stay float32); ``torch.float16`` (autocast, GPU) also works.
+            and GPU; weights stay float32); ``torch.float16`` (autocast, GPU) also works. ``"int8"``:
+            the CPU only, text prompts only: the model is exported and quantised to int8 with ONNX
+            Runtime when the segmenter is built (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs
+            ``pip install ditsam[int8]``).
         threshold: a pixel is foreground where ``sigmoid(logit) > threshold`` (paper / reference: 0.35).
         max_pixels: images with more pixels are refused with a clear error before they are decoded
             (``None``: no limit besides PIL's own, about 179 megapixels).
@@ -400,13 +414,19 @@ class Segmenter:
             raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        int8 = _is_int8(dtype)
+        self.device = resolve_device(_int8_device(device) if int8 else device)
+        self.dtype = None if int8 else resolve_dtype(dtype)
         self.threshold = float(threshold)
         self.max_pixels = max_pixels
         self.batch_size = int(batch_size)
         self.model = model.to(self.device).eval()
         self.transform = RISTransform.for_eval(TransformConfig(input_size=model.config.image_size))
+        self.onnx = None  # an OnnxRunner used instead of the PyTorch model (dtype="int8")
+        if int8:
+            from ditsam.int8 import OnnxRunner
+
+            self.onnx = OnnxRunner.int8(self.model)
 
     @classmethod
     def from_pretrained(
@@ -441,7 +461,7 @@ class Segmenter:
         """
         from ditsam.model.dit import DITSam
 
-        resolve_device(device)  # an unusable device fails before the model loads
+        resolve_device(_int8_device(device) if _is_int8(dtype) else device)  # an unusable device fails before loading
         model = DITSam.from_pretrained(
             source, revision=revision, injection=injection, config=config,  # type: ignore[arg-type]
             text_name_or_path=text_name_or_path, cache_dir=cache_dir,
@@ -452,7 +472,7 @@ class Segmenter:
         config = self.model.config
         return (
             f"Segmenter(injection={config.injection!r}, image_size={config.image_size}, device={str(self.device)!r}, "
-            f"dtype={self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
+            f"dtype={'int8' if self.onnx is not None else self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
         )
 
     @property
@@ -639,7 +659,7 @@ class Segmenter:
             kwargs["boxes"] = torch.as_tensor(canvas_boxes, dtype=torch.float32, device=device)
         text = self.model.tokenize([job.sentence for job in chunk])
         with torch.inference_mode(), self._autocast():
-            output = self.model(images, text=text, **kwargs)
+            output = self.model(images, text=text, **kwargs) if self.onnx is None else self.onnx(images, text, **kwargs)
         logits = output.logits.float()
         iou = output.iou_predictions.float()
         # Multimask models: SAM's convention, the mask with the highest predicted IoU.

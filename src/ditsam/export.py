@@ -42,13 +42,21 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ("image", "input_ids", "attention_mask")
 OUTPUT_NAMES = ("masks", "iou")
+# Third output of models with a no-target head (generalized RIS): (B,) presence logits.
+PRESENCE_OUTPUT = "presence"
 DEFAULT_OPSET = 17
 EXAMPLE_SENTENCES = ("the left one", "a")  # two lengths, so padding is traced; short enough for any max_tokens >= 7
 
 
+def output_names(model: DITSam) -> tuple[str, ...]:
+    """The exported outputs: masks, iou, and presence for a model with a no-target head."""
+    return OUTPUT_NAMES + ((PRESENCE_OUTPUT,) if model.config.no_target_head else ())
+
+
 class OnnxDITSam(nn.Module):
     """forward(image (B,3,S,S) float, input_ids (B,T) int64, attention_mask (B,T) int64 | bool)
-    -> (mask logits (B,M,S,S), iou (B,M)). A thin wrapper: the model called with a TokenizedText."""
+    -> (mask logits (B,M,S,S), iou (B,M)[, presence logits (B,)]). A thin wrapper: the model called
+    with a TokenizedText; presence only for a model with a no-target head."""
 
     def __init__(self, model: DITSam) -> None:
         super().__init__()
@@ -56,8 +64,10 @@ class OnnxDITSam(nn.Module):
 
     def forward(
         self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         output = self.model(image, text=TokenizedText(input_ids, attention_mask.bool()))
+        if output.presence_logits is not None:
+            return output.logits, output.iou_predictions, output.presence_logits
         return output.logits, output.iou_predictions
 
 
@@ -126,7 +136,10 @@ def export_onnx(
         "attention_mask": {0: "batch", 1: "tokens"},
         "masks": {0: "batch"},
         "iou": {0: "batch"},
+        PRESENCE_OUTPUT: {0: "batch"},
     }
+    names = output_names(model)
+    dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if name in INPUT_NAMES + names}
     logger.info("exporting %s to %s (opset %d)", type(model).__name__, path, opset)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # Python-level shape checks become constants of the trace: expected, since only B and T vary
@@ -135,7 +148,7 @@ def export_onnx(
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         torch.onnx.export(
             wrapper, inputs, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, do_constant_folding=True,
+            output_names=list(names), dynamic_axes=dynamic_axes, do_constant_folding=True,
         )
     size = path.stat().st_size  # without external data files (models over 2 GB)
     report = ExportReport(path=path, opset=opset, size_bytes=size, max_abs_diff=None, checked_with="not checked")
@@ -147,13 +160,13 @@ def export_onnx(
     return report
 
 
-def run_onnx(path: str | os.PathLike, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run an exported file with onnxruntime on the CPU: returns (masks (B,M,S,S), iou (B,M))."""
+def run_onnx(path: str | os.PathLike, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Run an exported file with onnxruntime on the CPU: returns (masks (B,M,S,S), iou (B,M)), plus
+    presence logits (B,) for a model with a no-target head."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    masks, iou = session.run(list(OUTPUT_NAMES), {"image": image, "input_ids": input_ids, "attention_mask": attention_mask})
-    return masks, iou
+    return tuple(session.run(None, {"image": image, "input_ids": input_ids, "attention_mask": attention_mask}))
 
 
 def check_onnx(

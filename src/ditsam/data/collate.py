@@ -146,10 +146,13 @@ class RISBatch:
 
 class RISCollator:
     """``collate_fn`` turning :class:`RISItem` lists into a :class:`RISBatch`, tokenising all
-    sentences of the batch in one tokenizer call."""
+    sentences of the batch in one tokenizer call. ``drop_padding_columns`` (for models that mask
+    the text padding) trims the columns that are [PAD] in every sentence here, on the CPU, so that
+    the model need not read the mask on an accelerator."""
 
-    def __init__(self, tokenizer: TextTokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer, *, drop_padding_columns: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.drop_padding_columns = drop_padding_columns
 
     def __call__(self, items: Sequence[RISItem]) -> RISBatch:
         if not items:
@@ -158,10 +161,11 @@ class RISCollator:
         if len(sizes) != 1:
             raise ValueError(f"items have different canvas shapes {sorted(sizes)}; use one input_size per loader")
         sentences = [item.sentence for item in items]
+        text = self.tokenizer(sentences)
         return RISBatch(
             images=torch.stack([item.image for item in items]),
             masks=torch.stack([item.mask for item in items]),
-            text=self.tokenizer(sentences),
+            text=text.without_padding_columns() if self.drop_padding_columns else text,
             sentences=sentences,
             metas=[item.meta for item in items],
             ref_ids=[item.ref_id for item in items],

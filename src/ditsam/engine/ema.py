@@ -38,9 +38,14 @@ class EMA(nn.Module):
         decay = self.current_decay
         self.updates += 1
         current = model.state_dict()
+        shadows, values = [], []
         for name, shadow_value in self.shadow.state_dict().items():
             value = current[name].detach()
             if shadow_value.is_floating_point():
-                shadow_value.lerp_(value.to(shadow_value.dtype), 1.0 - decay)
+                shadows.append(shadow_value)
+                values.append(value.to(shadow_value.dtype))
             else:
                 shadow_value.copy_(value)
+        if shadows:
+            # One multi-tensor kernel per device and dtype on a GPU instead of one small kernel per tensor.
+            torch._foreach_lerp_(shadows, values, 1.0 - decay)

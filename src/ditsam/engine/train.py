@@ -17,7 +17,6 @@ replaced (``overwrite=True``, which deletes the outputs listed above and nothing
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -41,6 +40,7 @@ from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.schedule import learning_rate
+from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 from ditsam.outputs import (
@@ -219,16 +219,18 @@ class Trainer:
 
         model = prepare_for_finetuning(build_model(config), train)
         self.ema = EMA(model, decay=train.ema_decay, warmup=train.ema_warmup) if train.ema_decay > 0 else None
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=train.lr, betas=train.betas, eps=train.eps,
-                                     weight_decay=train.weight_decay)
+        optimizer = build_adam((p for p in model.parameters() if p.requires_grad), train, device=self.accelerator.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
+        self.step = TrainingStep(accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
+                                 loss_fn=self._loss, ema=self.ema, grad_clip=train.grad_clip)
+        # Steps not yet checked for a finite loss: (global step, result, ref_ids per micro-batch).
+        self._unchecked: list[tuple[int, StepResult, list[list[int]]]] = []
         self.progress = Progress()
         if resume:
             self._resume()
-        self.collator = RISCollator(self.unwrapped.tokenizer)
+        self.collator = RISCollator(self.unwrapped.tokenizer, drop_padding_columns=config.model.mask_text_padding)
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -295,6 +297,7 @@ class Trainer:
         return state
 
     def save(self, name: str) -> Path | None:
+        self._check_finite()  # never write weights that a non-finite loss has touched
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
@@ -441,7 +444,7 @@ class Trainer:
         try:
             while self.progress.epoch < train.epochs and self.progress.global_step < total_steps:
                 epoch = self.progress.epoch
-                epoch_loss, epoch_samples, started = 0.0, 0, time.perf_counter()
+                epoch_loss, epoch_samples, started = torch.zeros(()), 0, time.perf_counter()
                 loader = self._epoch_loader(epoch, self.progress.step_in_epoch * self.accumulation)
                 remaining = len(loader)
                 group: list[Any] = []
@@ -450,19 +453,20 @@ class Trainer:
                     remaining -= 1
                     if len(group) < self.accumulation and remaining > 0:
                         continue
-                    loss = self._optimizer_step(group)
-                    epoch_loss += loss * sum(len(b.sentences) for b in group)
+                    loss = self._optimizer_step(group)  # on the device: read only at log steps
+                    epoch_loss = epoch_loss.to(loss.device) + loss * sum(len(b.sentences) for b in group)
                     epoch_samples += sum(len(b.sentences) for b in group)
                     group = []
                     self.progress.step_in_epoch += 1
                     self.progress.global_step += 1
                     lr = self.optimizer.param_groups[0]["lr"]
                     bar.update(1)
-                    elapsed = time.perf_counter() - started
-                    bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                                    samples_s=f"{epoch_samples * self.accelerator.num_processes / max(elapsed, 1e-9):.1f}")
                     if self.progress.global_step % train.log_every_steps == 0:
-                        self._log({"step": self.progress.global_step, "epoch": epoch, "train/loss": loss, "train/lr": lr})
+                        self._check_finite()
+                        elapsed = time.perf_counter() - started
+                        bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}", lr=f"{lr:.2e}",
+                                        samples_s=f"{epoch_samples * self.accelerator.num_processes / max(elapsed, 1e-9):.1f}")
+                        self._log({"step": self.progress.global_step, "epoch": epoch, "train/loss": float(loss), "train/lr": lr})
                     if train.save_every_steps and self.progress.global_step % train.save_every_steps == 0:
                         self.save("last")
                     if self.progress.global_step >= total_steps:
@@ -477,7 +481,7 @@ class Trainer:
                     self._after_evaluation(last_results, epoch)
                     self._select_best(last_results)
                 self.save("last")
-                mean_loss = epoch_loss / max(epoch_samples, 1)
+                mean_loss = float(epoch_loss) / max(epoch_samples, 1)
                 summary = " ".join(f"{s} {summarize(r.metrics)}" for s, r in last_results.items())
                 logger.info("epoch %d: loss %.4f, %.1f s, %s", epoch, mean_loss, time.perf_counter() - started, summary)
         except OSError as error:
@@ -520,46 +524,52 @@ class Trainer:
             return {"text": batch.text}
         return prompts_from_masks(batch.masks, kind)
 
-    def _optimizer_step(self, group: list[Any]) -> float:
-        """Forward/backward over the micro-batches of one optimiser step; returns the mean loss."""
+    def _loss(self, output: Any, micro: MicroBatch) -> torch.Tensor:
+        # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.
+        train = self.config.train
+        loss = segmentation_loss(output.logits, micro.masks, dice_weight=train.dice_weight)
+        if output.presence_logits is not None:
+            loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, micro.no_target)
+        return loss
+
+    def _optimizer_step(self, group: list[Any]) -> torch.Tensor:
+        """One optimiser step over the micro-batches of ``group``; returns the mean loss, a 0-dim tensor on
+        the device (reading it synchronises: the loop does so at log steps only). Finiteness is checked
+        later, by :meth:`_check_finite`."""
         train = self.config.train
         lr = learning_rate(self.progress.global_step, steps_per_epoch=self.steps_per_epoch, epochs=train.epochs,
                            base_lr=train.lr, config=train.schedule)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
-        total, finite = 0.0, True
-        for index, batch in enumerate(group):
-            batch = batch.to(self.accelerator.device)
-            last = index == len(group) - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
-            with sync:
-                with self.accelerator.autocast():
-                    output = self.model(batch.images, **self._prompts(batch))
-                    # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.
-                    loss = segmentation_loss(output.logits, batch.masks, dice_weight=train.dice_weight)
-                    if output.presence_logits is not None:
-                        loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, batch.no_target)
-                if not torch.isfinite(loss):
-                    finite = False
-                    bad_refs = [int(r) for r in batch.ref_ids]
-                    break
-                self.accelerator.backward(loss / len(group))
-            total += float(loss.detach())
-        flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
-        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
-            raise NonFiniteLossError(self._non_finite_message(bad_refs if not finite else None))
-        if train.grad_clip > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.unwrapped)
-        return total / len(group)
+        micro_batches = []
+        for batch in group:
+            # Pinned host memory (pin_memory on a GPU) makes the copy asynchronous: no wait for the device.
+            batch = batch.to(self.accelerator.device, non_blocking=True)
+            micro_batches.append(MicroBatch(images=batch.images, masks=batch.masks, prompts=self._prompts(batch),
+                                            no_target=batch.no_target))
+        result = self.step(micro_batches)
+        self._unchecked.append((self.progress.global_step, result, [[int(r) for r in b.ref_ids] for b in group]))
+        return result.loss
 
+    def _check_finite(self) -> None:
+        """Raise NonFiniteLossError if a step since the last check had a non-finite loss on any process.
+        The one place where training waits for the device (one flag per step, summed over processes)."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return
+        local = torch.stack([~result.finite.all() for _, result, _ in unchecked]).float()
+        bad = self.accelerator.reduce(local, reduction="sum").cpu()
+        if not bool(bad.any()):
+            return
+        first = int(bad.nonzero()[0])
+        step, result, ref_ids = unchecked[first]
+        finite = result.finite.cpu()
+        bad_refs = None if bool(finite.all()) else ref_ids[int((~finite).nonzero()[0])]
+        raise NonFiniteLossError(self._non_finite_message(bad_refs, step=step))
 
-    def _non_finite_message(self, bad_refs: list[int] | None) -> str:
-        """Why training stops at a NaN / inf loss, what is kept, and where to look."""
-        step, init = self.progress.global_step, self.config.train.init_checkpoint
+    def _non_finite_message(self, bad_refs: list[int] | None, *, step: int) -> str:
+        """Why training stops at a NaN / inf loss at optimiser step ``step``, what is kept, and where to look."""
+        init = self.config.train.init_checkpoint
         where = f"batch ref_ids {bad_refs}" if bad_refs is not None else "on another process"
         if step == 0 and init:
             cause = (f"non-finite loss at the first step (step 0), right after loading train.init_checkpoint={init} "

@@ -145,7 +145,12 @@ class DITSam(nn.Module):
         return self._tokenizer
 
     def tokenize(self, sentences: str | Sequence[str]) -> TokenizedText:
-        return self.tokenizer(sentences).to(self.text_proj.weight.device)
+        """Token ids and mask (B, T) on the model's device; with ``mask_text_padding`` the all-[PAD] columns
+        are dropped first, on the CPU (see :meth:`TokenizedText.without_padding_columns`)."""
+        tokens = self.tokenizer(sentences)
+        if self.config.mask_text_padding:
+            tokens = tokens.without_padding_columns()
+        return tokens.to(self.text_proj.weight.device)
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -163,13 +168,14 @@ class DITSam(nn.Module):
             features = images.new_zeros(batch, 0, self.text_encoder.hidden_size)
             keep = torch.ones(batch, 0, dtype=torch.bool, device=images.device)
         else:
-            input_ids, keep = text.input_ids, text.attention_mask.bool()
-            if self.config.mask_text_padding and not torch.jit.is_tracing():
+            if self.config.mask_text_padding and not torch.jit.is_tracing() and text.attention_mask.device.type == "cpu":
                 # Columns that are [PAD] in every sentence change nothing once padding is masked
                 # (BERT masks it too): drop them before BERT, the ViT and the decoder see them. Not
-                # while tracing (ONNX export), where the cut would be frozen into the graph.
-                longest = max(int(keep.sum(1).max()), 1)
-                input_ids, keep = input_ids[:, :longest], keep[:, :longest]
+                # while tracing (ONNX export), where the cut would be frozen into the graph, and not on
+                # an accelerator, where reading the mask would stall the device (tokenize() and the
+                # training collator trim on the CPU before the tokens move).
+                text = text.without_padding_columns()
+            input_ids, keep = text.input_ids, text.attention_mask.bool()
             features = self.text_encoder(input_ids, keep)
         if not self.config.mask_text_padding:
             keep = torch.ones_like(keep)

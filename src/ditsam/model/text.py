@@ -56,6 +56,15 @@ class TokenizedText:
     def to(self, device: torch.device | str) -> "TokenizedText":
         return TokenizedText(self.input_ids.to(device), self.attention_mask.to(device))
 
+    def without_padding_columns(self) -> "TokenizedText":
+        """The same sentences without the trailing columns that are [PAD] in every sentence (at least one
+        column is kept): (B, T) -> (B, T') with T' the longest sentence. Exact for a model that masks the
+        padding (BERT masks it, and masked keys get exactly zero attention). Reads the mask's values: free on
+        the CPU, a host-device synchronisation elsewhere, so trim before moving the tokens to an accelerator.
+        """
+        longest = max(int(self.attention_mask.sum(1).max()), 1) if self.attention_mask.numel() else 1
+        return TokenizedText(self.input_ids[:, :longest], self.attention_mask[:, :longest])
+
 
 class TextTokenizer:
     """Sentences -> :class:`TokenizedText`, padded to ``max_tokens`` (the reference code's layout)."""

@@ -8,12 +8,14 @@ is exactly SAM's.
 
 Attention: each block is either windowed (SAM's local windows) or global. Text tokens attend
 jointly with image tokens; the decomposed relative-position bias only applies between image
-tokens, and text padding enters as an additive key mask. In a windowed block every window sees
-all text tokens, and a text token's output is the mean of its outputs over the windows.
+tokens, and text padding never receives attention (see :class:`Attention` for how both are folded
+into the attention heads). In a windowed block every window sees all text tokens, and a text
+token's output is the mean of its outputs over the windows.
 """
 
 from __future__ import annotations
 
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +98,28 @@ def relative_position_key_terms(grid: tuple[int, int], *, dtype: torch.dtype, de
     return torch.cat([rows, cols], dim=-1)
 
 
+def fold_last_column(query_terms: torch.Tensor, height: int) -> torch.Tensor:
+    """(..., h + w) query factors -> (..., h + w - 1) factors against keys without the last column's one-hot.
+
+    Every key's row one-hot and column one-hot each sum to 1, so the h + w key factors are linearly
+    dependent and one can go: with ``A`` the row and ``B`` the column terms, ``A[ky] + B[kx] = (A[ky] + B[w-1]) + (B[kx] - B[w-1])``,
+    whose second part vanishes for the last column. Dropping that column's one-hot frees one slot of
+    the widened heads (see :class:`Attention`) without changing the bias.
+    """
+    rows, cols, last = query_terms.split([height, query_terms.shape[-1] - height - 1, 1], dim=-1)
+    return torch.cat([rows + last, cols - last], dim=-1)
+
+
+TextPadding = Literal["folded", "mask"]
+TEXT_PADDING_MODES: tuple[str, ...] = ("folded", "mask")
+# Logit given to text [PAD] keys by the folded form: exp(-2048) is exactly 0 in every float format (so
+# the padding gets exactly zero weight, as with a -inf mask), and the key factor 2048 * sqrt(head_dim)
+# stays finite in float16 (max 65504) for head widths up to 256.
+PADDING_LOGIT = 2048.0
+# SDPA kernels want head widths in multiples of 8.
+HEAD_WIDTH_MULTIPLE = 8
+
+
 class Attention(nn.Module):
     """Multi-head attention over [text tokens; image tokens] with a relative-position bias on image pairs.
 
@@ -103,23 +127,28 @@ class Attention(nn.Module):
     decomposed bias is a sum of two per-axis terms, so it is a dot product and is folded into the
     attention logits by widening the heads instead of being materialised as a (B, heads, L, L) mask:
 
-        q' = [q, t_q, 0],  k' = [k, t_k / scale, 0],  v' = [v, 0, 0],  softmax(scale q' k'^T + pad) v'
+        q' = [q, t_q, 1, 0],  k' = [k, t_k / scale, p / scale, 0],  v' = [v, 0, 0, 0],
+        out = softmax(scale q' k'^T) v'
 
-    with ``t_q`` (h + w per image query, zeros for text queries) from
-    :func:`relative_position_query_terms` and ``t_k`` the constant one-hot key rows (zeros for text
-    keys); the head width is zero-padded to a multiple of 8. The only mask left is the text padding,
-    a (B, 1, 1, L) key mask that SDPA broadcasts (``None`` without text). Trade-off: the attention
-    matmuls see a head width of 64 + 64 = 128 instead of 64 for ViT-B's 32x32 global grid (~1.5x the
-    attention FLOPs), in exchange for no O(L^2) mask to build, pad, add and read (on the CPU that
-    mask cost more than the attention itself: ~50 MB per block and call for ViT-B at 512). On a GPU,
-    without text (or with ``use_rel_pos=False`` and no text) ``attn_mask`` is ``None`` and the flash
-    kernel is eligible (head width <= 256); with text, the tiny broadcast padding mask selects the
-    memory-efficient kernel — still O(L) memory, unlike an explicit float bias of shape (B, heads, L, L).
+    with ``t_q`` the h + w - 1 per-query factors of :func:`relative_position_query_terms` reduced by
+    :func:`fold_last_column` (zeros for text queries), ``t_k`` the constant one-hot key rows without the
+    last column's one-hot (zeros for text keys), and ``p`` = -:data:`PADDING_LOGIT` for text [PAD] keys,
+    0 for every other key: the text padding costs no mask and no extra width (the slot the redundant
+    one-hot freed). The head width is zero-padded to a multiple of 8: 64 + 64 = 128 for ViT-B's 32x32
+    global grid (~1.5x the attention FLOPs of 64), 64 + 28 + 4 = 96 in 14x14 windows. ``attn_mask`` is
+    ``None`` in every call, so on a GPU the flash kernel is eligible (bf16 / fp16, head width <= 256)
+    with or without text padding; no O(L^2) tensor is built (on the CPU the old explicit mask cost more
+    than the attention itself: ~50 MB per block and call for ViT-B at 512).
+
+    ``text_padding="mask"`` keeps the earlier form for comparison (the GPU suite measures both): the
+    padding as a (B, 1, 1, L) additive key mask that SDPA broadcasts, which on a GPU selects the
+    memory-efficient kernel instead of flash. Without the relative-position bias (``use_rel_pos=False``)
+    the mask form is always used (no spare slot in the heads).
     """
 
     def __init__(
         self, *, dim: int, num_heads: int, qkv_bias: bool = True, use_rel_pos: bool = True,
-        rel_pos_grid: tuple[int, int] | None = None,
+        rel_pos_grid: tuple[int, int] | None = None, text_padding: TextPadding = "folded",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -127,6 +156,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        self.text_padding = check_text_padding(text_padding)
         if use_rel_pos:
             if rel_pos_grid is None:
                 raise ValueError("rel_pos_grid is required when use_rel_pos is True")
@@ -135,7 +165,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, *, num_text: int, grid: tuple[int, int], text_bias: torch.Tensor) -> torch.Tensor:
         """x: (B, T + h*w, C), the first ``num_text`` tokens being text; text_bias: (B, 1, 1, T)
-        additive key mask (0 = attend). Returns (B, T + h*w, C)."""
+        additive key mask (0 = attend, negative = padding). Returns (B, T + h*w, C)."""
         batch, length, dim = x.shape
         out = self._attend(self.qkv(x), num_text=num_text, grid=grid, text_bias=text_bias)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
@@ -169,22 +199,50 @@ class Attention(nn.Module):
         """qkv: (B, L, 3C) -> attention output (B, heads, L, head_dim)."""
         batch, length = qkv.shape[:2]
         q, k, v = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        # Text padding: a (B, 1, 1, L) key mask, broadcast by SDPA over heads and queries.
-        mask = F.pad(text_bias.to(q.dtype), (0, length - num_text)) if num_text else None
+        folded = self.use_rel_pos and self.text_padding == "folded"
+        # Mask form: a (B, 1, 1, L) key mask, broadcast by SDPA over heads and queries.
+        mask = F.pad(text_bias.to(q.dtype), (0, length - num_text)) if num_text and not folded else None
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         scale = self.head_dim**-0.5
         query_terms = relative_position_query_terms(q[:, :, num_text:], self.rel_pos_h, self.rel_pos_w, grid)
         # SDPA multiplies every logit by ``scale``: the key factors carry 1 / scale (8 for ViT heads of 64).
         key_terms = relative_position_key_terms(grid, dtype=k.dtype, device=k.device) / scale
-        extra = query_terms.shape[-1]
-        pad = -(self.head_dim + extra) % 8
-        q = torch.cat([q, F.pad(query_terms, (0, pad, num_text, 0))], dim=-1)
-        key_terms = F.pad(key_terms, (0, pad, num_text, 0)).expand(batch, self.num_heads, length, extra + pad)
-        k = torch.cat([k, key_terms], dim=-1)
-        v = F.pad(v, (0, extra + pad))
+        if folded:
+            # The last column's one-hot is redundant (fold_last_column): its slot carries the padding.
+            query_terms = F.pad(fold_last_column(query_terms, grid[0]), (0, 1), value=1.0)
+            key_terms = F.pad(key_terms[:, :-1], (0, 1))
+        text_queries = q.new_zeros(num_text, query_terms.shape[-1])
+        text_keys = k.new_zeros(batch, num_text, key_terms.shape[-1])
+        if folded:
+            # A 1 in every query (text ones too), -PADDING_LOGIT / scale in the text [PAD] keys.
+            text_queries[:, -1] = 1.0
+            text_keys[:, :, -1] = (text_bias.reshape(batch, num_text) < 0).to(k.dtype) * (-PADDING_LOGIT / scale)
+        pad = -(self.head_dim + key_terms.shape[-1]) % HEAD_WIDTH_MULTIPLE
+        query_terms = torch.cat([text_queries.expand(batch, self.num_heads, -1, -1), query_terms], dim=2)
+        key_terms = torch.cat([text_keys, key_terms.expand(batch, -1, -1)], dim=1)
+        q = torch.cat([q, F.pad(query_terms, (0, pad))], dim=-1)
+        k = torch.cat([k, F.pad(key_terms, (0, pad))[:, None].expand(-1, self.num_heads, -1, -1)], dim=-1)
+        v = F.pad(v, (0, q.shape[-1] - self.head_dim))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return out[..., : self.head_dim]
+
+
+def check_text_padding(mode: str) -> str:
+    """``mode`` if it is one of :data:`TEXT_PADDING_MODES`, else a ValueError naming it."""
+    if mode not in TEXT_PADDING_MODES:
+        raise ValueError(f"text_padding must be one of {', '.join(TEXT_PADDING_MODES)}, got {mode!r}")
+    return mode
+
+
+def set_text_padding(module: nn.Module, mode: TextPadding) -> None:
+    """Switch every :class:`Attention` inside ``module`` to ``mode`` ("folded" or "mask"; see
+    :class:`Attention`). A run-time choice of implementation, not part of a model's config: both
+    give the same outputs (fp32 to ~1e-6)."""
+    check_text_padding(mode)
+    for child in module.modules():
+        if isinstance(child, Attention):
+            child.text_padding = mode
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

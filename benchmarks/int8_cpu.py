@@ -1,0 +1,217 @@
+"""int8 vs fp32 on the CPU: speed of ``Segmenter.predict`` and mask agreement of a trained model.
+
+    PYTHONPATH=src python benchmarks/int8_cpu.py                       # speed: ViT-B L-DIT 512, batch 1 (~6 min)
+    PYTHONPATH=src python benchmarks/int8_cpu.py --no-speed \\
+        --checkpoint runs/demo/refshapes-ldit/checkpoints/best          # agreement on its evaluation splits
+
+Speed: the packaged ``refcoco/ldit`` model (ViT-B, 512 px, every block global, L-DIT with non-zero
+projections, random weights) with a BERT-base-sized random text encoder (12 layers, width 768, a small
+generated vocabulary: nothing downloaded), ``Segmenter.predict`` on one 640x480 image and one sentence
+(preprocessing, model, logits back to 640x480, threshold), batch 1, for:
+
+- ``fp32``: the Segmenter as it is (PyTorch eager, float32) -- the reference;
+- ``int8``: ``Segmenter(dtype="int8")``: ONNX Runtime, dynamic int8 quantisation (:mod:`ditsam.int8`);
+- ``onnx_fp32``: the same exported graph, not quantised (what ONNX Runtime alone gives);
+- ``torch_int8``: ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (fbgemm; an API
+  PyTorch has deprecated in favour of torchao, measured for comparison);
+- ``torchao_int8`` (only when torchao is installed): torchao's int8 dynamic-activation / int8-weight
+  quantisation of the linears, eager.
+
+One warm-up call each, then ``--repeats`` rounds in which every variant runs once, interleaved, so that
+other jobs on a shared machine slow them alike; medians (and mins) per variant and the ratio to fp32.
+
+Agreement (``--checkpoint``, a training run's checkpoint folder, whose ``experiment.yaml`` names the
+data; RefShapes is generated into ``--data-root`` when missing): every sentence of the evaluation
+splits through the fp32 model and the int8 model, masks at the original image size (the Segmenter's
+threshold), IoU of the int8 mask with the fp32 mask per sentence (1 when both are empty), averaged;
+and both models' mIoU against the ground truth. Results: ``benchmarks/results/int8_cpu.json``, each part
+with the machine description (a run of one part keeps the other part of the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from machine import machine_info
+
+HERE = Path(__file__).resolve().parent
+SENTENCE = "the man on the left"
+IMAGE_SHAPE = (480, 640, 3)
+AGREEMENT_BATCH = 16
+WORDS = "the a man woman dog car on left right red blue big small".split()
+# Where the linear layers are (all but W_o, one 768 x 256 product per sentence).
+QUANTIZED_PARTS = ("text_encoder", "image_encoder", "mask_decoder")
+
+
+def speed_model(folder: Path):
+    """The refcoco/ldit model with a BERT-base-sized random text encoder, random weights."""
+    from ditsam.engine.config import load_experiment
+    from ditsam.model.dit import DITSam
+    from ditsam.model.text import build_tiny_bert
+
+    bert = build_tiny_bert(folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12,
+                           intermediate_size=3072)
+    config = load_experiment("refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_zero_init": False}).model
+    torch.manual_seed(0)
+    return DITSam(config).eval()
+
+
+def segmenters(model: Any, names: list[str]) -> dict[str, Callable[[], Any]]:
+    """Variant name -> a call of its Segmenter.predict (built here; int8 builds take ~1 minute)."""
+    from ditsam import Segmenter
+    from ditsam.export import export_onnx
+    from ditsam.int8 import OnnxRunner
+
+    image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
+    built: dict[str, Any] = {}
+    for name in names:
+        began = time.perf_counter()
+        if name == "fp32":
+            built[name] = Segmenter(model, device="cpu")
+        elif name == "int8":
+            built[name] = Segmenter(model, dtype="int8")
+        elif name == "onnx_fp32":
+            segmenter = Segmenter(model, device="cpu")
+            with tempfile.TemporaryDirectory() as folder:
+                segmenter.onnx = OnnxRunner(export_onnx(model, Path(folder) / "m.onnx", verify=False).path)
+            built[name] = segmenter
+        elif name == "torch_int8":
+            quantized = copy.deepcopy(model)
+            for part in QUANTIZED_PARTS:  # not text_proj: DITSam.tokenize reads its weight's device
+                module = getattr(quantized, part)
+                setattr(quantized, part, torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8))
+            built[name] = Segmenter(quantized, device="cpu")
+        elif name == "torchao_int8":
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+            quantized = copy.deepcopy(model)
+            quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+            built[name] = Segmenter(quantized, device="cpu")
+        print(f"built {name} in {time.perf_counter() - began:.0f} s", flush=True)
+    return {name: (lambda s=segmenter: s.predict(image, SENTENCE)) for name, segmenter in built.items()}
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
+    for name, call in calls.items():
+        call()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(repeats):
+        for name, call in calls.items():
+            began = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - began)
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for name, t in times.items()}
+
+
+def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit: int | None) -> dict[str, Any]:
+    """Per split: mean IoU(int8 mask, fp32 mask) and both models' mIoU against the ground truth."""
+    from ditsam.api import DEFAULT_THRESHOLD
+    from ditsam.data.transforms import restore_to_original
+    from ditsam.engine.config import load_experiment
+    from ditsam.engine.data import ris_dataset
+    from ditsam.int8 import OnnxRunner
+    from ditsam.model.dit import DITSam
+
+    model = DITSam.from_pretrained(checkpoint).eval()
+    experiment = load_experiment(str(checkpoint / "experiment.yaml"), {"data.root": str(data_root)})
+    experiment = experiment.with_overrides({"model": model.config.to_dict()})
+    runner = OnnxRunner.int8(model)
+    out: dict[str, Any] = {}
+    for split in splits or list(experiment.data.eval_splits):
+        dataset = ris_dataset(experiment, split, train=False)
+        count = len(dataset) if limit is None else min(limit, len(dataset))
+        agree, fp32_iou, int8_iou = [], [], []
+        for start in range(0, count, AGREEMENT_BATCH):
+            items = [dataset[i] for i in range(start, min(start + AGREEMENT_BATCH, count))]
+            images = torch.stack([item.image for item in items])
+            tokens = model.tokenize([item.sentence for item in items])
+            with torch.inference_mode():
+                reference = model(images, text=tokens).logits[:, 0]
+            quantized = runner(images, tokens).logits[:, 0]
+            for row, item in enumerate(items):
+                masks = [torch.sigmoid(restore_to_original(logits[row], item.meta)).numpy() > DEFAULT_THRESHOLD
+                         for logits in (reference, quantized)]
+                agree.append(iou(masks[1], masks[0]))
+                fp32_iou.append(iou(masks[0], item.gt_mask))
+                int8_iou.append(iou(masks[1], item.gt_mask))
+        out[split] = {"sentences": count, "mask_iou_int8_vs_fp32": float(np.mean(agree)),
+                      "min_mask_iou_int8_vs_fp32": float(np.min(agree)),
+                      "miou_fp32": 100 * float(np.mean(fp32_iou)), "miou_int8": 100 * float(np.mean(int8_iou))}
+        print(f"{split}: {out[split]}", flush=True)
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="time the variants")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        choices=["fp32", "int8", "onnx_fp32", "torch_int8", "torchao_int8"],
+                        help="default: all but torchao_int8, which is added when torchao is installed")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (all variants once per round)")
+    parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: torch's)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint folder: mask agreement")
+    parser.add_argument("--data-root", type=Path, default=None, help="its data (default: a temporary RefShapes folder)")
+    parser.add_argument("--splits", nargs="+", default=None, help="evaluation splits (default: the experiment's)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many sentences per split")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "int8_cpu.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record: dict[str, Any] = {"benchmark": "int8_cpu"}
+    with tempfile.TemporaryDirectory(prefix="ditsam-int8-bench-") as folder:
+        if args.speed:
+            variants = args.variants or ["fp32", "int8", "onnx_fp32", "torch_int8"]
+            speed: dict[str, Any] = {"machine": machine_info(), "sentence": SENTENCE, "image_shape": list(IMAGE_SHAPE),
+                                     "repeats": args.repeats}
+            if args.variants is None:
+                if importlib.util.find_spec("torchao") is not None:
+                    variants.append("torchao_int8")
+                else:
+                    speed["torchao"] = "not installed: not measured"
+            model = speed_model(Path(folder))
+            timings = time_interleaved(segmenters(model, variants), args.repeats)
+            reference = timings.get("fp32", {}).get("median_s")
+            for timing in timings.values():
+                timing["speedup_vs_fp32"] = reference / timing["median_s"] if reference else None
+            speed["variants"] = timings
+            speed["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+            record["speed"] = speed
+        if args.checkpoint is not None:
+            root = args.data_root or Path(folder) / "data"
+            record["agreement"] = {"machine": machine_info(), "checkpoint": str(args.checkpoint),
+                                   "splits": agreement(args.checkpoint, root, args.splits, args.limit)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists():  # keep the other half of an earlier run (speed vs agreement)
+        previous = json.loads(args.out.read_text())
+        record = {**{k: v for k, v in previous.items() if k in ("speed", "agreement")}, **record}
+    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    for name, timing in record.get("speed", {}).get("variants", {}).items():
+        print(f"{name:>13}: {timing['median_s']:.2f} s median, {timing['min_s']:.2f} s min, "
+              f"x{timing['speedup_vs_fp32']:.2f} vs fp32")
+    for split, entry in record.get("agreement", {}).get("splits", {}).items():
+        print(f"{split}: mask IoU int8 vs fp32 {entry['mask_iou_int8_vs_fp32']:.4f} over {entry['sentences']} sentences; "
+              f"mIoU fp32 {entry['miou_fp32']:.2f}, int8 {entry['miou_int8']:.2f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

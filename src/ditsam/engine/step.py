@@ -1,0 +1,108 @@
+"""One optimiser step -- forward, loss and backward over the micro-batches, gradient clipping, Adam,
+EMA -- that never waits for the device.
+
+The step reads no tensor value on the host: the loss and a finiteness flag per micro-batch stay on
+the device in the returned :class:`StepResult`, for the caller to read when it logs (the Trainer
+checks them every ``train.log_every_steps`` steps and before every checkpoint). So on a GPU the
+host queues step after step while the device works. The price: a non-finite loss is noticed at the
+next check instead of at once, and the steps in between have already been applied (to weights that
+are then abandoned: the check raises, and no checkpoint is written from them).
+
+:class:`TrainingStep` is what :class:`ditsam.engine.train.Trainer` runs per optimiser step, and what
+``benchmarks/gpu_suite.py`` times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ditsam.engine.config import TrainConfig
+    from ditsam.engine.ema import EMA
+    from ditsam.model.dit import DITSamOutput
+
+
+@dataclasses.dataclass
+class MicroBatch:
+    """One forward's worth of training data, on the device.
+
+    images: (B, 3, S, S) normalised canvases; masks: (B, 1, S, S) targets in {0, 1}; prompts: keyword
+    arguments of :meth:`DITSam.forward <ditsam.model.dit.DITSam.forward>` (``text=`` a TokenizedText,
+    or ``points=`` / ``boxes=``); no_target: (B,) bool, True where the sentence names nothing
+    (generalized RIS; None when the data has no such sentences).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    prompts: dict[str, Any]
+    no_target: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one step leaves on the device (reading either value synchronises).
+
+    loss: () mean training loss over the micro-batches; finite: (M,) bool, one per micro-batch.
+    """
+
+    loss: torch.Tensor
+    finite: torch.Tensor
+
+
+LossFunction = Callable[["DITSamOutput", MicroBatch], torch.Tensor]
+
+
+def build_adam(parameters: Iterable[nn.Parameter], train: "TrainConfig", *, device: torch.device) -> torch.optim.Adam:
+    """Adam as the config says; on a GPU the fused implementation (one kernel for all parameters,
+    no host-side loop over them)."""
+    return torch.optim.Adam(
+        list(parameters), lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay,
+        fused=True if device.type == "cuda" else None,
+    )
+
+
+class TrainingStep:
+    """forward + loss + backward per micro-batch (gradients accumulated, DDP synchronised on the last
+    one), clipping, ``optimizer.step()``, ``zero_grad``, EMA update.
+
+    ``loss_fn(output, micro_batch)`` -> scalar loss; ``model`` as prepared by ``accelerator`` (its
+    unwrapped module feeds the EMA); ``grad_clip`` 0 = no clipping.
+    """
+
+    def __init__(
+        self, *, accelerator: "Accelerator", model: nn.Module, optimizer: torch.optim.Optimizer,
+        loss_fn: LossFunction, ema: "EMA | None" = None, grad_clip: float = 0.0,
+    ) -> None:
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.ema = ema
+        self.grad_clip = grad_clip
+
+    def __call__(self, micro_batches: Sequence[MicroBatch]) -> StepResult:
+        if not micro_batches:
+            raise ValueError("an optimiser step needs at least one micro-batch")
+        losses = []
+        for index, micro in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                with self.accelerator.autocast():
+                    loss = self.loss_fn(self.model(micro.images, **micro.prompts), micro)
+                self.accelerator.backward(loss / len(micro_batches))
+            losses.append(loss.detach().float())
+        if self.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(self.model))
+        stacked = torch.stack(losses)
+        return StepResult(loss=stacked.mean(), finite=torch.isfinite(stacked))

@@ -1,0 +1,97 @@
+"""int8 inference on the CPU: ONNX Runtime's dynamic quantisation of the exported model.
+
+:func:`quantize_model` exports a :class:`~ditsam.model.dit.DITSam` with :func:`ditsam.export.export_onnx`
+(the whole model: BERT, the ViT with the text tokens, the decoder, the upsampling) and quantises it
+with ``onnxruntime.quantization.quantize_dynamic``: the weights of every matrix product with a constant
+weight (the linear layers of BERT, the ViT and the decoder: ~all of the model's FLOPs but attention)
+become int8, and the activations entering them are quantised on the fly, per tensor, at every call.
+Attention's own products (q k^T, weights v) stay in float32, as do the softmaxes, norms and the
+upsampling. :class:`OnnxRunner` runs the result with ONNX Runtime; ``Segmenter(..., dtype="int8")`` uses it.
+
+Text prompts only (the exported graph has no point or box inputs). Needs the ``int8`` extra
+(``pip install ditsam[int8]``: onnx, onnxruntime). Speed and agreement with float32 on this project's
+CPUs: ``benchmarks/int8_cpu.py`` and benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ditsam.export import INPUT_NAMES, OUTPUT_NAMES
+from ditsam.model.dit import DITSam, DITSamOutput
+from ditsam.model.text import TokenizedText
+
+logger = logging.getLogger(__name__)
+
+# Operators whose constant weights are quantised: linear layers export as MatMul (+ Add) or Gemm.
+QUANTIZED_OPS = ("MatMul", "Gemm")
+
+
+def quantize_model(model: DITSam, path: str | os.PathLike, *, per_channel: bool = False) -> Path:
+    """Write ``model`` as an int8 ONNX file at ``path`` (float32 export first, in a temporary folder).
+
+    ``per_channel``: one scale per output channel of each weight instead of one per tensor.
+    Returns ``path``. Raises ImportError naming the extra when onnx / onnxruntime are missing.
+    """
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as error:
+        raise ImportError(f"int8 inference needs onnx and onnxruntime: pip install 'ditsam[int8]' ({error})") from error
+    from ditsam.export import export_onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
+        float_path = Path(folder) / "model_fp32.onnx"
+        export_onnx(model, float_path, verify=False)
+        logger.info("quantising %s to int8 (%s)", float_path.name, path)
+        quantize_dynamic(
+            str(float_path), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=per_channel,
+            # Only products with a constant weight: attention's activation-by-activation products stay float.
+            extra_options={"MatMulConstBOnly": True},
+        )
+    return path
+
+
+class OnnxRunner:
+    """An exported ONNX model (int8 from :func:`quantize_model`, or float from :func:`ditsam.export.export_onnx`) on
+    ONNX Runtime's CPU provider.
+
+    ``__call__(images (B,3,S,S) float32, text TokenizedText (B,T))`` -> :class:`DITSamOutput` with
+    ``logits`` (B,M,S,S) and ``iou_predictions`` (B,M) (``low_res_logits`` is not exported: None).
+    ``threads``: ONNX Runtime's intra-op threads (default: torch's thread count).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path = Path(path)
+        # The session holds the model in memory: the file may be deleted afterwards.
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        inputs = {item.name: item.type for item in self.session.get_inputs()}
+        self.mask_is_bool = inputs.get(INPUT_NAMES[2]) == "tensor(bool)"
+
+    @classmethod
+    def int8(cls, model: DITSam, *, threads: int | None = None, per_channel: bool = False) -> "OnnxRunner":
+        """Quantise ``model`` (see :func:`quantize_model`) into a temporary file and load it."""
+        with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
+            return cls(quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads)
+
+    def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
+        if any(value is not None for value in prompts.values()):
+            raise ValueError(f"the ONNX model (int8 inference) takes text prompts only, got {', '.join(sorted(prompts))}")
+        mask = text.attention_mask.bool() if self.mask_is_bool else text.attention_mask.long()
+        arrays = (images.detach().float().contiguous(), text.input_ids, mask)
+        outputs = self.session.run(None, {n: a.cpu().numpy() for n, a in zip(INPUT_NAMES, arrays)})
+        presence = torch.from_numpy(outputs[2]) if len(outputs) > len(OUTPUT_NAMES) else None  # a no-target head's
+        return DITSamOutput(logits=torch.from_numpy(outputs[0]), low_res_logits=None,  # type: ignore[arg-type]
+                            iou_predictions=torch.from_numpy(outputs[1]), presence_logits=presence)
