@@ -7,13 +7,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ditsam.model.config import DITSamConfig, Injection
+from ditsam.model.folder import CONFIG_FILE, FORMAT_VERSION, TEXT_DIR, WEIGHTS_FILE
 from ditsam.model.inject import (
     CrossAttentionInjection,
     EndToEndInjection,
@@ -27,15 +28,8 @@ from ditsam.model.sam.prompt_encoder import PromptEncoder
 from ditsam.model.sam.transformer import TwoWayTransformer
 from ditsam.model.text import TextEncoder, TextTokenizer, TokenizedText
 
-if TYPE_CHECKING:
-    from ditsam.model.weights import LoadReport
-
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TEXT_DIR = "text_encoder"
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -337,9 +331,3 @@ class DITSam(nn.Module):
             cls, source, revision=revision, injection=injection, config=config,
             text_name_or_path=text_name_or_path, cache_dir=cache_dir, map_location=map_location,
         )
-
-    def load_sam_checkpoint(self, path: str | Path) -> "LoadReport":
-        """Load an official SAM checkpoint (sam_vit_{b,l,h}_*.pth); see :func:`ditsam.model.weights.load_sam_checkpoint`."""
-        from ditsam.model.weights import load_sam_checkpoint
-
-        return load_sam_checkpoint(self, path)

@@ -37,19 +37,19 @@ from typing import TYPE_CHECKING, get_args
 import torch
 
 from ditsam.model.config import BACKBONES, DITSamConfig, Injection, reference_config
-from ditsam.model.dit import CONFIG_FILE
+from ditsam.model.folder import CONFIG_FILE
 from ditsam.model.weights import (
     REFERENCE_IMAGE_SIZE,
     REFERENCE_MAX_TOKENS,
     SAM_DECODER_LAYERS,
     CheckpointError,
     LoadReport,
-    _strip_module_prefix,
     detect_format,
     load_any_state_dict,
     load_ditsam_directory_with_report,
     load_sam_state_dict,
     read_checkpoint_file,
+    strip_module_prefix,
 )
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ def reference_config_from_state_dict(
     E-DIT without refresh for a single ``visual_encoder.probs``, decoder-only ("none") without any.
     The model input is the reference's 512 px, BERT's first layer, 20 tokens, [PAD] attended.
     """
-    state = _strip_module_prefix(state_dict)
+    state = strip_module_prefix(state_dict)
     settings = _architecture_settings(state, encoder="visual_encoder", source=source)
 
     single = _REF_SINGLE_PROBS in state
@@ -342,7 +342,7 @@ def sam_start_config(
     reference's 512 px, with ``injection`` (default "layerwise", L-DIT). Only shapes are read."""
     from ditsam.model.sam.hf_names import hf_sam_to_official
 
-    state = _strip_module_prefix(state_dict)
+    state = strip_module_prefix(state_dict)
     if any(k.startswith(("vision_encoder.", "shared_image_embedding.")) for k in state):
         try:
             state = hf_sam_to_official(state)

@@ -1,0 +1,20 @@
+"""State-dict key names in our (official SAM) naming that more than one loader needs."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+SAM_DECODER_LAYERS = 2  # SAM's two-way transformer depth: mask_decoder.transformer.layers.0-1
+
+INJECTION_PREFIX = "image_encoder.injection."
+TEXT_PREFIX = "text_encoder."
+POS_EMBED = "image_encoder.pos_embed"
+REL_POS = re.compile(r"image_encoder\.blocks\.(\d+)\.attn\.rel_pos_[hw]")
+DECODER_LAYER = re.compile(r"mask_decoder\.transformer\.layers\.(\d+)\.")
+BLOCK = re.compile(r"image_encoder\.blocks\.(\d+)\.")
+WRITER = re.compile(r"image_encoder\.injection\.writers\.(\d+)\.proj\.(weight|bias)")

@@ -1,0 +1,91 @@
+"""Official SAM checkpoints (``sam_vit_{b,l,h}_*.pth``, or a transformers ``SamModel`` state dict).
+
+Their keys are the names our SAM modules keep. Two shape differences are expected and resized:
+``image_encoder.pos_embed`` (SAM: 64x64 grid for 1024 px) bicubically to the model's grid, and the
+``*.attn.rel_pos_h/w`` tables (SAM: 27 rows in window blocks, 127 in global blocks) linearly to the
+model's layout -- the interpolations SAM itself applies at run time. Parameters SAM does not have (text
+injection, ``text_proj`` = W_o, decoder layers beyond SAM's two) are reported *fresh*; the BERT is *kept*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ditsam.model.folder import CheckpointError
+from ditsam.model.weights.files import read_checkpoint_file, strip_module_prefix
+from ditsam.model.weights.keys import (
+    DECODER_LAYER,
+    INJECTION_PREFIX,
+    REL_POS,
+    SAM_DECODER_LAYERS,
+    SAM_PREFIXES,
+    TEXT_PREFIX,
+)
+from ditsam.model.weights.matching import apply_state_dict
+from ditsam.model.weights.report import LoadReport
+
+if TYPE_CHECKING:
+    from ditsam.model.dit import DITSam
+
+
+def _sam_missing(key: str) -> str | None:
+    if key.startswith(TEXT_PREFIX):
+        return "kept"
+    if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
+        return "fresh"
+    layer = DECODER_LAYER.match(key)
+    if layer is not None and int(layer.group(1)) >= SAM_DECODER_LAYERS:
+        return "fresh"
+    if REL_POS.fullmatch(key):
+        return "zero"
+    return None
+
+
+def load_sam_state_dict(
+    model: DITSam, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+) -> LoadReport:
+    """Load an official SAM state dict (or a transformers ``SamModel`` one) into ``model``'s SAM parts.
+
+    Strict on SAM keys: every checkpoint key must exist in the model; every ``image_encoder.*``,
+    ``prompt_encoder.*``, ``mask_decoder.*`` key of the model must be in the checkpoint, except the text
+    injection and decoder layers beyond SAM's two (fresh) and rel-pos tables (zeroed = no bias, reported);
+    shapes must match except ``pos_embed`` and the rel-pos tables, which are resized. The BERT is kept.
+    """
+    from ditsam.model.sam.hf_names import hf_sam_to_official
+
+    state_dict = strip_module_prefix(state_dict)
+    notes: list[str] = []
+    if any(k.startswith(("vision_encoder.", "shared_image_embedding.")) for k in state_dict):
+        try:
+            state_dict = hf_sam_to_official(state_dict)
+        except ValueError as error:
+            raise CheckpointError(f"{source}: {error}") from error
+        notes.append("renamed from transformers SamModel names")
+    if any(k.startswith(("visual_encoder.", "lang_encoder.")) for k in state_dict):
+        raise CheckpointError(
+            f"{source} is a reference DIT checkpoint (visual_encoder.* / lang_encoder.* keys), not a SAM one: "
+            f"use load_reference_checkpoint or load_checkpoint"
+        )
+    if any(k.startswith(TEXT_PREFIX) for k in state_dict):
+        raise CheckpointError(
+            f"{source} is a full DITSam state dict (text_encoder.* keys), not a SAM one: use load_checkpoint"
+        )
+    return apply_state_dict(model, state_dict, kind="sam", source=source, classify_missing=_sam_missing, notes=notes)
+
+
+def load_sam_checkpoint(model: DITSam, path: str | Path) -> LoadReport:
+    """Load an official SAM checkpoint file (``sam_vit_{b,l,h}_*.pth``) into ``model``; see :func:`load_sam_state_dict`.
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` (a ValueError) for an
+    unreadable file, a file without a state dict, or one that does not fit the model (the message names
+    the keys, their shapes and the backbone the checkpoint looks like).
+    """
+    state_dict, _ = read_checkpoint_file(path)
+    return load_sam_state_dict(model, state_dict, source=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------
