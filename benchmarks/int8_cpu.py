@@ -63,7 +63,7 @@ def speed_model(folder: Path):
 
     bert = build_tiny_bert(folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12,
                            intermediate_size=3072)
-    config = load_experiment("refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_zero_init": False}).model
+    config = load_experiment("refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_options.zero_init": False}).model
     torch.manual_seed(0)
     return DITSam(config).eval()
 

@@ -99,7 +99,7 @@ def build_items(size: str, bert_dir: Path) -> list[Item]:
     torch.manual_seed(0)
     models = {
         injection: DITSam(DITSamConfig.from_dict({**spec["model"], "injection": injection, "attention": "global",
-                                                  "injection_zero_init": False, "text": text})).eval()
+                                                  "injection_options": {"zero_init": False}, "text": text})).eval()
         for injection in ("none", "e2e", "layerwise")
     }
     sam_layout = DITSam(DITSamConfig.from_dict({**spec["model"], "injection": "none", "attention": "windowed", "text": text}))
@@ -175,7 +175,7 @@ def time_compile(size: str, bert_dir: Path, *, repeats: int) -> dict:
     """torch.compile (inductor, default mode) vs eager for the L-DIT model, fp32, batch 1."""
     spec = SIZES[size]
     torch.manual_seed(0)
-    model = DITSam(DITSamConfig.from_dict({**spec["model"], "injection": "layerwise", "injection_zero_init": False,
+    model = DITSam(DITSamConfig.from_dict({**spec["model"], "injection": "layerwise", "injection_options": {"zero_init": False},
                                            "text": dict(name_or_path=str(bert_dir), max_tokens=20)})).eval()
     side = spec["model"]["image_size"]
     x, tokens = torch.randn(1, 3, side, side), model.tokenize([SENTENCE])

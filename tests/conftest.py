@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) ->
     from ditsam.model.dit import DITSam
 
     torch.manual_seed(0)
-    model = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False))
+    model = DITSam(tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False)))
     return model.save_pretrained(tmp_path_factory.mktemp("checkpoint") / "ckpt")
 
 

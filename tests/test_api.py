@@ -330,7 +330,7 @@ def test_checkpoint_errors(tmp_path: Path, tiny_bert_dir: Path, checkpoint: Path
     torch.save(model.state_dict(), tmp_path / "flat.pth")
     with pytest.raises(CheckpointError, match="config="):
         Segmenter.from_pretrained(tmp_path / "flat.pth")
-    seg = Segmenter.from_pretrained(tmp_path / "flat.pth", config=tiny_config(tiny_bert_dir, injection_zero_init=False), device="cpu")
+    seg = Segmenter.from_pretrained(tmp_path / "flat.pth", config=tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False)), device="cpu")
     image = _rgb(15, 25)
     np.testing.assert_allclose(
         seg.predict(image, "a star").logits,
@@ -344,7 +344,7 @@ def test_checkpoint_errors(tmp_path: Path, tiny_bert_dir: Path, checkpoint: Path
 
 def test_reference_and_sam_checkpoint_files(tmp_path: Path, tiny_bert_dir: Path) -> None:
     """An authors'-code checkpoint file loads with config=; a SAM-only one (no text weights) is refused."""
-    config = tiny_config(tiny_bert_dir, injection_zero_init=False)
+    config = tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False))
     model = DITSam(config).eval()
     torch.save({"epoch": 3, "state_dict": to_reference_state_dict(model.state_dict(), config)}, tmp_path / "dit.pth")
     image = _rgb(22, 18)

@@ -111,7 +111,7 @@ def test_convert_sam_by_name_from_the_cache_with_e2e(
     assert main(["convert", "sam_vit_b", str(destination), "--text-model", str(tiny_bert_dir),
                  "--injection", "e2e"]) == 0
     config = DITSam.from_pretrained(destination).config
-    assert config.injection == "e2e" and config.refine_text_per_layer is True
+    assert config.injection == "e2e" and config.injection_options.refine_text_per_layer is True
     assert "sam_vit_b" in (destination / "README.md").read_text(encoding="utf-8")
 
 

@@ -18,7 +18,7 @@ from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, tra
 
 TINY_MODEL = dict(
     backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
-    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_zero_init=False,
+    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_options=dict(zero_init=False),
 )
 
 

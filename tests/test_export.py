@@ -18,7 +18,7 @@ from ditsam.export import check_onnx, example_inputs, export_onnx, onnx_wrapper,
 
 
 def test_onnx_matches_pytorch(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    model = DITSam(tiny_config(tiny_bert_dir, injection="layerwise", injection_zero_init=False)).eval()
+    model = DITSam(tiny_config(tiny_bert_dir, injection="layerwise", injection_options=dict(zero_init=False))).eval()
     report = export_onnx(model, tmp_path / "model.onnx", opset=17)
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-3
     graph = onnx.load(str(report.path)).graph
@@ -46,7 +46,7 @@ def test_bool_attention_mask_and_cli(tiny_bert_dir: Path, tmp_path: Path, capsys
     """Also another architecture: E-DIT, windowed attention, static tokens (checked by the command)."""
     from ditsam.cli.main import main
 
-    config = tiny_config(tiny_bert_dir, injection="e2e", attention="windowed", static_tokens=2)
+    config = tiny_config(tiny_bert_dir, injection="e2e", attention="windowed", injection_options=dict(static_tokens=2))
     checkpoint = DITSam(config).save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "exported" / "m.onnx"
     assert main(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out), "--mask-dtype", "bool"]) == 0

@@ -22,7 +22,7 @@ SENTENCES = ["the red circle on the left", "a small blue square"]
 
 def _model(bert_dir: Path, mode: str, **train) -> DITSam:
     torch.manual_seed(0)
-    model = DITSam(tiny_config(bert_dir, injection="layerwise", injection_zero_init=False))
+    model = DITSam(tiny_config(bert_dir, injection="layerwise", injection_options=dict(zero_init=False)))
     return prepare_for_finetuning(model, TrainConfig(finetune=mode, **train))
 
 

@@ -126,7 +126,7 @@ def test_authors_checkpoint_loads_without_config(
     assert (config.injection, config.extra_decoder_layers) == (injection, extra_decoder_layers)
     assert config.size[:3] == source.config.size[:3] and config.mlp_ratio == 4.0
     assert (config.text.hidden_layer, config.mask_text_padding, config.attention) == (1, False, "global")
-    assert config.refine_text_per_layer == source.config.refine_text_per_layer
+    assert config.injection_options.refine_text_per_layer == source.config.injection_options.refine_text_per_layer
     assert torch.equal(logits(loaded), logits(source))
     if injection == "e2e":  # same key names: without injection="e2e" it loads as L-DIT and computes something else
         as_ldit = DITSam.from_pretrained(path, text_name_or_path=str(tiny_bert_dir))
@@ -177,7 +177,7 @@ def test_size_detection_from_official_shapes(name: str, decoder_layers: int) -> 
     assert not config.mask_text_padding and config.attention == "global"
     if name == "vit_b":
         edit = reference_config_from_state_dict(state, injection="e2e")
-        assert edit.injection == "e2e" and edit.refine_text_per_layer is True
+        assert edit.injection == "e2e" and edit.injection_options.refine_text_per_layer is True
         with pytest.raises(CheckpointError, match=r"vit_b\.pth has text projections.*injection='none'"):
             reference_config_from_state_dict(state, injection="none", source="vit_b.pth")
         del state["module.visual_encoder.patch_embed.proj.weight"]
@@ -258,7 +258,7 @@ def test_predict_and_eval_commands_take_an_authors_file(
 def test_reference_config_merges_nested_overrides() -> None:
     merged = reference_config(text={"name_or_path": "my-bert"}, injection="e2e")
     assert (merged.text.name_or_path, merged.text.hidden_layer, merged.text.max_tokens) == ("my-bert", 1, 20)
-    assert merged.refine_text_per_layer is True and not merged.mask_text_padding
+    assert merged.injection_options.refine_text_per_layer is True and not merged.mask_text_padding
     replaced = reference_config(text=TextConfig(name_or_path="other", hidden_layer=-1))
     assert (replaced.text.name_or_path, replaced.text.hidden_layer) == ("other", -1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import typing
 
 import pytest
 import torch
@@ -10,25 +11,27 @@ import torch
 from conftest import tiny_config
 from ditsam.model.config import DITSamConfig, reference_config
 from ditsam.model.dit import DITSam
-from ditsam.model.config import ConfigError
+from ditsam.model.config import ConfigError, Injection
+from ditsam.model.inject import INJECTIONS, build_injection
+from ditsam.model.sam.injection_api import TextInjection
 
-VARIANTS = [
-    dict(injection="none"),
+# Every registered injection, plus the settings that change a variant's shape.
+VARIANTS = [dict(injection=name) for name in INJECTIONS] + [
     dict(injection="none", extra_decoder_layers=2),
-    dict(injection="e2e"),
-    dict(injection="e2e", static_tokens=3),
-    dict(injection="layerwise"),
-    dict(injection="layerwise", static_tokens=2),
-    dict(injection="crossattn"),
-    dict(injection="crossattn_ffn"),
+    dict(injection="e2e", injection_options=dict(static_tokens=3)),
+    dict(injection="layerwise", injection_options=dict(static_tokens=2)),
 ]
 LAYOUTS = ["global", "windowed"]
 
 
+def unzeroed(overrides: dict) -> dict:
+    """``overrides`` with ``injection_options.zero_init`` False unless they set it."""
+    return {**overrides, "injection_options": {"zero_init": False, **overrides.get("injection_options", {})}}
+
+
 def make_model(bert_dir, **overrides) -> DITSam:
     # Non-zero initialisation, so that the text path matters from the first step.
-    overrides.setdefault("injection_zero_init", False)
-    model = DITSam(tiny_config(bert_dir, **overrides))
+    model = DITSam(tiny_config(bert_dir, **unzeroed(overrides)))
     for name, param in model.named_parameters():
         if "injection" in name and param.ndim >= 1 and param.abs().sum() == 0:
             torch.nn.init.normal_(param, std=0.05)
@@ -58,7 +61,7 @@ def test_shapes_finite_and_text_matters(tiny_bert_dir, variant, layout):
 @pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
 def test_padding_does_not_matter_when_masked(tiny_bert_dir, variant):
     short = make_model(tiny_bert_dir, **variant, text=dict(max_tokens=8))
-    long = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False, **variant, text=dict(max_tokens=16))).eval()
+    long = DITSam(tiny_config(tiny_bert_dir, **unzeroed(variant), text=dict(max_tokens=16))).eval()
     long.load_state_dict(short.state_dict())
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -79,7 +82,7 @@ def test_a_sentence_gives_the_same_mask_alone_or_padded_in_a_batch(tiny_bert_dir
 
 def test_reference_mode_attends_to_padding(tiny_bert_dir):
     short = make_model(tiny_bert_dir, mask_text_padding=False, text=dict(max_tokens=8))
-    long = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False, mask_text_padding=False, text=dict(max_tokens=16))).eval()
+    long = DITSam(tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False), mask_text_padding=False, text=dict(max_tokens=16))).eval()
     long.load_state_dict(short.state_dict())
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -129,7 +132,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(tiny_bert_dir, variant
 
 
 def test_zero_initialised_layerwise_encoder_ignores_text_at_start(tiny_bert_dir):
-    ldit = DITSam(tiny_config(tiny_bert_dir, injection="layerwise", injection_zero_init=True)).eval()
+    ldit = DITSam(tiny_config(tiny_bert_dir, injection="layerwise", injection_options=dict(zero_init=True))).eval()
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         feats = ldit.text_encoder(*(lambda t: (t.input_ids, t.attention_mask))(ldit.tokenize("the red circle")))
@@ -159,8 +162,8 @@ def test_bf16_autocast_and_gradient_checkpointing(tiny_bert_dir):
     assert torch.isfinite(low).all()
     assert (low.float() - reference).abs().max() < 0.1 * reference.abs().max() + 0.05
 
-    checkpointed = make_model(tiny_bert_dir, injection="layerwise", gradient_checkpointing=True, injection_dropout=0.0)
-    plain = make_model(tiny_bert_dir, injection="layerwise", injection_dropout=0.0)
+    checkpointed = make_model(tiny_bert_dir, injection="layerwise", gradient_checkpointing=True, injection_options=dict(dropout=0.0))
+    plain = make_model(tiny_bert_dir, injection="layerwise", injection_options=dict(dropout=0.0))
     plain.load_state_dict(checkpointed.state_dict())
     for m in (checkpointed, plain):
         m.train()
@@ -215,4 +218,22 @@ def test_config_rejects_unknown_and_mistyped_keys(tiny_bert_dir):
     with pytest.raises(ConfigError, match="injection"):
         DITSamConfig.from_dict({"injection": "sideways"})
     with pytest.raises(ConfigError, match="static_tokens"):
-        DITSamConfig.from_dict({"injection": "crossattn", "static_tokens": 2})
+        DITSamConfig.from_dict({"injection": "crossattn", "injection_options": {"static_tokens": 2}})
+
+
+def test_registry_names_every_configurable_injection(tiny_bert_dir):
+    assert set(INJECTIONS) == set(typing.get_args(Injection))
+    for name in INJECTIONS:
+        module = build_injection(tiny_config(tiny_bert_dir, injection=name), text_dim=32)
+        assert isinstance(module, TextInjection) and isinstance(module, torch.nn.Module)
+
+
+def test_old_flat_injection_keys_still_load(caplog):
+    old = {"injection": "e2e", "injection_dropout": 0.2, "injection_zero_init": False, "static_tokens": 2,
+           "refine_text_per_layer": True}
+    with caplog.at_level(logging.INFO, logger="ditsam.model.config"):
+        config = DITSamConfig.from_dict(old, prefix="model.")
+    options = config.injection_options
+    assert (options.dropout, options.zero_init, options.static_tokens, options.refine_text_per_layer) == (0.2, False, 2, True)
+    assert sum("injection_options" in record.getMessage() for record in caplog.records) == 1
+    assert DITSamConfig.from_dict(config.to_dict()) == config

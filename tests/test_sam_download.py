@@ -161,7 +161,7 @@ def test_init_checkpoint_takes_a_hub_id_and_a_folder(
     expected = DITSam.from_pretrained(checkpoint).state_dict()
     for source in (REPO, str(checkpoint)):
         config = experiment(tiny_bert_dir, source)
-        config.model.injection_zero_init = False  # the saved fixture's setting, so the configs agree
+        config.model.injection_options.zero_init = False  # the saved fixture's setting, so the configs agree
         state = build_model(config).state_dict()
         assert all(torch.equal(state[key], value) for key, value in expected.items())
     with pytest.raises(FileNotFoundError, match="'ditsam-test/missing'"):

@@ -36,7 +36,7 @@ def _step(model: DITSam, loss_fn) -> TrainingStep:
 
 
 def test_step_updates_weights_and_ema_and_returns_device_tensors(tiny_bert_dir: Path) -> None:
-    model = DITSam(tiny_config(tiny_bert_dir, injection_zero_init=False)).train()
+    model = DITSam(tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False))).train()
     step = _step(model, lambda output, micro: segmentation_loss(output.logits, micro.masks))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     ema_before = step.ema.shadow.image_encoder.patch_embed.proj.weight.clone()

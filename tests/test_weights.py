@@ -301,7 +301,7 @@ def test_wrapped_state_dicts_are_unwrapped_preferring_ema(bert_dir: Path, tmp_pa
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"injection": "layerwise"}, {"injection": "e2e", "refine_text_per_layer": True}],
+    [{"injection": "layerwise"}, {"injection": "e2e", "injection_options": {"refine_text_per_layer": True}}],
     ids=["layerwise", "e2e"],
 )
 def test_reference_checkpoint_reproduces_logits(bert_dir: Path, tmp_path: Path, overrides: dict[str, object]) -> None:
@@ -337,9 +337,9 @@ def test_reference_checkpoint_reproduces_logits(bert_dir: Path, tmp_path: Path, 
 
 
 def test_reference_e2e_checkpoint_needs_per_layer_refresh(bert_dir: Path) -> None:
-    source = randomise(DITSam(tiny_config(bert_dir, injection="e2e", refine_text_per_layer=True)), seed=1)
+    source = randomise(DITSam(tiny_config(bert_dir, injection="e2e", injection_options=dict(refine_text_per_layer=True))), seed=1)
     state = to_reference_state_dict(source.state_dict(), source.config)
-    plain = DITSam(tiny_config(bert_dir, injection="e2e", refine_text_per_layer=False))
+    plain = DITSam(tiny_config(bert_dir, injection="e2e", injection_options=dict(refine_text_per_layer=False)))
     with pytest.raises(CheckpointError, match="refine_text_per_layer: true"):
         load_checkpoint_state(plain, state)
 
@@ -413,7 +413,7 @@ def test_detect_format() -> None:
 # Our folders
 # ---------------------------------------------------------------------------------------------------
 def test_save_pretrained_round_trip(bert_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config(bert_dir, extra_decoder_layers=1, static_tokens=2)
+    config = tiny_config(bert_dir, extra_decoder_layers=1, injection_options=dict(static_tokens=2))
     source = randomise(DITSam(config), seed=1)
     folder = source.save_pretrained(tmp_path / "ckpt")
     loaded = DITSam.from_pretrained(folder)

@@ -139,8 +139,8 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
     if config.no_target_head:
         outputs += "; a no-target head says whether the sentence refers to anything (generalized RIS)"
     injection = _INJECTIONS.get(config.injection, config.injection)
-    if config.static_tokens:
-        injection += f", plus {config.static_tokens} learnable static prompt tokens"
+    if config.injection_options.static_tokens:
+        injection += f", plus {config.injection_options.static_tokens} learnable static prompt tokens"
     rows = [
         ("Image encoder", f"{name}: width {size.embed_dim}, {size.depth} blocks, {size.num_heads} heads, patch "
                           f"{config.patch_size}, {config.image_size} px input; {attention}"),

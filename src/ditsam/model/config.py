@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Literal, Mapping, NamedTuple
 
 from ditsam.config import ConfigBase, ConfigError
@@ -23,7 +24,48 @@ BACKBONES: dict[str, BackboneSize] = {
     "vit_h": BackboneSize(1280, 32, 16, (7, 15, 23, 31)),
 }
 
+logger = logging.getLogger(__name__)
+
+# The names of ditsam.model.inject.INJECTIONS (a test checks that the two agree).
 Injection = Literal["none", "e2e", "layerwise", "crossattn", "crossattn_ffn"]
+
+# Flat keys of configs saved before the knobs moved into ``injection_options`` -> their new names.
+LEGACY_INJECTION_KEYS = {
+    "injection_dropout": "dropout",
+    "injection_zero_init": "zero_init",
+    "static_tokens": "static_tokens",
+    "refine_text_per_layer": "refine_text_per_layer",
+}
+
+
+@dataclasses.dataclass
+class InjectionConfig(ConfigBase):
+    """The knobs of the text-injection variants (:mod:`ditsam.model.inject`); each variant reads its own."""
+
+    # Dropout on the text features before each L-DIT projection (reference: 0.1).
+    dropout: float = 0.1
+    # Zero-initialise the L-DIT projections, so training starts from SAM's encoder (reference: True).
+    zero_init: bool = True
+    # Learnable static tokens appended to the projected text tokens of E-DIT / L-DIT (Table 2); 0 = off.
+    static_tokens: int = 0
+    # Per-layer text refresh for E-DIT; None = on exactly when the image encoder is frozen (paper).
+    refine_text_per_layer: bool | None = None
+
+
+def nest_legacy_injection_keys(data: Mapping[str, Any], *, prefix: str = "") -> dict[str, Any]:
+    """``data`` with old flat injection keys (``injection_dropout``, ``static_tokens``, ...) moved under
+    ``injection_options``; a flat key wins over a nested one. Logs one line when anything moved."""
+    flat = [key for key in LEGACY_INJECTION_KEYS if key in data]
+    if not flat:
+        return dict(data)
+    moved = dict(data)
+    options = moved.get("injection_options")
+    options = dict(options.to_dict() if isinstance(options, ConfigBase) else options or {})
+    for key in flat:
+        options[LEGACY_INJECTION_KEYS[key]] = moved.pop(key)
+    moved["injection_options"] = options
+    logger.info("config: old key(s) %s read as %sinjection_options.*", ", ".join(prefix + k for k in flat), prefix)
+    return moved
 
 
 @dataclasses.dataclass
@@ -60,14 +102,8 @@ class DITSamConfig(ConfigBase):
     # How text enters the ViT: "none" (decoder only), "e2e" (E-DIT), "layerwise" (L-DIT),
     # "crossattn" / "crossattn_ffn" (Table 3).
     injection: Injection = "layerwise"
-    # Dropout on the text features before each L-DIT projection (reference: 0.1).
-    injection_dropout: float = 0.1
-    # Zero-initialise the L-DIT projections, so training starts from SAM's encoder (reference: True).
-    injection_zero_init: bool = True
-    # Learnable static tokens appended to the projected text tokens (Table 2); 0 = off.
-    static_tokens: int = 0
-    # Per-layer text refresh for E-DIT; None = on exactly when the image encoder is frozen (paper).
-    refine_text_per_layer: bool | None = None
+    # The variants' knobs: dropout, zero_init, static_tokens, refine_text_per_layer.
+    injection_options: InjectionConfig = dataclasses.field(default_factory=InjectionConfig)
     # Two-way transformer layers added to SAM's 2 in the mask decoder (Table 1 "Add N dec layers").
     extra_decoder_layers: int = 0
     # Mask-decoder MLP width (SAM: 2048).
@@ -97,12 +133,20 @@ class DITSamConfig(ConfigBase):
                 raise ConfigError(f"backbone 'custom' needs {', '.join(missing)}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
-        if self.static_tokens < 0 or self.extra_decoder_layers < 0:
+        static_tokens = self.injection_options.static_tokens
+        if static_tokens < 0 or self.extra_decoder_layers < 0:
             raise ConfigError("static_tokens and extra_decoder_layers must be >= 0")
-        if self.static_tokens and self.injection not in ("e2e", "layerwise"):
+        if static_tokens and self.injection not in ("e2e", "layerwise"):
             raise ConfigError(f"static_tokens need a token injection (e2e or layerwise), not {self.injection!r}")
         if self.global_attn_indexes is not None:
             self.global_attn_indexes = tuple(self.global_attn_indexes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, prefix: str = "") -> DITSamConfig:
+        """As :meth:`ConfigBase.from_dict`; configs saved with the old flat injection keys still load."""
+        if isinstance(data, Mapping):
+            data = nest_legacy_injection_keys(data, prefix=prefix)
+        return super().from_dict(data, prefix=prefix)
 
     @property
     def size(self) -> BackboneSize:
@@ -144,8 +188,8 @@ def reference_config(**overrides: object) -> DITSamConfig:
     base = DITSamConfig(attention="global", mask_text_padding=False, multimask_output=False, upsample_align_corners=True)
     data = base.to_dict()
     data["text"]["hidden_layer"] = 1
-    data = _merge(data, overrides)
-    if data.get("injection") == "e2e" and data.get("refine_text_per_layer") is None:
+    data = nest_legacy_injection_keys(_merge(data, overrides))
+    if data.get("injection") == "e2e" and data["injection_options"].get("refine_text_per_layer") is None:
         # The reference E-DIT re-projects the text tokens before every block, frozen backbone or not.
-        data["refine_text_per_layer"] = True
+        data["injection_options"]["refine_text_per_layer"] = True
     return DITSamConfig.from_dict(data)

@@ -15,12 +15,7 @@ from torch import nn
 
 from ditsam.model.config import DITSamConfig, Injection
 from ditsam.model.folder import CONFIG_FILE, FORMAT_VERSION, TEXT_DIR, WEIGHTS_FILE
-from ditsam.model.inject import (
-    CrossAttentionInjection,
-    EndToEndInjection,
-    LayerwiseInjection,
-    NoInjection,
-)
+from ditsam.model.inject import build_injection
 from ditsam.model.presence import PresenceHead
 from ditsam.model.sam.image_encoder import ImageEncoderViT
 from ditsam.model.sam.mask_decoder import MaskDecoder
@@ -42,28 +37,6 @@ class DITSamOutput:
     low_res_logits: torch.Tensor
     iou_predictions: torch.Tensor
     presence_logits: torch.Tensor | None = None
-
-
-def build_injection(config: DITSamConfig, *, text_dim: int) -> nn.Module:
-    """The :mod:`ditsam.model.inject` module selected by ``config.injection``."""
-    size = config.size
-    if config.injection == "none":
-        return NoInjection()
-    if config.injection == "e2e":
-        refine = config.freeze_image_encoder if config.refine_text_per_layer is None else config.refine_text_per_layer
-        return EndToEndInjection(
-            text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=config.static_tokens,
-            refine_per_layer=refine,
-        )
-    if config.injection == "layerwise":
-        return LayerwiseInjection(
-            text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=config.static_tokens,
-            dropout=config.injection_dropout, zero_init=config.injection_zero_init,
-        )
-    return CrossAttentionInjection(
-        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads,
-        with_ffn=config.injection == "crossattn_ffn",
-    )
 
 
 class DITSam(nn.Module):

@@ -1,11 +1,10 @@
 """How text enters SAM's ViT: one small class per DIT variant.
 
-The image encoder calls three hooks of its injection module:
-
-- ``initial_tokens(features (B,L,D), mask (B,L), embed_dim=C)`` -> text tokens (B,T,C) placed before the image
-  tokens, and their additive key mask (B,1,1,T);
-- ``enter_block(i, tokens (B,T,C), features)`` -> the text tokens block ``i`` sees;
-- ``leave_block(i, image (B,H,W,C), features, mask)`` -> image tokens after block ``i``.
+Each class implements :class:`~ditsam.model.sam.injection_api.TextInjection`, the three hooks the
+image encoder calls (``initial_tokens``, ``enter_block``, ``leave_block``; shapes there).
+:data:`INJECTIONS` at the end maps every ``config.injection`` name to its builder;
+:func:`build_injection` looks it up. Adding a variant: a class here, an entry in :data:`INJECTIONS`,
+its name in :data:`~ditsam.model.config.Injection` (a test checks the two agree).
 
 Variants (paper names):
 
@@ -19,32 +18,33 @@ Variants (paper names):
   projected text (optionally followed by an FFN), through a zero-initialised residual branch.
 
 Both token variants can append ``static_tokens`` learnable tokens after the text (Table 2,
-"dynamic + static"); they are carried through the blocks, never replaced.
+"dynamic + static"); they are carried through the blocks, never replaced. The variants' knobs are
+:class:`~ditsam.model.config.InjectionConfig` (``config.injection_options``).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditsam.model.config import DITSamConfig
 from ditsam.model.sam.common import MLPBlock, padding_to_additive_mask
+from ditsam.model.sam.injection_api import NoInjection, TextInjection
 
-
-class NoInjection(nn.Module):
-    """No text in the image encoder."""
-
-    def initial_tokens(
-        self, features: torch.Tensor, mask: torch.Tensor, *, embed_dim: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = features.shape[0]
-        return features.new_zeros(batch, 0, embed_dim), features.new_zeros(batch, 1, 1, 0)
-
-    def enter_block(self, index: int, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return tokens
-
-    def leave_block(self, index: int, image: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return image
+__all__ = [
+    "INJECTIONS",
+    "CrossAttentionInjection",
+    "EndToEndInjection",
+    "LayerwiseInjection",
+    "NoInjection",
+    "TextInjection",
+    "TokenInjection",
+    "build_injection",
+]
 
 
 class ProjectText(nn.Module):
@@ -192,3 +192,56 @@ class CrossAttentionInjection(NoInjection):
 
     def leave_block(self, index: int, image: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.fusers[index](image, features, mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry: config.injection -> builder(config, text_dim=D)
+# ---------------------------------------------------------------------------------------------------
+InjectionBuilder = Callable[..., TextInjection]
+
+
+def _no_injection(config: DITSamConfig, *, text_dim: int) -> NoInjection:
+    return NoInjection()
+
+
+def _end_to_end(config: DITSamConfig, *, text_dim: int) -> EndToEndInjection:
+    options, size = config.injection_options, config.size
+    refine = config.freeze_image_encoder if options.refine_text_per_layer is None else options.refine_text_per_layer
+    return EndToEndInjection(
+        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=options.static_tokens,
+        refine_per_layer=refine,
+    )
+
+
+def _layerwise(config: DITSamConfig, *, text_dim: int) -> LayerwiseInjection:
+    options, size = config.injection_options, config.size
+    return LayerwiseInjection(
+        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=options.static_tokens,
+        dropout=options.dropout, zero_init=options.zero_init,
+    )
+
+
+def _cross_attention(config: DITSamConfig, *, text_dim: int, with_ffn: bool) -> CrossAttentionInjection:
+    size = config.size
+    return CrossAttentionInjection(
+        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads, with_ffn=with_ffn,
+    )
+
+
+#: Every variant by its ``config.injection`` name (the keys equal :data:`~ditsam.model.config.Injection`).
+INJECTIONS: dict[str, InjectionBuilder] = {
+    "none": _no_injection,
+    "e2e": _end_to_end,
+    "layerwise": _layerwise,
+    "crossattn": functools.partial(_cross_attention, with_ffn=False),
+    "crossattn_ffn": functools.partial(_cross_attention, with_ffn=True),
+}
+
+
+def build_injection(config: DITSamConfig, *, text_dim: int) -> TextInjection:
+    """The injection module ``config.injection`` names, built for text features of width ``text_dim``."""
+    try:
+        builder = INJECTIONS[config.injection]
+    except KeyError:
+        raise ValueError(f"unknown injection {config.injection!r}; known: {', '.join(INJECTIONS)}") from None
+    return builder(config, text_dim=text_dim)

@@ -279,7 +279,7 @@ def reference_config_from_state_dict(
         injection=chosen, text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
     )
     if single and chosen == "e2e":
-        settings["refine_text_per_layer"] = False  # image_encoder_e2e_token.py: one projection, no refresh
+        settings["injection_options"] = {"refine_text_per_layer": False}  # image_encoder_e2e_token.py: one projection, no refresh
     return reference_config(**settings)
 
 

@@ -1,9 +1,9 @@
 """SAM's ViT image encoder, able to carry text tokens through its blocks (DIT).
 
 Parameter names match the official ``image_encoder.*`` keys of the SAM checkpoints. Text enters
-through a :class:`~ditsam.model.inject.TextInjection` owned by the encoder: it decides which text
+through a :class:`~ditsam.model.sam.injection_api.TextInjection` owned by the encoder: it decides which text
 tokens sit in front of the image tokens before each block and may fuse text into the image
-tokens after each block. With the default :class:`~ditsam.model.inject.NoInjection` the encoder
+tokens after each block. With the default :class:`~ditsam.model.sam.injection_api.NoInjection` the encoder
 is exactly SAM's.
 
 Attention: each block is either windowed (SAM's local windows) or global. Text tokens attend
@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ditsam.model.sam.common import LayerNorm2d, MLPBlock
+from ditsam.model.sam.injection_api import NoInjection, TextInjection
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -352,12 +353,10 @@ class ImageEncoderViT(nn.Module):
         self, *, img_size: int = 1024, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
         depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, out_chans: int = 256,
         qkv_bias: bool = True, use_rel_pos: bool = True, window_size: int = 0,
-        global_attn_indexes: tuple[int, ...] = (), injection: nn.Module | None = None,
+        global_attn_indexes: tuple[int, ...] = (), injection: TextInjection | None = None,
         pos_embed_init: str = "zeros",
     ) -> None:
         super().__init__()
-        from ditsam.model.inject import NoInjection
-
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
         self.img_size = img_size

@@ -81,7 +81,7 @@ def _unexpected_hints(keys: list[str], config: DITSamConfig) -> list[str]:
     if writers and config.injection == "e2e":
         hints.append(
             "the checkpoint refreshes the E-DIT text tokens before every block (reference image_encoder_e2e.py): "
-            "set refine_text_per_layer: true"
+            "set injection_options.refine_text_per_layer: true"
         )
     elif writers:
         hints.append(f"the checkpoint has text projections for DIT, but the config says injection: {config.injection}")

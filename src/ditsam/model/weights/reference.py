@@ -132,7 +132,7 @@ def _convert_reference(
             weight, bias = _fold((weight, bias), shared)
         prefix = f"{INJECTION_PREFIX}writers.{index}.proj."
         converted[prefix + "weight"], converted[prefix + "bias"] = weight, bias
-    if config.injection in ("layerwise", "e2e") and config.static_tokens == 0:
+    if config.injection in ("layerwise", "e2e") and config.injection_options.static_tokens == 0:
         # Our token injections always own a (possibly empty) static-token table; the reference has none.
         converted[INJECTION_PREFIX + "static_tokens"] = torch.zeros(0, config.size.embed_dim)
     return converted, ignored, notes
