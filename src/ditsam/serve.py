@@ -350,7 +350,7 @@ def example_pairs(folder: str | os.PathLike, *, limit: int = 8) -> list[tuple[Pa
     """(image, sentence) examples from ``folder``: a RefShapes root (its refs give one sentence per
     image, evaluation splits first) or any folder of images (sentence left empty)."""
     from ditsam.data.refer import load_refs
-    from ditsam.data.synthetic import refshapes_files
+    from ditsam.data.refshapes import refshapes_files
 
     root = Path(folder)
     if not root.is_dir():
@@ -376,7 +376,7 @@ def example_pairs(folder: str | os.PathLike, *, limit: int = 8) -> list[tuple[Pa
 
 def make_refshapes_examples(out_dir: str | os.PathLike, *, count: int = 4, seed: int = 0) -> list[tuple[Path, str]]:
     """Generate ``count`` RefShapes evaluation images into ``out_dir`` and return their examples."""
-    from ditsam.data.synthetic import generate_refshapes
+    from ditsam.data.refshapes import generate_refshapes
 
     counts = {"train": 0, "val": 0, "testA": 0, "testB": 0}
     splits = ("val", "testA", "testB")

@@ -16,7 +16,7 @@ def _split_count(text: str) -> tuple[str, int]:
 
 
 def register(data_subparsers: argparse._SubParsersAction) -> None:
-    from ditsam.data.synthetic import PRESETS, SPLITS
+    from ditsam.data.refshapes import PRESETS, SPLITS
 
     parser = data_subparsers.add_parser(
         "synth",
@@ -44,7 +44,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditsam.data.synthetic import generate_refshapes, read_split_counts
+    from ditsam.data.refshapes import generate_refshapes, read_split_counts
     from ditsam.outputs import ensure_writable_folder
 
     ensure_writable_folder(args.out, what="--out")  # a file or a read-only folder: one line, before any work

@@ -1,6 +1,6 @@
 """gRefShapes: RefShapes with generalized expressions -- sentences naming several objects, or none.
 
-Scenes, rendering and single-object expressions are RefShapes' own (:mod:`ditsam.data.synthetic`).
+Scenes, rendering and single-object expressions are RefShapes' own (:mod:`ditsam.data.refshapes`).
 Added here, each a program checked by the same three-valued evaluation (a comparison closer than the
 perceptual margin is "unsure", and an unsure program is dropped):
 
@@ -33,31 +33,35 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ditsam.data.synthetic import (
-    ATTRIBUTE,
+from ditsam.data.refshapes.language import (
     FALSE,
-    PRESETS,
-    RELATION,
-    REFSHAPES_WORDS,
-    SHAPES,
-    SPLIT_BY,
     TRUE,
     UNSURE,
     Expression,
     NounPhrase,
-    RefShapesPreset,
-    Scene,
-    SceneObject,
     _choice,
     _Geometry,
-    _ImageJob,
-    _ImageRecord,
     _noun_phrases,
-    _SIZE_WORDS,
-    dataset_files,
-    image_record,
     render_expression,
     render_phrase,
+)
+from ditsam.data.refshapes.scene import SceneObject
+from ditsam.data.refshapes.vocabulary import (
+    _SIZE_WORDS,
+    ATTRIBUTE,
+    PRESETS,
+    REFSHAPES_WORDS,
+    RELATION,
+    SHAPES,
+    SPLIT_BY,
+    RefShapesPreset,
+)
+from ditsam.data.refshapes.writer import (
+    Scene,
+    _ImageJob,
+    _ImageRecord,
+    dataset_files,
+    image_record,
     render_scene,
     sample_scene_objects,
     scene_rng,
@@ -310,7 +314,7 @@ def _generalized_fields(ann_ids: list[int], category_ids: list[int]) -> dict:
 
 
 def grefshapes_files(out_dir: str | Path):
-    """The gRefShapes files under ``out_dir`` (:class:`~ditsam.data.synthetic.DatasetFiles`)."""
+    """The gRefShapes files under ``out_dir`` (:class:`~ditsam.data.refshapes.DatasetFiles`)."""
     return dataset_files(out_dir, dataset=DATASET_NAME, refs_name=REFS_FILE)
 
 
@@ -325,7 +329,7 @@ def generate_grefshapes(
     progress: bool = False,
 ) -> Path:
     """Write gRefShapes under ``out_dir`` in the gRefCOCO layout and return ``out_dir`` (the ``root`` of
-    ``GRefCocoDataset(..., dataset="grefshapes")``). Arguments as :func:`~ditsam.data.synthetic.generate_refshapes`."""
+    ``GRefCocoDataset(..., dataset="grefshapes")``). Arguments as :func:`~ditsam.data.refshapes.generate_refshapes`."""
     files = grefshapes_files(out_dir)
     refs = write_generated(
         out_dir, files=files, build=_build_generalized_image, ref_fields=_generalized_fields, seed=seed, preset=preset,

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 GENERATED_FORMATS = ("refshapes", "grefshapes")
 # name after "generated:" in model.text.name_or_path -> the vocabulary's module and constant.
 GENERATED_VOCABULARIES = {
-    "refshapes": ("ditsam.data.synthetic", "REFSHAPES_WORDS"),
+    "refshapes": ("ditsam.data.refshapes", "REFSHAPES_WORDS"),
     "grefshapes": ("ditsam.data.grefshapes", "GREFSHAPES_WORDS"),
 }
 
@@ -29,8 +29,8 @@ def _generator(data_format: str) -> tuple[Any, Any, int]:
         from ditsam.data.grefshapes import GENERATOR_VERSION, generate_grefshapes, grefshapes_files
 
         return grefshapes_files, generate_grefshapes, GENERATOR_VERSION
-    from ditsam.data.synthetic import GENERATOR_VERSION as REFSHAPES_VERSION
-    from ditsam.data.synthetic import dataset_files, generate_refshapes
+    from ditsam.data.refshapes import GENERATOR_VERSION as REFSHAPES_VERSION
+    from ditsam.data.refshapes import dataset_files, generate_refshapes
 
     return dataset_files, generate_refshapes, REFSHAPES_VERSION
 
