@@ -168,7 +168,7 @@ def _peak_rss_gib() -> float:
 def run_child(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
-    from ditsam.engine.train import segmentation_loss
+    from ditsam.engine.losses import segmentation_loss
     from ditsam.model.text import TokenizedText
 
     baseline = _rss_gib()

@@ -157,7 +157,7 @@ def test_two_process_evaluation_matches_one_process(refshapes_root, tiny_bert_di
 
 
 def test_point_and_box_prompts_from_masks():
-    from ditsam.engine.train import prompts_from_masks
+    from ditsam.engine.prompts import prompts_from_masks
 
     masks = torch.zeros(2, 1, 8, 8)
     masks[0, 0, 2:4, 1:6] = 1

@@ -39,7 +39,7 @@ from accelerate import Accelerator
 from ditsam import Segmenter
 from ditsam.engine.config import TrainConfig
 from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
-from ditsam.engine.train import segmentation_loss
+from ditsam.engine.losses import segmentation_loss
 from ditsam.model.dit import DITSam
 
 model = DITSam.from_pretrained(sys.argv[1])

@@ -16,7 +16,8 @@ from conftest import tiny_config
 from ditsam.api import Segmenter
 from ditsam.data.grefshapes import generate_grefshapes
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.train import presence_loss, segmentation_loss, train
+from ditsam.engine.losses import presence_loss, segmentation_loss
+from ditsam.engine.train import train
 from ditsam.model.dit import DITSam
 
 TINY_MODEL = dict(

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from ditsam.engine.config import TrainConfig
 from ditsam.engine.ema import EMA
 from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
-from ditsam.engine.train import segmentation_loss
+from ditsam.engine.losses import segmentation_loss
 from ditsam.model.dit import DITSam
 from ditsam.model.text import TokenizedText
 

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence, Union
 import numpy as np
 
 from ditsam.data.sample import DataError
+from ditsam.defaults import MASK_THRESHOLD
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
     import torch
@@ -63,7 +64,7 @@ PointsInput = tuple[Any, Any]
 #: ``(x1, y1, x2, y2)`` pixels: left, top, right, bottom edges.
 BoxInput = Any
 
-DEFAULT_THRESHOLD = 0.35
+DEFAULT_THRESHOLD = MASK_THRESHOLD
 DEFAULT_MAX_PIXELS = 40_000_000
 _DTYPE_NAMES = {
     "fp32": "float32", "float32": "float32", "float": "float32",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
+from ditsam.defaults import MASK_THRESHOLD
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the data/train sections, e.g. data.eval_splits=[testA]")
     parser.add_argument("--splits", nargs="+", default=None, help="splits to evaluate (default: data.eval_splits)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threshold", type=float, default=None, help="sigmoid threshold (default: train.threshold, 0.35)")
+    parser.add_argument("--threshold", type=float, default=None, help=f"sigmoid threshold (default: train.threshold, {MASK_THRESHOLD})")
     parser.add_argument("--out", default=None, help="folder for results.json / results.md (default: next to the "
                         "checkpoint; runs/eval/OWNER--NAME for a Hub id)")
     parser.add_argument("--dump-masks", choices=("none", "png", "rle"), default="none",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ditsam.cli.errors import CLIError
 from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
+from ditsam.defaults import MASK_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-examples", action="store_true", help="show no examples")
     parser.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
                         help="refuse larger images with a message in the page (default 40 MP)")
-    parser.add_argument("--threshold", type=float, default=0.35, help="sigmoid threshold (default 0.35)")
+    parser.add_argument("--threshold", type=float, default=MASK_THRESHOLD,
+                        help=f"sigmoid threshold (default {MASK_THRESHOLD})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="bf16: autocast (CPU / GPU)")
     parser.set_defaults(func=run)

@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from ditsam.config import ConfigBase, ConfigError
+from ditsam.defaults import MASK_THRESHOLD
 from ditsam.model.config import DITSamConfig
 
 
@@ -126,7 +127,7 @@ class TrainConfig(ConfigBase):
     # Log loss / lr every N optimiser steps.
     log_every_steps: int = 10
     # Sigmoid threshold of the predicted mask (reference: 0.35).
-    threshold: float = 0.35
+    threshold: float = MASK_THRESHOLD
     # Checkpoint-selection metric on data.select_split: "oiou", "miou" or "p@0.5" .. "p@0.9"; for
     # generalized data (grefcoco, grefshapes) "giou", "ciou", "n_acc", "t_acc" or "p@0.7" .. "p@0.9".
     select_metric: str = "oiou"

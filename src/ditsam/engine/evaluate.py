@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ditsam.data.collate import RISCollator
 from ditsam.data.transforms import TransformMeta, restore_to_original
+from ditsam.defaults import MASK_THRESHOLD
 from ditsam.metrics import GRESMetrics, RISMetrics
 from ditsam.model.presence import no_target_from_logits
 
@@ -104,7 +105,7 @@ def evaluate(
     dataset: Any,
     *,
     batch_size: int = 16,
-    threshold: float = 0.35,
+    threshold: float = MASK_THRESHOLD,
     num_workers: int = 0,
     mixed_precision: str = "no",
     process_index: int = 0,

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
@@ -39,6 +38,8 @@ from ditsam.engine.data import GENERATED_BERT_DIR, check_data, resolve_text_enco
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
+from ditsam.engine.losses import presence_loss, segmentation_loss
+from ditsam.engine.prompts import prompts_from_masks
 from ditsam.engine.schedule import learning_rate
 from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
 from ditsam.metrics import format_table, summarize
@@ -98,47 +99,6 @@ def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 0.0) -> torch.Tensor:
-    """Binary cross-entropy on mask logits over the padded canvas (the paper's loss), plus
-    ``dice_weight`` times a soft Dice loss: (B,1,S,S) x (B,1,S,S) -> scalar."""
-    logits, target = logits.float(), target.float()
-    loss = F.binary_cross_entropy_with_logits(logits, target)
-    if dice_weight:
-        probabilities = torch.sigmoid(logits).flatten(1)
-        target = target.flatten(1)
-        overlap = (probabilities * target).sum(1)
-        dice = 1 - (2 * overlap + 1) / (probabilities.sum(1) + target.sum(1) + 1)
-        loss = loss + dice_weight * dice.mean()
-    return loss
-
-
-def presence_loss(presence_logits: torch.Tensor, no_target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the (B,) presence logits against "something is referred" (not ``no_target``)."""
-    return F.binary_cross_entropy_with_logits(presence_logits.float(), (~no_target).float())
-
-
-def prompts_from_masks(masks: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Point or box prompts derived from (B,1,S,S) target masks on the canvas (Table 4 "Mix").
-
-    "point": one positive point at a random foreground pixel centre; "box": the mask's extent
-    (x1, y1, x2, y2). Returns keyword arguments for :class:`DITSam`'s forward.
-    """
-    foreground = masks[:, 0] > 0.5
-    batch = foreground.shape[0]
-    if kind == "point":
-        coords = torch.zeros(batch, 1, 2, device=masks.device)
-        for row in range(batch):
-            ys, xs = torch.nonzero(foreground[row], as_tuple=True)
-            pick = int(torch.randint(len(ys), (1,), generator=generator))
-            coords[row, 0] = torch.stack([xs[pick], ys[pick]]).float() + 0.5
-        return {"points": (coords, torch.ones(batch, 1, device=masks.device))}
-    boxes = torch.zeros(batch, 4, device=masks.device)
-    for row in range(batch):
-        ys, xs = torch.nonzero(foreground[row], as_tuple=True)
-        boxes[row] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-    return {"boxes": boxes}
 
 
 def build_model(config: ExperimentConfig) -> DITSam:

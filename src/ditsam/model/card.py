@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ditsam.defaults import MASK_THRESHOLD
 from ditsam.model.config import DITSamConfig
 from ditsam.model.weights import SAM_DECODER_LAYERS
 
@@ -158,7 +159,7 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
         "SAM with Deep Instruction Tuning (DIT): BERT text tokens are fused *inside* SAM's ViT image encoder, "
         "so the sentence shapes the image features, not just the decoder's prompts. Input: an image (long side "
         f"resized to {config.image_size}, zero-padded, ImageNet mean/std) and a sentence; output: mask logits "
-        "(sigmoid > 0.35 is the reference threshold).",
+        f"(sigmoid > {MASK_THRESHOLD} is the reference threshold).",
         "",
         *table,
     ]

@@ -1,0 +1,6 @@
+"""Defaults shared by the library, the command line and the training configs; importing this module
+costs nothing (no torch), so a CLI's argument parser can use it."""
+
+# Sigmoid threshold of a predicted mask: a pixel is foreground where sigmoid(logit) > MASK_THRESHOLD
+# (the paper's and the authors' code's value). Every default threshold in ditsam is this one.
+MASK_THRESHOLD = 0.35
