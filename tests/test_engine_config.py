@@ -32,6 +32,15 @@ def test_every_paper_experiment_loads(scale):
     assert reference.text.hidden_layer == 1 and not reference.mask_text_padding
 
 
+def test_shared_variants_are_one_file_laid_on_each_base():
+    for experiment in PAPER_EXPERIMENTS:
+        coco, shapes = load_experiment(f"refcoco/{experiment}"), load_experiment(f"refshapes/{experiment}")
+        assert coco.name == f"refcoco-{experiment.replace('_', '-')}" and shapes.name.startswith("refshapes-")
+        assert coco.model.injection == shapes.model.injection
+        assert coco.model.backbone == "vit_b" and shapes.model.backbone == "custom"
+    assert not any(name.startswith("variants/") for name in list_experiments())
+
+
 def test_overrides_and_errors(tmp_path):
     config = load_experiment("refshapes/ldit", dict([parse_override("train.epochs=3"), parse_override("model.text.max_tokens=12")]))
     assert config.train.epochs == 3 and config.model.text.max_tokens == 12

@@ -2,7 +2,11 @@
 
 A YAML file may name a ``base`` file (relative to itself) whose values it overrides, so each
 experiment of the paper is a few lines on top of one base. Experiments shipped with the package
-live in ``ditsam/configs`` and are named without the extension (e.g. ``refcoco/ldit``).
+live in ``ditsam/configs`` and are named ``SCALE/EXPERIMENT`` without the extension (``refcoco/ldit``).
+Each scale folder holds its ``_base.yaml`` and the experiments only it has (``refcoco/ldit_vith``);
+the experiments every scale of :data:`VARIANT_SCALES` shares are written once in
+``configs/variants/`` and laid on the scale's base: ``refshapes/ldit`` is ``refshapes/_base.yaml``
+updated with ``variants/ldit.yaml``, named ``refshapes-ldit``.
 """
 
 from __future__ import annotations
@@ -192,34 +196,55 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _deep_merge(_read_yaml_chain(path.parent / base, (*seen, path)), data)
 
 
+#: Scale folders whose experiments include every shared file of ``configs/variants``.
+VARIANT_SCALES = ("refcoco", "refshapes")
+VARIANTS_DIR = "variants"
+
+
 def packaged_config_dir() -> Path:
     return Path(str(resources.files("ditsam") / "configs"))
 
 
 def list_experiments() -> list[str]:
+    """Every packaged experiment name: the scale folders' own files and the shared variants per scale."""
     root = packaged_config_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+    names = {
+        str(p.relative_to(root).with_suffix(""))
+        for p in root.rglob("*.yaml")
+        if not p.name.startswith("_") and p.parent.name != VARIANTS_DIR
+    }
+    names.update(f"{scale}/{variant}" for scale in VARIANT_SCALES for variant in _shared_variants(root))
+    return sorted(names)
 
 
-def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path, or the name of a packaged experiment (``refcoco/ldit``)."""
+def _shared_variants(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / VARIANTS_DIR).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def read_experiment(name_or_path: str) -> dict[str, Any]:
+    """The merged, unvalidated mapping of a YAML path or a packaged experiment name (``refcoco/ldit``)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        return path
-    packaged = packaged_config_dir() / f"{name_or_path}.yaml"
-    if packaged.is_file():
-        return packaged
+        return _read_yaml_chain(path)
+    root = packaged_config_dir()
+    packaged = root / f"{name_or_path}.yaml"
+    if packaged.is_file() and packaged.parent.name != VARIANTS_DIR:
+        return _read_yaml_chain(packaged)
+    scale, _, variant = name_or_path.partition("/")
+    shared = root / VARIANTS_DIR / f"{variant}.yaml"
+    if scale in VARIANT_SCALES and "/" not in variant and shared.is_file():
+        data = _deep_merge(_read_yaml_chain(root / scale / "_base.yaml"), _read_yaml_chain(shared))
+        data["name"] = f"{scale}-{variant.replace('_', '-')}"
+        return data
     known = ", ".join(list_experiments())
     raise ConfigError(f"unknown experiment {name_or_path!r}: give a .yaml path or one of: {known}")
 
 
 def load_experiment(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     """Read an experiment (YAML chain through ``base``), apply dotted overrides, validate strictly."""
-    path = resolve_config_path(name_or_path)
-    data = _read_yaml_chain(path)
-    config = ExperimentConfig.from_dict(data)
+    config = ExperimentConfig.from_dict(read_experiment(name_or_path))
     if overrides:
         config = config.with_overrides(overrides)
     return config
