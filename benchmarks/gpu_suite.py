@@ -459,8 +459,8 @@ def train_measure(suite: Suite, entry: dict[str, Any], *, batch: int, checkpoint
     from torch.utils.flop_counter import FlopCounterMode
 
     from ditsam.engine.ema import EMA
-    from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
     from ditsam.engine.losses import segmentation_loss
+    from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
 
     device, models = suite.device, suite.models
     gc.collect()  # the previous setting's model (held in reference cycles by accelerate's wrappers) goes first

@@ -21,7 +21,6 @@ import torch
 from ditsam.config import parse_override
 from ditsam.engine.config import load_experiment
 from ditsam.engine.train import Trainer
-
 from machine import machine_info
 
 

@@ -8,9 +8,14 @@ Written from an independent table of the official names, not from ditsam's own m
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
+from ditsam.model.config import reference_config
 from ditsam.model.dit import DITSam
 from ditsam.model.weights import to_reference_state_dict
 
@@ -218,3 +223,56 @@ def reference_checkpoint(model: DITSam, *, grid_scale: int = 2) -> tuple[dict[st
         "lr": 1e-6,
     }
     return checkpoint, equivalent
+
+
+# ---------------------------------------------------------------------------------------------------
+# The authors' trainer's files, from a tiny random model
+# ---------------------------------------------------------------------------------------------------
+SENTENCES = ["the red circle left of the blue star", "a small green square"]
+REFERENCE_SIZE = 512  # what a config-less authors' file runs at
+
+
+def tiny_reference_model(bert_dir: Path, **overrides: object) -> DITSam:
+    """A random tiny model that a config-less load must rebuild exactly: ViT width = the tiny BERT's (32),
+    the reference's 512 px input and SAM's 8 decoder heads (the two things the weights do not show)."""
+    settings: dict[str, object] = dict(
+        backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=REFERENCE_SIZE,
+        prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=8, text={"name_or_path": str(bert_dir)},
+    )
+    settings.update(overrides)
+    return randomise(DITSam(reference_config(**settings)), seed=1)
+
+
+def save_from_gpu(checkpoint: dict[str, object], path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save as on the authors' GPUs: every storage tagged cuda:0 (no GPU needed to write that)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(checkpoint, path)
+    with zipfile.ZipFile(path) as archive:
+        pickled = next(archive.read(name) for name in archive.namelist() if name.endswith("data.pkl"))
+    assert b"cuda:0" in pickled
+
+
+def adam_state(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
+    """An Adam optimizer state as the authors' trainer saves it beside the weights."""
+    return {
+        "state": {i: {"step": torch.tensor(7.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
+                  for i, t in enumerate(state_dict.values())},
+        "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.98), "eps": 1e-9, "params": list(range(len(state_dict)))}],
+    }
+
+
+def authors_file(bert_dir: Path, path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> DITSam:
+    """Write ``path`` as the authors' trainer would; returns the model computing what the reference computes."""
+    source = tiny_reference_model(bert_dir, **overrides)
+    checkpoint, equivalent = reference_checkpoint(source)
+    checkpoint["optimizer"] = adam_state(checkpoint["state_dict"])  # type: ignore[arg-type]
+    save_from_gpu(checkpoint, path, monkeypatch)
+    source.load_state_dict(equivalent, strict=False)  # the position tables the reference interpolates at run time
+    return source
+
+
+@torch.no_grad()
+def logits(model: DITSam) -> torch.Tensor:
+    images = torch.randn(len(SENTENCES), 3, REFERENCE_SIZE, REFERENCE_SIZE, generator=torch.Generator().manual_seed(0))
+    return model(images, text=SENTENCES).logits

@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny random BERT (generated vocabulary, no download) and tiny model configs."""
+"""Shared fixtures: a tiny random BERT (generated vocabulary, no download) and a saved tiny model; the
+markers (``slow`` by module, ``browser`` for tests that drive headless Chromium). Helpers that tests
+import live in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,32 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditsam.model.config import DITSamConfig
 from ditsam.model.text import build_tiny_bert
+from helpers import WORDS, tiny_config
 
 # The suite never touches the network: only tiny models and data built locally. Set before anything imports
 # huggingface_hub (it reads the variable once); text models may download by default, so this matters.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-WORDS = "the a red blue green small large circle square triangle star left right of above below on".split()
+# Modules whose tests train, generate datasets, export, serve or download: `pytest -m "not slow"` leaves them out.
+SLOW_MODULES: frozenset[str] = frozenset()
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), words=WORDS, hidden_size=32, num_layers=2)
-
-
-def tiny_config(bert_dir: Path, **overrides) -> DITSamConfig:
-    """A DITSam small enough for CPU tests: 64 px input, 2 blocks of width 32, window 3 (pads 4 -> 6)."""
-    data = dict(
-        backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=64,
-        window_size=3, prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2,
-        text=dict(name_or_path=str(bert_dir), max_tokens=10),
-    )
-    text_overrides = overrides.pop("text", {})
-    data.update(overrides)
-    data["text"].update(text_overrides)
-    return DITSamConfig.from_dict(data)
 
 
 @pytest.fixture(scope="session")

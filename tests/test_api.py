@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
 from ditsam.api import SegmentationResult, Segmenter, box_to_canvas, original_to_canvas, read_image
 from ditsam.data.sample import DataError
 from ditsam.data.transforms import RISTransform, TransformConfig, TransformMeta
 from ditsam.model.dit import DITSam
 from ditsam.model.weights import CheckpointError, to_reference_state_dict
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

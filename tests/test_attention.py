@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ditsam.model.inject import LayerwiseInjection
+from ditsam.model.sam.common import padding_to_additive_mask
 from ditsam.model.sam.image_encoder import (
     Attention,
     ImageEncoderViT,
@@ -15,7 +16,6 @@ from ditsam.model.sam.image_encoder import (
     relative_position_bias,
     set_text_padding,
 )
-from ditsam.model.sam.common import padding_to_additive_mask
 
 TEXT_DIM = 24
 TOLERANCE = 1e-5  # relative to the output's largest magnitude, fp32

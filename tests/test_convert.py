@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_files import cheap_state_dict, official_sam_shapes
+from checkpoint_files import authors_file, cheap_state_dict, logits, official_sam_shapes
 from ditsam.cli.main import main
 from ditsam.model.config import BACKBONES
 from ditsam.model.dit import DITSam
-from test_loading_sources import authors_file, logits
-
-
 
 
 def test_convert_authors_file_then_load_without_network(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -146,7 +145,6 @@ def test_stats_rejects_options_of_other_formats(custom_file, tmp_path):
         run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "test", "--out", str(tmp_path)])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ditsam.cli.data_synth") is None, reason="ditsam.cli.data_synth not there yet")
 def test_through_main(custom_file, tmp_path, capsys):
     from ditsam.cli.main import main
 

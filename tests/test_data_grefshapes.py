@@ -13,16 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_synthetic import _COLOUR, _NP, _RELATION_WORDS, _RELATIONS, _SIZE, _scene_objects, parse, referents
 
 from ditsam.data import GRefCocoDataset
 from ditsam.data.grefshapes import GREFSHAPES_WORDS, build_generalized_scene, generate_grefshapes, grefshapes_files
+from helpers import (
+    COLOUR_PATTERN,
+    NOUN_PHRASE_PATTERN,
+    RELATION_PATTERN,
+    RELATIONS,
+    SIZE_OF_WORD,
+    parse,
+    referents,
+    scene_objects,
+)
 
 NUM_IMAGES = {"train": 10, "val": 6, "testA": 8, "testB": 8}
 _SINGULAR = {"squares": "square", "triangles": "triangle", "stars": "star", "hexagons": "hexagon",
              "diamonds": "diamond", "crosses": "cross", "circles": "circle", "rings": "ring", "hearts": "heart",
              "shapes": None, "objects": None, "ones": None}
-_NP_PLURAL = rf"(?:(small|little|large|big) )?(?:({_COLOUR}) )?({'|'.join(_SINGULAR)})"
+_NP_PLURAL = rf"(?:(small|little|large|big) )?(?:({COLOUR_PATTERN}) )?({'|'.join(_SINGULAR)})"
 _COUNTS = {"two": 2, "three": 3, "four": 4}
 _GROUP_SIDES = {"leftmost": "left", "rightmost": "right", "topmost": "top", "highest": "top",
                 "bottommost": "bottom", "lowest": "bottom", "on the left": "left", "on the right": "right",
@@ -42,7 +51,7 @@ def _load(root: Path) -> tuple[list[dict], dict, dict]:
 
 def _plural_phrase(groups: tuple) -> tuple:
     size, colour, noun = groups
-    return (_SIZE.get(size) if size else None, colour, _SINGULAR[noun])
+    return (SIZE_OF_WORD.get(size) if size else None, colour, _SINGULAR[noun])
 
 
 def parse_generalized(sentence: str) -> dict:
@@ -55,20 +64,20 @@ def parse_generalized(sentence: str) -> dict:
     if m:
         g = m.groups()
         return {"kind": "group", "np": _plural_phrase(g[2:5]), "count": _COUNTS[g[0]], "side": _GROUP_SIDES[g[1]]}
-    m = re.fullmatch(rf"(?:the|all) {_NP_PLURAL} ({_RELATION_WORDS}) the {_NP}", sentence)
+    m = re.fullmatch(rf"(?:the|all) {_NP_PLURAL} ({RELATION_PATTERN}) the {NOUN_PHRASE_PATTERN}", sentence)
     if m:
         g = m.groups()
-        anchor = (_SIZE.get(g[4]) if g[4] else None, g[5], g[6] if g[6] not in ("shape", "object", "one") else None)
-        return {"kind": "relation", "np": _plural_phrase(g[0:3]), "relation": _RELATIONS[g[3]], "anchor": anchor}
+        anchor = (SIZE_OF_WORD.get(g[4]) if g[4] else None, g[5], g[6] if g[6] not in ("shape", "object", "one") else None)
+        return {"kind": "relation", "np": _plural_phrase(g[0:3]), "relation": RELATIONS[g[3]], "anchor": anchor}
     m = re.fullmatch(rf"(all the|the|all|both|the two|the three|the four) {_NP_PLURAL}", sentence)
     if m:
         quantifier = m.group(1)
         count = 2 if quantifier == "both" else _COUNTS.get(quantifier.split()[-1])
         return {"kind": "attribute", "np": _plural_phrase(m.groups()[1:4]), "count": count, "plural": True}
-    m = re.fullmatch(rf"every {_NP}", sentence)
+    m = re.fullmatch(rf"every {NOUN_PHRASE_PATTERN}", sentence)
     if m:
         g = m.groups()
-        return {"kind": "attribute", "np": (_SIZE.get(g[0]) if g[0] else None, g[1], g[2] if g[2] not in ("shape", "object", "one") else None), "plural": True}
+        return {"kind": "attribute", "np": (SIZE_OF_WORD.get(g[0]) if g[0] else None, g[1], g[2] if g[2] not in ("shape", "object", "one") else None), "plural": True}
     return parse(sentence)
 
 
@@ -88,7 +97,7 @@ def generalized_referents(program: dict, objects: list[dict]) -> set[int]:
 
 def test_every_sentence_names_exactly_its_targets(dataset: Path) -> None:
     refs, instances, scenes = _load(dataset)
-    objects_by_image = _scene_objects(instances, scenes)
+    objects_by_image = scene_objects(instances, scenes)
     checked = Counter()
     for ref in refs:
         objects = objects_by_image[ref["image_id"]]
@@ -110,7 +119,7 @@ def test_every_sentence_names_exactly_its_targets(dataset: Path) -> None:
 def test_no_target_attributes_have_near_misses(dataset: Path) -> None:
     """"the blue star" with no blue star: each word alone still fits some object in the scene."""
     refs, instances, scenes = _load(dataset)
-    objects_by_image = _scene_objects(instances, scenes)
+    objects_by_image = scene_objects(instances, scenes)
     seen = 0
     for ref in refs:
         for sentence in ref["sentences"]:

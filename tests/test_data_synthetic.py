@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import pickle
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from ditsam.data.synthetic import (
     generate_refshapes,
     refshapes_files,
 )
+from helpers import parse, referents, scene_objects
 
 NUM_IMAGES = {"train": 8, "val": 4, "testA": 4, "testB": 4}
 
@@ -141,134 +140,9 @@ def test_expression_kinds_per_split(dataset: Path) -> None:
 # Independent check: parse each sentence and evaluate it over the annotated boxes
 # --------------------------------------------------------------------------------------------
 
-_SIZE = {"small": "small", "little": "small", "large": "large", "big": "large"}
-_COLOUR = "|".join(COLOURS)
-_SHAPE = "square|triangle|star|hexagon|diamond|cross|circle|ring|heart"
-_NP = rf"(?:(small|little|large|big) )?(?:({_COLOUR}) )?({_SHAPE}|shape|object|one)"
-_ORD = {"first": 0, "second": 1, "third": 2, "fourth": 3}
-_EXTREME_WORDS = {
-    "leftmost": "left", "rightmost": "right", "topmost": "top", "highest": "top", "bottommost": "bottom",
-    "lowest": "bottom", "left": "left", "right": "right", "upper": "top", "top": "top", "lower": "bottom",
-    "bottom": "bottom",
-}
-_PAIR_ONLY = {"left", "right", "upper", "top", "lower", "bottom"}
-_RELATIONS = {
-    "left of": "left", "to the left of": "left", "right of": "right", "to the right of": "right",
-    "above": "above", "higher than": "above", "below": "below", "under": "below", "beneath": "below",
-    "closest to": "closest", "nearest to": "closest", "nearest": "closest",
-}
-_RELATION_WORDS = "|".join(sorted(_RELATIONS, key=len, reverse=True))
-# (words after the noun phrase, whether they presume exactly two candidates)
-_TRAILING_POSITIONS = (
-    ("furthest to the (left|right)", False), ("on the far (left|right)", False), ("nearest the (top|bottom)", False),
-    ("at the very (top|bottom)", False), ("on the (left|right)", True), ("on top", True), ("at the bottom", True),
-)
-
-
-def _phrase(groups: tuple) -> tuple:
-    size, colour, noun = groups
-    return (_SIZE.get(size) if size else None, colour, noun if noun not in ("shape", "object", "one") else None)
-
-
-def parse(sentence: str) -> dict:
-    """Sentence -> program, with a grammar written independently of the generator's templates."""
-    m = re.fullmatch(rf"(?:the )?{_NP} ({_RELATION_WORDS}) (?:the )?{_NP}", sentence)
-    if m:
-        g = m.groups()
-        return {"kind": "relation", "np": _phrase(g[0:3]), "relation": _RELATIONS[g[3]], "anchor": _phrase(g[4:7])}
-    m = re.fullmatch(rf"(?:the )?(first|second|third|fourth) {_NP} from the (left|right|top|bottom)", sentence)
-    if m:
-        g = m.groups()
-        return {"kind": "ordinal", "np": _phrase(g[1:4]), "rank": _ORD[g[0]], "side": g[4]}
-    m = re.fullmatch(rf"(?:the )?{_NP} (first|second|third|fourth) from the (left|right|top|bottom)", sentence)
-    if m:
-        g = m.groups()
-        return {"kind": "ordinal", "np": _phrase(g[0:3]), "rank": _ORD[g[3]], "side": g[4]}
-    m = re.fullmatch(rf"(?:the )?middle {_NP}|the {_NP} in the middle", sentence)
-    if m:
-        g = m.groups()
-        return {"kind": "middle", "np": _phrase(g[0:3] if g[2] else g[3:6])}
-    m = re.fullmatch(rf"(?:the )?(leftmost|rightmost|topmost|highest|bottommost|lowest|left|right|upper|top|lower|bottom) {_NP}", sentence)
-    if m:
-        g = m.groups()
-        return {"kind": "ordinal", "np": _phrase(g[1:4]), "rank": 0, "side": _EXTREME_WORDS[g[0]], "pair": g[0] in _PAIR_ONLY}
-    for pattern, pair in _TRAILING_POSITIONS:
-        m = re.fullmatch(rf"the {_NP} {pattern}", sentence)
-        if m:
-            g = m.groups()
-            side = g[3] if len(g) > 3 else ("top" if sentence.endswith("top") else "bottom")
-            return {"kind": "ordinal", "np": _phrase(g[0:3]), "rank": 0, "side": side, "pair": pair}
-    m = re.fullmatch(rf"(?:the )?{_NP}(?: in the (?:picture|image))?", sentence)
-    if m:
-        return {"kind": "attribute", "np": _phrase(m.groups())}
-    raise AssertionError(f"sentence outside the grammar: {sentence!r}")
-
-
-def referents(program: dict, objects: list[dict]) -> set[int]:
-    """Indices of the objects the program describes, by plain (two-valued) comparisons."""
-
-    def matching(phrase: tuple) -> list[int]:
-        size, colour, shape = phrase
-        return [
-            i for i, o in enumerate(objects)
-            if (size is None or o["size"] == size) and (colour is None or o["colour"] == colour)
-            and (shape is None or o["shape"] == shape)
-        ]
-
-    def key(i: int, side: str) -> float:
-        return {"left": objects[i]["cx"], "right": -objects[i]["cx"], "top": objects[i]["cy"], "bottom": -objects[i]["cy"]}[side]
-
-    members = matching(program["np"])
-    kind = program["kind"]
-    if kind == "attribute":
-        return set(members)
-    if kind == "ordinal":
-        if program.get("pair") and len(members) != 2:
-            return set()
-        keys = {i: key(i, program["side"]) for i in members}
-        return {i for i in members if sum(keys[o] < keys[i] for o in members) == program["rank"] and list(keys.values()).count(keys[i]) == 1}
-    if kind == "middle":
-        if len(members) != 3:
-            return set()
-        xs = [objects[i]["cx"] for i in members]
-        ys = [objects[i]["cy"] for i in members]
-        side = "left" if max(xs) - min(xs) > max(ys) - min(ys) else "top"
-        return {sorted(members, key=lambda i: key(i, side))[1]}
-    anchors = matching(program["anchor"])
-    if len(anchors) != 1:
-        return set()
-    a = anchors[0]
-    candidates = [i for i in members if i != a]
-    dx = {i: objects[i]["cx"] - objects[a]["cx"] for i in candidates}
-    dy = {i: objects[i]["cy"] - objects[a]["cy"] for i in candidates}
-    relation = program["relation"]
-    if relation == "closest":
-        distance = {i: math.hypot(dx[i], dy[i]) for i in candidates}
-        best = min(distance.values())
-        return {i for i in candidates if distance[i] == best}
-    test = {"left": lambda i: dx[i] < 0, "right": lambda i: dx[i] > 0, "above": lambda i: dy[i] < 0, "below": lambda i: dy[i] > 0}
-    return {i for i in candidates if test[relation](i)}
-
-
-def _scene_objects(instances: dict, scenes: dict) -> dict[int, list[dict]]:
-    """Per image: objects with shape (category), colour and size (scenes.json), centre (bbox)."""
-    categories = {c["id"]: c["name"] for c in instances["categories"]}
-    annotations = {a["id"]: a for a in instances["annotations"]}
-    out = {}
-    for image in scenes["images"]:
-        objects = []
-        for obj in image["objects"]:
-            ann = annotations[obj["ann_id"]]
-            x, y, w, h = ann["bbox"]
-            assert categories[ann["category_id"]] == obj["shape"]
-            objects.append({**obj, "cx": x + w / 2, "cy": y + h / 2})
-        out[image["image_id"]] = objects
-    return out
-
-
 def test_every_sentence_names_exactly_its_object(dataset: Path) -> None:
     refs, instances, scenes = _load(dataset)
-    objects_by_image = _scene_objects(instances, scenes)
+    objects_by_image = scene_objects(instances, scenes)
     checked = Counter()
     for ref in refs:
         objects = objects_by_image[ref["image_id"]]
@@ -286,7 +160,7 @@ def test_every_sentence_names_exactly_its_object(dataset: Path) -> None:
 def test_spatial_sentences_need_their_spatial_words(dataset: Path) -> None:
     """Position / ordinal / relation expressions use a noun phrase that alone fits >= 2 objects."""
     refs, instances, scenes = _load(dataset)
-    objects_by_image = _scene_objects(instances, scenes)
+    objects_by_image = scene_objects(instances, scenes)
     for ref in refs:
         objects = objects_by_image[ref["image_id"]]
         for sentence in ref["sentences"]:

@@ -13,13 +13,8 @@ import torch
 
 from ditsam.config import ConfigError
 from ditsam.data.synthetic import generate_refshapes
-from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
-
-TINY_MODEL = dict(
-    backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
-    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_options=dict(zero_init=False),
-)
+from helpers import tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +22,6 @@ def refshapes_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("refshapes")
     generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
     return root
-
-
-def tiny_experiment(root: Path, bert_dir: Path, **train_overrides) -> ExperimentConfig:
-    train = dict(epochs=2, batch_size=4, micro_batch_size=2, lr=1e-3, ema_decay=0.5, mixed_precision="no",
-                 num_visualizations=2, select_metric="miou", schedule=dict(warmup_epochs=0.5))
-    train.update(train_overrides)
-    return ExperimentConfig.from_dict(dict(
-        name="tiny",
-        model={**TINY_MODEL, "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
-        data=dict(format="refshapes", root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
-        train=train,
-    ))
 
 
 def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir, tmp_path):

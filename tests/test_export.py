@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
 from ditsam.model.dit import DITSam
+from helpers import tiny_config
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
 from ditsam.data.synthetic import generate_refshapes
 from ditsam.engine.config import TrainConfig, load_experiment
 from ditsam.engine.finetune import has_adapters, merged_copy, prepare_for_finetuning
 from ditsam.model.dit import DITSam
-from test_engine import tiny_experiment
+from helpers import tiny_config, tiny_experiment
 
 HEAD = ("image_encoder.injection.", "mask_decoder.", "text_proj.")
 SENTENCES = ["the red circle on the left", "a small blue square"]

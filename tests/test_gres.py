@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from ditsam.api import Segmenter
 from ditsam.data.grefshapes import generate_grefshapes
@@ -19,6 +18,7 @@ from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.losses import presence_loss, segmentation_loss
 from ditsam.engine.train import train
 from ditsam.model.dit import DITSam
+from helpers import tiny_config
 
 TINY_MODEL = dict(
     backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,

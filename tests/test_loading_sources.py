@@ -7,15 +7,13 @@ local cache laid out as huggingface_hub lays it out, with ``HF_HUB_OFFLINE=1``.
 
 from __future__ import annotations
 
-import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from checkpoint_files import cheap_state_dict, official_sam_shapes, randomise, reference_checkpoint
+from checkpoint_files import SENTENCES, authors_file, cheap_state_dict, logits, official_sam_shapes
 from ditsam.api import Segmenter
 from ditsam.cli.main import main
 from ditsam.model.config import BACKBONES, reference_config
@@ -23,83 +21,16 @@ from ditsam.model.dit import DITSam
 from ditsam.model.sources import reference_config_from_state_dict
 from ditsam.model.text import TextConfig
 from ditsam.model.weights import CheckpointError
-
-SENTENCES = ["the red circle left of the blue star", "a small green square"]
-REFERENCE_SIZE = 512  # what a config-less authors' file runs at
-COMMIT_MAIN = "a" * 40
-COMMIT_V1 = "b" * 40
-REPO = "ditsam-test/tiny"
+from helpers import COMMIT_MAIN, COMMIT_V1, REPO, publish
 
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def tiny_reference_model(bert_dir: Path, **overrides: object) -> DITSam:
-    """A random tiny model that a config-less load must rebuild exactly: ViT width = the tiny BERT's (32),
-    the reference's 512 px input and SAM's 8 decoder heads (the two things the weights do not show)."""
-    settings: dict[str, object] = dict(
-        backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=REFERENCE_SIZE,
-        prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=8, text={"name_or_path": str(bert_dir)},
-    )
-    settings.update(overrides)
-    return randomise(DITSam(reference_config(**settings)), seed=1)
-
-
-def save_from_gpu(checkpoint: dict[str, object], path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch.save as on the authors' GPUs: every storage tagged cuda:0 (no GPU needed to write that)."""
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-        torch.save(checkpoint, path)
-    with zipfile.ZipFile(path) as archive:
-        pickled = next(archive.read(name) for name in archive.namelist() if name.endswith("data.pkl"))
-    assert b"cuda:0" in pickled
-
-
-def adam_state(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
-    """An Adam optimizer state as the authors' trainer saves it beside the weights."""
-    return {
-        "state": {i: {"step": torch.tensor(7.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
-                  for i, t in enumerate(state_dict.values())},
-        "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.98), "eps": 1e-9, "params": list(range(len(state_dict)))}],
-    }
-
-
-def authors_file(bert_dir: Path, path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> DITSam:
-    """Write ``path`` as the authors' trainer would; returns the model computing what the reference computes."""
-    source = tiny_reference_model(bert_dir, **overrides)
-    checkpoint, equivalent = reference_checkpoint(source)
-    checkpoint["optimizer"] = adam_state(checkpoint["state_dict"])  # type: ignore[arg-type]
-    save_from_gpu(checkpoint, path, monkeypatch)
-    source.load_state_dict(equivalent, strict=False)  # the position tables the reference interpolates at run time
-    return source
-
-
-@torch.no_grad()
-def logits(model: DITSam) -> torch.Tensor:
-    images = torch.randn(len(SENTENCES), 3, REFERENCE_SIZE, REFERENCE_SIZE, generator=torch.Generator().manual_seed(0))
-    return model(images, text=SENTENCES).logits
-
-
 def rgb(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-
-
-def publish(cache: Path, repo_id: str, files: dict[str, Path], *, commit: str, ref: str) -> Path:
-    """Lay ``files`` (name in the repo -> local file or folder) out as a cached snapshot, ``refs/<ref>`` -> commit."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    for name, local in files.items():
-        target = snapshot / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if local.is_dir():
-            shutil.copytree(local, target)
-        else:
-            shutil.copyfile(local, target)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-    return snapshot
 
 
 # ---------------------------------------------------------------------------------------------------

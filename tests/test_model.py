@@ -8,12 +8,11 @@ import typing
 import pytest
 import torch
 
-from conftest import tiny_config
-from ditsam.model.config import DITSamConfig, reference_config
+from ditsam.model.config import ConfigError, DITSamConfig, Injection, reference_config
 from ditsam.model.dit import DITSam
-from ditsam.model.config import ConfigError, Injection
 from ditsam.model.inject import INJECTIONS, build_injection
 from ditsam.model.sam.injection_api import TextInjection
+from helpers import tiny_config
 
 # Every registered injection, plus the settings that change a variant's shape.
 VARIANTS = [dict(injection=name) for name in INJECTIONS] + [

@@ -27,7 +27,7 @@ from ditsam.data import DataError
 from ditsam.data.synthetic import generate_refshapes
 from ditsam.engine.checkpoint import COMPLETE_MARKER, PAUSE_BETWEEN_RENAMES_ENV, recover_checkpoints
 from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
-from test_engine import tiny_experiment
+from helpers import tiny_experiment
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 KILL_WAIT_S = 120  # longest wait for the subprocess to reach the point where it is killed

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from checkpoint_files import randomise
-from conftest import tiny_config
 from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.train import build_model
 from ditsam.model import sam_files
@@ -23,7 +22,7 @@ from ditsam.model.dit import DITSam
 from ditsam.model.sam_files import SamDownloadError, fetch_sam_checkpoint, hash_prefix_of, sam_checkpoint_url
 from ditsam.model.sources import resolve_init_checkpoint
 from ditsam.model.weights import SAM_PREFIXES
-from test_loading_sources import COMMIT_MAIN, REPO, publish
+from helpers import COMMIT_MAIN, REPO, publish, tiny_config
 
 HASH_DIGITS = 6
 

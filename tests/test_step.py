@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from conftest import tiny_config
 from ditsam.engine.config import TrainConfig
 from ditsam.engine.ema import EMA
-from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
 from ditsam.engine.losses import segmentation_loss
+from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
 from ditsam.model.dit import DITSam
 from ditsam.model.text import TokenizedText
+from helpers import tiny_config
 
 
 def _micro(model: DITSam, sentences: list[str], seed: int) -> MicroBatch:

@@ -17,6 +17,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checkpoint_files import (
+    cheap_state_dict,
+    official_sam_shapes,
+    randomise,
+    reference_checkpoint,
+    reference_pos_embed,
+    reference_rel_pos,
+)
 from ditsam.config import ConfigError
 from ditsam.model.config import DITSamConfig, reference_config
 from ditsam.model.dit import DITSam
@@ -32,15 +40,6 @@ from ditsam.model.weights import (
     load_sam_checkpoint,
     load_sam_state_dict,
     to_reference_state_dict,
-)
-
-from checkpoint_files import (
-    cheap_state_dict,
-    official_sam_shapes,
-    randomise,
-    reference_checkpoint,
-    reference_pos_embed,
-    reference_rel_pos,
 )
 
 WORDS = ["red", "cat", "the", "big", "dog", "on", "left", "man", "in", "blue"]

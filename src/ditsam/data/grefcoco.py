@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
 import numpy as np
 
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, sorted_splits

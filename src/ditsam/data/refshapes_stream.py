@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from ditsam.data.grefshapes import draw_generalized_scene
+from ditsam.data.refshapes import PRESETS, SHAPES, SPLITS, Scene, draw_scene
 from ditsam.data.sample import RefSample
 from ditsam.data.segmentation import bbox_from_mask
-from ditsam.data.refshapes import PRESETS, SHAPES, SPLITS, Scene, draw_scene
 
 # Seed-sequence key that separates stream scenes from the files' (split index, image index) seeds.
 _STREAM_KEY = len(SPLITS) + 1

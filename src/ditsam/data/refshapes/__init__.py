@@ -28,6 +28,21 @@ Modules: :mod:`~ditsam.data.refshapes.vocabulary` (shapes, colours, phrase templ
 the REFER / COCO files). Nothing happens at import time.
 """
 
+from ditsam.data.refshapes.language import (
+    FALSE,
+    TRUE,
+    UNSURE,
+    Expression,
+    NounPhrase,
+    evaluate,
+    find_expressions,
+    referent,
+    render_expression,
+    render_phrase,
+)
+from ditsam.data.refshapes.scene import (
+    SceneObject,
+)
 from ditsam.data.refshapes.vocabulary import (
     ATTRIBUTE,
     COLOURS,
@@ -48,25 +63,11 @@ from ditsam.data.refshapes.vocabulary import (
     SPLITS,
     RefShapesPreset,
 )
-from ditsam.data.refshapes.scene import (
-    SceneObject,
-)
-from ditsam.data.refshapes.language import (
-    FALSE,
-    TRUE,
-    UNSURE,
-    evaluate,
-    Expression,
-    find_expressions,
-    NounPhrase,
-    referent,
-    render_expression,
-    render_phrase,
-)
 from ditsam.data.refshapes.writer import (
+    DatasetFiles,
+    Scene,
     build_scene,
     dataset_files,
-    DatasetFiles,
     draw_scene,
     generate_refshapes,
     image_record,
@@ -74,7 +75,6 @@ from ditsam.data.refshapes.writer import (
     refshapes_files,
     render_scene,
     sample_scene_objects,
-    Scene,
     scene_rng,
     sentence_limit,
     single_target_refs,

@@ -1,0 +1,125 @@
+"""The package's import graph, read with ``ast``: no circle among modules, and the one-way rules the
+layout promises (SAM parts import nothing above ``model/sam``; ``dit`` never imports ``weights``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import ditsam
+
+PACKAGE = Path(ditsam.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imported(module: str, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The ditsam modules an import statement runs (``from pkg import sub`` runs ``pkg.sub``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name in MODULES]
+    if node.level:  # relative import
+        base = module.split(".")
+        if MODULES[module].name != "__init__.py":
+            base = base[:-1]
+        base = base[: len(base) - node.level + 1]
+        target = ".".join([*base, node.module] if node.module else base)
+    else:
+        target = node.module or ""
+    if target not in MODULES:
+        return []
+    subs = [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in MODULES]
+    return subs or [target]
+
+
+def imports_of(module: str, *, top_level_only: bool) -> set[str]:
+    """ditsam modules imported by ``module``: at import time only (module level, outside
+    ``if TYPE_CHECKING:``), or anywhere in it."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    found: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found.update(imported(module, node))
+            elif isinstance(node, ast.If) and is_type_checking(node):
+                continue
+            elif isinstance(node, ast.If):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody, *(handler.body for handler in node.handlers)):
+                    visit(block)
+
+    if top_level_only:
+        visit(tree.body)
+    else:
+        statements = (node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)))
+        found = {name for node in statements for name in imported(module, node)}
+    found.discard(module)
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in sorted(graph.get(node, ())):
+            if successor not in index:
+                connect(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_import_circle_at_import_time():
+    graph = {module: imports_of(module, top_level_only=True) for module in MODULES}
+    assert cycles(graph) == []
+
+
+def test_sam_parts_import_nothing_above_them():
+    inside = lambda name: name == "ditsam.model.sam" or name.startswith("ditsam.model.sam.")  # noqa: E731
+    for module in filter(inside, MODULES):
+        above = {m for m in imports_of(module, top_level_only=False) if not inside(m)}
+        assert not above, f"{module} imports {sorted(above)}"
+
+
+def test_the_model_never_imports_its_loaders():
+    for module in ("ditsam.model.dit", "ditsam.model.folder", "ditsam.model.inject", "ditsam.model.config"):
+        loaders = {m for m in imports_of(module, top_level_only=False) if m.startswith("ditsam.model.weights")}
+        assert not loaders, f"{module} imports {sorted(loaders)}"
