@@ -30,7 +30,7 @@ encoder as one batch (``batch_size`` at a time).
 
 Points and boxes (``points=``, ``boxes=``) are SAM prompts in ORIGINAL image pixel coordinates,
 mapped onto the model canvas with the image's :class:`~ditsam.data.transforms.TransformMeta`
-(:func:`original_to_canvas`). They are only meaningful for a model trained with them (Table 4
+(:meth:`~ditsam.data.transforms.TransformMeta.to_canvas`). They are only meaningful for a model trained with them (Table 4
 "Mix", ``train.prompt_mix``); a text-only model has never seen point or box tokens and ignores
 or misreads them.
 """
@@ -41,11 +41,11 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from ditsam.data.sample import DataError
+from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from ditsam.defaults import MASK_THRESHOLD
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
@@ -58,14 +58,12 @@ if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]
 #: ``(coords, labels)``: coords (N, 2) as (x, y) pixels, labels (N,) with 1 = foreground, 0 = background.
 PointsInput = tuple[Any, Any]
 #: ``(x1, y1, x2, y2)`` pixels: left, top, right, bottom edges.
 BoxInput = Any
 
 DEFAULT_THRESHOLD = MASK_THRESHOLD
-DEFAULT_MAX_PIXELS = 40_000_000
 _DTYPE_NAMES = {
     "fp32": "float32", "float32": "float32", "float": "float32",
     "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -107,120 +105,16 @@ class SegmentationResult:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Coordinates
+# Coordinates (the mapping itself is TransformMeta's; these names stay for callers of ditsam.api)
 # ---------------------------------------------------------------------------------------------------
 def original_to_canvas(xy: np.ndarray, meta: "TransformMeta") -> np.ndarray:
-    """Map (..., 2) (x, y) points from original image pixels to the model's S x S canvas.
-
-    Coordinates are continuous: pixel column ``i`` spans ``[i, i + 1)``, so a box's right edge is
-    ``x + w`` (COCO) and the image spans ``[0, W] x [0, H]``. The transform scales by
-    ``resized / original`` per axis and shifts by the padding; a horizontal flip (never done at
-    inference) mirrors x. Returns float64 (..., 2).
-    """
-    xy = np.asarray(xy, dtype=np.float64)
-    if xy.shape[-1:] != (2,):
-        raise ValueError(f"expected (..., 2) x, y coordinates, got shape {xy.shape}")
-    x = xy[..., 0] * (meta.resized_w / meta.orig_w)
-    y = xy[..., 1] * (meta.resized_h / meta.orig_h)
-    if meta.flipped:
-        x = meta.resized_w - x
-    return np.stack([x + meta.pad_left, y + meta.pad_top], axis=-1)
+    """(..., 2) points from original pixels to the canvas: :meth:`TransformMeta.to_canvas`."""
+    return meta.to_canvas(xy)
 
 
 def box_to_canvas(box: np.ndarray, meta: "TransformMeta") -> np.ndarray:
-    """Map (..., 4) boxes (x1, y1, x2, y2) from original pixels to the canvas (see
-    :func:`original_to_canvas`); x1 <= x2 still holds after a flip. Returns float64 (..., 4)."""
-    box = np.asarray(box, dtype=np.float64)
-    if box.shape[-1:] != (4,):
-        raise ValueError(f"expected (..., 4) boxes as x1, y1, x2, y2, got shape {box.shape}")
-    corners = original_to_canvas(box.reshape(*box.shape[:-1], 2, 2), meta)
-    low, high = corners.min(axis=-2), corners.max(axis=-2)
-    return np.concatenate([low, high], axis=-1)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------------------------------
-def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
-    if width < 1 or height < 1:
-        raise DataError(f"{what} is empty ({width}x{height} pixels)")
-    if max_pixels is not None and width * height > max_pixels:
-        raise DataError(
-            f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:g} (max_pixels={max_pixels}; raise it with Segmenter(max_pixels=...) or "
-            f"downscale the image)"
-        )
-
-
-def _array_to_pil(array: np.ndarray, what: str) -> "Image.Image":
-    from PIL import Image
-
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(
-            f"{what}: a numpy image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {array.shape} "
-            f"(a batch of images is a list of arrays)"
-        )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            raise ValueError(f"{what}: the float image holds {int((~finite).sum())} NaN / infinite values")
-        low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{what}: a float image must hold values in 0..1, got {low:g}..{high:g} "
-                f"(pass uint8 for 0..255 values)"
-            )
-        array = np.rint(array * 255.0).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise ValueError(f"{what}: numpy images must be uint8 (0..255), bool or float (0..1), got dtype {array.dtype}")
-    if array.ndim == 3:
-        array = array[..., :3]  # RGBA: alpha dropped, as load_image does for files
-    return Image.fromarray(np.ascontiguousarray(array))  # uint8: (H, W) -> "L", (H, W, 3) -> "RGB"
-
-
-def read_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image") -> "Image.Image":
-    """Any accepted image input -> 8-bit RGB ``PIL.Image``, refusing more than ``max_pixels`` pixels.
-
-    The size is checked before any pixel is decoded or copied: from the file header for paths, from
-    ``.size`` / ``.shape`` otherwise. Raises :class:`~ditsam.data.sample.DataError` (a ValueError)
-    naming the path for missing, unreadable, non-image or too large files; ValueError / TypeError for
-    arrays and objects of the wrong kind.
-    """
-    from PIL import Image
-
-    from ditsam.data.sample import _to_rgb, image_size, load_image
-
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if os.path.isdir(path):
-            raise DataError(f"cannot read image {path}: it is a folder")
-        try:
-            width, height = image_size(path)
-        except Image.DecompressionBombError as error:  # above PIL's own limit (~179 megapixels)
-            raise DataError(f"image {path} is too large for PIL ({error}); over max_pixels={max_pixels}") from error
-        _check_pixels(width, height, max_pixels, f"image {path}")
-        try:
-            return load_image(path)
-        except Image.DecompressionBombError as error:
-            raise DataError(f"image {path} is too large for PIL: {error}") from error
-    if isinstance(image, Image.Image):
-        _check_pixels(image.width, image.height, max_pixels, what)
-        try:
-            image.load()  # a lazily opened file fails here, not halfway through the transform
-            return _to_rgb(image)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{what}: cannot read the PIL image (mode {image.mode}): {error}") from error
-    if isinstance(image, np.ndarray):
-        if image.ndim >= 2:
-            _check_pixels(int(image.shape[1]), int(image.shape[0]), max_pixels, what)
-        return _array_to_pil(image, what).convert("RGB")
-    raise TypeError(
-        f"{what}: expected a file path, a PIL image or a numpy array, got {type(image).__name__}"
-    )
+    """(..., 4) boxes from original pixels to the canvas: :meth:`TransformMeta.box_to_canvas`."""
+    return meta.box_to_canvas(box)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -649,14 +543,14 @@ class Segmenter:
         metas = [prepared[key].meta for key in keys]
         kwargs: dict[str, Any] = {}
         if chunk[0].points is not None:
-            coords = np.stack([original_to_canvas(job.points[0], meta) for job, meta in zip(chunk, metas)])
+            coords = np.stack([meta.to_canvas(job.points[0]) for job, meta in zip(chunk, metas)])
             labels = np.stack([job.points[1] for job in chunk])
             kwargs["points"] = (
                 torch.as_tensor(coords, dtype=torch.float32, device=device),
                 torch.as_tensor(labels, dtype=torch.float32, device=device),
             )
         if chunk[0].box is not None:
-            canvas_boxes = np.stack([box_to_canvas(job.box, meta) for job, meta in zip(chunk, metas)])
+            canvas_boxes = np.stack([meta.box_to_canvas(job.box) for job, meta in zip(chunk, metas)])
             kwargs["boxes"] = torch.as_tensor(canvas_boxes, dtype=torch.float32, device=device)
         text = self.model.tokenize([job.sentence for job in chunk])
         with torch.inference_mode(), self._autocast():

@@ -100,6 +100,33 @@ class TransformMeta:
     flipped: bool
     input_size: int
 
+    def to_canvas(self, xy: np.ndarray) -> np.ndarray:
+        """Map (..., 2) (x, y) points from original image pixels to the model's S x S canvas.
+
+        Coordinates are continuous: pixel column ``i`` spans ``[i, i + 1)``, so a box's right edge is
+        ``x + w`` (COCO) and the image spans ``[0, W] x [0, H]``. The transform scales by
+        ``resized / original`` per axis and shifts by the padding; a horizontal flip (never done at
+        inference) mirrors x. Returns float64 (..., 2).
+        """
+        xy = np.asarray(xy, dtype=np.float64)
+        if xy.shape[-1:] != (2,):
+            raise ValueError(f"expected (..., 2) x, y coordinates, got shape {xy.shape}")
+        x = xy[..., 0] * (self.resized_w / self.orig_w)
+        y = xy[..., 1] * (self.resized_h / self.orig_h)
+        if self.flipped:
+            x = self.resized_w - x
+        return np.stack([x + self.pad_left, y + self.pad_top], axis=-1)
+
+    def box_to_canvas(self, box: np.ndarray) -> np.ndarray:
+        """Map (..., 4) boxes (x1, y1, x2, y2) from original pixels to the canvas (see :meth:`to_canvas`);
+        x1 <= x2 still holds after a flip. Returns float64 (..., 4)."""
+        box = np.asarray(box, dtype=np.float64)
+        if box.shape[-1:] != (4,):
+            raise ValueError(f"expected (..., 4) boxes as x1, y1, x2, y2, got shape {box.shape}")
+        corners = self.to_canvas(box.reshape(*box.shape[:-1], 2, 2))
+        low, high = corners.min(axis=-2), corners.max(axis=-2)
+        return np.concatenate([low, high], axis=-1)
+
 
 @dataclasses.dataclass
 class TransformOutput:

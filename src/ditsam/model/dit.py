@@ -163,6 +163,8 @@ class DITSam(nn.Module):
         return DITSamOutput(logits=logits, low_res_logits=low_res, iou_predictions=iou, presence_logits=presence)
 
     def _check_inputs(self, images, text, points, boxes) -> None:
+        """Shapes and counts; values (points on the canvas, x1 <= x2) only for tensors on the CPU, where
+        reading them costs no device-to-host sync (a training step on a GPU never waits for them)."""
         size = self.config.image_size
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -188,17 +190,18 @@ class DITSam(nn.Module):
                     f"points must be (coords (B,N,2), labels (B,N)) with B={batch}, "
                     f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
                 )
-            real = labels >= 0
-            outside = real & ((coords < 0) | (coords > size)).any(-1)
-            if outside.any():
-                first = coords[outside][0].tolist()
-                raise ValueError(f"point {first} lies outside the {size}x{size} input canvas")
+            if coords.device.type == "cpu":
+                outside = (labels >= 0) & ((coords < 0) | (coords > size)).any(-1)
+                if outside.any():
+                    first = coords[outside][0].tolist()
+                    raise ValueError(f"point {first} lies outside the {size}x{size} input canvas")
         if boxes is not None:
             if boxes.ndim != 2 or boxes.shape != (batch, 4):
                 raise ValueError(f"boxes must be ({batch}, 4) as x1, y1, x2, y2, got {tuple(boxes.shape)}")
-            bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-            if bad.any():
-                raise ValueError(f"box {boxes[bad][0].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
+            if boxes.device.type == "cpu":
+                bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+                if bad.any():
+                    raise ValueError(f"box {boxes[bad][0].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(
