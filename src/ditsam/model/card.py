@@ -14,14 +14,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ditsam.defaults import MASK_THRESHOLD
 from ditsam.model.config import DITSamConfig
+from ditsam.model.loadable import LoadableModel
 from ditsam.model.weights import SAM_DECODER_LAYERS
-
-if TYPE_CHECKING:
-    from ditsam.model.dit import DITSam
 
 #: File name of the card inside a save_pretrained folder (the Hub renders it as the repository page).
 CARD_FILE = "README.md"
@@ -65,7 +62,7 @@ class CardFacts:
     text_layers: int
 
 
-def facts_of(model: DITSam) -> CardFacts:
+def facts_of(model: LoadableModel) -> CardFacts:
     """The :class:`CardFacts` of a built model."""
     bert = model.text_encoder.bert.config
     return CardFacts(

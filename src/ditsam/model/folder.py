@@ -3,8 +3,8 @@
 A folder holds ``config.json`` (``{"format_version", "model": config}``), ``model.safetensors`` and
 ``text_encoder/`` (BERT config + tokenizer). :func:`read_pretrained_folder` validates one and returns the
 config and the paths; the strict weight load with its report is
-:func:`ditsam.model.weights.load_ditsam_directory`. This module imports nothing of ``weights``, so
-``dit`` -> ``folder`` and ``weights`` -> ``dit`` run one way.
+:func:`ditsam.model.weights.load_ditsam_directory`. This module imports nothing of ``weights`` or ``dit``:
+both import it.
 """
 
 from __future__ import annotations

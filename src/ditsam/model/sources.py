@@ -32,12 +32,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import get_args
 
 import torch
 
 from ditsam.model.config import BACKBONES, DITSamConfig, Injection, reference_config
 from ditsam.model.folder import CONFIG_FILE
+from ditsam.model.loadable import LoadableModel
 from ditsam.model.weights import (
     REFERENCE_IMAGE_SIZE,
     REFERENCE_MAX_TOKENS,
@@ -51,9 +52,6 @@ from ditsam.model.weights import (
     read_checkpoint_file,
     strip_module_prefix,
 )
-
-if TYPE_CHECKING:
-    from ditsam.model.dit import DITSam
 
 logger = logging.getLogger(__name__)
 
@@ -376,14 +374,14 @@ def _sam_needs_text(source: str) -> CheckpointError:
 
 
 def _load_sam_start(
-    cls: type[DITSam],
+    cls: type[LoadableModel],
     path: Path,
     state_dict: Mapping[str, torch.Tensor],
     *,
     injection: Injection | None,
     config: DITSamConfig | None,
     text_name_or_path: str | None,
-) -> tuple[DITSam, LoadReport]:
+) -> tuple[LoadableModel, LoadReport]:
     """SAM's weights (strict, position tables resized) + a BERT's weights, the DIT parts fresh: a start for training."""
     if config is None:
         if text_name_or_path is None:
@@ -410,14 +408,14 @@ def _load_sam_start(
 
 
 def _load_file(
-    cls: type[DITSam],
+    cls: type[LoadableModel],
     path: Path,
     *,
     injection: Injection | None,
     config: DITSamConfig | None,
     text_name_or_path: str | None,
     sam_start: bool = False,
-) -> tuple[DITSam, LoadReport]:
+) -> tuple[LoadableModel, LoadReport]:
     if config is None and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise NotADirectoryError(
             f"{path} is a file, not a ditsam checkpoint folder; without config= only checkpoint files "
@@ -461,7 +459,7 @@ def _load_file(
 
 
 def load_pretrained(
-    cls: type[DITSam],
+    cls: type[LoadableModel],
     source: str | os.PathLike[str],
     *,
     revision: str | None = None,
@@ -470,7 +468,7 @@ def load_pretrained(
     text_name_or_path: str | None = None,
     cache_dir: str | Path | None = None,
     map_location: str | torch.device = "cpu",
-) -> DITSam:
+) -> LoadableModel:
     """A ready model (eval mode, on ``map_location``) from any source (see the module docstring).
 
     ``revision``: branch, tag or commit of a Hub id. ``injection``: for an authors' file without config,
@@ -489,7 +487,7 @@ def load_pretrained(
 
 
 def load_pretrained_with_report(
-    cls: type[DITSam],
+    cls: type[LoadableModel],
     source: str | os.PathLike[str],
     *,
     revision: str | None = None,
@@ -499,7 +497,7 @@ def load_pretrained_with_report(
     cache_dir: str | Path | None = None,
     map_location: str | torch.device = "cpu",
     sam_start: bool = False,
-) -> tuple[DITSam, LoadReport]:
+) -> tuple[LoadableModel, LoadReport]:
     """:func:`load_pretrained`, also returning the :class:`~ditsam.model.weights.LoadReport` of the load
     (what was loaded, resized, ignored; its ``source`` names the resolved file or folder). Same arguments
     and errors.

@@ -6,7 +6,8 @@ model and loads it into a :class:`LoadReport`, :mod:`~ditsam.model.weights.sam` 
 (and transformers ``SamModel``) checkpoints, :mod:`~ditsam.model.weights.reference` converts the
 authors' DIT checkpoints both ways, and :mod:`~ditsam.model.weights.dispatch` tells the layouts apart
 (:func:`load_checkpoint`) and loads our :meth:`~ditsam.model.dit.DITSam.save_pretrained` folders.
-Imports run one way: ``weights`` may import ``dit``, never the reverse. Nothing happens at import time.
+Models are typed as :class:`~ditsam.model.loadable.LoadableModel`, so ``weights`` imports nothing of ``dit``
+and ``dit`` never imports ``weights``: no import circle. Nothing happens at import time.
 """
 
 from ditsam.model.folder import CheckpointError

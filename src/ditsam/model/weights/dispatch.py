@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ditsam.model.folder import CheckpointError, read_pretrained_folder
+from ditsam.model.loadable import LoadableModel
 from ditsam.model.weights.files import read_checkpoint_file, safetensors_load, strip_module_prefix
 from ditsam.model.weights.keys import SAM_PREFIXES, TEXT_PREFIX
 from ditsam.model.weights.matching import apply_state_dict, listing
@@ -22,13 +22,10 @@ from ditsam.model.weights.reference import load_reference_state_dict
 from ditsam.model.weights.report import LoadReport
 from ditsam.model.weights.sam import load_sam_state_dict
 
-if TYPE_CHECKING:
-    from ditsam.model.dit import DITSam
-
 logger = logging.getLogger(__name__)
 
 
-def _load_strict(model: DITSam, weights: Path) -> LoadReport:
+def _load_strict(model: LoadableModel, weights: Path) -> LoadReport:
     state_dict = safetensors_load(weights)
     return apply_state_dict(
         model, state_dict, kind="ditsam", source=str(weights), classify_missing=lambda key: None, allow_resize=False
@@ -36,8 +33,8 @@ def _load_strict(model: DITSam, weights: Path) -> LoadReport:
 
 
 def load_ditsam_directory(
-    cls: type[DITSam], directory: str | Path, *, map_location: str | torch.device = "cpu"
-) -> DITSam:
+    cls: type[LoadableModel], directory: str | Path, *, map_location: str | torch.device = "cpu"
+) -> LoadableModel:
     """Build a model from a :meth:`DITSam.save_pretrained` folder, strictly, in eval mode on ``map_location``.
 
     The BERT architecture and tokenizer come from ``text_encoder/`` (``config.text.name_or_path`` points
@@ -49,7 +46,7 @@ def load_ditsam_directory(
     return model.to(map_location).eval()
 
 
-def load_ditsam_directory_with_report(cls: type[DITSam], directory: str | Path) -> tuple[DITSam, LoadReport]:
+def load_ditsam_directory_with_report(cls: type[LoadableModel], directory: str | Path) -> tuple[LoadableModel, LoadReport]:
     """:func:`load_ditsam_directory` on the CPU, also returning the :class:`LoadReport` of the strict load."""
     directory = Path(directory)
     config, _, weights = read_pretrained_folder(directory)
@@ -58,7 +55,7 @@ def load_ditsam_directory_with_report(cls: type[DITSam], directory: str | Path) 
     return model, report
 
 
-def _load_directory_into(model: DITSam, directory: Path) -> LoadReport:
+def _load_directory_into(model: LoadableModel, directory: Path) -> LoadReport:
     config, _, weights = read_pretrained_folder(directory)
     saved, current = config.to_dict(), model.config.to_dict()
     saved["text"].pop("name_or_path")
@@ -90,7 +87,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def load_any_state_dict(
-    model: DITSam, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+    model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
 ) -> LoadReport:
     """Load a state dict of any known layout into ``model`` (see :func:`detect_format`): reference DIT,
     official / transformers SAM, or a flat DITSam state dict (strict). ``source`` names it in messages."""
@@ -114,7 +111,7 @@ def load_any_state_dict(
     )
 
 
-def load_checkpoint(model: DITSam, path: str | Path) -> LoadReport:
+def load_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     """Load whatever ``path`` is into ``model``: a save_pretrained folder (strict; config differences are
     reported), a reference-DIT checkpoint (``visual_encoder.*``), an official / transformers SAM checkpoint
     (``image_encoder.*`` / ``vision_encoder.*``), or a flat DITSam state dict (strict)."""

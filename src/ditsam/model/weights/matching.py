@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 
 from ditsam.model.config import BACKBONES, DITSamConfig
 from ditsam.model.folder import CheckpointError
+from ditsam.model.loadable import LoadableModel
 from ditsam.model.sam.image_encoder import resize_absolute_position_embedding, resize_relative_position_table
 from ditsam.model.weights.keys import (
     BLOCK,
@@ -23,9 +23,6 @@ from ditsam.model.weights.keys import (
     StateDict,
 )
 from ditsam.model.weights.report import LoadReport
-
-if TYPE_CHECKING:
-    from ditsam.model.dit import DITSam
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +107,7 @@ def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def apply_state_dict(
-    model: DITSam,
+    model: LoadableModel,
     state_dict: Mapping[str, torch.Tensor],
     *,
     kind: str,

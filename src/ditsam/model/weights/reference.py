@@ -17,19 +17,16 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ditsam.model.config import DITSamConfig
 from ditsam.model.folder import CheckpointError
+from ditsam.model.loadable import LoadableModel
 from ditsam.model.weights.files import read_checkpoint_file, strip_module_prefix
 from ditsam.model.weights.keys import INJECTION_PREFIX, POS_EMBED, REL_POS, TEXT_PREFIX, WRITER, StateDict
 from ditsam.model.weights.matching import apply_state_dict, fit_shape
 from ditsam.model.weights.report import LoadReport
-
-if TYPE_CHECKING:
-    from ditsam.model.dit import DITSam
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +190,7 @@ def _reference_notes(config: DITSamConfig) -> list[str]:
 
 
 def load_reference_state_dict(
-    model: DITSam, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+    model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
 ) -> LoadReport:
     """Load a reference-DIT state dict into ``model``: renamed as :func:`convert_reference_state_dict`,
     position tables resized, strict on every other key (only zero-size parameters may be absent)."""
@@ -212,7 +209,7 @@ def load_reference_state_dict(
     )
 
 
-def load_reference_checkpoint(model: DITSam, path: str | Path) -> LoadReport:
+def load_reference_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     """Load a checkpoint written by the authors' trainer (``{'state_dict': ..., 'optimizer': ...}``, EMA
     weights, ``module.`` prefix) into ``model``; see the module docstring and docs/checkpoints.md."""
     state_dict, _ = read_checkpoint_file(path)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ditsam.model.folder import CheckpointError
+from ditsam.model.loadable import LoadableModel
 from ditsam.model.weights.files import read_checkpoint_file, strip_module_prefix
 from ditsam.model.weights.keys import (
     DECODER_LAYER,
@@ -27,9 +27,6 @@ from ditsam.model.weights.keys import (
 )
 from ditsam.model.weights.matching import apply_state_dict
 from ditsam.model.weights.report import LoadReport
-
-if TYPE_CHECKING:
-    from ditsam.model.dit import DITSam
 
 
 def _sam_missing(key: str) -> str | None:
@@ -46,7 +43,7 @@ def _sam_missing(key: str) -> str | None:
 
 
 def load_sam_state_dict(
-    model: DITSam, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+    model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
 ) -> LoadReport:
     """Load an official SAM state dict (or a transformers ``SamModel`` one) into ``model``'s SAM parts.
 
@@ -77,7 +74,7 @@ def load_sam_state_dict(
     return apply_state_dict(model, state_dict, kind="sam", source=source, classify_missing=_sam_missing, notes=notes)
 
 
-def load_sam_checkpoint(model: DITSam, path: str | Path) -> LoadReport:
+def load_sam_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     """Load an official SAM checkpoint file (``sam_vit_{b,l,h}_*.pth``) into ``model``; see :func:`load_sam_state_dict`.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` (a ValueError) for an

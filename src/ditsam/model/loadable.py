@@ -1,0 +1,29 @@
+"""The model as its loaders see it: what ``weights``, ``sources`` and the model card need of a
+:class:`~ditsam.model.dit.DITSam`. Typed against :class:`LoadableModel` they import nothing of ``dit``,
+so ``DITSam.from_pretrained`` / ``save_pretrained`` can call them without an import circle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import torch
+
+from ditsam.model.config import DITSamConfig
+
+
+class LoadableModel(Protocol):
+    """A DITSam: its config, its text encoder, and the ``nn.Module`` methods loading uses."""
+
+    config: DITSamConfig
+    text_encoder: torch.nn.Module
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def eval(self) -> Any: ...
