@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ditsam.data.images import exceeds_max_pixels
 from ditsam.data.sample import DataError
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.serve`
@@ -228,7 +229,7 @@ def _load_checked(segmenter: "Segmenter", image: Any) -> "Image.Image | DemoOutp
         )
     except Image.DecompressionBombError:  # over PIL's own limit, ~179 megapixels
         return _problem(f"`{name}` is far too large to open. Downscale it and upload it again.")
-    if limit is not None and width * height > limit:
+    if exceeds_max_pixels(width, height, limit):
         return _problem(
             f"`{name}` is {width}x{height} pixels = {width * height / 1e6:.2f} megapixels, more than this demo "
             f"accepts ({limit / 1e6:g} megapixels; `ditsam serve --max-pixels`). Downscale it and upload it again."

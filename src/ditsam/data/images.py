@@ -21,10 +21,17 @@ DEFAULT_MAX_PIXELS = 40_000_000
 ImageInput = Union[str, os.PathLike, "Image.Image", np.ndarray]
 
 
+def exceeds_max_pixels(width: int, height: int, max_pixels: int | None) -> bool:
+    """Whether a ``width`` x ``height`` image is over ``max_pixels`` (None: no limit)."""
+    return max_pixels is not None and width * height > max_pixels
+
+
 def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    """Raise :class:`~ditsam.data.sample.DataError` naming ``what`` for an empty image or one over
+    ``max_pixels``; the web demo words the same refusal for its page (:mod:`ditsam.serve`)."""
     if width < 1 or height < 1:
         raise DataError(f"{what} is empty ({width}x{height} pixels)")
-    if max_pixels is not None and width * height > max_pixels:
+    if exceeds_max_pixels(width, height, max_pixels):
         raise DataError(
             f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
             f"{max_pixels / 1e6:g} (max_pixels={max_pixels}; raise it with Segmenter(max_pixels=...) or "
