@@ -117,12 +117,8 @@ class ReferDataset(RefDatasetBase):
         mode: str = "eval",
         text_field: TextField = "sent",
     ) -> None:
-        if text_field not in ("sent", "raw"):
-            raise DataError(f"unknown text_field {text_field!r}; expected 'sent' or 'raw'")
         path = refs_path(root=root, dataset=dataset, split_by=split_by)
-        refs = load_refs(path)
-        check_split(split, (str(ref["split"]) for ref in refs), source=str(path))
-        refs = [ref for ref in refs if ref["split"] == split]
+        refs = refs_of_split(load_refs(path), split=split, source=path, text_field=text_field)
         instances = Path(root) / dataset / "instances.json"
         images, annotations = read_instances(instances, ann_ids={ref["ann_id"] for ref in refs})
         objects = [_ref_object(ref, images, annotations, Path(image_dir), text_field, path, instances) for ref in refs]
@@ -187,6 +183,15 @@ def read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], d
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"cannot read instances file {path}: {type(error).__name__}: {error}") from error
     return images, annotations
+
+
+def refs_of_split(refs: list[dict], *, split: str, source: PathLike, text_field: str) -> list[dict]:
+    """The refs of ``split`` (unknown splits raise listing the available ones), once ``text_field`` is
+    known to be ``sent`` or ``raw``."""
+    if text_field not in ("sent", "raw"):
+        raise DataError(f"unknown text_field {text_field!r}; expected 'sent' or 'raw'")
+    check_split(split, (str(ref["split"]) for ref in refs), source=str(source))
+    return [ref for ref in refs if ref["split"] == split]
 
 
 def ref_sentences(ref: dict, *, text_field: str, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
