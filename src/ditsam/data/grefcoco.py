@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from ditsam.data.base import RefDatasetBase, RefObject, sorted_splits
-from ditsam.data.refer import TextField, check_refs, load_refs, read_instances, ref_sentences, refs_of_split
+from ditsam.data.refer import (
+    TextField,
+    check_refs,
+    image_size_problem,
+    load_refs,
+    read_instances,
+    ref_sentences,
+    refs_of_split,
+)
 from ditsam.data.sample import DataError, PathLike
 from ditsam.data.segmentation import decode_segmentation, segmentation_area
 
@@ -177,9 +185,9 @@ class GRefCocoDataset(RefDatasetBase):
 
     def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
         parts, height, width = obj.mask_source
-        if (width, height) not in sizes:
-            return (f"instances.json gives image {obj.image_path} as {width}x{height} (WxH) but the file is "
-                    f"{sizes[0][0]}x{sizes[0][1]}")
+        size_problem = image_size_problem(obj.image_path, width=width, height=height, sizes=sizes)
+        if size_problem is not None:
+            return size_problem
         if obj.no_target:
             return None  # an empty mask is what "no target" means
         if not parts:
