@@ -86,6 +86,8 @@ def test_training_and_evaluation_report_gres_metrics(grefshapes_root, tiny_bert_
         assert results[split]["n_acc"] is not None and 0 <= results[split]["giou"] <= 100
     assert "| gIoU | cIoU | N-acc | T-acc |" in (tmp_path / "run" / "results.md").read_text()
     assert (tmp_path / "run" / "checkpoints" / "best" / "config.json").is_file()
+    sources = json.loads((tmp_path / "run" / "data_sources.json").read_text())
+    assert set(sources) == {"train", "val", "testB"} and len(sources["val"]["sha256"]) == 64
 
     from ditsam.engine.run_eval import evaluate_checkpoint
 
