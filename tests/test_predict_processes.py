@@ -58,7 +58,7 @@ def _launch(checkpoint: Path, pairs: Path, out: Path, *extra: str) -> subprocess
                "-m", "ditsam.cli.main", "predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs),
                "--out", str(out), "--batch-size", "2", "--device", "cpu", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=240)
 
 
 def _records(out: Path) -> list[dict]:
@@ -193,3 +193,17 @@ def test_int8_predicts_on_the_cpu_and_refuses_a_gpu(checkpoint: Path, pairs: Pat
     assert [r["sentence"] for r in got] == [r["sentence"] for r in expected]
     for a, b in zip(got, expected):
         assert abs(a["score"] - b["score"]) <= 0.05
+
+
+def test_predictions_missing_from_the_journals_are_one_line(checkpoint: Path, pairs: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import ditsam.cli.predict
+
+    # As rank 0 sees it when the other processes wrote into a folder of their own node, not a shared one.
+    monkeypatch.setattr(ditsam.cli.predict, "read_journals", lambda out: {})
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "7 prediction(s) made in this run are not in the journals" in error and "every process sees" in error
+    assert not (out / "predictions.json").exists()

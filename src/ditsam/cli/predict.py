@@ -98,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay pictures")
     parser.add_argument("--no-masks", action="store_true", help="skip the mask PNGs (predictions.json still has them)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run into --out: pairs already in its predictions.jsonl are skipped")
+                        help="continue an interrupted run into --out: pairs already in its journals (predictions.jsonl, "
+                             "predictions.rank*.jsonl, from any number of processes) are skipped")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete this command's earlier outputs in --out and start again (a non-empty --out is "
                              "refused without --resume or --overwrite)")
@@ -300,8 +301,6 @@ class _SharedError(CLIError):
 def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ditsam.cli.predict_world import World
-
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
@@ -362,24 +361,12 @@ def _write_failure(error: OSError, out: Path, kept: str) -> str:
 
 
 def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[int], out: Path, world: World) -> int:
-    from tqdm.auto import tqdm
-
-    from ditsam.api import Segmenter
     from ditsam.cli.predict_loader import default_workers
 
-    device = args.device
-    if device is None and args.dtype != "int8":
-        device = world.device  # under a launcher: this process's own GPU (the CPU with --cpu); else the default
-    segmenter = Segmenter.from_pretrained(
-        args.checkpoint, **source_options(args), device=device, dtype=args.dtype, threshold=args.threshold,
-        max_pixels=args.max_pixels, batch_size=args.batch_size,
-    )
+    segmenter = _segmenter(args, world)
     workers = default_workers(world.size) if args.workers is None else args.workers
     share = world.share([(index, pairs[index]) for index in todo])
-    if world.distributed:  # rank 0's bar shows its own share; the others show none
-        bar = tqdm(total=len(share), desc=f"predict (rank 0 of {world.size})", unit="pair", disable=not world.is_main)
-    else:
-        bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="predict", unit="pair")
+    bar = _progress_bar(world, total=len(pairs), done=len(pairs) - len(todo), share=len(share))
     world.gather(None)  # the clock starts when every process holds its model
     began = time.perf_counter()
     failed: OSError | None = None
@@ -389,28 +376,54 @@ def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[i
         failures, made = _predict_share(args, share, out, segmenter, world, workers=workers, bar=bar)
     except OSError as error:
         failed = error
-    # Every process waits here for the slowest, then all know how each one ended.
-    where = f"rank {world.rank}: " if world.distributed else ""
-    reports = world.gather((None if failed is None else where + _write_failure(failed, out, str(out / journal_name(world))),
-                            failures, made))
+    why = None
+    if failed is not None:
+        rank = f"rank {world.rank}: " if world.distributed else ""
+        why = rank + _write_failure(failed, out, str(out / journal_name(world)))
+    reports = world.gather((why, failures, made))  # every process waits for the slowest, then knows how all ended
     seconds = time.perf_counter() - began
     errors = [error for error, _, _ in reports if error is not None]
     if errors:
         raise _SharedError("; ".join(errors)) from failed
-    failures = {path: why for _, failed_here, _ in reports for path, why in failed_here.items()}
+    failures = {path: reason for _, theirs, _ in reports for path, reason in theirs.items()}
     made = sum(count for _, _, count in reports)
     outcome: str | None = None
+    finish_error: Exception | None = None
     if world.is_main:
         try:
             _finish(args, pairs, todo, out, failures, world, made=made, seconds=seconds)
         except CLIError as error:
-            outcome = str(error)
+            outcome, finish_error = str(error), error
         except OSError as error:
-            outcome = _write_failure(error, out, f"the journals in {out}")
+            outcome, finish_error = _write_failure(error, out, f"the journals in {out}"), error
     outcome = world.broadcast(outcome)
     if outcome is not None:
-        raise _SharedError(outcome)
+        raise _SharedError(outcome) from finish_error
     return EXIT_SKIPPED if failures else 0
+
+
+def _segmenter(args: argparse.Namespace, world: World) -> Any:
+    """The Segmenter of this process: on the device asked for; by default, under a launcher, on the
+    device accelerate gave this process (its own GPU, or the CPU); int8 always on the CPU."""
+    from ditsam.api import Segmenter
+
+    device = args.device
+    if device is None and args.dtype != "int8":
+        device = world.device
+    return Segmenter.from_pretrained(
+        args.checkpoint, **source_options(args), device=device, dtype=args.dtype, threshold=args.threshold,
+        max_pixels=args.max_pixels, batch_size=args.batch_size,
+    )
+
+
+def _progress_bar(world: World, *, total: int, done: int, share: int) -> Any:
+    """One process: all pairs, those done before counted in. Several: rank 0 shows its own share (the
+    others' bars would overwrite it), the others none."""
+    from tqdm.auto import tqdm
+
+    if world.distributed:
+        return tqdm(total=share, desc=f"predict (rank 0 of {world.size})", unit="pair", disable=not world.is_main)
+    return tqdm(total=total, initial=done, desc="predict", unit="pair")
 
 
 def _finish(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[int], out: Path,
