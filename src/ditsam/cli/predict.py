@@ -312,13 +312,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         todo = _plan(args, pairs, world)  # before the model loads: a wrong --out fails at once
         with logging_redirect_tqdm():
-            return _predict(args, pairs, todo, Path(args.out), world)
+            code = _predict(args, pairs, todo, Path(args.out), world)
     except _SharedError:
+        world.close()  # every process raised it: all of them get here
         if world.is_main:
             raise
         return EXIT_ERROR
-    finally:
-        world.close()
+    world.close()
+    return code
 
 
 def _plan(args: argparse.Namespace, pairs: list[dict[str, Any]], world: World) -> list[int]:
