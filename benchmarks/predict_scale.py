@@ -1,6 +1,6 @@
 """``ditsam predict`` over a folder of images: images/s with 1 and 2 processes on this machine.
 
-    PYTHONPATH=src python benchmarks/predict_scale.py                  # ViT-B L-DIT 512, 16 images (~4 min on 2 cores)
+    PYTHONPATH=src python benchmarks/predict_scale.py                  # ViT-B L-DIT 512, 16 images (~5 min on 2 cores)
     PYTHONPATH=src python benchmarks/predict_scale.py --model tiny     # the tests' tiny model: a quick check
 
 The model: the packaged ``refcoco/ldit`` (ViT-B, 512 px, L-DIT) with random weights and a BERT-base-sized
@@ -13,6 +13,7 @@ Settings, each the real command line in a fresh process, one after the other:
 - ``1 process``: ``python -m ditsam.cli.main predict`` with every core for torch's threads, DataLoader
   workers at the command's default;
 - ``1 process, --workers 0``: the same, images decoded in the process;
+- ``1 process, 1 thread``: one torch thread (on a busy machine, torch's threads wait on each other);
 - ``2 processes``: ``accelerate launch --multi_gpu --num_processes 2 ... --device cpu`` (torchrun under
   the hood, gloo; accelerate's ``--cpu`` alone would start one process), one torch thread per process.
 
@@ -131,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    settings = [
+    settings = [  # name, processes, torch threads per process, --workers (None: the command's default)
         ("1 process", 1, cores, None),
         ("1 process, --workers 0", 1, cores, 0),
+        ("1 process, 1 thread", 1, 1, None),
         ("2 processes", 2, max(1, cores // 2), None),
     ]
     report: dict[str, object] = {"machine": machine_info(), "settings": {k: str(v) for k, v in vars(args).items()},
