@@ -18,6 +18,26 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 WORDS = "the a red blue green small large circle square triangle star left right of above below on".split()
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_command(processes: int, *args: str) -> list[str]:
+    """``accelerate launch`` of ``processes`` CPU processes running ``python -m ditsam.cli.main ARGS``.
+    Two or more need ``--multi_gpu`` (accelerate then starts them with torchrun, on gloo with ``--device
+    cpu``): its ``--cpu --num_processes 2`` starts a single process."""
+    import sys
+
+    placement = ["--cpu"] if processes == 1 else ["--multi_gpu", "--main_process_port", str(free_port())]
+    return [sys.executable, "-m", "accelerate.commands.launch", *placement, "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ditsam.cli.main", *args]
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), words=WORDS, hidden_size=32, num_layers=2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import launch_command
 
 from ditsam.cli.main import main
 from ditsam.cli.predict_world import World
@@ -43,20 +44,10 @@ def one_process(checkpoint: Path, pairs: Path, tmp_path_factory: pytest.TempPath
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _launch(checkpoint: Path, pairs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of 2 CPU processes (gloo). ``--multi_gpu`` makes accelerate start them with
-    torchrun; its ``--cpu`` alone runs one process. ``--device cpu`` keeps them on the CPU anywhere."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()),
-               "-m", "ditsam.cli.main", "predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs),
-               "--out", str(out), "--batch-size", "2", "--device", "cpu", *extra]
+    """2 CPU processes (gloo) of ``ditsam predict``; ``--device cpu`` keeps them on the CPU anywhere."""
+    command = launch_command(2, "predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out),
+                             "--batch-size", "2", "--device", "cpu", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=240)
 
