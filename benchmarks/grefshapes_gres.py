@@ -17,8 +17,6 @@ import logging
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from ditsam.config import parse_override
 from ditsam.data.sample import load_sample_image
 from ditsam.engine.config import load_experiment
@@ -27,7 +25,7 @@ from ditsam.engine.evaluate import evaluate
 from ditsam.engine.train import train
 from ditsam.metrics import format_table
 from ditsam.model.dit import DITSam
-from ditsam.viz import captioned, overlay, side_by_side
+from ditsam.viz import captioned, fit_within, overlay, side_by_side, stacked
 from machine import machine_info
 
 LABELS = {"ldit": "L-DIT", "default": "Default (text in decoder)", "edit": "E-DIT"}
@@ -60,18 +58,12 @@ def picture_grid(model: DITSam, dataset, refs_file: Path, path: Path) -> Path:
             image = load_sample_image(dataset.base[sample.index])
             says = "says: nothing referred" if sample.no_target else f"IoU {100 * sample.iou:.0f}"
             shown = sample.pred & (not sample.no_target)
-            card = captioned(overlay(image, shown, sample.gt), f'[{kind}] "{sample.sentence}" {says}')
-            scale = CARD_SIDE / max(card.size)
-            cards.append(card.resize((round(card.width * scale), round(card.height * scale)), Image.BILINEAR))
+            cards.append(fit_within(captioned(overlay(image, shown, sample.gt), f'[{kind}] "{sample.sentence}" {says}'),
+                                    CARD_SIDE))
         if cards:
             rows.append(side_by_side(cards))
-    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 4 for r in rows)), "white")
-    y = 0
-    for row in rows:
-        grid.paste(row, (0, y))
-        y += row.height + 4
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    stacked(rows).save(path)
     return path
 
 

@@ -1,5 +1,5 @@
 """Helpers the tests share, importable as ``from helpers import ...`` (pytest puts ``tests/`` on the path):
-tiny model and experiment configs, a local Hugging Face cache, and a parser of RefShapes sentences
+tiny model and experiment configs, multi-process launch commands, a local Hugging Face cache, and a parser of RefShapes sentences
 written independently of the generator, to check what it writes. Fixtures stay in ``conftest.py``;
 checkpoint files in others' layouts are built by ``checkpoint_files.py``.
 """
@@ -50,6 +50,29 @@ def tiny_experiment(root: Path, bert_dir: Path, **train_overrides) -> Experiment
         data=dict(format="refshapes", root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
         train=train,
     ))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several processes: `accelerate launch` of the ditsam command
+# ---------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_command(processes: int, *args: str) -> list[str]:
+    """``accelerate launch`` of ``processes`` CPU processes running ``python -m ditsam.cli.main ARGS``.
+    Two or more need ``--multi_gpu`` (accelerate then starts them with torchrun, on gloo with ``--device
+    cpu``): its ``--cpu --num_processes 2`` starts a single process."""
+    import sys
+
+    placement = ["--cpu"] if processes == 1 else ["--multi_gpu", "--main_process_port", str(free_port())]
+    return [sys.executable, "-m", "accelerate.commands.launch", *placement, "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ditsam.cli.main", *args]
 
 
 # ---------------------------------------------------------------------------------------------------

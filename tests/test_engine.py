@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ditsam.config import ConfigError
-from ditsam.data.synthetic import generate_refshapes
+from ditsam.data.refshapes import generate_refshapes
 from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
-from helpers import tiny_experiment
+from helpers import launch_command, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +123,14 @@ def test_two_process_evaluation_matches_one_process(refshapes_root, tiny_bert_di
     outputs = {}
     for processes in (1, 2):
         out = tmp_path / f"eval{processes}"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "ditsam.cli.main", "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
-                   "--device", "cpu"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + processes)}
+        command = launch_command(processes, "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
+                                 "--device", "cpu")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert completed.returncode == 0, completed.stderr[-3000:]
         outputs[processes] = json.loads((out / "results.json").read_text())
     for split in ("val", "testB"):
+        assert outputs[1][split].pop("processes") == 1 and outputs[2][split].pop("processes") == 2  # really 2
         assert outputs[2][split]["count"] == outputs[1][split]["count"]
         for key, value in outputs[1][split].items():
             assert outputs[2][split][key] == pytest.approx(value, abs=1e-9), (split, key)

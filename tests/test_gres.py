@@ -18,7 +18,7 @@ from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.losses import presence_loss, segmentation_loss
 from ditsam.engine.train import train
 from ditsam.model.dit import DITSam
-from helpers import tiny_config
+from helpers import launch_command, tiny_config
 
 TINY_MODEL = dict(
     backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
@@ -87,6 +87,8 @@ def test_training_and_evaluation_report_gres_metrics(grefshapes_root, tiny_bert_
         assert results[split]["n_acc"] is not None and 0 <= results[split]["giou"] <= 100
     assert "| gIoU | cIoU | N-acc | T-acc |" in (tmp_path / "run" / "results.md").read_text()
     assert (tmp_path / "run" / "checkpoints" / "best" / "config.json").is_file()
+    sources = json.loads((tmp_path / "run" / "data_sources.json").read_text())
+    assert set(sources) == {"train", "val", "testB"} and len(sources["val"]["sha256"]) == 64
 
     from ditsam.engine.run_eval import evaluate_checkpoint
 
@@ -107,15 +109,14 @@ def test_two_process_gres_evaluation_matches_one_process(grefshapes_root, tiny_b
     outputs = {}
     for processes in (1, 2):
         out = tmp_path / f"eval{processes}"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "ditsam.cli.main", "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
-                   "--device", "cpu"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29600 + processes)}
+        command = launch_command(processes, "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
+                                 "--device", "cpu")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert completed.returncode == 0, completed.stderr[-3000:]
         outputs[processes] = json.loads((out / "results.json").read_text())
     for split in ("val", "testB"):
+        assert outputs[1][split].pop("processes") == 1 and outputs[2][split].pop("processes") == 2  # really 2
         assert outputs[2][split]["count"] == outputs[1][split]["count"]
         for key, value in outputs[1][split].items():
             assert outputs[2][split][key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key

@@ -41,6 +41,18 @@ def _as_bool_array(mask: Any, name: str) -> np.ndarray:
     return mask
 
 
+def _mask_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks as boolean (H, W) arrays, checked to be of the same size."""
+    pred_mask = _as_bool_array(pred, "pred")
+    gt_mask = _as_bool_array(gt, "gt")
+    if pred_mask.shape != gt_mask.shape:
+        raise ValueError(
+            f"pred {pred_mask.shape} and gt {gt_mask.shape} differ in size: metrics are computed at the "
+            "original image resolution (restore the prediction first)"
+        )
+    return pred_mask, gt_mask
+
+
 class RISMetrics:
     """Accumulates oIoU, mIoU and P@X over samples of any sizes.
 
@@ -61,13 +73,7 @@ class RISMetrics:
 
     def update(self, pred: Any, gt: Any) -> float:
         """Add one sample (boolean (H, W) masks of the same size); returns its IoU."""
-        pred_mask = _as_bool_array(pred, "pred")
-        gt_mask = _as_bool_array(gt, "gt")
-        if pred_mask.shape != gt_mask.shape:
-            raise ValueError(
-                f"pred {pred_mask.shape} and gt {gt_mask.shape} differ in size: metrics are computed at the "
-                "original image resolution (restore the prediction first)"
-            )
+        pred_mask, gt_mask = _mask_pair(pred, gt)
         intersection = int(np.count_nonzero(pred_mask & gt_mask))
         union = int(np.count_nonzero(pred_mask | gt_mask))
         iou = intersection / union if union else 1.0
@@ -144,13 +150,7 @@ class GRESMetrics:
         no-target sample. ``pred_no_target``: the model's "nothing is referred" flag; None derives
         it from ``pred`` (no foreground pixel = no target).
         """
-        pred_mask = _as_bool_array(pred, "pred")
-        gt_mask = _as_bool_array(gt, "gt")
-        if pred_mask.shape != gt_mask.shape:
-            raise ValueError(
-                f"pred {pred_mask.shape} and gt {gt_mask.shape} differ in size: metrics are computed at the "
-                "original image resolution (restore the prediction first)"
-            )
+        pred_mask, gt_mask = _mask_pair(pred, gt)
         flagged = not pred_mask.any() if pred_no_target is None else bool(pred_no_target)
         self.count += 1
         if not gt_mask.any():

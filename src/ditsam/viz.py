@@ -55,6 +55,24 @@ def side_by_side(images: list[Image.Image], *, gap: int = 4) -> Image.Image:
     return out
 
 
+def stacked(rows: list[Image.Image], *, gap: int = 4) -> Image.Image:
+    """Images one above the other, left-aligned (e.g. rows made by :func:`side_by_side`)."""
+    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)), "white")
+    y = 0
+    for row in rows:
+        out.paste(row, (0, y))
+        y += row.height + gap
+    return out
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` shrunk (bilinear) so that its longer side is at most ``max_side``; never enlarged."""
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+
+
 def prediction_card(image: Image.Image, sentence: str, pred: np.ndarray, gt: np.ndarray | None, iou: float | None = None) -> Image.Image:
     """Prediction (red) and ground truth (green outline) on the image, captioned with the sentence."""
     caption = f'"{sentence}"' + (f"  IoU {100 * iou:.1f}" if iou is not None else "")

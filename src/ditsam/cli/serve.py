@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ditsam.cli.errors import CLIError
-from ditsam.cli.source_args import SOURCE_HELP, add_source_arguments, source_options
+from ditsam.cli.source_args import SOURCE_HELP, add_dtype_argument, add_source_arguments, source_options
 from ditsam.defaults import MASK_THRESHOLD
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=MASK_THRESHOLD,
                         help=f"sigmoid threshold (default {MASK_THRESHOLD})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="bf16: autocast (CPU / GPU)")
+    add_dtype_argument(parser)
     parser.set_defaults(func=run)
 
 

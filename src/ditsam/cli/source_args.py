@@ -34,3 +34,17 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of ``from_pretrained`` from the parsed options (None where not given)."""
     return {"revision": args.revision, "injection": args.injection, "text_name_or_path": args.text_model}
+
+
+#: ``--dtype`` values of the commands that run a Segmenter (``predict``, ``serve``).
+DTYPE_CHOICES = ("fp32", "bf16", "fp16", "int8")
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``: the Segmenter's precision (see :class:`ditsam.api.Segmenter`)."""
+    parser.add_argument(
+        "--dtype", default="fp32", choices=DTYPE_CHOICES,
+        help="fp32 (default); bf16: autocast (GPU, also CPU); fp16: autocast (GPU); int8: the CPU only, text prompts "
+             "only, through ONNX Runtime (the model is quantised at start, ~1 minute for ViT-B; pip install "
+             "'ditsam[int8]')",
+    )

@@ -27,8 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ditsam.data.base import RefDatasetBase, RefObject, check_split, sorted_splits
-from ditsam.data.refer import TextField, check_refs, load_refs, read_instances, ref_sentences
+from ditsam.data.base import RefDatasetBase, RefObject, sorted_splits
+from ditsam.data.refer import (
+    TextField,
+    check_refs,
+    image_size_problem,
+    load_refs,
+    read_instances,
+    ref_sentences,
+    refs_of_split,
+)
 from ditsam.data.sample import DataError, PathLike
 from ditsam.data.segmentation import decode_segmentation, segmentation_area
 
@@ -121,12 +129,8 @@ class GRefCocoDataset(RefDatasetBase):
         split_by: str = "unc",
         text_field: TextField = "sent",
     ) -> None:
-        if text_field not in ("sent", "raw"):
-            raise DataError(f"unknown text_field {text_field!r}; expected 'sent' or 'raw'")
         path = grefs_path(root=root, dataset=dataset, split_by=split_by)
-        refs = load_grefs(path)
-        check_split(split, (str(ref["split"]) for ref in refs), source=str(path))
-        refs = [ref for ref in refs if ref["split"] == split]
+        refs = refs_of_split(load_grefs(path), split=split, source=path, text_field=text_field)
         targets = {int(ref["ref_id"]): target_ann_ids(ref, where=f"{path}: ref {ref['ref_id']}") for ref in refs}
         instances = Path(root) / dataset / "instances.json"
         images, annotations = read_instances(instances, ann_ids={a for ids in targets.values() for a in ids})
@@ -182,9 +186,9 @@ class GRefCocoDataset(RefDatasetBase):
 
     def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
         parts, height, width = obj.mask_source
-        if (width, height) not in sizes:
-            return (f"instances.json gives image {obj.image_path} as {width}x{height} (WxH) but the file is "
-                    f"{sizes[0][0]}x{sizes[0][1]}")
+        size_problem = image_size_problem(obj.image_path, width=width, height=height, sizes=sizes)
+        if size_problem is not None:
+            return size_problem
         if obj.no_target:
             return None  # an empty mask is what "no target" means
         if not parts:

@@ -117,12 +117,8 @@ class ReferDataset(RefDatasetBase):
         mode: str = "eval",
         text_field: TextField = "sent",
     ) -> None:
-        if text_field not in ("sent", "raw"):
-            raise DataError(f"unknown text_field {text_field!r}; expected 'sent' or 'raw'")
         path = refs_path(root=root, dataset=dataset, split_by=split_by)
-        refs = load_refs(path)
-        check_split(split, (str(ref["split"]) for ref in refs), source=str(path))
-        refs = [ref for ref in refs if ref["split"] == split]
+        refs = refs_of_split(load_refs(path), split=split, source=path, text_field=text_field)
         instances = Path(root) / dataset / "instances.json"
         images, annotations = read_instances(instances, ann_ids={ref["ann_id"] for ref in refs})
         objects = [_ref_object(ref, images, annotations, Path(image_dir), text_field, path, instances) for ref in refs]
@@ -136,9 +132,9 @@ class ReferDataset(RefDatasetBase):
 
     def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
         segmentation, height, width = obj.mask_source
-        if (width, height) not in sizes:
-            return (f"instances.json gives image {obj.image_path} as {width}x{height} (WxH) but the file is "
-                    f"{sizes[0][0]}x{sizes[0][1]}")
+        size_problem = image_size_problem(obj.image_path, width=width, height=height, sizes=sizes)
+        if size_problem is not None:
+            return size_problem
         try:
             if segmentation_area(segmentation, height=height, width=width):
                 return None
@@ -187,6 +183,23 @@ def read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], d
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"cannot read instances file {path}: {type(error).__name__}: {error}") from error
     return images, annotations
+
+
+def image_size_problem(image_path: str, *, width: int, height: int, sizes: list[tuple[int, int]]) -> str | None:
+    """What is wrong when instances.json's (width, height) of an image is not one of the file's accepted
+    (W, H) ``sizes``; None when it matches."""
+    if (width, height) in sizes:
+        return None
+    return f"instances.json gives image {image_path} as {width}x{height} (WxH) but the file is {sizes[0][0]}x{sizes[0][1]}"
+
+
+def refs_of_split(refs: list[dict], *, split: str, source: PathLike, text_field: str) -> list[dict]:
+    """The refs of ``split`` (unknown splits raise listing the available ones), once ``text_field`` is
+    known to be ``sent`` or ``raw``."""
+    if text_field not in ("sent", "raw"):
+        raise DataError(f"unknown text_field {text_field!r}; expected 'sent' or 'raw'")
+    check_split(split, (str(ref["split"]) for ref in refs), source=str(source))
+    return [ref for ref in refs if ref["split"] == split]
 
 
 def ref_sentences(ref: dict, *, text_field: str, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:

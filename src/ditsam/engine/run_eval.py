@@ -124,7 +124,8 @@ def evaluate_checkpoint(
         )
         dump.close(out / f"masks_{split}.rle.json" if accelerator.num_processes == 1
                    else out / f"masks_{split}.rank{accelerator.process_index}.rle.json")
-        results[split] = {**result.metrics, "count": result.count, "protocol": protocol}
+        results[split] = {**result.metrics, "count": result.count, "protocol": protocol,
+                          "processes": accelerator.num_processes}
         source = getattr(dataset.base, "source", None)
         if source is not None:  # gRefCOCO was renumbered once: say which refs file was scored
             results[split]["data_source"] = source

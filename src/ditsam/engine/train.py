@@ -3,6 +3,7 @@
 Run folder layout::
 
     <run>/config.yaml           resolved experiment config
+    <run>/data_sources.json     annotation files read and their sha256 (gRefCOCO-layout data)
     <run>/metrics.jsonl         one JSON record per log step and per evaluation
     <run>/tensorboard/          loss, lr, metrics, prediction pictures
     <run>/predictions/          prediction pictures per evaluation
@@ -59,9 +60,11 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 BAD_RECORDS_FILE = "bad_records.txt"
+#: Which annotation file (and its sha256) each split was read from, for readers that record it (gRefCOCO).
+DATA_SOURCES_FILE = "data_sources.json"
 #: What a run writes into its folder; ``overwrite=True`` deletes these and nothing else.
 RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "predictions", "results.json", "results.md",
-               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR)
+               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR, DATA_SOURCES_FILE)
 #: Present when a run folder holds a run that --resume could continue (or --overwrite replace).
 CHECKPOINT_NAMES = ("last", "best")
 #: Model settings a resume may change: they change neither the weights nor what trains (the text
@@ -389,6 +392,10 @@ class Trainer:
         self.writer = None
         if self.accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            sources = {split: dataset.base.source for split, dataset in {"train": self.train_set, **self.eval_sets}.items()
+                       if getattr(dataset.base, "source", None) is not None}
+            if sources:  # gRefCOCO was renumbered once: a run names the files it read
+                (self.run_dir / DATA_SOURCES_FILE).write_text(json.dumps(sources, indent=2))
             from torch.utils.tensorboard import SummaryWriter
 
             # After a resume, events past the checkpoint's step are purged: those steps are logged again.
