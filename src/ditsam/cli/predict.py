@@ -53,6 +53,7 @@ from ditsam.cli.errors import CLIError
 from ditsam.cli.predict_loader import IndexedPair
 from ditsam.cli.predict_world import World
 from ditsam.cli.source_args import SOURCE_HELP, add_dtype_argument, add_source_arguments, source_options
+from ditsam.defaults import MASK_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--jsonl", metavar="FILE", help='pairs, one per line: {"image": path, "text": sentence}')
     parser.add_argument("--text", help="the sentence (with --image / --images)")
     parser.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
-    parser.add_argument("--threshold", type=float, default=0.35, help="sigmoid threshold (default 0.35)")
+    parser.add_argument("--threshold", type=float, default=MASK_THRESHOLD, help=f"sigmoid threshold (default {MASK_THRESHOLD})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_dtype_argument(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
