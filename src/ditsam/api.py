@@ -38,239 +38,34 @@ or misreads them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
 
 from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from ditsam.defaults import MASK_THRESHOLD
+from ditsam.predictor.devices import is_int8, resolve_device, resolve_device_for, resolve_dtype
+from ditsam.predictor.jobs import Job, Prepared, chunk_jobs, make_jobs
+from ditsam.predictor.prompts import BoxInput, PointsInput, box_to_canvas, original_to_canvas
+from ditsam.predictor.result import SegmentationResult
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
     import torch
     from PIL import Image
 
-    from ditsam.data.transforms import TransformMeta
     from ditsam.model.config import DITSamConfig
     from ditsam.model.dit import DITSam
 
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "DEFAULT_THRESHOLD", "BoxInput", "ImageInput", "PointsInput", "SegmentationResult",
+    "Segmenter", "box_to_canvas", "original_to_canvas", "read_image", "resolve_device", "resolve_dtype",
+]
+
 logger = logging.getLogger(__name__)
 
-#: ``(coords, labels)``: coords (N, 2) as (x, y) pixels, labels (N,) with 1 = foreground, 0 = background.
-PointsInput = tuple[Any, Any]
-#: ``(x1, y1, x2, y2)`` pixels: left, top, right, bottom edges.
-BoxInput = Any
-
 DEFAULT_THRESHOLD = MASK_THRESHOLD
-_DTYPE_NAMES = {
-    "fp32": "float32", "float32": "float32", "float": "float32",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-}
-
-
-@dataclasses.dataclass
-class SegmentationResult:
-    """One prediction at the original image resolution.
-
-    mask: bool (H, W); score: the model's predicted IoU of that mask (float); logits: float32 (H, W),
-    ``sigmoid(logits) > threshold`` gives ``mask`` when something is referred. present: False when a
-    model with a no-target head (generalized RIS, ``config.no_target_head``) says the sentence names
-    nothing in the image; ``mask`` is then empty (``logits`` stay the decoder's, for inspection).
-    presence: that head's probability that something is referred (None: the model has no such head).
-    A sentence naming several objects gives one mask covering all of them.
-    """
-
-    mask: np.ndarray
-    score: float
-    logits: np.ndarray
-    present: bool = True
-    presence: float | None = None
-
-    @property
-    def area(self) -> int:
-        """Foreground pixels of :attr:`mask`."""
-        return int(self.mask.sum())
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """COCO box (x, y, w, h) around :attr:`mask`; (0, 0, 0, 0) for an empty mask."""
-        ys = np.flatnonzero(self.mask.any(axis=1))
-        xs = np.flatnonzero(self.mask.any(axis=0))
-        if len(xs) == 0:
-            return (0, 0, 0, 0)
-        return (int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Coordinates (the mapping itself is TransformMeta's; these names stay for callers of ditsam.api)
-# ---------------------------------------------------------------------------------------------------
-def original_to_canvas(xy: np.ndarray, meta: "TransformMeta") -> np.ndarray:
-    """(..., 2) points from original pixels to the canvas: :meth:`TransformMeta.to_canvas`."""
-    return meta.to_canvas(xy)
-
-
-def box_to_canvas(box: np.ndarray, meta: "TransformMeta") -> np.ndarray:
-    """(..., 4) boxes from original pixels to the canvas: :meth:`TransformMeta.box_to_canvas`."""
-    return meta.box_to_canvas(box)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Prompts
-# ---------------------------------------------------------------------------------------------------
-def _parse_points(points: Any, what: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if points is None:
-        return None
-    if not isinstance(points, (tuple, list)) or len(points) != 2:
-        raise ValueError(f"{what}: points must be a pair (coords (N, 2), labels (N,)), got {type(points).__name__}")
-    coords = np.asarray(_to_numpy(points[0]), dtype=np.float64)
-    labels = np.asarray(_to_numpy(points[1]))
-    if coords.ndim == 1 and coords.shape == (2,):
-        coords = coords[None]
-    if labels.ndim == 0:
-        labels = labels[None]
-    if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-        raise ValueError(f"{what}: point coords must be (N, 2) x, y with N >= 1, got shape {coords.shape}")
-    if labels.shape != (coords.shape[0],):
-        raise ValueError(f"{what}: point labels must be ({coords.shape[0]},), got shape {labels.shape}")
-    if not np.isfinite(coords).all():
-        raise ValueError(f"{what}: point coords must be finite, got {coords.tolist()}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"{what}: point labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
-    return coords, labels.astype(np.float32)
-
-
-def _parse_box(box: Any, what: str) -> np.ndarray | None:
-    if box is None:
-        return None
-    try:
-        values = np.asarray(_to_numpy(box), dtype=np.float64)
-    except (TypeError, ValueError):
-        values = np.zeros(0)
-    if values.size != 4:
-        raise ValueError(f"{what}: a box must be 4 numbers x1, y1, x2, y2, got {box!r}")
-    values = values.reshape(4)
-    if not np.isfinite(values).all():
-        raise ValueError(f"{what}: box values must be finite, got {values.tolist()}")
-    if values[2] < values[0] or values[3] < values[1]:
-        raise ValueError(f"{what}: box {values.tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
-    return values
-
-
-def _to_numpy(value: Any) -> Any:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        return value.detach().cpu().numpy()
-    return value
-
-
-def _check_inside(job: "_Job", width: int, height: int) -> None:
-    if job.points is not None:
-        coords = job.points[0]
-        outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0) | (coords[:, 1] > height)
-        if outside.any():
-            raise ValueError(
-                f"{job.what}: point {coords[outside][0].tolist()} lies outside the {width}x{height} image "
-                f"(points are x, y in original image pixels)"
-            )
-    if job.box is not None:
-        x1, y1, x2, y2 = job.box.tolist()
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise ValueError(
-                f"{job.what}: box {job.box.tolist()} reaches outside the {width}x{height} image "
-                f"(boxes are x1, y1, x2, y2 in original image pixels, within 0..W and 0..H)"
-            )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Segmenter
-# ---------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Job:
-    index: int
-    image_key: Hashable
-    image: Any
-    sentence: str
-    points: tuple[np.ndarray, np.ndarray] | None
-    box: np.ndarray | None
-    what: str
-
-    @property
-    def signature(self) -> tuple[int, bool]:
-        """Jobs batched together must have the same prompt layout."""
-        return (0 if self.points is None else len(self.points[1]), self.box is not None)
-
-
-@dataclasses.dataclass
-class _Prepared:
-    canvas: "torch.Tensor"  # (3, S, S) float32, normalised
-    meta: "TransformMeta"
-
-
-def _image_key(image: Any) -> Hashable:
-    if isinstance(image, (str, os.PathLike)):
-        return ("path", os.fspath(image))
-    return ("object", id(image))
-
-
-def _is_int8(dtype: object) -> bool:
-    return isinstance(dtype, str) and dtype.lower() == "int8"
-
-
-def _int8_device(device: "torch.device | str | None") -> str:
-    """The device of int8 inference: the CPU (ONNX Runtime); any other explicit device is an error."""
-    if device is not None and str(device).split(":")[0] != "cpu":
-        raise ValueError(f"dtype='int8' runs on the CPU (ONNX Runtime), not on {str(device)!r}: pass device='cpu'")
-    return "cpu"
-
-
-def resolve_device(device: "torch.device | str | None") -> "torch.device":
-    """None -> ``cuda`` when available, else ``cpu``; anything else as ``torch.device`` takes it, checked
-    to be usable here. Raises ValueError in one sentence for an unknown device name, or for a CUDA device
-    on a machine or torch build without one (torch itself would fail later, deep in ``.to()``)."""
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or mps") from None
-    if resolved.type == "cuda":
-        if torch.version.cuda is None:
-            raise ValueError(
-                f"device {str(device)!r} asked for, but this torch build ({torch.__version__}) has no CUDA support; "
-                f"use --device cpu (device='cpu'), or install the torch build for your CUDA"
-            )
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} asked for, but no CUDA GPU is visible; use --device cpu (device='cpu')")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
-                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
-            )
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but MPS is not available here; use --device cpu (device='cpu')")
-    return resolved
-
-
-def resolve_dtype(dtype: "torch.dtype | str | None") -> "torch.dtype | None":
-    """None / float32 -> None (no autocast); bfloat16 / float16 (or "bf16", "fp16", ...) -> that dtype."""
-    import torch
-
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        name = _DTYPE_NAMES.get(dtype.lower().removeprefix("torch."))
-        if name is None:
-            raise ValueError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
-        dtype = getattr(torch, name)
-    if dtype == torch.float32:
-        return None
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    return dtype
 
 
 class Segmenter:
@@ -309,8 +104,8 @@ class Segmenter:
             raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        int8 = _is_int8(dtype)
-        self.device = resolve_device(_int8_device(device) if int8 else device)
+        int8 = is_int8(dtype)
+        self.device = resolve_device_for(device, dtype)
         self.dtype = None if int8 else resolve_dtype(dtype)
         self.threshold = float(threshold)
         self.max_pixels = max_pixels
@@ -356,7 +151,7 @@ class Segmenter:
         """
         from ditsam.model.dit import DITSam
 
-        resolve_device(_int8_device(device) if _is_int8(dtype) else device)  # an unusable device fails before loading
+        resolve_device_for(device, dtype)  # an unusable device fails before loading
         model = DITSam.from_pretrained(
             source, revision=revision, injection=injection, config=config,  # type: ignore[arg-type]
             text_name_or_path=text_name_or_path, cache_dir=cache_dir,
@@ -421,114 +216,22 @@ class Segmenter:
         threshold = self.threshold if threshold is None else float(threshold)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-        jobs, single = self._jobs(image, text, points, boxes)
+        jobs, single = make_jobs(image, text, points, boxes)
         results: list[SegmentationResult | None] = [None] * len(jobs)
-        for chunk, prepared in self._chunks(jobs, progress=progress):
+        chunks = chunk_jobs(jobs, batch_size=self.batch_size, prepare=self._prepare, progress=progress)
+        for chunk, prepared in chunks:
             for job, result in zip(chunk, self._run(chunk, prepared, threshold)):
                 results[job.index] = result
         out = [r for r in results if r is not None]
         assert len(out) == len(jobs)
         return out[0] if single else out
 
-    def _jobs(
-        self, image: Any, text: Any, points: Any, boxes: Any
-    ) -> tuple[list[_Job], bool]:
-        """Validate the inputs (types, sentences, prompt shapes) and pair them up, before any work."""
-        many_images = isinstance(image, (list, tuple))
-        if isinstance(text, str):
-            sentences, many_sentences = [text], False
-        elif isinstance(text, (list, tuple)):
-            sentences, many_sentences = list(text), True
-        else:
-            raise TypeError(f"text must be a sentence (str) or a list of sentences, got {type(text).__name__}")
-        if many_sentences and not sentences:
-            raise ValueError("text is an empty list: give at least one sentence")
-        for index, sentence in enumerate(sentences):
-            if not isinstance(sentence, str):
-                raise TypeError(f"sentence {index} must be a str, got {type(sentence).__name__}")
-            if not sentence.strip():
-                raise ValueError(f"sentence {index} is empty ({sentence!r}): every prediction needs a description")
-        if many_images:
-            images = list(image)
-            if not images:
-                raise ValueError("image is an empty list: give at least one image")
-            if many_sentences and len(sentences) != len(images):
-                raise ValueError(
-                    f"{len(images)} images but {len(sentences)} sentences: give one sentence for all images, "
-                    f"or one per image"
-                )
-            if not many_sentences:
-                sentences = sentences * len(images)
-            point_list = self._per_pair(points, len(images), "points")
-            box_list = self._per_pair(boxes, len(images), "boxes")
-        else:
-            images = [image] * len(sentences)
-            point_list = [points] * len(sentences)
-            box_list = [boxes] * len(sentences)
-        jobs = []
-        for index, (img, sentence, pts, box) in enumerate(zip(images, sentences, point_list, box_list)):
-            what = f"image {index}" if many_images else "image"
-            if isinstance(img, (str, os.PathLike)):
-                what = os.fspath(img)
-            jobs.append(
-                _Job(
-                    index=index, image_key=_image_key(img), image=img, sentence=sentence,
-                    points=_parse_points(pts, what), box=_parse_box(box, what), what=what,
-                )
-            )
-        return jobs, not many_images and not many_sentences
-
-    @staticmethod
-    def _per_pair(value: Any, count: int, name: str) -> list[Any]:
-        if value is None:
-            return [None] * count
-        if isinstance(value, np.ndarray) and name == "boxes" and value.shape == (count, 4):
-            return list(value)
-        if not isinstance(value, (list, tuple)) or len(value) != count:
-            raise ValueError(
-                f"with a list of {count} images, {name} must be a list of {count} entries (None or one "
-                f"prompt per image), got {type(value).__name__}"
-                + (f" of length {len(value)}" if isinstance(value, (list, tuple)) else "")
-            )
-        return list(value)
-
-    def _prepare(self, job: _Job) -> _Prepared:
+    def _prepare(self, job: Job) -> Prepared:
         rgb = self.read_image(job.image, what=job.what)
         out = self.transform(rgb, sentence=job.sentence)
-        return _Prepared(canvas=out.image, meta=out.meta)
+        return Prepared(canvas=out.image, meta=out.meta)
 
-    def _chunks(self, jobs: list[_Job], *, progress: bool) -> Iterator[tuple[list[_Job], dict[Hashable, _Prepared]]]:
-        """Batches of jobs with one prompt layout, and their preprocessed images. Each distinct image
-        is prepared once per batch; the previous batch's images are reused, then released."""
-        from tqdm.auto import tqdm
-
-        ordered = sorted(jobs, key=lambda job: (job.signature, job.index))
-        cache: dict[Hashable, _Prepared] = {}
-        bar = tqdm(total=len(jobs), desc="predict", unit="sentence", disable=not progress, leave=False)
-        try:
-            start = 0
-            while start < len(ordered):
-                stop = start + 1
-                while (
-                    stop < len(ordered) and stop - start < self.batch_size
-                    and ordered[stop].signature == ordered[start].signature
-                ):
-                    stop += 1
-                chunk = ordered[start:stop]
-                prepared: dict[Hashable, _Prepared] = {}
-                for job in chunk:
-                    if job.image_key not in prepared:
-                        prepared[job.image_key] = cache.get(job.image_key) or self._prepare(job)
-                    meta = prepared[job.image_key].meta
-                    _check_inside(job, meta.orig_w, meta.orig_h)
-                cache = prepared
-                yield chunk, prepared
-                bar.update(len(chunk))
-                start = stop
-        finally:
-            bar.close()
-
-    def _run(self, chunk: list[_Job], prepared: dict[Hashable, _Prepared], threshold: float) -> list[SegmentationResult]:
+    def _run(self, chunk: list[Job], prepared: dict[Hashable, Prepared], threshold: float) -> list[SegmentationResult]:
         import torch
 
         from ditsam.data.transforms import restore_to_original

@@ -1,0 +1,80 @@
+"""Where and in what precision a :class:`~ditsam.api.Segmenter` runs: ``device=`` and ``dtype=``
+checked and resolved, with one-sentence errors for what this machine cannot do."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported when a device is resolved, not with this module
+    import torch
+
+_DTYPE_NAMES = {
+    "fp32": "float32", "float32": "float32", "float": "float32",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+}
+
+
+def is_int8(dtype: object) -> bool:
+    """``dtype="int8"`` (any case): inference with ONNX Runtime on the CPU (:mod:`ditsam.int8`)."""
+    return isinstance(dtype, str) and dtype.lower() == "int8"
+
+
+def int8_device(device: "torch.device | str | None") -> str:
+    """The device of int8 inference: the CPU (ONNX Runtime); any other explicit device is an error."""
+    if device is not None and str(device).split(":")[0] != "cpu":
+        raise ValueError(f"dtype='int8' runs on the CPU (ONNX Runtime), not on {str(device)!r}: pass device='cpu'")
+    return "cpu"
+
+
+def resolve_device(device: "torch.device | str | None") -> "torch.device":
+    """None -> ``cuda`` when available, else ``cpu``; anything else as ``torch.device`` takes it, checked
+    to be usable here. Raises ValueError in one sentence for an unknown device name, or for a CUDA device
+    on a machine or torch build without one (torch itself would fail later, deep in ``.to()``)."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"device {str(device)!r} asked for, but this torch build ({torch.__version__}) has no CUDA support; "
+                f"use --device cpu (device='cpu'), or install the torch build for your CUDA"
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but no CUDA GPU is visible; use --device cpu (device='cpu')")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but MPS is not available here; use --device cpu (device='cpu')")
+    return resolved
+
+
+def resolve_dtype(dtype: "torch.dtype | str | None") -> "torch.dtype | None":
+    """None / float32 -> None (no autocast); bfloat16 / float16 (or "bf16", "fp16", ...) -> that dtype."""
+    import torch
+
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        name = _DTYPE_NAMES.get(dtype.lower().removeprefix("torch."))
+        if name is None:
+            raise ValueError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+        dtype = getattr(torch, name)
+    if dtype == torch.float32:
+        return None
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return dtype
+
+
+def resolve_device_for(device: "torch.device | str | None", dtype: "torch.dtype | str | None") -> "torch.device":
+    """:func:`resolve_device`, the CPU for int8 (:func:`int8_device`)."""
+    return resolve_device(int8_device(device) if is_int8(dtype) else device)
