@@ -42,30 +42,39 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ditsam.cli.errors import CLIError
+from ditsam.cli.predict_inputs import IMAGE_SUFFIXES, JSONL_KEYS, collect_pairs, read_pairs_jsonl
+from ditsam.cli.predict_journal import (
+    JOURNAL_FILE,
+    PREDICTIONS_FILE,
+    RANK_JOURNAL_FORMAT,
+    RANK_JOURNAL_GLOB,
+    RANK_JOURNAL_PATTERN,
+    journal_name,
+    journal_paths,
+    pair_key,
+    read_journal,
+    read_journals,
+)
 from ditsam.cli.predict_loader import IndexedPair
+from ditsam.cli.predict_outputs import OVERLAY_MAX_SIDE, save_prediction
 from ditsam.cli.predict_world import World
 from ditsam.cli.source_args import SOURCE_HELP, add_dtype_argument, add_source_arguments, source_options
 from ditsam.defaults import MASK_THRESHOLD
 
+__all__ = [
+    "EXIT_ERROR", "EXIT_SKIPPED", "IMAGE_SUFFIXES", "JOURNAL_FILE", "JSONL_KEYS", "OVERLAY_MAX_SIDE", "PREDICTIONS_FILE",
+    "PREDICT_OUTPUTS", "RANK_JOURNAL_FORMAT", "RANK_JOURNAL_GLOB", "RANK_JOURNAL_PATTERN", "journal_name",
+    "journal_paths", "read_journal", "read_journals", "read_pairs_jsonl", "register", "run",
+]
+
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-JSONL_KEYS = ("image", "text", "sentence", "id")
-OVERLAY_MAX_SIDE = 1024
-PREDICTIONS_FILE = "predictions.json"
-JOURNAL_FILE = "predictions.jsonl"
-#: The journal of rank r when several processes run (``accelerate launch`` / ``torchrun``).
-RANK_JOURNAL_FORMAT = "predictions.rank{rank}.jsonl"
-RANK_JOURNAL_GLOB = "predictions.rank*.jsonl"
-RANK_JOURNAL_PATTERN = re.compile(r"predictions\.rank(\d+)\.jsonl")
 #: Exit statuses: some images could not be read (the rest is done); an error stopped the run (as
 #: ditsam.cli.main returns for a reported error).
 EXIT_SKIPPED = 1
@@ -108,173 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Inputs
+# --out
 # ---------------------------------------------------------------------------------------------------
-def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Parse a JSONL file of ``{"image", "text"}`` objects; raises CLIError listing every bad line."""
-    if not path.is_file():
-        raise CLIError(f"JSONL file {path} does not exist")
-    problems: list[str] = []
-    pairs: list[dict[str, Any]] = []
-    base = path.parent
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{number}"
-            before = len(problems)
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as error:
-                problems.append(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{where}: expected an object {{\"image\": ..., \"text\": ...}}, got {type(obj).__name__}")
-                continue
-            unknown = sorted(set(obj) - set(JSONL_KEYS))
-            if unknown:
-                problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id")
-            image = obj.get("image")
-            if not isinstance(image, str) or not image.strip():
-                problems.append(f"{where}: 'image' must be a file path (a non-empty string), got {image!r}")
-                image_path = None
-            else:
-                image_path = Path(image) if os.path.isabs(image) else base / image
-                if not image_path.is_file():
-                    problems.append(f"{where}: image file {image_path} not found")
-            if "text" in obj and "sentence" in obj:
-                problems.append(f"{where}: give 'text' or 'sentence', not both")
-            text = obj.get("text", obj.get("sentence"))
-            if not isinstance(text, str) or not text.strip():
-                problems.append(f"{where}: 'text' must be a non-empty sentence, got {text!r}")
-            if len(problems) > before:
-                continue
-            pairs.append({"image": image_path, "text": text, "id": obj.get("id", len(pairs)), "line": number})
-    if problems:
-        shown = problems[:50]
-        more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise CLIError(f"{len(problems)} problem(s) in {path}, nothing was run:\n" + "\n".join(shown) + more)
-    if not pairs:
-        raise CLIError(f"{path} holds no pairs")
-    return pairs
-
-
-def _collect_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.jsonl:
-        if args.text is not None:
-            raise CLIError("--text is not used with --jsonl (each line carries its sentence)")
-        return read_pairs_jsonl(Path(args.jsonl))
-    if args.text is None or not args.text.strip():
-        raise CLIError("--text \"SENTENCE\" is required with --image / --images (and must not be empty)")
-    if args.images:
-        folder = Path(args.images)
-        if not folder.is_dir():
-            raise CLIError(f"--images {folder} is not a folder")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise CLIError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    else:
-        files = [Path(p) for p in args.image]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise CLIError(f"image file(s) not found: {', '.join(missing)}")
-    return [{"image": path, "text": args.text, "id": index} for index, path in enumerate(files)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------------
-def _stem(index: int, image: Path) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", image.stem)[:60] or "image"
-    return f"{index:05d}_{safe}"
-
-
-def _overlay(image, mask, sentence: str, score: float):
-    import numpy as np
-    from PIL import Image
-
-    from ditsam.viz import prediction_card
-
-    scale = OVERLAY_MAX_SIDE / max(image.size)
-    if scale < 1:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.BILINEAR)
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    return prediction_card(image, f"{sentence}  (score {score:.2f})", mask, None)
-
-
-def _record(pair: dict[str, Any], result, *, mask_file: str | None, overlay_file: str | None) -> dict[str, Any]:
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(result.mask.astype(np.uint8)))
-    return {
-        "id": pair["id"], "image": str(pair["image"]), "sentence": pair["text"], "score": round(result.score, 6),
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "bbox": list(result.bbox), "area": result.area, "mask_file": mask_file, "overlay_file": overlay_file,
-        # False (with an empty mask) when a no-target head says the sentence names nothing in the image.
-        "present": result.present,
-    }
-
-
-# ---------------------------------------------------------------------------------------------------
-# The journals: one line per prediction, appended as it is made; one file per process
-# ---------------------------------------------------------------------------------------------------
-def _key(pair_or_record: dict[str, Any]) -> str:
-    """What identifies a pair across runs: its id, image and sentence."""
-    sentence = pair_or_record.get("sentence", pair_or_record.get("text"))
-    return json.dumps([pair_or_record["id"], str(pair_or_record["image"]), sentence])
-
-
-def journal_name(world: World) -> str:
-    """The journal this process appends to: ``predictions.jsonl`` when it runs alone (the name from
-    before several processes were possible), ``predictions.rank{r}.jsonl`` for rank r of several."""
-    return RANK_JOURNAL_FORMAT.format(rank=world.rank) if world.distributed else JOURNAL_FILE
-
-
-def journal_paths(out: Path) -> list[Path]:
-    """Every journal in ``out``, whatever number of processes wrote it: ``predictions.jsonl``, then
-    ``predictions.rank{r}.jsonl`` by rank."""
-    ranked = sorted(
-        (int(match.group(1)), path) for path in out.glob(RANK_JOURNAL_GLOB)
-        if (match := RANK_JOURNAL_PATTERN.fullmatch(path.name)) and path.is_file()
-    )
-    single = out / JOURNAL_FILE
-    return ([single] if single.is_file() else []) + [path for _, path in ranked]
-
-
-def read_journal(path: Path) -> dict[str, dict[str, Any]]:
-    """The records of ``predictions.jsonl`` by pair key. A last line cut short by a kill is removed
-    from the file, so that appending continues on a line of its own; other unreadable lines are
-    skipped with a warning."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        logger.warning("%s: removing an incomplete last line (left by an interrupted run)", path)
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete))
-    records: dict[str, dict[str, Any]] = {}
-    for number, raw in enumerate(complete.splitlines(), start=1):
-        try:
-            record = json.loads(raw)
-            records[_key(record)] = record
-        except (ValueError, KeyError, TypeError, AttributeError):
-            logger.warning("%s:%d: not a prediction record; its pair is predicted again", path, number)
-    return records
-
-
-def read_journals(out: Path) -> dict[str, dict[str, Any]]:
-    """The records of every journal in ``out`` (:func:`journal_paths`) by pair key, so that a run
-    resumes what any number of processes left, in any number of processes. Only while no process
-    appends: a cut last line is removed (:func:`read_journal`)."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in journal_paths(out):
-        records.update(read_journal(path))
-    return records
-
-
 def _prepare_out(args: argparse.Namespace) -> Path:
     """--out as a folder this run may write: refused when it is a file, not writable, or holds earlier
     results without --resume / --overwrite (whose outputs are deleted here)."""
@@ -308,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--workers must be >= 0 (0: decode images in the process itself), got {args.workers}")
     if not 0 < args.threshold < 1:
         raise CLIError(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
-    pairs = _collect_pairs(args)
+    pairs = collect_pairs(args)
     world = World.from_environment(cpu=args.device == "cpu" or args.dtype == "int8")
     try:
         todo = _plan(args, pairs, world)  # before the model loads: a wrong --out fails at once
@@ -346,7 +190,7 @@ def _todo(pairs: list[dict[str, Any]], out: Path, *, resume: bool) -> list[int]:
     if not resume:
         return list(range(len(pairs)))
     done = read_journals(out)
-    todo = [index for index, pair in enumerate(pairs) if _key(pair) not in done]
+    todo = [index for index, pair in enumerate(pairs) if pair_key(pair) not in done]
     if done:
         names = ", ".join(path.name for path in journal_paths(out))
         logger.info("--resume: %d of %d pair(s) are already in %s (%s)", len(pairs) - len(todo), len(pairs), out, names)
@@ -436,7 +280,7 @@ def _finish(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[in
     from ditsam.outputs import write_text_atomically
 
     done = read_journals(out)
-    missing = [index for index in todo if _key(pairs[index]) not in done and pairs[index]["image"] not in failures]
+    missing = [index for index in todo if pair_key(pairs[index]) not in done and pairs[index]["image"] not in failures]
     if missing:
         first = pairs[missing[0]]
         raise CLIError(
@@ -444,7 +288,7 @@ def _finish(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[in
             f"{missing[0]}, {first['image']}): --out must be one folder every process sees (a shared file system), "
             f"not a local folder on each node"
         )
-    records = [done[_key(pair)] for pair in pairs if _key(pair) in done]
+    records = [done[pair_key(pair)] for pair in pairs if pair_key(pair) in done]
     predictions = write_text_atomically(out / PREDICTIONS_FILE, json.dumps(records, indent=1))
     mean = sum(r["score"] for r in records) / len(records) if records else float("nan")
     print(f"{len(records)} prediction(s) for {len(pairs)} pair(s); mean score {mean:.3f}")
@@ -491,24 +335,10 @@ def _predict_share(
             if ready:
                 results = segmenter.predict([chunk.images[p["image"]] for _, p in ready], [p["text"] for _, p in ready])
                 for (index, pair), result in zip(ready, results):
-                    record = _save(args, out, index, pair, chunk.images[pair["image"]], result)
+                    record = save_prediction(out, index, pair, chunk.images[pair["image"]], result,
+                                             masks=not args.no_masks, overlays=not args.no_overlays)
                     journal.write(json.dumps(record) + "\n")
                     journal.flush()  # a kill after this line loses nothing made before it
                     made += 1
             bar.update(len(chunk.pairs))
     return failures, made
-
-
-def _save(args: argparse.Namespace, out: Path, index: int, pair: dict[str, Any], image: Any, result: Any) -> dict[str, Any]:
-    """Write the mask PNG and the overlay of one prediction (unless turned off); its record."""
-    from PIL import Image
-
-    stem = _stem(index, pair["image"])  # the input index: unique across processes, the same in any of them
-    mask_file = overlay_file = None
-    if not args.no_masks:
-        mask_file = f"masks/{stem}.png"
-        Image.fromarray(result.mask.astype("uint8") * 255).save(out / mask_file)
-    if not args.no_overlays:
-        overlay_file = f"overlays/{stem}.png"
-        _overlay(image, result.mask, pair["text"], result.score).save(out / overlay_file)
-    return _record(pair, result, mask_file=mask_file, overlay_file=overlay_file)

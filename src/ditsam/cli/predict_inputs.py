@@ -1,0 +1,87 @@
+"""``ditsam predict``'s inputs: the (image, sentence) pairs of ``--image`` / ``--images`` with
+``--text``, or of a ``--jsonl`` file, every problem reported before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ditsam.cli.errors import CLIError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+JSONL_KEYS = ("image", "text", "sentence", "id")
+
+
+def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Parse a JSONL file of ``{"image", "text"}`` objects; raises CLIError listing every bad line."""
+    if not path.is_file():
+        raise CLIError(f"JSONL file {path} does not exist")
+    problems: list[str] = []
+    pairs: list[dict[str, Any]] = []
+    base = path.parent
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{number}"
+            before = len(problems)
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as error:
+                problems.append(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{where}: expected an object {{\"image\": ..., \"text\": ...}}, got {type(obj).__name__}")
+                continue
+            unknown = sorted(set(obj) - set(JSONL_KEYS))
+            if unknown:
+                problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id")
+            image = obj.get("image")
+            if not isinstance(image, str) or not image.strip():
+                problems.append(f"{where}: 'image' must be a file path (a non-empty string), got {image!r}")
+                image_path = None
+            else:
+                image_path = Path(image) if os.path.isabs(image) else base / image
+                if not image_path.is_file():
+                    problems.append(f"{where}: image file {image_path} not found")
+            if "text" in obj and "sentence" in obj:
+                problems.append(f"{where}: give 'text' or 'sentence', not both")
+            text = obj.get("text", obj.get("sentence"))
+            if not isinstance(text, str) or not text.strip():
+                problems.append(f"{where}: 'text' must be a non-empty sentence, got {text!r}")
+            if len(problems) > before:
+                continue
+            pairs.append({"image": image_path, "text": text, "id": obj.get("id", len(pairs)), "line": number})
+    if problems:
+        shown = problems[:50]
+        more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise CLIError(f"{len(problems)} problem(s) in {path}, nothing was run:\n" + "\n".join(shown) + more)
+    if not pairs:
+        raise CLIError(f"{path} holds no pairs")
+    return pairs
+
+
+def collect_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pairs of ``--image`` / ``--images`` with ``--text``, or of ``--jsonl``, checked before anything runs."""
+    if args.jsonl:
+        if args.text is not None:
+            raise CLIError("--text is not used with --jsonl (each line carries its sentence)")
+        return read_pairs_jsonl(Path(args.jsonl))
+    if args.text is None or not args.text.strip():
+        raise CLIError("--text \"SENTENCE\" is required with --image / --images (and must not be empty)")
+    if args.images:
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise CLIError(f"--images {folder} is not a folder")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise CLIError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    else:
+        files = [Path(p) for p in args.image]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise CLIError(f"image file(s) not found: {', '.join(missing)}")
+    return [{"image": path, "text": args.text, "id": index} for index, path in enumerate(files)]
