@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ditsam.cli.errors import CLIError
+from ditsam.data.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 JSONL_KEYS = ("image", "text", "sentence", "id")
 
 

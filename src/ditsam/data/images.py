@@ -12,6 +12,9 @@ import numpy as np
 
 from ditsam.data.sample import DataError
 
+# File name suffixes taken as images when a folder is listed (predict --images, serve --examples).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
 if TYPE_CHECKING:
     from PIL import Image
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+from ditsam.data.images import IMAGE_SUFFIXES
 
 
 def example_pairs(folder: str | os.PathLike, *, limit: int = 8) -> list[tuple[Path, str]]:
