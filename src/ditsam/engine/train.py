@@ -60,7 +60,7 @@ class NonFiniteLossError(RuntimeError):
 def build_model(config: ExperimentConfig) -> DITSam:
     model = DITSam(config.model)
     if config.train.init_checkpoint:
-        from ditsam.model.sources import resolve_init_checkpoint
+        from ditsam.model.resolve import resolve_init_checkpoint
         from ditsam.model.weights import load_checkpoint
 
         report = load_checkpoint(model, resolve_init_checkpoint(config.train.init_checkpoint))
