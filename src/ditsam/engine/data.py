@@ -155,9 +155,6 @@ def open_dataset(data: DataConfig, split: str, *, mode: str) -> Any:
     return READERS[data.format](data, split, mode)
 
 
-#: The name this function had before it took the table's name.
-open_split = open_dataset
-
 
 def ris_dataset(config: ExperimentConfig, split: str, *, train: bool) -> Any:
     """The :class:`~ditsam.data.collate.RISDataset` of ``split``: training (one item per object, random
