@@ -151,3 +151,23 @@ def test_through_main(custom_file, tmp_path, capsys):
     assert main(["data", "validate", str(custom_file)]) == 0
     assert main(["data", "stats", "--format", "custom", "--path", str(custom_file), "--split", "nope", "--out", str(tmp_path)]) == 2
     assert "error: unknown split 'nope'" in capsys.readouterr().err
+
+
+def test_typed_config_opens_through_the_reader_table_like_the_mapping(custom_file):
+    """The engine opens a typed DataConfig through engine.data.READERS (one reader per data.format); it reads
+    the same samples as the mapping form of ditsam.data.open_dataset."""
+    from typing import get_args, get_type_hints
+
+    from ditsam.data import open_dataset as open_mapping
+    from ditsam.engine.config import DataConfig
+    from ditsam.engine.data import READERS
+    from ditsam.engine.data import open_dataset as open_typed
+
+    assert set(READERS) == set(get_args(get_type_hints(DataConfig)["format"]))
+    typed = open_typed(DataConfig(format="custom", root=str(custom_file)), "val", mode="eval")
+    plain = open_mapping({"format": "custom", "path": str(custom_file), "split": "val", "mode": "eval"})
+    assert len(typed) == len(plain) > 0
+    assert [typed[i].sentences for i in range(len(typed))] == [plain[i].sentences for i in range(len(plain))]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_typed(DataConfig(format="custom", root=str(custom_file.parent / "absent.jsonl")), "val", mode="eval")
+

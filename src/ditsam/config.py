@@ -14,6 +14,8 @@ from typing import Any, Mapping, TypeVar, Union
 
 import yaml
 
+from ditsam.schema import is_integer, key_problems
+
 C = TypeVar("C", bound="ConfigBase")
 
 
@@ -56,7 +58,7 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
         return annotation.from_dict(value, prefix=f"{key}.")
     if annotation is Any:
         return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+    if annotation is float and is_integer(value):
         return float(value)
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got {value!r}")
@@ -75,7 +77,8 @@ class ConfigBase:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
+        _, unknown = key_problems(data, allowed=fields)
+        unknown = sorted(unknown)
         if unknown:
             raise ConfigError(
                 f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "

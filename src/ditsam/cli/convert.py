@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _origin(source: str, revision: str | None) -> str:
     """How the card names where the weights came from: a Hub id (with its revision) or the file/folder name."""
-    from ditsam.model.sources import hub_reference
+    from ditsam.model.resolve import hub_reference
 
     if not Path(source).expanduser().exists() and hub_reference(source) is not None:
         return source if revision is None else f"{source}@{revision}"

@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from ditsam.data.sample import DataError, RefSample, load_image, load_sample_image
+from ditsam.schema import key_problems
 
 __all__ = [
     "CustomDataset",
@@ -98,8 +99,11 @@ def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., Any], dict[str, Any
     kwargs = {key: value for key, value in spec.items() if key != "format"}
     builder = cls.from_root if fmt == "simrec" and "root" in kwargs else cls
     parameters = inspect.signature(builder).parameters
-    unknown = sorted(set(kwargs) - set(parameters))
-    missing = sorted(name for name, p in parameters.items() if p.default is inspect.Parameter.empty and name not in kwargs)
+    missing, unknown = key_problems(
+        kwargs, required=sorted(name for name, p in parameters.items() if p.default is inspect.Parameter.empty),
+        allowed=parameters,
+    )
+    unknown = sorted(unknown)
     if unknown or missing:
         parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + (
             [f"missing key(s) {', '.join(missing)}"] if missing else []
@@ -109,7 +113,7 @@ def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., Any], dict[str, Any
 
 
 def _pick(args: Mapping[str, Any], keys: tuple[str, ...], fmt: str) -> dict[str, Any]:
-    missing = [key for key in keys if key not in args]
+    missing, _ = key_problems(args, required=keys)
     if missing:
         raise DataError(f"dataset spec for format {fmt!r}: missing key(s) {', '.join(missing)}")
     return {key: args[key] for key in keys}

@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
 from ditsam.data.sample import DataError, PathLike, accepted_sizes, load_image
 from ditsam.data.segmentation import decode_segmentation
+from ditsam.schema import is_integer, key_problems
 
 FIELDS = ("image", "sentences", "sentence", "mask", "segmentation", "split", "id", "category_id")
 DEFAULT_SPLIT = "train"
@@ -206,11 +207,9 @@ def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord
     """A record from one decoded line, or None and the problems that prevent it."""
     if not isinstance(obj, dict):
         return None, [f"{where}: got a JSON {type(obj).__name__}; expected an object {{\"image\": ..., ...}}"]
-    problems = [
-        f"{where}: unknown field {key!r} (value {_short(obj[key])}); expected only {', '.join(FIELDS)}"
-        for key in obj
-        if key not in FIELDS
-    ]
+    _, unknown = key_problems(obj, allowed=FIELDS)
+    problems = [f"{where}: unknown field {key!r} (value {_short(obj[key])}); expected only {', '.join(FIELDS)}"
+                for key in unknown]
 
     image = _path_field(obj, "image", base, where, problems)
     sentences = _sentences(obj, where, problems)
@@ -279,7 +278,7 @@ def _sentences(obj: dict, where: str, problems: list[str]) -> tuple[str, ...]:
 
 def _int_field(obj: dict, field: str, default: int, where: str, problems: list[str]) -> int:
     value = obj.get(field, default)
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not is_integer(value):
         problems.append(f"{where}: field {field!r}: {_short(value)}; expected an integer")
         return default
     return value

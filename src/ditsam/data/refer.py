@@ -32,6 +32,7 @@ import numpy as np
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, sorted_splits
 from ditsam.data.sample import DataError, PathLike
 from ditsam.data.segmentation import decode_segmentation, polygon_bounds, segmentation_area
+from ditsam.schema import key_problems
 
 TextField = Literal["sent", "raw"]
 _REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
@@ -82,7 +83,7 @@ def check_refs(refs: Any, path: PathLike) -> list[dict]:
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise DataError(f"refs file {path} does not hold a list of ref dicts")
     for position, ref in enumerate(refs):
-        missing = [key for key in _REQUIRED_REF_KEYS if key not in ref]
+        missing, _ = key_problems(ref, required=_REQUIRED_REF_KEYS)
         if missing:
             raise DataError(f"refs file {path}: ref #{position} lacks field(s) {', '.join(missing)}")
     return refs

@@ -20,6 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ditsam.data.sample import DataError
+from ditsam.schema import is_integer
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _rle(rle: dict, *, height: int, width: int) -> dict:
         raise DataError(f"RLE size {size!r} does not match the image's [height, width] = [{height}, {width}]")
     counts = rle["counts"]
     if isinstance(counts, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+        if not all(is_integer(v) and v >= 0 for v in counts):
             raise DataError("uncompressed RLE counts must be non-negative integers")
         if sum(counts) != height * width:
             raise DataError(f"uncompressed RLE counts sum to {sum(counts)}; expected height*width = {height * width}")

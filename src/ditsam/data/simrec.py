@@ -27,6 +27,7 @@ import numpy as np
 
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
 from ditsam.data.sample import DataError, PathLike
+from ditsam.schema import is_integer, key_problems
 
 COCO_TRAIN2014_PATTERN = "COCO_train2014_%012d.jpg"
 _REQUIRED_KEYS = ("iid", "bbox", "refs", "mask_id")
@@ -139,11 +140,11 @@ def _group_entries(entries: list, *, ann_path: Path, split: str, image_dir: Path
         where = f"{ann_path}: {split}[{position}]"
         if not isinstance(entry, dict):
             raise DataError(f"{where}: expected an entry object, got {type(entry).__name__}")
-        missing = [key for key in _REQUIRED_KEYS if key not in entry]
+        missing, _ = key_problems(entry, required=_REQUIRED_KEYS)
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
         for key in ("iid", "mask_id"):
-            if not isinstance(entry[key], int) or isinstance(entry[key], bool):
+            if not is_integer(entry[key]):
                 raise DataError(f"{where}: {key!r} must be an integer, got {entry[key]!r}")
         refs = entry["refs"]
         if isinstance(refs, str):

@@ -1,4 +1,4 @@
-"""From a :class:`~ditsam.engine.config.DataConfig` to readers and transforms."""
+"""From a :class:`~ditsam.engine.config.DataConfig` to readers (the :data:`READERS` table) and transforms."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from ditsam.data import DataError, open_dataset
+from ditsam.data import DataError
 from ditsam.engine.config import DataConfig, ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -71,40 +71,89 @@ def ensure_refshapes(data: DataConfig) -> Path:
     return root
 
 
-def dataset_spec(data: DataConfig) -> dict[str, Any]:
-    """The :func:`ditsam.data.open_dataset` mapping for ``data`` (without split and mode)."""
-    if data.format in GENERATED_FORMATS:
-        root = ensure_refshapes(data)
-        image_dir = str(Path(data.image_dir) if data.image_dir else root / "images")
-        if data.format == "grefshapes":
-            return {"format": "grefcoco", "root": str(root), "dataset": "grefshapes", "image_dir": image_dir}
-        return {"format": "refer", "root": str(root), "dataset": "refshapes", "split_by": "unc", "image_dir": image_dir}
-    if not Path(data.root).exists():
+def _generated_root(data: DataConfig) -> tuple[Path, str]:
+    """(root, image folder) of a generated format, generating it first if needed."""
+    root = ensure_refshapes(data)
+    return root, str(Path(data.image_dir) if data.image_dir else root / "images")
+
+
+def _stream(data: DataConfig) -> Any:
+    from ditsam.data.refshapes_stream import RefShapesStream
+
+    return RefShapesStream(seed=data.refshapes_seed, preset=data.refshapes_preset,
+                           samples_per_epoch=data.train_stream_samples,
+                           items_per_scene=data.train_stream_items_per_scene,
+                           generalized=data.format == "grefshapes")
+
+
+def _read_refshapes(data: DataConfig, split: str, mode: str) -> Any:
+    if mode == "train" and data.train_stream_samples > 0:
+        return _stream(data)
+    from ditsam.data.refer import ReferDataset
+
+    root, image_dir = _generated_root(data)
+    return ReferDataset(root=str(root), dataset="refshapes", split_by="unc", image_dir=image_dir,
+                        split=split, mode=mode)
+
+
+def _read_grefshapes(data: DataConfig, split: str, mode: str) -> Any:
+    if mode == "train" and data.train_stream_samples > 0:
+        return _stream(data)
+    from ditsam.data.grefcoco import GRefCocoDataset
+
+    root, image_dir = _generated_root(data)
+    return GRefCocoDataset(root=str(root), dataset="grefshapes", image_dir=image_dir, split=split, mode=mode)
+
+
+def _read_refer(data: DataConfig, split: str, mode: str) -> Any:
+    from ditsam.data.refer import ReferDataset
+
+    return ReferDataset(root=data.root, dataset=data.dataset, split_by=data.split_by, image_dir=data.image_dir,
+                        split=split, mode=mode)
+
+
+def _read_grefcoco(data: DataConfig, split: str, mode: str) -> Any:
+    from ditsam.data.grefcoco import GRefCocoDataset
+
+    return GRefCocoDataset(root=data.root, dataset=data.dataset, split_by=data.split_by, image_dir=data.image_dir,
+                           split=split, mode=mode)
+
+
+def _read_simrec(data: DataConfig, split: str, mode: str) -> Any:
+    from ditsam.data.simrec import SimRecDataset
+
+    if data.mask_dir:  # data.root is the anns JSON
+        return SimRecDataset(ann_file=data.root, mask_dir=data.mask_dir, image_dir=data.image_dir,
+                             split=split, mode=mode)
+    return SimRecDataset.from_root(root=data.root, dataset=data.dataset, image_dir=data.image_dir,
+                                   split=split, mode=mode)
+
+
+def _read_custom(data: DataConfig, split: str, mode: str) -> Any:
+    from ditsam.data.custom import CustomDataset
+
+    return CustomDataset(path=data.root, split=split, mode=mode)
+
+
+#: data.format -> reader(data, split, mode); each reads the typed fields it needs.
+READERS: dict[str, Callable[[DataConfig, str, str], Any]] = {
+    "refshapes": _read_refshapes,
+    "grefshapes": _read_grefshapes,
+    "refer": _read_refer,
+    "grefcoco": _read_grefcoco,
+    "simrec": _read_simrec,
+    "custom": _read_custom,
+}
+
+
+def open_dataset(data: DataConfig, split: str, *, mode: str) -> Any:
+    """A reader of ``split`` in ``mode`` ("train": one item per object, "eval": one per sentence), looked up
+    in :data:`READERS` by ``data.format``; RefShapes' training split is an endless stream of new scenes when
+    ``data.train_stream_samples``. (:func:`ditsam.data.open_dataset` is the same for a plain mapping.)"""
+    if data.format not in GENERATED_FORMATS and not Path(data.root).exists():
         raise FileNotFoundError(f"data.root {data.root!r} does not exist (format {data.format})")
-    if data.format == "refer":
-        return {"format": "refer", "root": data.root, "dataset": data.dataset, "split_by": data.split_by,
-                "image_dir": data.image_dir}
-    if data.format == "grefcoco":
-        return {"format": "grefcoco", "root": data.root, "dataset": data.dataset, "split_by": data.split_by,
-                "image_dir": data.image_dir}
-    if data.format == "simrec":
-        if data.mask_dir:
-            return {"format": "simrec", "ann_file": data.root, "mask_dir": data.mask_dir, "image_dir": data.image_dir}
-        return {"format": "simrec", "root": data.root, "dataset": data.dataset, "image_dir": data.image_dir}
-    return {"format": "custom", "path": data.root}
+    return READERS[data.format](data, split, mode)
 
-
-def open_split(data: DataConfig, split: str, *, mode: str) -> Any:
-    """A reader of ``split`` in ``mode`` ("train": one item per object, "eval": one per sentence);
-    RefShapes' training split is an endless stream of new scenes when ``data.train_stream_samples``."""
-    if data.format in GENERATED_FORMATS and mode == "train" and data.train_stream_samples > 0:
-        from ditsam.data.refshapes_stream import RefShapesStream
-
-        return RefShapesStream(seed=data.refshapes_seed, preset=data.refshapes_preset,
-                               samples_per_epoch=data.train_stream_samples,
-                               items_per_scene=data.train_stream_items_per_scene,
-                               generalized=data.format == "grefshapes")
-    return open_dataset({**dataset_spec(data), "split": split, "mode": mode})
 
 
 def ris_dataset(config: ExperimentConfig, split: str, *, train: bool) -> Any:
@@ -113,7 +162,7 @@ def ris_dataset(config: ExperimentConfig, split: str, *, train: bool) -> Any:
     from ditsam.data.collate import RISDataset
 
     return RISDataset(
-        open_split(config.data, split, mode="train" if train else "eval"), transform=transform_for(config, train=train),
+        open_dataset(config.data, split, mode="train" if train else "eval"), transform=transform_for(config, train=train),
         train=train, seed=config.train.seed, fixed_sentence=config.data.fixed_sentence,
     )
 

@@ -18,7 +18,7 @@ from ditsam.engine.pictures import save_prediction_pictures
 from ditsam.metrics import format_table, summarize
 
 if TYPE_CHECKING:
-    from ditsam.model.sources import ResolvedSource
+    from ditsam.model.resolve import ResolvedSource
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def evaluate_checkpoint(
 
     from ditsam.api import resolve_device
     from ditsam.model.dit import DITSam
-    from ditsam.model.sources import resolve_source
+    from ditsam.model.resolve import resolve_source
     from ditsam.outputs import ensure_writable_folder
 
     if device is not None:

@@ -1,19 +1,8 @@
 """Training loop on Hugging Face Accelerate: one CPU, one GPU, DDP over GPUs or nodes.
 
-Run folder layout::
-
-    <run>/config.yaml           resolved experiment config
-    <run>/data_sources.json     annotation files read and their sha256 (gRefCOCO-layout data)
-    <run>/metrics.jsonl         one JSON record per log step and per evaluation
-    <run>/tensorboard/          loss, lr, metrics, prediction pictures
-    <run>/predictions/          prediction pictures per evaluation
-    <run>/checkpoints/last/     resumable (written atomically)
-    <run>/checkpoints/best/     best on data.select_split by train.select_metric
-    <run>/bad_records.txt       every bad record the data check found (when it found any)
-    <run>/tiny_bert/            a generated text encoder for data other than RefShapes
-
-A run folder that holds checkpoints is refused unless the run is resumed (``resume=True``) or
-replaced (``overwrite=True``, which deletes the outputs listed above and nothing else).
+The run folder (its layout, preparation, resume checks) is :mod:`ditsam.engine.run_folder`; its names
+are importable from here too. :class:`Trainer` builds everything from an experiment config and runs
+the loop; :func:`train` is its entry point.
 """
 
 from __future__ import annotations
@@ -33,106 +22,50 @@ from tqdm.auto import tqdm
 
 from ditsam.config import ConfigError
 from ditsam.data.collate import RISCollator
-from ditsam.engine.checkpoint import load_training_state, recover_checkpoints, save_training_state, write_atomically
+from ditsam.engine.checkpoint import load_training_state, save_training_state, write_atomically
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import GENERATED_BERT_DIR, check_data, resolve_text_encoder, ris_dataset
+from ditsam.engine.data import check_data, resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.losses import presence_loss, segmentation_loss
 from ditsam.engine.prompts import prompts_from_masks
+from ditsam.engine.run_folder import (  # noqa: F401  (the run folder's names, importable from here too)
+    BAD_RECORDS_FILE,
+    CHECKPOINT_NAMES,
+    DATA_SOURCES_FILE,
+    METRICS_FILE,
+    RESUME_MAY_CHANGE,
+    RUN_OUTPUTS,
+    Progress,
+    RunFolderError,
+    check_resumed_architecture,
+    disk_full_error,
+    drop_metrics_after_checkpoint,
+    prepare_run_folder,
+)
 from ditsam.engine.schedule import learning_rate
 from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
-from ditsam.outputs import (
-    OutputFolderError,
-    describe_write_failure,
-    ensure_writable_folder,
-    is_disk_full,
-    refuse_earlier_results,
-    remove_outputs,
-    write_text_atomically,
-)
+from ditsam.outputs import describe_write_failure, is_disk_full
 
 logger = logging.getLogger(__name__)
-
-
-METRICS_FILE = "metrics.jsonl"
-BAD_RECORDS_FILE = "bad_records.txt"
-#: Which annotation file (and its sha256) each split was read from, for readers that record it (gRefCOCO).
-DATA_SOURCES_FILE = "data_sources.json"
-#: What a run writes into its folder; ``overwrite=True`` deletes these and nothing else.
-RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "predictions", "results.json", "results.md",
-               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR, DATA_SOURCES_FILE)
-#: Present when a run folder holds a run that --resume could continue (or --overwrite replace).
-CHECKPOINT_NAMES = ("last", "best")
-#: Model settings a resume may change: they change neither the weights nor what trains (the text
-#: encoder's path is resolved anew on every start).
-RESUME_MAY_CHANGE = ("model.gradient_checkpointing", "model.text.local_files_only", "model.text.name_or_path")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops, checkpoints already written are kept."""
 
 
-class RunFolderError(OutputFolderError):
-    """The run folder cannot be used: not writable, full, or holding a run not to be lost."""
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_score: float | None = None
-    # Records written to metrics.jsonl when the checkpoint was saved: a resume drops later ones (their
-    # steps are trained and logged again), so no step appears twice.
-    metrics_records: int = 0
-
-
-def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``{"text": {"max_tokens": 20}}`` -> ``{prefix + "text.max_tokens": 20}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def build_model(config: ExperimentConfig) -> DITSam:
     model = DITSam(config.model)
     if config.train.init_checkpoint:
-        from ditsam.model.sources import resolve_init_checkpoint
+        from ditsam.model.resolve import resolve_init_checkpoint
         from ditsam.model.weights import load_checkpoint
 
         report = load_checkpoint(model, resolve_init_checkpoint(config.train.init_checkpoint))
         logger.info("initial weights from %s: %s", config.train.init_checkpoint, report)
     return model
-
-
-def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume: bool = False,
-                       overwrite: bool = False) -> Path:
-    """The run folder, writable, with interrupted checkpoint writes finished (see
-    :func:`~ditsam.engine.checkpoint.recover_checkpoints`). A folder holding checkpoints is refused
-    unless ``resume`` or ``overwrite`` (whose outputs, :data:`RUN_OUTPUTS`, are deleted here)."""
-    run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
-    try:
-        ensure_writable_folder(run_dir, what="run folder")
-        recover_checkpoints(run_dir / "checkpoints")
-        refuse_earlier_results(run_dir, what="run folder", resume=resume, overwrite=overwrite,
-                               holds_results=[f"checkpoints/{name}" for name in CHECKPOINT_NAMES])
-    except OutputFolderError as error:
-        raise RunFolderError(str(error)) from error
-    if overwrite:
-        removed = remove_outputs(run_dir, RUN_OUTPUTS)
-        if removed:
-            logger.info("--overwrite: removed %s from %s", ", ".join(removed), run_dir)
-    return run_dir
 
 
 class Trainer:
@@ -285,12 +218,7 @@ class Trainer:
 
     def _disk_full(self, error: OSError) -> RunFolderError:
         """The error to raise when a write other than a checkpoint's finds the disk full."""
-        last = self.run_dir / "checkpoints" / "last"
-        kept = f"the last checkpoint {last} is intact" if last.is_dir() else "no checkpoint has been written yet"
-        return RunFolderError(
-            f"{describe_write_failure(error, self.run_dir)} (writing {error.filename or 'the run folder'}); {kept}. "
-            f"Free some space, then continue with --resume"
-        )
+        return disk_full_error(self.run_dir, error)
 
     def _resume(self) -> None:
         last = self.run_dir / "checkpoints" / "last"
@@ -310,48 +238,10 @@ class Trainer:
         logger.info("resumed at epoch %d, step %d", self.progress.epoch, self.progress.global_step)
 
     def _check_resumed_architecture(self, last: Path, weights: dict[str, torch.Tensor]) -> None:
-        """Refuse, in one sentence, to resume a checkpoint into a model of another architecture or with
-        non-finite weights (a state dict that does not fit would fail deep inside torch)."""
-        from ditsam.model.weights import CheckpointError, first_non_finite
-
-        stored = last / "experiment.yaml"
-        if stored.is_file():
-            saved = _flatten((yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("model", {}), "model.")
-            current = _flatten(self.config.model.to_dict(), "model.")
-            changed = [f"{key}: {saved[key]!r} in the checkpoint, {value!r} now" for key, value in current.items()
-                       if key in saved and saved[key] != value and key not in RESUME_MAY_CHANGE]
-            if changed:
-                raise ConfigError(
-                    f"cannot resume {last}: the experiment's model differs from the one it was trained with "
-                    f"({'; '.join(changed)}). Resume with the settings it was trained with, or start again with "
-                    f"--overwrite (or another --run-dir)"
-                )
-        target = self.unwrapped.state_dict()
-        mismatched = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} now"
-                      for key, value in weights.items() if key in target and value.shape != target[key].shape]
-        missing = sorted(set(target) ^ set(weights))
-        if mismatched or missing:
-            detail = "; ".join(mismatched[:3]) or f"keys {', '.join(missing[:3])} are not in both"
-            raise ConfigError(
-                f"cannot resume {last}: its weights do not fit the model built now ({detail}); the architecture or "
-                f"the text encoder changed. Resume with the settings it was trained with, or start again with --overwrite"
-            )
-        bad = first_non_finite(weights)
-        if bad is not None:
-            raise CheckpointError(f"cannot resume {last / 'training_state.pt'}: {bad}")
+        check_resumed_architecture(last, self.config, self.unwrapped.state_dict(), weights)
 
     def _drop_metrics_after_checkpoint(self, *, counted: bool) -> None:
-        """Keep the metrics records written up to the resumed checkpoint: the steps after it run again and
-        log again. A checkpoint from before the records were counted keeps the file as it is."""
-        path = self.run_dir / METRICS_FILE
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
-        if not counted:
-            self.progress.metrics_records = len(lines)
-            return
-        if len(lines) > self.progress.metrics_records:
-            write_text_atomically(path, "".join(lines[:self.progress.metrics_records]))
-            logger.info("%s: dropped %d record(s) logged after the resumed checkpoint", path,
-                        len(lines) - self.progress.metrics_records)
+        drop_metrics_after_checkpoint(self.run_dir / METRICS_FILE, self.progress, counted=counted)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_all(self, *, keep: int = 0) -> dict[str, EvalResult]:

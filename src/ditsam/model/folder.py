@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ditsam.config import ConfigError
 from ditsam.model.config import DITSamConfig
+from ditsam.schema import is_integer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -47,7 +48,7 @@ def read_pretrained_folder(directory: Path) -> tuple[DITSamConfig, Path, Path]:
     if unknown:
         raise CheckpointError(f"{config_path}: unknown top-level key(s) {', '.join(unknown)}")
     version = payload["format_version"]
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+    if not is_integer(version) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
             f"{config_path}: format_version {version!r} is not supported (this ditsam reads 1..{FORMAT_VERSION})"
         )

@@ -1,0 +1,164 @@
+"""Resolving a model source to a local path: a folder or file as it is, a Hugging Face Hub id
+(``owner/name`` or ``owner/name/path/file.pth``) fetched into the Hub cache, an official SAM checkpoint by
+name for ``train.init_checkpoint``. :mod:`ditsam.model.sources` loads what these resolve."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+
+from ditsam.model.folder import CONFIG_FILE
+from ditsam.model.weights import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+#: File endings of torch checkpoints that load without a config (the authors' files are ``.pth``).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+
+_HUB_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_HUB_REPO = re.compile(rf"({_HUB_PART}/{_HUB_PART})")
+_HUB_FILE = re.compile(rf"({_HUB_PART}/{_HUB_PART})/((?:[^/\\]+/)*[^/\\]+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedSource:
+    """A source as a local ``path`` (a folder or a checkpoint file); ``repo_id`` / ``revision`` when it came
+    from the Hugging Face Hub (``path`` then lies in the Hub cache: never write there)."""
+
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.repo_id is None:
+            return str(self.path)
+        return f"{self.repo_id}@{self.revision or 'main'} ({self.path})"
+
+
+def hub_reference(source: str) -> tuple[str, str | None] | None:
+    """``(repo_id, filename)`` when ``source`` reads as a Hub id: ``owner/name`` (filename None) or
+    ``owner/name/path/to/file.pth`` (a checkpoint file in that repo); None for anything else."""
+    if source.startswith(("/", ".", "~")) or "\\" in source:
+        return None
+    if _HUB_REPO.fullmatch(source):
+        return source, None
+    match = _HUB_FILE.fullmatch(source)
+    if match and source.lower().endswith(CHECKPOINT_SUFFIXES):
+        return match.group(1), match.group(2)
+    return None
+
+
+def _hub_failure(source: str, revision: str | None, cache_dir: str | Path | None, error: Exception) -> FileNotFoundError:
+    """The one-line error for a Hub id that could not be resolved, naming the id and why."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = cache_dir or constants.HF_HUB_CACHE
+    if isinstance(error, HFValidationError):
+        reason = f"it is not a valid Hub repo id ({error})"
+    elif isinstance(error, RevisionNotFoundError):
+        reason = f"the repository has no revision {revision!r} (branch, tag or commit)"
+    elif isinstance(error, GatedRepoError):
+        reason = "the repository is gated: accept its terms on the Hub, then log in (hf auth login)"
+    elif isinstance(error, RepositoryNotFoundError):
+        reason = "the Hub has no such repository (or it is private: log in with hf auth login)"
+    elif isinstance(error, LocalEntryNotFoundError):
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            reason = f"it is not in the Hub cache {cache} and HF_HUB_OFFLINE=1 forbids downloading it"
+        else:
+            reason = f"the Hub cannot be reached and it is not in the Hub cache {cache}"
+    elif isinstance(error, EntryNotFoundError):
+        reason = "the repository has no such file"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    at = f" at revision {revision!r}" if revision else ""
+    return FileNotFoundError(
+        f"cannot load Hugging Face Hub id {source!r}{at}: {reason}; no local folder or file has that name either"
+    )
+
+
+def _snapshot_entry(folder: Path, repo_id: str) -> Path:
+    """What a downloaded repo holds: the folder itself (a ditsam ``config.json``) or its one checkpoint file."""
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    if len(files) == 1:
+        return files[0]
+    listing = ", ".join(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())[:10])
+    if not files:
+        raise CheckpointError(
+            f"Hub repo {repo_id} ({folder}) holds neither a ditsam {CONFIG_FILE} nor a checkpoint file "
+            f"({', '.join(CHECKPOINT_SUFFIXES)}); its files: {listing or 'none'}"
+        )
+    names = ", ".join(p.relative_to(folder).as_posix() for p in files)
+    raise CheckpointError(
+        f"Hub repo {repo_id} holds several checkpoint files ({names}): name one as {repo_id}/FILE"
+    )
+
+
+def _from_hub(
+    source: str, repo_id: str, filename: str | None, *, revision: str | None, cache_dir: str | Path | None
+) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
+
+    try:
+        if filename is not None:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
+    except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OSError) as error:
+        raise _hub_failure(source, revision, cache_dir, error) from error
+    return _snapshot_entry(folder, repo_id)
+
+
+def resolve_source(
+    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> ResolvedSource:
+    """A local folder or file as it is; otherwise a string that reads as a Hub id (:func:`hub_reference`)
+    fetched into the Hub cache (``cache_dir``: another cache folder). A ``Path`` is always local.
+
+    Raises FileNotFoundError naming the source when it is neither a local path nor a resolvable Hub id,
+    ValueError for ``revision=`` with a local path.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a model source is a folder, a file or a Hub id string, got {type(source).__name__}")
+    path = Path(source).expanduser()
+    if path.exists():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} only applies to a Hugging Face Hub id; {path} is a local path")
+        return ResolvedSource(path=path)
+    hub = hub_reference(source) if isinstance(source, str) else None
+    if hub is None:
+        raise FileNotFoundError(
+            f"no ditsam checkpoint folder or file at {path} (a model source is a save_pretrained folder, a "
+            f"checkpoint file or a Hugging Face Hub id owner/name)"
+        )
+    repo_id, filename = hub
+    local = _from_hub(source, repo_id, filename, revision=revision, cache_dir=cache_dir)
+    logger.info("%s resolved to %s", source, local)
+    return ResolvedSource(path=local, repo_id=repo_id, revision=revision)
+
+
+def resolve_init_checkpoint(
+    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
+    """What ``train.init_checkpoint`` names, as a local file or folder that
+    :func:`~ditsam.model.weights.load_checkpoint` reads: an official SAM checkpoint by name (``sam_vit_b``,
+    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.sam_files`), a local
+    file or folder, or a Hub id (:func:`resolve_source`; ``revision`` and ``cache_dir`` apply to it).
+    A local path of the same name as a SAM checkpoint wins over the name."""
+    from ditsam.model.sam_files import fetch_sam_checkpoint, is_sam_name
+
+    if isinstance(source, str) and is_sam_name(source) and not Path(source).exists():
+        return fetch_sam_checkpoint(source)
+    return resolve_source(source, revision=revision, cache_dir=cache_dir).path
