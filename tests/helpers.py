@@ -40,14 +40,17 @@ TINY_MODEL = dict(
 )
 
 
-def tiny_experiment(root: Path, bert_dir: Path, **train_overrides) -> ExperimentConfig:
+def tiny_experiment(root: Path, bert_dir: Path, *, data_format: str = "refshapes", model: dict | None = None,
+                    **train_overrides) -> ExperimentConfig:
+    """The tiny model on generated data at ``root`` (``data_format`` refshapes or grefshapes, seed 3), a few steps'
+    recipe; ``model`` entries are added to TINY_MODEL's, keyword arguments override the train section."""
     train = dict(epochs=2, batch_size=4, micro_batch_size=2, lr=1e-3, ema_decay=0.5, mixed_precision="no",
                  num_visualizations=2, select_metric="miou", schedule=dict(warmup_epochs=0.5))
     train.update(train_overrides)
     return ExperimentConfig.from_dict(dict(
         name="tiny",
-        model={**TINY_MODEL, "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
-        data=dict(format="refshapes", root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
+        model={**TINY_MODEL, **(model or {}), "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
+        data=dict(format=data_format, root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
         train=train,
     ))
 
@@ -73,6 +76,31 @@ def launch_command(processes: int, *args: str) -> list[str]:
     placement = ["--cpu"] if processes == 1 else ["--multi_gpu", "--main_process_port", str(free_port())]
     return [sys.executable, "-m", "accelerate.commands.launch", *placement, "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ditsam.cli.main", *args]
+
+
+def evaluation_by_process_count(checkpoint: Path, out_root: Path, splits: tuple[str, ...] = ("val", "testB")) -> None:
+    """Run ``ditsam eval`` on ``checkpoint`` with 1 and with 2 CPU processes and assert the two results.json
+    agree on every split and value (sums across processes, no sample counted twice), and that 2 really ran."""
+    import json
+    import os
+    import subprocess
+
+    import pytest
+
+    outputs = {}
+    for processes in (1, 2):
+        out = out_root / f"eval{processes}"
+        command = launch_command(processes, "eval", str(checkpoint), "--out", str(out), "--splits", *splits, "--device", "cpu")
+        completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                   timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        outputs[processes] = json.loads((out / "results.json").read_text())
+    for split in splits:
+        assert outputs[1][split].pop("processes") == 1 and outputs[2][split].pop("processes") == 2
+        assert outputs[2][split]["count"] == outputs[1][split]["count"]
+        for key, value in outputs[1][split].items():
+            expected = pytest.approx(value, abs=1e-9) if isinstance(value, float) else value
+            assert outputs[2][split][key] == expected, (split, key)
 
 
 # ---------------------------------------------------------------------------------------------------

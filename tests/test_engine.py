@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 from ditsam.config import ConfigError
 from ditsam.data.refshapes import generate_refshapes
 from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
-from helpers import launch_command, tiny_experiment
+from helpers import evaluation_by_process_count, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -119,21 +117,7 @@ def test_cli_unknown_experiment_is_one_clear_line(capsys):
 def test_two_process_evaluation_matches_one_process(refshapes_root, tiny_bert_dir, tmp_path):
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100)
     train(config, run_dir=tmp_path / "run", progress=False)
-    checkpoint = tmp_path / "run" / "checkpoints" / "last"
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"eval{processes}"
-        command = launch_command(processes, "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
-                                 "--device", "cpu")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        outputs[processes] = json.loads((out / "results.json").read_text())
-    for split in ("val", "testB"):
-        assert outputs[1][split].pop("processes") == 1 and outputs[2][split].pop("processes") == 2  # really 2
-        assert outputs[2][split]["count"] == outputs[1][split]["count"]
-        for key, value in outputs[1][split].items():
-            assert outputs[2][split][key] == pytest.approx(value, abs=1e-9), (split, key)
+    evaluation_by_process_count(tmp_path / "run" / "checkpoints" / "last", tmp_path)
 
 
 

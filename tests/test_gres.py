@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,13 +16,7 @@ from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.losses import presence_loss, segmentation_loss
 from ditsam.engine.train import train
 from ditsam.model.dit import DITSam
-from helpers import launch_command, tiny_config
-
-TINY_MODEL = dict(
-    backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
-    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_options=dict(zero_init=False),
-    no_target_head=True,
-)
+from helpers import evaluation_by_process_count, tiny_config, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +27,8 @@ def grefshapes_root(tmp_path_factory) -> Path:
 
 
 def gres_experiment(root: Path, bert_dir: Path, **train_overrides) -> ExperimentConfig:
-    train_config = dict(epochs=1, batch_size=4, micro_batch_size=2, lr=1e-3, ema_decay=0.0, mixed_precision="no",
-                        num_visualizations=2, select_metric="giou", schedule=dict(warmup_epochs=0.5))
-    train_config.update(train_overrides)
-    return ExperimentConfig.from_dict(dict(
-        name="tiny-gres",
-        model={**TINY_MODEL, "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
-        data=dict(format="grefshapes", root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
-        train=train_config,
-    ))
+    train_config = dict(epochs=1, ema_decay=0.0, select_metric="giou", **train_overrides)
+    return tiny_experiment(root, bert_dir, data_format="grefshapes", model=dict(no_target_head=True), **train_config)
 
 
 def test_head_off_changes_nothing(tiny_bert_dir):
@@ -105,21 +90,7 @@ def test_training_and_evaluation_report_gres_metrics(grefshapes_root, tiny_bert_
 def test_two_process_gres_evaluation_matches_one_process(grefshapes_root, tiny_bert_dir, tmp_path):
     train(gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100),
           run_dir=tmp_path / "run", progress=False)
-    checkpoint = tmp_path / "run" / "checkpoints" / "last"
-    outputs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"eval{processes}"
-        command = launch_command(processes, "eval", str(checkpoint), "--out", str(out), "--splits", "val", "testB",
-                                 "--device", "cpu")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        outputs[processes] = json.loads((out / "results.json").read_text())
-    for split in ("val", "testB"):
-        assert outputs[1][split].pop("processes") == 1 and outputs[2][split].pop("processes") == 2  # really 2
-        assert outputs[2][split]["count"] == outputs[1][split]["count"]
-        for key, value in outputs[1][split].items():
-            assert outputs[2][split][key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
+    evaluation_by_process_count(tmp_path / "run" / "checkpoints" / "last", tmp_path)
 
 
 @pytest.mark.parametrize("bias, present", [(-20.0, False), (20.0, True)])
