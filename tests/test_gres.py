@@ -104,6 +104,10 @@ def test_predictor_says_when_nothing_is_referred(tiny_bert_dir, tmp_path, bias, 
     seg = Segmenter.from_pretrained(folder, device="cpu")
     result = seg.predict(np.zeros((40, 50, 3), np.uint8), "the blue star")
     assert result.present is present and result.presence == pytest.approx(float(present), abs=1e-6)
+    # Without the head, an empty mask is the model's "nothing": present follows the mask.
+    plain = Segmenter(DITSam(tiny_config(tiny_bert_dir)), device="cpu", threshold=1e-9 if present else 1 - 1e-9)
+    plain_result = plain.predict(np.zeros((40, 50, 3), np.uint8), "the blue star")
+    assert plain_result.presence is None and plain_result.present is bool(plain_result.mask.any()) is present
     assert result.mask.shape == (40, 50) and bool(result.mask.any()) is present
     # The web demo says so instead of drawing; `ditsam predict` writes it, with a valid (empty) RLE.
     from PIL import Image

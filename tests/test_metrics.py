@@ -149,3 +149,15 @@ def test_gres_state_sums_across_processes_equal_one_process():
         single.update(np.zeros((2, 3), bool), np.zeros((3, 2), bool))
     with pytest.raises(ValueError, match="expected a state"):
         merged.load_state(torch.zeros(3))
+
+
+def test_gres_annotation_flag_decides_the_kind_of_sample():
+    """A target whose mask came out empty (a sliver lost to down-scaling, crowd parts only) stays a target."""
+    from ditsam.metrics import GRESMetrics
+
+    metrics = GRESMetrics()
+    empty = np.zeros((3, 3), bool)
+    assert metrics.update(empty, empty, gt_no_target=False) == 0.0  # not an IoU-1 "no target" hit
+    assert metrics.update(empty, empty, gt_no_target=True) == 1.0
+    result = metrics.compute()
+    assert result["t_acc"] == 0.0 and result["n_acc"] == 100.0 and result["giou"] == 50.0

@@ -268,8 +268,10 @@ class Segmenter:
         results = []
         for row, meta in enumerate(metas):
             restored = restore_to_original(logits[row], meta)
-            present = presence is None or presence[row] >= PRESENCE_THRESHOLD
-            mask = (torch.sigmoid(restored) > threshold) if present else torch.zeros_like(restored, dtype=torch.bool)
+            flagged = presence is not None and presence[row] < PRESENCE_THRESHOLD
+            mask = torch.zeros_like(restored, dtype=torch.bool) if flagged else torch.sigmoid(restored) > threshold
+            # Without a no-target head, an empty mask is the model's "nothing" (as the GRES metrics read it).
+            present = not flagged and (presence is not None or bool(mask.any()))
             results.append(
                 SegmentationResult(
                     mask=mask.cpu().numpy(), score=float(iou[row]),

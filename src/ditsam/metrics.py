@@ -143,17 +143,19 @@ class GRESMetrics:
         self.target_kept = 0
         self.hits = [0] * len(GRES_THRESHOLDS)
 
-    def update(self, pred: Any, gt: Any, pred_no_target: bool | None = None) -> float:
+    def update(self, pred: Any, gt: Any, pred_no_target: bool | None = None, *, gt_no_target: bool | None = None) -> float:
         """Add one sample; returns its IoU.
 
         ``pred``, ``gt``: boolean (H, W) masks at the original size; an all-False ``gt`` is a
         no-target sample. ``pred_no_target``: the model's "nothing is referred" flag; None derives
-        it from ``pred`` (no foreground pixel = no target).
+        it from ``pred`` (no foreground pixel = no target). ``gt_no_target``: the annotation's own
+        flag, when the data has one; it decides the kind of sample instead of the mask (a target whose
+        mask is empty -- a sliver lost to down-scaling, crowd parts only -- stays a target).
         """
         pred_mask, gt_mask = _mask_pair(pred, gt)
         flagged = not pred_mask.any() if pred_no_target is None else bool(pred_no_target)
         self.count += 1
-        if not gt_mask.any():
+        if (not gt_mask.any()) if gt_no_target is None else bool(gt_no_target):
             self.no_target_count += 1
             if flagged:
                 self.no_target_flagged += 1

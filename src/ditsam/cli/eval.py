@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, threshold=args.threshold, out=Path(args.out) if args.out else None,
         dump_masks=args.dump_masks, device=args.device, protocol=args.protocol,
     )
+    from ditsam.distributed import leave_process_group
+
+    leave_process_group()  # under a launcher every process gets here; gloo aborts one whose peer left first
     from ditsam.metrics import format_table
 
     print(format_table(results, title=f"## {args.checkpoint} ({args.protocol} protocol)"))

@@ -14,8 +14,8 @@ on the image, captioned with the sentence), ``masks/NNNNN_<image>.png`` (0 / 255
 size) and ``predictions.json``: a list of ``{"id", "image", "sentence", "score", "segmentation":
 {"size": [H, W], "counts": RLE string}, "bbox": [x, y, w, h], "area", "mask_file",
 "overlay_file", "present"}`` -- COCO-style, so the predictions can label a dataset. ``present`` is
-False when a model with a no-target head (generalized RIS) says the sentence names nothing; its
-mask is then empty (an empty COCO RLE is still valid RLE). An image that cannot be
+False when the sentence names nothing: a model with a no-target head (generalized RIS) says so, or a
+model without one draws an empty mask; the mask is then empty (an empty COCO RLE is still valid RLE). An image that cannot be
 read is reported and skipped; the exit status is then 1.
 
 Nothing made is lost: each prediction is appended to ``predictions.jsonl`` (one JSON line, flushed)

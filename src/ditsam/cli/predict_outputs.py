@@ -41,7 +41,7 @@ def record(pair: dict[str, Any], result, *, mask_file: str | None, overlay_file:
         "id": pair["id"], "image": str(pair["image"]), "sentence": pair["text"], "score": round(result.score, 6),
         "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
         "bbox": list(result.bbox), "area": result.area, "mask_file": mask_file, "overlay_file": overlay_file,
-        # False (with an empty mask) when a no-target head says the sentence names nothing in the image.
+        # False (with an empty mask) when the sentence names nothing in the image (see SegmentationResult.present).
         "present": result.present,
     }
 

@@ -86,15 +86,8 @@ class World:
         return values
 
     def close(self) -> None:
-        """Leave the process group, all processes together: every one waits for the others first,
-        because gloo aborts a process ("terminate called without an active exception") whose peer
-        tears its connections down while it still uses them. Only where every process gets to: after
-        an error raised on one process alone, the others would wait here forever (exit instead; the
-        launcher stops them)."""
-        if not self.distributed:
-            return
-        import torch.distributed as dist
+        """Leave the process group, all processes together (see :func:`ditsam.distributed.leave_process_group`)."""
+        if self.distributed:
+            from ditsam.distributed import leave_process_group
 
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+            leave_process_group()

@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_experiment(args.experiment, dict(parse_override(o) for o in args.overrides))
     results = train_reporting_errors(config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                                      skip_bad_data=args.skip_bad_data)
+    from ditsam.distributed import leave_process_group
     from ditsam.metrics import format_table
+
+    leave_process_group()  # under a launcher every process gets here; gloo aborts one whose peer left first
 
     if results:
         print(format_table(results, title=f"## {config.name}"), file=sys.stdout)

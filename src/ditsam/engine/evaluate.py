@@ -153,7 +153,8 @@ def evaluate(
             else:
                 pred = predicted_mask(logits[row], batch.metas[row], threshold=threshold, protocol=protocol)
                 scored_gt = gt
-            iou = metrics.update(pred, scored_gt, flag) if generalized else metrics.update(pred, gt)
+            iou = (metrics.update(pred, scored_gt, flag, gt_no_target=bool(batch.no_target[row])) if generalized
+                   else metrics.update(pred, gt))
             sample = SamplePrediction(
                 index=shard.indices[position], ref_id=int(batch.ref_ids[row]), sent_id=int(batch.sent_ids[row]),
                 sentence=batch.sentences[row], iou=iou, pred=pred, gt=scored_gt, no_target=flag,

@@ -12,9 +12,10 @@ class SegmentationResult:
     """One prediction at the original image resolution.
 
     mask: bool (H, W); score: the model's predicted IoU of that mask (float); logits: float32 (H, W),
-    ``sigmoid(logits) > threshold`` gives ``mask`` when something is referred. present: False when a
-    model with a no-target head (generalized RIS, ``config.no_target_head``) says the sentence names
-    nothing in the image; ``mask`` is then empty (``logits`` stay the decoder's, for inspection).
+    ``sigmoid(logits) > threshold`` gives ``mask`` when something is referred. present: False when the
+    sentence names nothing in the image: a model with a no-target head (generalized RIS,
+    ``config.no_target_head``) says so, and ``mask`` is then empty (``logits`` stay the decoder's, for
+    inspection); for a model without the head, an empty mask is its "nothing" (as GRES scoring reads it).
     presence: that head's probability that something is referred (None: the model has no such head).
     A sentence naming several objects gives one mask covering all of them.
     """

@@ -179,9 +179,9 @@ def _result_output(rgb: "Image.Image", sentence: str, result: "SegmentationResul
         f"**Mask:** area {area} px ({100.0 * area / (width * height):.1f}% of the {width}x{height} image), "
         f"score {result.score:.4f} (the model's IoU prediction)"
     )
-    if not result.present:  # a no-target head (generalized RIS) says the sentence names nothing here
+    if result.presence is not None and not result.present:  # the no-target head: nothing is named here
         status = (f"**Nothing matches this sentence** in this {width}x{height} image (the model is "
-                  f"{100.0 * (1.0 - (result.presence or 0.0)):.0f}% sure nothing is referred)")
+                  f"{100.0 * (1.0 - result.presence):.0f}% sure nothing is referred)")
     elif area:
         x, y, w, h = result.bbox
         status += f", bounding box x={x} y={y} w={w} h={h}"
