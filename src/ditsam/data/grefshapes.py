@@ -47,7 +47,6 @@ from ditsam.data.refshapes.language import (
 )
 from ditsam.data.refshapes.scene import SceneObject
 from ditsam.data.refshapes.vocabulary import (
-    _SIZE_WORDS,
     ATTRIBUTE,
     PRESETS,
     REFSHAPES_WORDS,
@@ -141,16 +140,7 @@ class GroupExpression:
 
 def render_plural(phrase: NounPhrase, rng: np.random.Generator) -> str:
     """Plural words of a noun phrase, e.g. "small red triangles", "big ones", "shapes"."""
-    words = []
-    if phrase.size is not None:
-        words.append(_choice(rng, _SIZE_WORDS[phrase.size]))
-    if phrase.colour is not None:
-        words.append(phrase.colour)
-    if phrase.shape is not None:
-        words.append(_PLURALS[phrase.shape])
-    else:
-        words.append(_choice(rng, _GENERIC_PLURALS + (("ones",) if words else ())))
-    return " ".join(words)
+    return render_phrase(phrase, rng, shape_words=_PLURALS, generic_nouns=_GENERIC_PLURALS, pronoun="ones")
 
 
 def render_group_expression(expression: GroupExpression, rng: np.random.Generator) -> str:

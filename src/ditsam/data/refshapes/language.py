@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -223,17 +223,21 @@ def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def render_phrase(phrase: NounPhrase, rng: np.random.Generator) -> str:
-    """Words of a noun phrase, e.g. "small red triangle", "big one", "object"."""
+def render_phrase(
+    phrase: NounPhrase, rng: np.random.Generator, *, shape_words: Mapping[str, str] | None = None,
+    generic_nouns: Sequence[str] = _GENERIC_NOUNS, pronoun: str = "one",
+) -> str:
+    """Words of a noun phrase, e.g. "small red triangle", "big one", "object". ``shape_words`` (shape ->
+    word), ``generic_nouns`` and ``pronoun`` replace the singular nouns (plurals: "red triangles", "big ones")."""
     words = []
     if phrase.size is not None:
         words.append(_choice(rng, _SIZE_WORDS[phrase.size]))
     if phrase.colour is not None:
         words.append(phrase.colour)
     if phrase.shape is not None:
-        words.append(phrase.shape)
+        words.append(phrase.shape if shape_words is None else shape_words[phrase.shape])
     else:
-        words.append(_choice(rng, _GENERIC_NOUNS + (("one",) if words else ())))
+        words.append(_choice(rng, tuple(generic_nouns) + ((pronoun,) if words else ())))
     return " ".join(words)
 
 
