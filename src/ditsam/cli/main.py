@@ -36,9 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, FileNotFoundError, ValueError) as error:
         if args.verbose:
             raise
-        print(f"ditsam {args.command}: error: {error}", file=sys.stderr)
+        from ditsam.distributed import reported_elsewhere
+
+        if not reported_elsewhere(error):  # a copy of another process's error: that process prints it
+            print(f"ditsam {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if args.verbose or not _peer_failed(error):
+            raise
+        print(f"ditsam {args.command}: error: another process of this run stopped (its connection closed); its "
+              f"own error, above, says why", file=sys.stderr)
         return 2
 
+
+def _peer_failed(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective failing because another process of the run ended."""
+    import torch.distributed as dist
+
+    return isinstance(error, getattr(dist, "DistBackendError", ())) or "Connection closed by peer" in str(error)
 
 if __name__ == "__main__":
     sys.exit(main())

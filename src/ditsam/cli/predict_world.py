@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: Set by accelerate launch and torchrun (and by hand for a multi-node run) to the number of processes.
-WORLD_SIZE_ENV = "WORLD_SIZE"
 #: How long a process waits for the others at a collective. The last one is the end of the run, where a
 #: process that finished its share waits for the slowest (a slower GPU, a slower disk); torch's own
 #: default (10 to 30 minutes) is too short for a large dataset. A process that dies does not leave the
@@ -39,16 +36,17 @@ class World:
 
     @classmethod
     def from_environment(cls, *, cpu: bool) -> "World":
-        """One process without a launcher; under one, join its process group (``cpu``: gloo even
-        where GPUs are visible). Raises ValueError for a ``WORLD_SIZE`` that is not a positive integer."""
-        raw = os.environ.get(WORLD_SIZE_ENV, "1").strip() or "1"
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"environment variable {WORLD_SIZE_ENV}={raw!r}: expected the number of processes (>= 1)")
-        if int(raw) == 1:
+        """One process without a launcher; under one, join its process group (``cpu``, or a machine without
+        CUDA: gloo). Raises ValueError for a ``WORLD_SIZE`` that is not a positive integer, or for processes
+        that did not join one group."""
+        from ditsam.distributed import check_joined, launched_world_size, use_cpu
+
+        if launched_world_size() == 1:
             return cls()
         from accelerate import PartialState
 
-        state = PartialState(cpu=cpu, timeout=COLLECTIVE_TIMEOUT)
+        state = PartialState(cpu=cpu or use_cpu(), timeout=COLLECTIVE_TIMEOUT)
+        check_joined(state.num_processes)
         return cls(rank=state.process_index, size=state.num_processes, device=str(state.device))
 
     @property
@@ -67,23 +65,15 @@ class World:
 
     def broadcast(self, value: T) -> T:
         """Rank 0's ``value`` on every process (a picklable object)."""
-        if not self.distributed:
-            return value
-        import torch.distributed as dist
+        from ditsam.distributed import broadcast
 
-        box = [value if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]  # type: ignore[return-value]
+        return broadcast(value)
 
     def gather(self, value: Any) -> list[Any]:
         """Every process's ``value`` (picklable), by rank, on every process."""
-        if not self.distributed:
-            return [value]
-        import torch.distributed as dist
+        from ditsam.distributed import gather
 
-        values: list[Any] = [None] * self.size
-        dist.all_gather_object(values, value)
-        return values
+        return gather(value)
 
     def close(self) -> None:
         """Leave the process group, all processes together (see :func:`ditsam.distributed.leave_process_group`)."""

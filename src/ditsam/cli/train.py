@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--skip-bad-data", action="store_true",
                         help="train on the records that pass the data check instead of stopping (how many were "
                              "dropped is logged, the list written to <run-dir>/bad_records.txt)")
+    parser.epilog = ("SIGTERM, SIGINT or SIGUSR1 (a scheduler preempting the job) finish the current step, write "
+                     "<run-dir>/checkpoints/last and exit with status 75; --resume continues from there.")
     parser.add_argument("--list", action="store_true", help="list the packaged experiments and exit")
     parser.set_defaults(func=run)
 
@@ -41,11 +43,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.experiment:
         raise CLIError("which experiment? give a packaged name (`ditsam train --list`) or a .yaml path")
     config = load_experiment(args.experiment, dict(parse_override(o) for o in args.overrides))
-    results = train_reporting_errors(config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                                     skip_bad_data=args.skip_bad_data)
-    from ditsam.distributed import leave_process_group
+    from ditsam.distributed import leave_process_group, rank
+    from ditsam.engine.stopping import PREEMPTED_EXIT_STATUS, TrainingStopped
     from ditsam.metrics import format_table
 
+    try:
+        results = train_reporting_errors(config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                                         skip_bad_data=args.skip_bad_data)
+    except TrainingStopped as stopped:
+        first = rank() == 0
+        leave_process_group()  # every process stopped after the same step
+        if first:
+            print(f"ditsam train: {stopped}", file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     leave_process_group()  # under a launcher every process gets here; gloo aborts one whose peer left first
 
     if results:
@@ -62,4 +72,8 @@ def train_reporting_errors(config: "ExperimentConfig", **kwargs: Any) -> dict[st
     try:
         return train(config, **kwargs)
     except NonFiniteLossError as error:
-        raise CLIError(str(error)) from error
+        from ditsam.distributed import REPORTED_ELSEWHERE, rank
+
+        reported = CLIError(str(error))
+        setattr(reported, REPORTED_ELSEWHERE, rank() != 0)  # every process finds the loss non-finite at once
+        raise reported from error

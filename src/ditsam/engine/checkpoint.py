@@ -8,11 +8,18 @@ Writing ``checkpoints/last`` goes through two renames (``last`` -> ``.last.old-P
 ``.last.tmp-PID`` -> ``last``), so a kill between them leaves no ``last`` but two complete
 copies. Every finished copy carries :data:`COMPLETE_MARKER`, written after all its files, and
 :func:`recover_checkpoints` (run when training starts) puts the newest complete copy back in
-place and deletes what interrupted writes left behind. One trainer writes a run folder at a time.
+place and deletes what interrupted writes left behind. One trainer writes a run folder at a time
+(:mod:`ditsam.engine.lock`).
+
+The marker records the sha256 of every file of the copy: a copy damaged later (a truncated transfer
+between machines, a garbled disk) is told apart from a complete one before it is loaded
+(:func:`checkpoint_problem`), and ``--resume`` falls back to the newest copy that is whole
+(:func:`load_newest_training_state`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +44,8 @@ _PENDING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 # Rank of a pending ".old" folder written before checkpoints carried the marker: complete, but older
 # than anything that carries one.
 _UNMARKED_RANK = -1
+#: Bytes read at a time when hashing a checkpoint file.
+_HASH_CHUNK = 1 << 22
 
 
 def _pending_path(target: Path, kind: str) -> Path:
@@ -56,7 +65,8 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     try:
         tmp.mkdir(parents=True)
         write(tmp)
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"written_ns": time.time_ns()}), encoding="utf-8")
+        marker = {"written_ns": time.time_ns(), "sha256": file_digests(tmp)}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -69,6 +79,43 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """``{relative posix path: sha256}`` of every file below ``folder`` but the marker."""
+    return {path.relative_to(folder).as_posix(): _sha256(path) for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != COMPLETE_MARKER}
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint copy ``folder`` is not whole, in one line naming the file; None when its marker is
+    there and every file it lists has the recorded sha256. (A copy written before the marker listed files
+    is judged by its marker alone: whether it loads is then found out when it is read.)"""
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return f"{marker} is missing (the copy was cut off while it was written, or moved without it)"
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+        digests = recorded.get("sha256", {})
+        if not isinstance(digests, dict):
+            raise TypeError("sha256 is not a mapping")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as error:
+        return f"{marker} does not read ({error})"
+    for name, expected in digests.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing (listed in {COMPLETE_MARKER})"
+        if _sha256(path) != expected:
+            return f"{path} differs from the sha256 in {COMPLETE_MARKER} (truncated or changed since it was written)"
+    return None
 
 
 def _rank(folder: Path) -> int:
@@ -123,8 +170,48 @@ def save_training_state(directory: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(directory: Path) -> dict[str, Any]:
+    """The training state saved in the checkpoint copy ``directory``. Raises FileNotFoundError when it has
+    none, CheckpointError naming the file when it does not load."""
+    from ditsam.model.weights import CheckpointError
+
     path = Path(directory) / TRAINING_STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} does not exist (no resumable checkpoint in this run folder)")
-    # The optimiser state holds plain tensors and numbers; RNG states are tensors too.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # The optimiser state holds plain tensors and numbers; RNG states are tensors too.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip, EOF, pickle and storage errors of a damaged file
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{path} does not load (truncated or corrupted): {type(error).__name__}: {first_line}") from error
+    if not isinstance(state, dict) or not {"progress", "model", "optimizer"} <= set(state):
+        raise CheckpointError(f"{path} is not a ditsam training state (no progress / model / optimizer entries)")
+    return state
+
+
+def load_newest_training_state(folder: Path, names: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
+    """The newest of the checkpoint copies ``folder/NAME`` (``names``: ``last``, ``best``) that is whole and
+    loads, with its training state. Each copy passed over is logged in one line naming the file, and so is
+    the fallback; raises CheckpointError listing every copy's problem when none loads, FileNotFoundError
+    when there is no copy at all."""
+    from ditsam.model.weights import CheckpointError
+
+    copies = sorted((folder / name for name in names if (folder / name).is_dir()), key=_rank, reverse=True)
+    if not copies:
+        raise FileNotFoundError(f"cannot resume: {folder} holds no checkpoint ({', '.join(names)})")
+    problems: list[str] = []
+    for copy in copies:
+        problem = checkpoint_problem(copy)
+        if problem is None:
+            try:
+                state = load_training_state(copy)
+            except (FileNotFoundError, CheckpointError) as error:
+                problem = str(error)
+        if problem is not None:
+            logger.warning("cannot resume from %s: %s", copy, problem)
+            problems.append(problem)
+            continue
+        if problems:
+            logger.warning("resuming from %s instead (step %s), the newest copy that loads",
+                           copy, state["progress"].get("global_step"))
+        return copy, state
+    raise CheckpointError(f"cannot resume: no checkpoint in {folder} loads ({'; '.join(problems)})")

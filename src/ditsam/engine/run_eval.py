@@ -93,6 +93,7 @@ def evaluate_checkpoint(
     from accelerate import Accelerator
 
     from ditsam.api import resolve_device
+    from ditsam.distributed import check_joined, on_main, use_cpu
     from ditsam.model.dit import DITSam
     from ditsam.model.resolve import resolve_source
     from ditsam.outputs import ensure_writable_folder
@@ -101,10 +102,11 @@ def evaluate_checkpoint(
         resolve_device(device)  # an unusable device fails before the model loads
     source = resolve_source(checkpoint, revision=revision)
     experiment = _experiment(source, data, overrides)
-    accelerator = Accelerator(cpu=device == "cpu")
+    # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group.
+    accelerator = Accelerator(cpu=use_cpu(device))
+    check_joined(accelerator.num_processes)
     out = out or _default_out(source)
-    if accelerator.is_main_process:
-        ensure_writable_folder(out, what="--out")
+    on_main(lambda: ensure_writable_folder(out, what="--out"))  # made before any process writes into it
     model = DITSam.from_pretrained(
         source.path, injection=injection, text_name_or_path=text_name_or_path  # type: ignore[arg-type]
     ).to(device or accelerator.device)

@@ -11,6 +11,7 @@ Run folder layout::
     <run>/checkpoints/best/     best on data.select_split by train.select_metric
     <run>/bad_records.txt       every bad record the data check found (when it found any)
     <run>/tiny_bert/            a generated text encoder for data other than RefShapes
+    <run>/.ditsam-train.lock    the trainer writing the folder now (host, PID; see ditsam.engine.lock)
 
 A run folder that holds checkpoints is refused unless the run is resumed (``resume=True``) or
 replaced (``overwrite=True``, which deletes the outputs listed above and nothing else).
@@ -30,6 +31,7 @@ from ditsam.config import ConfigError
 from ditsam.engine.checkpoint import recover_checkpoints
 from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.data import GENERATED_BERT_DIR
+from ditsam.engine.lock import RunFolderLock
 from ditsam.outputs import (
     OutputFolderError,
     describe_write_failure,
@@ -84,23 +86,34 @@ def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume: bool = False,
-                       overwrite: bool = False) -> Path:
-    """The run folder, writable, with interrupted checkpoint writes finished (see
+                       overwrite: bool = False) -> tuple[Path, RunFolderLock]:
+    """The run folder, writable and locked for this trainer (:class:`~ditsam.engine.lock.RunFolderLock`,
+    returned held), with interrupted checkpoint writes finished (see
     :func:`~ditsam.engine.checkpoint.recover_checkpoints`). A folder holding checkpoints is refused
-    unless ``resume`` or ``overwrite`` (whose outputs, :data:`RUN_OUTPUTS`, are deleted here)."""
+    unless ``resume`` or ``overwrite`` (whose outputs, :data:`RUN_OUTPUTS`, are deleted here); a folder
+    another live trainer holds is refused (:class:`~ditsam.engine.lock.RunFolderLockedError`)."""
     run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
     try:
         ensure_writable_folder(run_dir, what="run folder")
+    except OutputFolderError as error:
+        raise RunFolderError(str(error)) from error
+    lock = RunFolderLock(run_dir)
+    lock.acquire()  # before anything is read or changed: recovering checkpoints needs the folder to itself
+    try:
         recover_checkpoints(run_dir / "checkpoints")
         refuse_earlier_results(run_dir, what="run folder", resume=resume, overwrite=overwrite,
                                holds_results=[f"checkpoints/{name}" for name in CHECKPOINT_NAMES])
+        if overwrite:
+            removed = remove_outputs(run_dir, RUN_OUTPUTS)
+            if removed:
+                logger.info("--overwrite: removed %s from %s", ", ".join(removed), run_dir)
     except OutputFolderError as error:
+        lock.release()
         raise RunFolderError(str(error)) from error
-    if overwrite:
-        removed = remove_outputs(run_dir, RUN_OUTPUTS)
-        if removed:
-            logger.info("--overwrite: removed %s from %s", ", ".join(removed), run_dir)
-    return run_dir
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, lock
 
 
 def disk_full_error(run_dir: Path, error: OSError) -> RunFolderError:

@@ -68,6 +68,13 @@ def build_adam(parameters: Iterable[nn.Parameter], train: "TrainConfig", *, devi
     )
 
 
+def _tie_every_output(output: "DITSamOutput") -> torch.Tensor:
+    """0, computed from every tensor of ``output``: DDP wants each output that depends on parameters in the
+    loss (the IoU head's predictions are not, unless supervised), else it waits for their gradients
+    forever. Zero gradients leave Adam's update of those parameters at exactly 0."""
+    values = (getattr(output, field.name) for field in dataclasses.fields(output))
+    return sum(value.sum() for value in values if isinstance(value, torch.Tensor) and value.requires_grad) * 0
+
 class TrainingStep:
     """forward + loss + backward per micro-batch (gradients accumulated, DDP synchronised on the last
     one), clipping, ``optimizer.step()``, ``zero_grad``, EMA update.
@@ -95,7 +102,10 @@ class TrainingStep:
             last = index == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
                 with self.accelerator.autocast():
-                    loss = self.loss_fn(self.model(micro.images, **micro.prompts), micro)
+                    output = self.model(micro.images, **micro.prompts)
+                    loss = self.loss_fn(output, micro)
+                    if self.accelerator.num_processes > 1:
+                        loss = loss + _tie_every_output(output)
                 self.accelerator.backward(loss / len(micro_batches))
             losses.append(loss.detach().float())
         if self.grad_clip > 0:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ditsam.config import ConfigError
 from ditsam.data.collate import RISCollator
-from ditsam.engine.checkpoint import load_training_state, save_training_state, write_atomically
+from ditsam.distributed import any_rank, check_joined, main_first, on_main, use_cpu
+from ditsam.engine.checkpoint import load_newest_training_state, save_training_state, write_atomically
 from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.data import check_data, resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
@@ -46,6 +48,7 @@ from ditsam.engine.run_folder import (  # noqa: F401  (the run folder's names, i
 )
 from ditsam.engine.schedule import learning_rate
 from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
+from ditsam.engine.stopping import PAUSE_PER_STEP_ENV, StopSignals, TrainingStopped
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 from ditsam.outputs import describe_write_failure, is_disk_full
@@ -74,14 +77,18 @@ class Trainer:
     def __init__(self, config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool = False,
                  overwrite: bool = False, skip_bad_data: bool = False, progress: bool = True) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs
 
         self.config = config
         train = config.train
         mixed = train.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() else "no"
-        self.accelerator = Accelerator(mixed_precision=mixed)
+        # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group. DDP
+        # must expect unused parameters: text-only steps leave the point / box embeddings out of the graph.
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=use_cpu(),
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        check_joined(self.accelerator.num_processes)
         self.mixed_precision = mixed
         world = self.accelerator.num_processes
         if train.batch_size % (train.micro_batch_size * world):
@@ -92,21 +99,45 @@ class Trainer:
         self.accumulation = train.batch_size // (train.micro_batch_size * world)
         self.progress_bars = progress and self.accelerator.is_main_process
         if self.accelerator.is_main_process:
-            self.run_dir = prepare_run_folder(config, run_dir, resume=resume, overwrite=overwrite)
-        else:
-            self.run_dir = Path(run_dir or Path(config.output_dir) / config.name)
-        self.accelerator.wait_for_everyone()  # interrupted checkpoint writes are finished before anyone reads
-        set_seed(train.seed)
+            logger.info("training on %d process%s (%s): %d micro-batch(es) of %d per process and step", world,
+                        "es" if world > 1 else "", self.accelerator.device, self.accumulation, train.micro_batch_size)
+        self.lock = None
+        # Rank 0 prepares (and locks) the folder, finishing interrupted checkpoint writes, before any rank reads it.
+        self.run_dir = on_main(lambda: self._prepare_run_folder(run_dir, resume=resume, overwrite=overwrite))
+        try:
+            self._build(resume=resume, skip_bad_data=skip_bad_data)
+        except BaseException:
+            self.close()
+            raise
 
-        with self.accelerator.main_process_first():  # the first process generates RefShapes and its BERT
-            self.train_set = ris_dataset(config, config.data.train_split, train=True)
-            self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
-            # Keyed apart from the evaluation splits: one of them may read the training split too.
-            check_data({f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
-                       skip_bad=skip_bad_data, progress=self.progress_bars,
-                       report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None)
-            sentences = self.train_set.base.iter_sentences() if hasattr(self.train_set.base, "iter_sentences") else ()
-            config = self.config = resolve_text_encoder(config, run_dir=self.run_dir, sentences=sentences)
+    def _prepare_run_folder(self, run_dir: Path | None, *, resume: bool, overwrite: bool) -> Path:
+        path, self.lock = prepare_run_folder(self.config, run_dir, resume=resume, overwrite=overwrite)
+        return path
+
+    def close(self) -> None:
+        """Give the run folder's lock back (training ended, or failed)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _load_data(self, config: ExperimentConfig, *, skip_bad_data: bool) -> ExperimentConfig:
+        """The datasets, checked, and the config with its text encoder resolved (rank 0 first: it generates
+        RefShapes and its BERT, which the others then read)."""
+        self.train_set = ris_dataset(config, config.data.train_split, train=True)
+        self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
+        # Keyed apart from the evaluation splits: one of them may read the training split too.
+        check_data({f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
+                   skip_bad=skip_bad_data, progress=self.progress_bars,
+                   report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None)
+        sentences = self.train_set.base.iter_sentences() if hasattr(self.train_set.base, "iter_sentences") else ()
+        return resolve_text_encoder(config, run_dir=self.run_dir, sentences=sentences)
+
+    def _build(self, *, resume: bool, skip_bad_data: bool) -> None:
+        from accelerate.utils import set_seed
+
+        train = self.config.train
+        world = self.accelerator.num_processes
+        set_seed(train.seed)
+        config = self.config = main_first(lambda: self._load_data(self.config, skip_bad_data=skip_bad_data))
         if len(self.train_set) < train.micro_batch_size * world:
             raise ConfigError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch "
@@ -125,7 +156,7 @@ class Trainer:
         self._unchecked: list[tuple[int, StepResult, list[list[int]]]] = []
         self.progress = Progress()
         if resume:
-            self._resume()
+            main_first(self._resume)  # rank 0 first: a damaged copy is reported once
         self.collator = RISCollator(self.unwrapped.tokenizer, drop_padding_columns=config.model.mask_text_padding)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -221,9 +252,9 @@ class Trainer:
         return disk_full_error(self.run_dir, error)
 
     def _resume(self) -> None:
-        last = self.run_dir / "checkpoints" / "last"
-        state = load_training_state(last)
-        self._check_resumed_architecture(last, state["model"])
+        """Continue from the newest checkpoint copy that is whole and loads (``last``, else ``best``)."""
+        copy, state = load_newest_training_state(self.run_dir / "checkpoints", CHECKPOINT_NAMES)
+        self._check_resumed_architecture(copy, state["model"])
         self.unwrapped.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
@@ -235,7 +266,7 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         if self.accelerator.is_main_process:
             self._drop_metrics_after_checkpoint(counted="metrics_records" in state["progress"])
-        logger.info("resumed at epoch %d, step %d", self.progress.epoch, self.progress.global_step)
+        logger.info("resumed from %s at epoch %d, step %d", copy, self.progress.epoch, self.progress.global_step)
 
     def _check_resumed_architecture(self, last: Path, weights: dict[str, torch.Tensor]) -> None:
         check_resumed_architecture(last, self.config, self.unwrapped.state_dict(), weights)
@@ -297,7 +328,10 @@ class Trainer:
         last_results: dict[str, EvalResult] = {}
         bar = tqdm(total=total_steps, initial=self.progress.global_step, desc="train", unit="step",
                    disable=not self.progress_bars, dynamic_ncols=True)
+        pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
         self.model.train()
+        stop = StopSignals()
+        stop.install()
         try:
             while self.progress.epoch < train.epochs and self.progress.global_step < total_steps:
                 epoch = self.progress.epoch
@@ -324,8 +358,13 @@ class Trainer:
                         bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}", lr=f"{lr:.2e}",
                                         samples_s=f"{epoch_samples * self.accelerator.num_processes / max(elapsed, 1e-9):.1f}")
                         self._log({"step": self.progress.global_step, "epoch": epoch, "train/loss": float(loss), "train/lr": lr})
-                    if train.save_every_steps and self.progress.global_step % train.save_every_steps == 0:
+                    saved = bool(train.save_every_steps) and self.progress.global_step % train.save_every_steps == 0
+                    if saved:
                         self.save("last")
+                    if pause:
+                        time.sleep(pause)
+                    if any_rank(stop.received is not None):  # every process stops after the same step
+                        self._stop(stop, saved=saved)
                     if self.progress.global_step >= total_steps:
                         break
                 epoch_finished = self.progress.global_step < total_steps or remaining == 0
@@ -341,19 +380,32 @@ class Trainer:
                 mean_loss = float(epoch_loss) / max(epoch_samples, 1)
                 summary = " ".join(f"{s} {summarize(r.metrics)}" for s, r in last_results.items())
                 logger.info("epoch %d: loss %.4f, %.1f s, %s", epoch, mean_loss, time.perf_counter() - started, summary)
+                if any_rank(stop.received is not None):  # a signal during the evaluation
+                    self._stop(stop, saved=True)
         except OSError as error:
             if is_disk_full(error):
                 raise self._disk_full(error) from error
             raise
         finally:
+            stop.restore()
             bar.close()
             if self.writer is not None:
                 self.writer.close()
+            self.close()
         final = {split: result.metrics for split, result in last_results.items()}
         if self.accelerator.is_main_process and final:
             (self.run_dir / "results.json").write_text(json.dumps(final, indent=2))
             (self.run_dir / "results.md").write_text(format_table(final, title=f"## {self.config.name}") + "\n")
         return final
+
+    def _stop(self, stop: StopSignals, *, saved: bool) -> None:
+        """Write ``last`` (unless this step was just saved) and raise :class:`TrainingStopped`."""
+        if not saved:
+            self.save("last")
+        why = stop.received.name if stop.received is not None else "a stop signal to another process"
+        message = (f"stopped after step {self.progress.global_step} ({why}): {self.run_dir / 'checkpoints' / 'last'} "
+                   f"holds it; continue with --resume")
+        raise TrainingStopped(message)
 
     def _select_best(self, results: dict[str, EvalResult]) -> None:
         split = self.config.data.select_split
