@@ -242,7 +242,7 @@ def test_nan_loss_right_after_init_checkpoint_claims_no_checkpoint(refshapes_roo
     train(start, run_dir=tmp_path / "start", progress=False)
     init = tmp_path / "start" / "checkpoints" / "last"
     config = start.with_overrides({"train.init_checkpoint": str(init), "train.max_steps": 2})
-    monkeypatch.setattr(train_module, "segmentation_loss", lambda logits, target, **kwargs: logits.sum() * float("nan"))
+    monkeypatch.setattr(train_module, "mask_loss", lambda logits, iou, target, **kwargs: logits.sum() * float("nan"))
     with pytest.raises(NonFiniteLossError) as raised:
         train(config, run_dir=tmp_path / "run", progress=False)
     message = str(raised.value)
