@@ -124,6 +124,7 @@ def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit
     from ditsam.engine.data import ris_dataset
     from ditsam.int8 import OnnxRunner
     from ditsam.model.dit import DITSam
+    from ditsam.model.prediction import choose_prediction, foreground
 
     model = DITSam.from_pretrained(checkpoint).eval()
     experiment = load_experiment(str(checkpoint / "experiment.yaml"), {"data.root": str(data_root)})
@@ -139,10 +140,10 @@ def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit
             images = torch.stack([item.image for item in items])
             tokens = model.tokenize([item.sentence for item in items])
             with torch.inference_mode():
-                reference = model(images, text=tokens).logits[:, 0]
-            quantized = runner(images, tokens).logits[:, 0]
+                reference = choose_prediction(model(images, text=tokens)).logits
+            quantized = choose_prediction(runner(images, tokens)).logits
             for row, item in enumerate(items):
-                masks = [torch.sigmoid(restore_to_original(logits[row], item.meta)).numpy() > DEFAULT_THRESHOLD
+                masks = [foreground(restore_to_original(logits[row], item.meta), threshold=DEFAULT_THRESHOLD).numpy()
                          for logits in (reference, quantized)]
                 agree.append(iou(masks[1], masks[0]))
                 fp32_iou.append(iou(masks[0], item.gt_mask))

@@ -20,7 +20,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Modules whose tests train, generate datasets, export, serve or download: `pytest -m "not slow"` leaves them out.
 SLOW_MODULES = frozenset({
     "test_engine", "test_export", "test_finetune", "test_finetune_memory_smoke", "test_gpu_suite", "test_gres",
-    "test_int8", "test_predict_processes", "test_recipe", "test_run_safety", "test_run_scale", "test_serve", "test_step",
+    "test_int8", "test_multimask", "test_predict_processes", "test_recipe", "test_run_safety", "test_run_scale",
+    "test_serve", "test_step",
 })
 
 
@@ -45,6 +46,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) ->
     torch.manual_seed(0)
     model = DITSam(tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False)))
     return model.save_pretrained(tmp_path_factory.mktemp("checkpoint") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def refshapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few tiny RefShapes images in the REFER layout (seed 3), generated once per test module."""
+    from ditsam.data.refshapes import generate_refshapes
+
+    root = tmp_path_factory.mktemp("refshapes")
+    generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from ditsam.config import ConfigError
-from ditsam.data.refshapes import generate_refshapes
 from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
 from helpers import evaluation_by_process_count, tiny_experiment
-
-
-@pytest.fixture(scope="module")
-def refshapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("refshapes")
-    generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
-    return root
 
 
 def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir, tmp_path):
@@ -75,14 +66,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(refshapes_root, tiny_
     import ditsam.engine.train as train_module
 
     calls = {"n": 0}
-    real_loss = train_module.segmentation_loss
+    real_loss = train_module.mask_loss
 
-    def poisoned(logits, target, **kwargs):
+    def poisoned(logits, iou, target, **kwargs):
         calls["n"] += 1
-        loss = real_loss(logits, target, **kwargs)
+        loss = real_loss(logits, iou, target, **kwargs)
         return loss * float("nan") if calls["n"] > 4 else loss
 
-    monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
+    monkeypatch.setattr(train_module, "mask_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"step 2 .*ref_ids"):
         trainer.fit()
     state = torch.load(tmp_path / "run/checkpoints/last/training_state.pt", weights_only=True)

@@ -6,10 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from ditsam.data.synthetic import generate_refshapes
 from ditsam.engine.config import TrainConfig, load_experiment
 from ditsam.engine.finetune import has_adapters, merged_copy, prepare_for_finetuning
 from ditsam.model.dit import DITSam
@@ -64,13 +62,6 @@ def test_lora_adds_trainable_adapters_to_the_vit_attention_only(tiny_bert_dir):
     assert model.image_encoder.blocks[0].attn.qkv.lora_A["default"].weight.shape == (2, 32)
     got = _grads(model)
     assert got <= trainable and any("lora_A" in n or "lora_B" in n for n in got)
-
-
-@pytest.fixture(scope="module")
-def refshapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("refshapes")
-    generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
-    return root
 
 
 def test_lora_training_saves_merged_weights_that_load_without_peft(refshapes_root, tiny_bert_dir, tmp_path):

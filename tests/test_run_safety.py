@@ -24,20 +24,12 @@ from PIL import Image
 from ditsam.cli.main import main
 from ditsam.config import ConfigError
 from ditsam.data import DataError
-from ditsam.data.synthetic import generate_refshapes
 from ditsam.engine.checkpoint import COMPLETE_MARKER, PAUSE_BETWEEN_RENAMES_ENV, recover_checkpoints
 from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
 from helpers import tiny_experiment
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 KILL_WAIT_S = 120  # longest wait for the subprocess to reach the point where it is killed
-
-
-@pytest.fixture(scope="module")
-def refshapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("refshapes")
-    generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
-    return root
 
 
 def _steps(run: Path) -> list[int]:
@@ -242,7 +234,7 @@ def test_nan_loss_right_after_init_checkpoint_claims_no_checkpoint(refshapes_roo
     train(start, run_dir=tmp_path / "start", progress=False)
     init = tmp_path / "start" / "checkpoints" / "last"
     config = start.with_overrides({"train.init_checkpoint": str(init), "train.max_steps": 2})
-    monkeypatch.setattr(train_module, "segmentation_loss", lambda logits, target, **kwargs: logits.sum() * float("nan"))
+    monkeypatch.setattr(train_module, "mask_loss", lambda logits, iou, target, **kwargs: logits.sum() * float("nan"))
     with pytest.raises(NonFiniteLossError) as raised:
         train(config, run_dir=tmp_path / "run", progress=False)
     message = str(raised.value)

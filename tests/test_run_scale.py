@@ -19,7 +19,6 @@ import torch
 import yaml
 
 from ditsam.cli.main import main
-from ditsam.data.synthetic import generate_refshapes
 from ditsam.engine.checkpoint import COMPLETE_MARKER, TRAINING_STATE_FILE, checkpoint_problem
 from ditsam.engine.lock import LOCK_FILE, RunFolderLock, RunFolderLockedError
 from ditsam.engine.stopping import PAUSE_PER_STEP_ENV, PREEMPTED_EXIT_STATUS, TrainingStopped
@@ -30,13 +29,6 @@ from helpers import free_port, launch_command, tiny_experiment
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAUNCH_TIMEOUT_S = 240  # one launch of a tiny run, with slack for a loaded machine
 ALL_RANKS_END_S = 60  # an error on one rank ends every rank within this
-
-
-@pytest.fixture(scope="module")
-def refshapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("refshapes")
-    generate_refshapes(root, seed=3, preset="tiny", num_images={"train": 3, "val": 2, "testA": 1, "testB": 1})
-    return root
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 import numpy as np
 
 from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
-from ditsam.defaults import MASK_THRESHOLD
+from ditsam.defaults import MASK_THRESHOLD, check_threshold
 from ditsam.predictor.devices import is_int8, resolve_device, resolve_device_for, resolve_dtype
 from ditsam.predictor.jobs import Job, Prepared, chunk_jobs, make_jobs
 from ditsam.predictor.prompts import BoxInput, PointsInput, box_to_canvas, original_to_canvas
@@ -98,8 +98,7 @@ class Segmenter:
     ) -> None:
         from ditsam.data.transforms import RISTransform, TransformConfig
 
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        check_threshold(threshold)
         if max_pixels is not None and max_pixels < 1:
             raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
         if batch_size < 1:
@@ -213,9 +212,7 @@ class Segmenter:
         unreadable files or images over ``max_pixels``. Sentences longer than the model's token limit
         are truncated, with one warning.
         """
-        threshold = self.threshold if threshold is None else float(threshold)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
         jobs, single = make_jobs(image, text, points, boxes)
         results: list[SegmentationResult | None] = [None] * len(jobs)
         chunks = chunk_jobs(jobs, batch_size=self.batch_size, prepare=self._prepare, progress=progress)
@@ -235,7 +232,7 @@ class Segmenter:
         import torch
 
         from ditsam.data.transforms import restore_to_original
-        from ditsam.model.presence import PRESENCE_THRESHOLD
+        from ditsam.model.prediction import choose_prediction, final_mask
 
         device = self.device
         keys = [job.image_key for job in chunk]
@@ -258,25 +255,17 @@ class Segmenter:
         text = self.model.tokenize([job.sentence for job in chunk])
         with torch.inference_mode(), self._autocast():
             output = self.model(images, text=text, **kwargs) if self.onnx is None else self.onnx(images, text, **kwargs)
-        logits = output.logits.float()
-        iou = output.iou_predictions.float()
-        # Multimask models: SAM's convention, the mask with the highest predicted IoU.
-        best = iou.argmax(dim=1)
-        rows = torch.arange(len(chunk), device=logits.device)
-        logits, iou = logits[rows, best], iou[rows, best]
-        presence = None if output.presence_logits is None else torch.sigmoid(output.presence_logits.float()).tolist()
+        chosen = choose_prediction(output)
         results = []
         for row, meta in enumerate(metas):
-            restored = restore_to_original(logits[row], meta)
-            flagged = presence is not None and presence[row] < PRESENCE_THRESHOLD
-            mask = torch.zeros_like(restored, dtype=torch.bool) if flagged else torch.sigmoid(restored) > threshold
-            # Without a no-target head, an empty mask is the model's "nothing" (as the GRES metrics read it).
-            present = not flagged and (presence is not None or bool(mask.any()))
+            restored = restore_to_original(chosen.logits[row], meta)
+            no_target = None if chosen.no_target is None else bool(chosen.no_target[row])
+            mask, present = final_mask(restored, threshold=threshold, no_target=no_target)
             results.append(
                 SegmentationResult(
-                    mask=mask.cpu().numpy(), score=float(iou[row]),
+                    mask=mask.cpu().numpy(), score=float(chosen.score[row]),
                     logits=restored.cpu().numpy().astype(np.float32, copy=False), present=present,
-                    presence=None if presence is None else float(presence[row]),
+                    presence=None if chosen.presence is None else float(chosen.presence[row]),
                 )
             )
         return results

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from ditsam.config import ConfigBase, ConfigError
-from ditsam.defaults import MASK_THRESHOLD
+from ditsam.defaults import MASK_THRESHOLD, check_threshold
 from ditsam.model.config import DITSamConfig
 
 
@@ -110,6 +110,11 @@ class TrainConfig(ConfigBase):
     # Weight of the no-target classification loss (BCE on the presence logit; models with
     # model.no_target_head only, see ditsam.model.presence).
     no_target_loss_weight: float = 1.0
+    # Weight of SAM's IoU-head loss (MSE of the predicted IoUs against each mask's actual IoU with the
+    # target), for models with model.multimask_output (whose segmentation loss takes the best of the 3 masks).
+    iou_loss_weight: float = 1.0
+    # Also train the IoU head of single-mask models with that loss (False: their loss is the paper's).
+    iou_loss_single_mask: bool = False
     # Gradient-norm clip (0 = off).
     grad_clip: float = 0.15
     # Learning-rate schedule.
@@ -152,6 +157,12 @@ class TrainConfig(ConfigBase):
     lora_rank: int = 8
     # LoRA scale numerator: the adapter update is multiplied by lora_alpha / lora_rank (finetune == "lora").
     lora_alpha: float = 16.0
+
+    def __post_init__(self) -> None:
+        for name in ("dice_weight", "no_target_loss_weight", "iou_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.{name} must be a weight >= 0, got {getattr(self, name)}")
+        check_threshold(self.threshold, name="train.threshold", error=ConfigError)
 
 
 @dataclasses.dataclass

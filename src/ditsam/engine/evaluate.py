@@ -8,10 +8,13 @@ Two scoring protocols (``protocol``):
   resolution, 512 for the reference), crop the unpadded region, resize the *binary* mask bilinearly
   to the original size and count every value > 0 as foreground; P@X counts IoU > X.
 
-Either way the masks are scored with :class:`~ditsam.metrics.RISMetrics`, or -- for readers whose
-sentences may name several objects or none (``generalized``, e.g. gRefCOCO) -- with
-:class:`~ditsam.metrics.GRESMetrics`: the model's no-target flag comes from its presence head
-(``model.no_target_head``), else an empty mask means "no target". Under ``"reference"`` the
+The mask scored per sentence is the one :class:`ditsam.api.Segmenter` returns
+(:func:`~ditsam.model.prediction.choose_prediction`: mask 0, or a multimask model's best predicted
+IoU), thresholded by the same rule. Either way the masks are scored with
+:class:`~ditsam.metrics.RISMetrics`, or -- for readers whose sentences may name several objects or
+none (``generalized``, e.g. gRefCOCO) -- with :class:`~ditsam.metrics.GRESMetrics`: the model's
+no-target flag comes from its presence head (``model.no_target_head``), else an empty mask means
+"no target". Under ``"reference"`` the
 generalized scores are taken at 480 x 480, the resolution gRefCOCO's reference evaluator compares
 masks at (prediction resized bilinearly before the threshold, ground truth nearest).
 With several processes each one scores a disjoint shard of the split (no sampler padding, so no
@@ -32,9 +35,9 @@ from tqdm.auto import tqdm
 
 from ditsam.data.collate import RISCollator
 from ditsam.data.transforms import TransformMeta, restore_to_original
-from ditsam.defaults import MASK_THRESHOLD
+from ditsam.defaults import MASK_THRESHOLD, check_threshold
 from ditsam.metrics import GRESMetrics, RISMetrics
-from ditsam.model.presence import no_target_from_logits
+from ditsam.model.prediction import choose_prediction, foreground
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def gres_reference_masks(logits: torch.Tensor, meta: TransformMeta, gt: np.ndarr
     restored = restore_to_original(logits, meta).float()
     pred = F.interpolate(restored[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     target = F.interpolate(torch.from_numpy(gt)[None, None].float(), size=size, mode="nearest")[0, 0]
-    return (torch.sigmoid(pred) > threshold).cpu().numpy(), (target > 0.5).numpy()
+    return foreground(pred, threshold=threshold).cpu().numpy(), (target > 0.5).numpy()
 
 
 def predicted_mask(logits: torch.Tensor, meta: TransformMeta, *, threshold: float,
@@ -59,10 +62,10 @@ def predicted_mask(logits: torch.Tensor, meta: TransformMeta, *, threshold: floa
     """(S, S) canvas logits -> boolean (H, W) mask at the original resolution, by ``protocol``
     (see the module docstring)."""
     if protocol == "exact":
-        return (torch.sigmoid(restore_to_original(logits, meta)) > threshold).cpu().numpy()
+        return foreground(restore_to_original(logits, meta), threshold=threshold).cpu().numpy()
     if protocol != "reference":
         raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
-    binary = (torch.sigmoid(logits.float()) > threshold).float()
+    binary = foreground(logits, threshold=threshold).float()
     crop = binary[meta.pad_top:meta.pad_top + meta.resized_h, meta.pad_left:meta.pad_left + meta.resized_w]
     if meta.flipped:
         crop = crop.flip(-1)
@@ -125,6 +128,7 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    check_threshold(threshold)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -143,8 +147,9 @@ def evaluate(
         batch = batch.to(device)
         with _autocast(device, mixed_precision):
             output = model(batch.images, text=batch.text)
-        logits = output.logits[:, 0].float()
-        flags = None if output.presence_logits is None else no_target_from_logits(output.presence_logits).tolist()
+        chosen = choose_prediction(output)
+        logits = chosen.logits
+        flags = None if chosen.no_target is None else chosen.no_target.tolist()
         for row in range(logits.shape[0]):
             gt = batch.gt_masks[row]
             flag = None if flags is None else bool(flags[row])

@@ -30,7 +30,7 @@ from ditsam.engine.data import check_data, resolve_text_encoder, ris_dataset
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
-from ditsam.engine.losses import presence_loss, segmentation_loss
+from ditsam.engine.losses import mask_loss, presence_loss
 from ditsam.engine.prompts import prompts_from_masks
 from ditsam.engine.run_folder import (  # noqa: F401  (the run folder's names, importable from here too)
     BAD_RECORDS_FILE,
@@ -435,8 +435,11 @@ class Trainer:
 
     def _loss(self, output: Any, micro: MicroBatch) -> torch.Tensor:
         # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.
+        # Multimask models learn from their best mask and train the IoU head that picks it (SAM's recipe).
         train = self.config.train
-        loss = segmentation_loss(output.logits, micro.masks, dice_weight=train.dice_weight)
+        iou_head = self.config.model.multimask_output or train.iou_loss_single_mask
+        loss = mask_loss(output.logits, output.iou_predictions, micro.masks, dice_weight=train.dice_weight,
+                         iou_weight=train.iou_loss_weight if iou_head else 0.0, threshold=train.threshold)
         if output.presence_logits is not None:
             loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, micro.no_target)
         return loss

@@ -112,7 +112,8 @@ class DITSamConfig(ConfigBase):
     decoder_num_heads: int = 8
     # Mask text [PAD] tokens in ViT and decoder attention; False reproduces the reference code.
     mask_text_padding: bool = True
-    # Predict SAM's 3 masks (tokens 1..3) instead of the single mask of token 0 (reference: False).
+    # Predict SAM's 3 masks (tokens 1..3) instead of the single mask of token 0 (reference: False); the
+    # prediction is the one with the highest predicted IoU (ditsam.model.prediction), trained as SAM is.
     multimask_output: bool = False
     # Freeze the ViT except the injection parameters (Table 1 "*").
     freeze_image_encoder: bool = False
