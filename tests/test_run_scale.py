@@ -74,7 +74,10 @@ def test_two_processes_start_into_a_new_run_folder(refshapes_root, tiny_bert_dir
     experiment = _experiment_file(tmp_path, refshapes_root, tiny_bert_dir, max_steps=2)
     for attempt in range(3):
         run = tmp_path / f"new{attempt}" / "run"
-        args = ("train", "--run-dir", str(run), str(experiment))
+        # The first attempt writes the default run folder, <output_dir>/<name>, which no process has made yet.
+        where = (f"output_dir={run.parent}",) if attempt == 0 else ()
+        args = ("train", *(() if where else ("--run-dir", str(run.parent / "tiny"))), str(experiment), *where)
+        run = run.parent / "tiny"
         command = _torchrun(2, *args) if launcher == "torchrun" else launch_command(2, *args)
         completed = _run(command)
         assert completed.returncode == 0, completed.stderr[-3000:]
@@ -96,13 +99,19 @@ def test_resume_with_another_number_of_processes(refshapes_root, tiny_bert_dir, 
     assert "resumed from" in completed.stderr and _last(run)["progress"]["global_step"] == 4
 
 
-def test_eval_and_predict_with_two_processes_into_new_folders(checkpoint, tmp_path):
+def test_eval_and_predict_with_two_processes_into_new_folders(refshapes_root, tiny_bert_dir, checkpoint, tmp_path):
     from PIL import Image
+
+    experiment = _experiment_file(tmp_path, refshapes_root, tiny_bert_dir)
 
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": str(tmp_path / "a.png"), "text": f"the red {w}"}) + "\n"
                              for w in ("square", "circle", "star")))
+    scores = tmp_path / "new" / "scores"
+    completed = _run(_torchrun(2, "eval", str(checkpoint), "--data", str(experiment), "--out", str(scores)))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads((scores / "results.json").read_text())["val"]["processes"] == 2
     out = tmp_path / "new" / "labels"
     completed = _run(_torchrun(2, "predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out),
                                "--no-overlays", "--workers", "0"))
