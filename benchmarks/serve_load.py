@@ -96,7 +96,7 @@ def make_checkpoint(folder: Path) -> Path:
     """A random model of the RefShapes experiments' architecture, saved as a checkpoint folder."""
     from ditsam.data.synthetic import REFSHAPES_WORDS
     from ditsam.engine.config import load_experiment
-    from ditsam.engine.data import GENERATED_BERT_SIZES
+    from ditsam.engine.text_encoder import GENERATED_BERT_SIZES
     from ditsam.model.dit import DITSam
     from ditsam.model.text import build_tiny_bert
 

@@ -161,7 +161,7 @@ def test_typed_config_opens_through_the_reader_table_like_the_mapping(custom_fil
     from ditsam.data import open_dataset as open_mapping
     from ditsam.engine.config import DataConfig
     from ditsam.engine.data import READERS
-    from ditsam.engine.data import open_dataset as open_typed
+    from ditsam.engine.data import read_split as open_typed
 
     assert set(READERS) == set(get_args(get_type_hints(DataConfig)["format"]))
     typed = open_typed(DataConfig(format="custom", root=str(custom_file)), "val", mode="eval")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ditsam.config import ConfigError
-from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
+from ditsam.engine.run_folder import RunFolderError
+from ditsam.engine.train import NonFiniteLossError, Trainer, train
 from helpers import evaluation_by_process_count, tiny_experiment
 
 

@@ -130,7 +130,7 @@ def test_data_of_another_generator_version_is_refused(grefshapes_root, tiny_bert
     import shutil
 
     from ditsam.data import DataError
-    from ditsam.engine.data import ensure_refshapes
+    from ditsam.engine.generated import ensure_refshapes
 
     copy = tmp_path / "old"
     shutil.copytree(grefshapes_root, copy)

@@ -25,7 +25,9 @@ from ditsam.cli.main import main
 from ditsam.config import ConfigError
 from ditsam.data import DataError
 from ditsam.engine.checkpoint import COMPLETE_MARKER, PAUSE_BETWEEN_RENAMES_ENV, recover_checkpoints
-from ditsam.engine.train import NonFiniteLossError, RunFolderError, Trainer, train
+from ditsam.engine.run_folder import RunFolderError
+from ditsam.engine.text_encoder import resolve_text_encoder
+from ditsam.engine.train import NonFiniteLossError, Trainer, train
 from helpers import tiny_experiment
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -324,7 +326,12 @@ def test_generated_text_encoder_on_custom_data(tiny_bert_dir, tmp_path):
         "data.format": "custom", "data.root": str(data), "data.eval_splits": ["val"],
         "model.text.name_or_path": "generated:refshapes",
     })
+    final, encoder = resolve_text_encoder(config, run_dir=tmp_path / "run")
+    assert final.model.text.name_or_path == str(tmp_path / "run" / "tiny_bert") and encoder is not None
+    assert not (tmp_path / "run").exists(), "resolving the config writes nothing"
     train(config, run_dir=tmp_path / "run", progress=False)
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written == final.to_dict(), "the run folder holds the config the run was prepared with"
     vocabulary = (tmp_path / "run" / "tiny_bert" / "vocab.txt").read_text().split()
     assert "zebra" in vocabulary and "circle" in vocabulary
     saved = json.loads((tmp_path / "run" / "checkpoints" / "last" / "text_encoder" / "tokenizer.json").read_text())

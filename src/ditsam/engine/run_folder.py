@@ -30,8 +30,8 @@ import yaml
 from ditsam.config import ConfigError
 from ditsam.engine.checkpoint import recover_checkpoints
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import GENERATED_BERT_DIR
 from ditsam.engine.lock import RunFolderLock
+from ditsam.engine.text_encoder import GENERATED_BERT_DIR
 from ditsam.outputs import (
     OutputFolderError,
     describe_write_failure,
@@ -85,6 +85,11 @@ def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
     return flat
 
 
+def default_run_dir(config: ExperimentConfig, run_dir: Path | str | None) -> Path:
+    """``run_dir``, or the default ``<output_dir>/<name>`` when it is None."""
+    return Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
+
+
 def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume: bool = False,
                        overwrite: bool = False) -> tuple[Path, RunFolderLock]:
     """The run folder, writable and locked for this trainer (:class:`~ditsam.engine.lock.RunFolderLock`,
@@ -92,7 +97,7 @@ def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume
     :func:`~ditsam.engine.checkpoint.recover_checkpoints`). A folder holding checkpoints is refused
     unless ``resume`` or ``overwrite`` (whose outputs, :data:`RUN_OUTPUTS`, are deleted here); a folder
     another live trainer holds is refused (:class:`~ditsam.engine.lock.RunFolderLockedError`)."""
-    run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
+    run_dir = default_run_dir(config, run_dir)
     try:
         ensure_writable_folder(run_dir, what="run folder")
     except OutputFolderError as error:

@@ -1,8 +1,8 @@
 """Training loop on Hugging Face Accelerate: one CPU, one GPU, DDP over GPUs or nodes.
 
-The run folder (its layout, preparation, resume checks) is :mod:`ditsam.engine.run_folder`; its names
-are importable from here too. :class:`Trainer` builds everything from an experiment config and runs
-the loop; :func:`train` is its entry point.
+The run folder (its layout, preparation, resume checks) is :mod:`ditsam.engine.run_folder`. :class:`Trainer`
+builds everything from an experiment config -- final before anything is written -- and runs the loop;
+:func:`train` is its entry point.
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ from ditsam.data.collate import RISCollator
 from ditsam.distributed import any_rank, check_joined, main_first, on_main, use_cpu
 from ditsam.engine.checkpoint import load_newest_training_state, save_training_state, write_atomically
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import check_data, resolve_text_encoder, ris_dataset
+from ditsam.engine.data import ris_dataset
+from ditsam.engine.data_check import check_data
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.losses import mask_loss, presence_loss
 from ditsam.engine.prompts import prompts_from_masks
-from ditsam.engine.run_folder import (  # noqa: F401  (the run folder's names, importable from here too)
+from ditsam.engine.run_folder import (
     BAD_RECORDS_FILE,
     CHECKPOINT_NAMES,
     DATA_SOURCES_FILE,
     METRICS_FILE,
-    RESUME_MAY_CHANGE,
-    RUN_OUTPUTS,
     Progress,
     RunFolderError,
     check_resumed_architecture,
+    default_run_dir,
     disk_full_error,
     drop_metrics_after_checkpoint,
     prepare_run_folder,
@@ -49,6 +49,7 @@ from ditsam.engine.run_folder import (  # noqa: F401  (the run folder's names, i
 from ditsam.engine.schedule import learning_rate
 from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
 from ditsam.engine.stopping import PAUSE_PER_STEP_ENV, StopSignals, TrainingStopped
+from ditsam.engine.text_encoder import resolve_text_encoder
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 from ditsam.outputs import describe_write_failure, is_disk_full
@@ -102,6 +103,9 @@ class Trainer:
             logger.info("training on %d process%s (%s): %d micro-batch(es) of %d per process and step", world,
                         "es" if world > 1 else "", self.accelerator.device, self.accumulation, train.micro_batch_size)
         self.lock = None
+        run_dir = default_run_dir(config, run_dir)
+        # The config is final before anything is written: a generated text encoder's folder is known now.
+        self.config, self._text_encoder = resolve_text_encoder(config, run_dir=run_dir)
         # Rank 0 prepares (and locks) the folder, finishing interrupted checkpoint writes, before any rank reads it.
         self.run_dir = on_main(lambda: self._prepare_run_folder(run_dir, resume=resume, overwrite=overwrite))
         try:
@@ -110,7 +114,7 @@ class Trainer:
             self.close()
             raise
 
-    def _prepare_run_folder(self, run_dir: Path | None, *, resume: bool, overwrite: bool) -> Path:
+    def _prepare_run_folder(self, run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
         path, self.lock = prepare_run_folder(self.config, run_dir, resume=resume, overwrite=overwrite)
         return path
 
@@ -119,17 +123,18 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def _load_data(self, config: ExperimentConfig, *, skip_bad_data: bool) -> ExperimentConfig:
-        """The datasets, checked, and the config with its text encoder resolved (rank 0 first: it generates
-        RefShapes and its BERT, which the others then read)."""
+    def _load_data(self, config: ExperimentConfig, *, skip_bad_data: bool) -> None:
+        """The datasets, checked, and a generated text encoder written (rank 0 first: it generates RefShapes
+        and its BERT, which the others then read)."""
         self.train_set = ris_dataset(config, config.data.train_split, train=True)
         self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
         # Keyed apart from the evaluation splits: one of them may read the training split too.
         check_data({f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
                    skip_bad=skip_bad_data, progress=self.progress_bars,
                    report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None)
-        sentences = self.train_set.base.iter_sentences() if hasattr(self.train_set.base, "iter_sentences") else ()
-        return resolve_text_encoder(config, run_dir=self.run_dir, sentences=sentences)
+        if self._text_encoder is not None:
+            base = self.train_set.base
+            self._text_encoder.build(base.iter_sentences() if hasattr(base, "iter_sentences") else ())
 
     def _build(self, *, resume: bool, skip_bad_data: bool) -> None:
         from accelerate.utils import set_seed
@@ -137,7 +142,8 @@ class Trainer:
         train = self.config.train
         world = self.accelerator.num_processes
         set_seed(train.seed)
-        config = self.config = main_first(lambda: self._load_data(self.config, skip_bad_data=skip_bad_data))
+        config = self.config
+        main_first(lambda: self._load_data(config, skip_bad_data=skip_bad_data))
         if len(self.train_set) < train.micro_batch_size * world:
             raise ConfigError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch "
