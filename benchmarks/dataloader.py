@@ -35,7 +35,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ditsam.data.collate import RISCollator, RISDataset
 from ditsam.data.refer import ReferDataset, available_splits
-from ditsam.data.synthetic import REFSHAPES_WORDS, generate_refshapes
+from ditsam.data.refshapes import REFSHAPES_WORDS, generate_refshapes
 from ditsam.data.transforms import RISTransform, TransformConfig
 from ditsam.model.text import TextTokenizer, build_tiny_bert
 from machine import machine_info

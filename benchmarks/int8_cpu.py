@@ -118,8 +118,8 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[
 
 def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit: int | None) -> dict[str, Any]:
     """Per split: mean IoU(int8 mask, fp32 mask) and both models' mIoU against the ground truth."""
-    from ditsam.api import DEFAULT_THRESHOLD
     from ditsam.data.transforms import restore_to_original
+    from ditsam.defaults import MASK_THRESHOLD
     from ditsam.engine.config import load_experiment
     from ditsam.engine.data import ris_dataset
     from ditsam.int8 import OnnxRunner
@@ -143,7 +143,7 @@ def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit
                 reference = choose_prediction(model(images, text=tokens)).logits
             quantized = choose_prediction(runner(images, tokens)).logits
             for row, item in enumerate(items):
-                masks = [foreground(restore_to_original(logits[row], item.meta), threshold=DEFAULT_THRESHOLD).numpy()
+                masks = [foreground(restore_to_original(logits[row], item.meta), threshold=MASK_THRESHOLD).numpy()
                          for logits in (reference, quantized)]
                 agree.append(iou(masks[1], masks[0]))
                 fp32_iou.append(iou(masks[0], item.gt_mask))

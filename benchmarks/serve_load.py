@@ -94,7 +94,7 @@ def make_inputs(folder: Path) -> dict[str, Path]:
 
 def make_checkpoint(folder: Path) -> Path:
     """A random model of the RefShapes experiments' architecture, saved as a checkpoint folder."""
-    from ditsam.data.synthetic import REFSHAPES_WORDS
+    from ditsam.data.refshapes import REFSHAPES_WORDS
     from ditsam.engine.config import load_experiment
     from ditsam.engine.text_encoder import GENERATED_BERT_SIZES
     from ditsam.model.dit import DITSam

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditsam.api import SegmentationResult, Segmenter, box_to_canvas, original_to_canvas, read_image
+from ditsam.api import SegmentationResult, Segmenter, read_image
 from ditsam.data.sample import DataError
 from ditsam.data.transforms import RISTransform, TransformConfig, TransformMeta
 from ditsam.model.dit import DITSam
@@ -142,21 +142,21 @@ def test_box_in_original_coordinates_lands_on_the_transformed_pixels() -> None:
     pixels = np.zeros((height, width, 3), np.uint8)
     pixels[box[1] : box[3], box[0] : box[2]] = 255
     out = RISTransform.for_eval(TransformConfig(input_size=64))(Image.fromarray(pixels), sentence="x")
-    mapped = box_to_canvas(np.asarray(box, float), out.meta)
+    mapped = out.meta.box_to_canvas(np.asarray(box, float))
     # 100x50 -> 64x32 (scale 0.64), padded 16 rows on top: x 50..75 -> 32..48, y 25..50 -> 32..48.
     np.testing.assert_allclose(mapped, [32, 32, 48, 48])
     bright = out.image[0].numpy() > out.image[0].numpy().max() / 2
     ys, xs = np.nonzero(bright)
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (32, 32, 48, 48)
     # Points: the image corners go to the corners of the unpadded region.
-    corners = original_to_canvas(np.array([[0, 0], [width, height]]), out.meta)
+    corners = out.meta.to_canvas(np.array([[0, 0], [width, height]]))
     np.testing.assert_allclose(corners, [[0, 16], [64, 48]])
 
 
 def test_mapping_handles_a_flip() -> None:
     meta = TransformMeta(orig_h=10, orig_w=20, resized_h=32, resized_w=64, pad_top=16, pad_left=0, flipped=True, input_size=64)
-    np.testing.assert_allclose(original_to_canvas(np.array([[5.0, 5.0]]), meta), [[64 - 16, 16 + 16]])
-    np.testing.assert_allclose(box_to_canvas(np.array([0.0, 0.0, 5.0, 10.0]), meta), [48, 16, 64, 48])
+    np.testing.assert_allclose(meta.to_canvas(np.array([[5.0, 5.0]])), [[64 - 16, 16 + 16]])
+    np.testing.assert_allclose(meta.box_to_canvas(np.array([0.0, 0.0, 5.0, 10.0])), [48, 16, 64, 48])
 
 
 def test_prompts_reach_the_model_on_the_canvas(seg: Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:

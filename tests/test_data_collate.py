@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ditsam.data.collate import RISBatch, RISCollator, RISDataset
 from ditsam.data.refer import ReferDataset
-from ditsam.data.synthetic import REFSHAPES_WORDS, generate_refshapes
+from ditsam.data.refshapes import REFSHAPES_WORDS, generate_refshapes
 from ditsam.data.transforms import RISTransform, TransformConfig, restore_to_original
 from ditsam.model.text import TextTokenizer, build_tiny_bert
 

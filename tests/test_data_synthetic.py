@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ditsam.data.refer import ReferDataset
-from ditsam.data.synthetic import (
+from ditsam.data.refshapes import (
     COLOURS,
     REFSHAPES_WORDS,
     SPLITS,

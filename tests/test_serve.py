@@ -218,7 +218,7 @@ def test_crafted_refs_in_the_examples_folder_run_nothing(tmp_path: Path) -> None
     import pickle
 
     from ditsam.data import DataError
-    from ditsam.data.synthetic import refshapes_files
+    from ditsam.data.refshapes import refshapes_files
 
     marker = tmp_path / "pwned"
 

@@ -48,7 +48,7 @@ from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
 from ditsam.predictor.devices import is_int8, resolve_device, resolve_device_for, resolve_dtype
 from ditsam.predictor.jobs import Job, Prepared, chunk_jobs, make_jobs
-from ditsam.predictor.prompts import BoxInput, PointsInput, box_to_canvas, original_to_canvas
+from ditsam.predictor.prompts import BoxInput, PointsInput
 from ditsam.predictor.result import SegmentationResult
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
@@ -59,13 +59,12 @@ if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
     from ditsam.model.dit import DITSam
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "DEFAULT_THRESHOLD", "BoxInput", "ImageInput", "PointsInput", "SegmentationResult",
-    "Segmenter", "box_to_canvas", "original_to_canvas", "read_image", "resolve_device", "resolve_dtype",
+    "DEFAULT_MAX_PIXELS", "BoxInput", "ImageInput", "PointsInput", "SegmentationResult",
+    "Segmenter", "read_image", "resolve_device", "resolve_dtype",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = MASK_THRESHOLD
 
 
 class Segmenter:
@@ -92,7 +91,7 @@ class Segmenter:
         *,
         device: "torch.device | str | None" = None,
         dtype: "torch.dtype | str | None" = None,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
     ) -> None:
@@ -129,7 +128,7 @@ class Segmenter:
         cache_dir: str | os.PathLike | None = None,
         device: "torch.device | str | None" = None,
         dtype: "torch.dtype | str | None" = None,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
     ) -> "Segmenter":

@@ -48,30 +48,20 @@ from pathlib import Path
 from typing import Any
 
 from ditsam.cli.errors import CLIError
-from ditsam.cli.predict_inputs import IMAGE_SUFFIXES, JSONL_KEYS, collect_pairs, read_pairs_jsonl
+from ditsam.cli.predict_inputs import collect_pairs
 from ditsam.cli.predict_journal import (
     JOURNAL_FILE,
     PREDICTIONS_FILE,
-    RANK_JOURNAL_FORMAT,
-    RANK_JOURNAL_GLOB,
-    RANK_JOURNAL_PATTERN,
     journal_name,
     journal_paths,
     pair_key,
-    read_journal,
     read_journals,
 )
 from ditsam.cli.predict_loader import IndexedPair
-from ditsam.cli.predict_outputs import OVERLAY_MAX_SIDE, save_prediction
+from ditsam.cli.predict_outputs import save_prediction
 from ditsam.cli.predict_world import World
 from ditsam.cli.source_args import SOURCE_HELP, add_dtype_argument, add_source_arguments, source_options
 from ditsam.defaults import MASK_THRESHOLD
-
-__all__ = [
-    "EXIT_ERROR", "EXIT_SKIPPED", "IMAGE_SUFFIXES", "JOURNAL_FILE", "JSONL_KEYS", "OVERLAY_MAX_SIDE", "PREDICTIONS_FILE",
-    "PREDICT_OUTPUTS", "RANK_JOURNAL_FORMAT", "RANK_JOURNAL_GLOB", "RANK_JOURNAL_PATTERN", "journal_name",
-    "journal_paths", "read_journal", "read_journals", "read_pairs_jsonl", "register", "run",
-]
 
 logger = logging.getLogger(__name__)
 

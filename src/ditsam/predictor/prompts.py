@@ -9,23 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ditsam.data.transforms import TransformMeta
+    pass
 
 #: ``(coords, labels)``: coords (N, 2) as (x, y) pixels, labels (N,) with 1 = foreground, 0 = background.
 PointsInput = tuple[Any, Any]
 #: ``(x1, y1, x2, y2)`` pixels: left, top, right, bottom edges.
 BoxInput = Any
-
-
-# The mapping itself is TransformMeta's; these names stay for callers of ditsam.api.
-def original_to_canvas(xy: np.ndarray, meta: "TransformMeta") -> np.ndarray:
-    """(..., 2) points from original pixels to the canvas: :meth:`TransformMeta.to_canvas`."""
-    return meta.to_canvas(xy)
-
-
-def box_to_canvas(box: np.ndarray, meta: "TransformMeta") -> np.ndarray:
-    """(..., 4) boxes from original pixels to the canvas: :meth:`TransformMeta.box_to_canvas`."""
-    return meta.box_to_canvas(box)
 
 
 def parse_points(points: Any, what: str) -> tuple[np.ndarray, np.ndarray] | None:
