@@ -91,13 +91,14 @@ def _group() -> Any:
 
 
 def _portable(error: BaseException) -> BaseException:
-    """``error`` itself when it survives pickling (our errors take one message), else a ValueError with its
-    text, so that another rank can raise it."""
+    """``error`` itself when another rank can rebuild it as pickle does (its class called with its args gives
+    the same message), else a ValueError with its text, so that another rank can raise it."""
     try:
-        copy = pickle.loads(pickle.dumps(error))
+        pickle.dumps(error)
+        rebuilt = type(error)(*error.args)
     except Exception:  # a class whose constructor wants other arguments, or unpicklable state
         return ValueError(f"{type(error).__name__}: {error}")
-    return copy if str(copy) == str(error) else ValueError(f"{type(error).__name__}: {error}")
+    return error if str(rebuilt) == str(error) else ValueError(f"{type(error).__name__}: {error}")
 
 
 def reported_elsewhere(error: BaseException) -> bool:
