@@ -60,7 +60,7 @@ _LOADERS = {
 }
 
 
-def load_state_dict_as(
+def _load_as(
     model: LoadableModel, state_dict: Mapping[str, torch.Tensor], kind: Format | None, *, source: str
 ) -> LoadReport:
     """Load a state dict of the detected format ``kind`` (:func:`~ditsam.model.checkpoints.formats.detect_format`)
@@ -81,7 +81,7 @@ def load_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     if path.is_dir():
         return load_folder_into(model, path)
     state_dict, _ = read_checkpoint_file(path)
-    return load_state_dict_as(model, state_dict, detect_format(state_dict), source=str(path))
+    return _load_as(model, state_dict, detect_format(state_dict), source=str(path))
 
 
 def _refuse_sam(source: str) -> CheckpointError:
@@ -170,7 +170,7 @@ def _load_file(
     elif injection is not None or text_name_or_path is not None:
         raise ValueError("injection= and text_name_or_path= describe a file without config; with config= set them there")
     model = cls(config, load_text_weights=False)
-    report = load_state_dict_as(model, state_dict, kind, source=str(path))
+    report = _load_as(model, state_dict, kind, source=str(path))
     del state_dict
     if wrapper is not None:
         report.notes.append(
