@@ -41,9 +41,10 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from ditsam.model.inject import EndToEndInjection, LayerwiseInjection, NoInjection
+from ditsam.model.inject import EndToEndInjection, LayerwiseInjection
 from ditsam.model.sam import image_encoder as ie
 from ditsam.model.sam.image_encoder import Attention, Block, ImageEncoderViT
+from ditsam.model.sam.text_hooks import NoInjection
 from machine import machine_info
 
 TEXT_DIM = 768

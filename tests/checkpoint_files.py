@@ -3,7 +3,7 @@ test_loading_sources): official SAM key names and shapes, the authors' trainer's
 randomiser so that zero-initialised tensors cannot hide mistakes.
 
 Written from an independent table of the official names, not from ditsam's own modules (only
-:func:`~ditsam.model.weights.to_reference_state_dict` renames, and its inverse is what is tested).
+:func:`~ditsam.model.checkpoints.reference.to_reference_state_dict` renames, and its inverse is what is tested).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ditsam.model.checkpoints.reference import to_reference_state_dict
 from ditsam.model.config import reference_config
 from ditsam.model.dit import DITSam
-from ditsam.model.weights import to_reference_state_dict
 
 
 def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:

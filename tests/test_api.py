@@ -15,8 +15,9 @@ from PIL import Image
 from ditsam.api import SegmentationResult, Segmenter, read_image
 from ditsam.data.sample import DataError
 from ditsam.data.transforms import RISTransform, TransformConfig, TransformMeta
+from ditsam.model.checkpoints import CheckpointError
+from ditsam.model.checkpoints.reference import to_reference_state_dict
 from ditsam.model.dit import DITSam
-from ditsam.model.weights import CheckpointError, to_reference_state_dict
 from helpers import tiny_config
 
 

@@ -10,10 +10,10 @@ import torch
 
 from checkpoint_files import cheap_state_dict, official_sam_shapes
 from ditsam.cli.main import main
+from ditsam.model.checkpoints.shapes import sam_start_config
 from ditsam.model.config import BACKBONES
 from ditsam.model.dit import DITSam
 from ditsam.model.sam.image_encoder import resize_absolute_position_embedding
-from ditsam.model.sources import sam_start_config
 
 TINY = dict(width=32, depth=2, heads=2, global_blocks=(1,))
 RANDOM = ("pos_embed", "rel_pos_h", "qkv.weight", "lin1.weight", "iou_token.weight", "neck.0.weight")
@@ -93,7 +93,7 @@ def test_convert_sam_plus_bert_writes_an_untrained_start(
     assert output.logits.shape == (1, 1, 512, 512)
 
     # train.init_checkpoint=DST: the Trainer builds the model from its config, then loads the folder strictly.
-    from ditsam.model.weights import load_checkpoint
+    from ditsam.model.checkpoints import load_checkpoint
 
     start = DITSam(config, load_text_weights=False)
     report = load_checkpoint(start, destination)

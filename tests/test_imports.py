@@ -1,6 +1,8 @@
 """The package's import graph, read with ``ast``: no circle among modules (neither at import time nor
 through imports inside functions or under ``TYPE_CHECKING``), and the one-way rules the layout promises
-(SAM parts import nothing above ``model/sam``; ``dit`` never imports ``weights``)."""
+(SAM parts import nothing above ``model/sam``; the model reaches its checkpoint room only through its
+public face, lazily, and the room never imports the model; outside ``ditsam.model`` only that face is
+imported)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 import ditsam
 
 PACKAGE = Path(ditsam.__file__).parent
+BENCHMARKS = PACKAGE.parents[1] / "benchmarks"
+ROOM = "ditsam.model.checkpoints"
 
 
 def module_name(path: Path) -> str:
@@ -125,7 +129,36 @@ def test_sam_parts_import_nothing_above_them():
         assert not above, f"{module} imports {sorted(above)}"
 
 
+def in_room(name: str) -> bool:
+    return name == ROOM or name.startswith(f"{ROOM}.")
+
+
 def test_the_model_never_imports_its_loaders():
-    for module in ("ditsam.model.dit", "ditsam.model.folder", "ditsam.model.inject", "ditsam.model.config"):
-        loaders = {m for m in imports_of(module, top_level_only=False) if m.startswith("ditsam.model.weights")}
-        assert not loaders, f"{module} imports {sorted(loaders)}"
+    model_side = [m for m in MODULES if m.startswith("ditsam.model.") and not in_room(m)]
+    for module in model_side:
+        loaders = {m for m in imports_of(module, top_level_only=False) if in_room(m)}
+        assert loaders <= {ROOM}, f"{module} imports {sorted(loaders - {ROOM})}: only {ROOM} itself"
+        assert ROOM not in imports_of(module, top_level_only=True), f"{module} imports {ROOM} at import time"
+    for module in filter(in_room, MODULES):
+        model = {m for m in imports_of(module, top_level_only=False) if m == "ditsam.model.dit"}
+        assert not model, f"{module} imports the model ({sorted(model)}): type it as LoadableModel"
+
+
+def absolute_imports(path: Path) -> set[str]:
+    """Every module named by an absolute import anywhere in ``path`` (``from pkg import sub``: ``pkg.sub`` too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_the_face_of_the_checkpoint_room_is_imported_from_outside_the_model():
+    outside = {module: path for module, path in MODULES.items() if not module.startswith("ditsam.model")}
+    outside.update({f"benchmarks/{path.name}": path for path in BENCHMARKS.glob("*.py")})
+    for module, path in outside.items():
+        submodules = {name for name in absolute_imports(path) if name.startswith(f"{ROOM}.") and name in MODULES}
+        assert not submodules, f"{module} imports {sorted(submodules)}: import {ROOM} instead"

@@ -16,11 +16,11 @@ import torch
 from checkpoint_files import SENTENCES, authors_file, cheap_state_dict, logits, official_sam_shapes
 from ditsam.api import Segmenter
 from ditsam.cli.main import main
+from ditsam.model.checkpoints import CheckpointError
+from ditsam.model.checkpoints.shapes import reference_config_from_state_dict
 from ditsam.model.config import BACKBONES, reference_config
 from ditsam.model.dit import DITSam
-from ditsam.model.sources import reference_config_from_state_dict
 from ditsam.model.text import TextConfig
-from ditsam.model.weights import CheckpointError
 from helpers import COMMIT_MAIN, COMMIT_V1, REPO, publish
 
 

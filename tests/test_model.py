@@ -11,7 +11,7 @@ import torch
 from ditsam.model.config import ConfigError, DITSamConfig, Injection, reference_config
 from ditsam.model.dit import DITSam
 from ditsam.model.inject import INJECTIONS, build_injection
-from ditsam.model.sam.injection_api import TextInjection
+from ditsam.model.sam.text_hooks import TextInjection
 from helpers import tiny_config
 
 # Every registered injection, plus the settings that change a variant's shape.

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ditsam.model.card import CARD_FILE, CardFacts, build_model_card, citation_bibtex
+from ditsam.model.checkpoints.card import CARD_FILE, CardFacts, build_model_card, citation_bibtex
+from ditsam.model.checkpoints.ditsam_folder import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE
 from ditsam.model.config import reference_config
-from ditsam.model.dit import CONFIG_FILE, TEXT_DIR, WEIGHTS_FILE, DITSam
+from ditsam.model.dit import DITSam
 from helpers import tiny_config
 
 METRICS = {"val": {"oiou": 72.346, "miou": 74.1, "p@0.5": 83.0}, "testA": {"oiou": 75.5, "miou": 77.0}}

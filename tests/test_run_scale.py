@@ -23,7 +23,7 @@ from ditsam.engine.checkpoint import COMPLETE_MARKER, TRAINING_STATE_FILE, check
 from ditsam.engine.lock import LOCK_FILE, RunFolderLock, RunFolderLockedError
 from ditsam.engine.stopping import PAUSE_PER_STEP_ENV, PREEMPTED_EXIT_STATUS, TrainingStopped
 from ditsam.engine.train import Trainer
-from ditsam.model.weights import CheckpointError
+from ditsam.model.checkpoints import CheckpointError
 from helpers import free_port, launch_command, tiny_experiment
 
 SRC = Path(__file__).resolve().parents[1] / "src"

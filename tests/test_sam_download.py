@@ -17,11 +17,11 @@ import torch
 from checkpoint_files import randomise
 from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.train import build_model
-from ditsam.model import sam_files
+from ditsam.model.checkpoints import download as sam_files
+from ditsam.model.checkpoints import resolve_init_checkpoint
+from ditsam.model.checkpoints.download import SamDownloadError, fetch_sam_checkpoint, hash_prefix_of, sam_checkpoint_url
+from ditsam.model.checkpoints.keys import SAM_PREFIXES
 from ditsam.model.dit import DITSam
-from ditsam.model.sam_files import SamDownloadError, fetch_sam_checkpoint, hash_prefix_of, sam_checkpoint_url
-from ditsam.model.sources import resolve_init_checkpoint
-from ditsam.model.weights import SAM_PREFIXES
 from helpers import COMMIT_MAIN, REPO, publish, tiny_config
 
 HASH_DIGITS = 6

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import SamConfig, SamModel
 
-from ditsam.model.sam.hf_names import hf_sam_to_official
+from ditsam.model.checkpoints.hf_sam import hf_sam_to_official
 from ditsam.model.sam.image_encoder import ImageEncoderViT
 from ditsam.model.sam.mask_decoder import MaskDecoder
 from ditsam.model.sam.prompt_encoder import PromptEncoder

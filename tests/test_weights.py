@@ -26,21 +26,18 @@ from checkpoint_files import (
     reference_rel_pos,
 )
 from ditsam.config import ConfigError
+from ditsam.model.checkpoints import CheckpointError, LoadReport, load_checkpoint
+from ditsam.model.checkpoints.formats import detect_format
+from ditsam.model.checkpoints.keys import SAM_PREFIXES
+from ditsam.model.checkpoints.reference import (
+    convert_reference_state_dict,
+    load_reference_checkpoint,
+    to_reference_state_dict,
+)
+from ditsam.model.checkpoints.sam import load_sam_checkpoint, load_sam_state_dict
 from ditsam.model.config import DITSamConfig, reference_config
 from ditsam.model.dit import DITSam
 from ditsam.model.text import build_tiny_bert
-from ditsam.model.weights import (
-    SAM_PREFIXES,
-    CheckpointError,
-    LoadReport,
-    convert_reference_state_dict,
-    detect_format,
-    load_checkpoint,
-    load_reference_checkpoint,
-    load_sam_checkpoint,
-    load_sam_state_dict,
-    to_reference_state_dict,
-)
 
 WORDS = ["red", "cat", "the", "big", "dog", "on", "left", "man", "in", "blue"]
 SENTENCES = ["the red cat", "big dog on the left"]
@@ -344,7 +341,7 @@ def test_reference_e2e_checkpoint_needs_per_layer_refresh(bert_dir: Path) -> Non
 
 
 def load_checkpoint_state(model: DITSam, state: dict[str, torch.Tensor]) -> LoadReport:
-    from ditsam.model.weights import load_reference_state_dict
+    from ditsam.model.checkpoints.reference import load_reference_state_dict
 
     return load_reference_state_dict(model, state)
 

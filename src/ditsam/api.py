@@ -145,7 +145,7 @@ class Segmenter:
 
         An official SAM checkpoint is refused: it holds no text model. Errors name the source: a missing
         folder or file, an unresolvable Hub id (FileNotFoundError), damaged weights or keys that do not
-        match (:class:`~ditsam.model.weights.CheckpointError`).
+        match (:class:`~ditsam.model.checkpoints.CheckpointError`).
         """
         from ditsam.model.dit import DITSam
 

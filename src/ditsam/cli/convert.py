@@ -1,6 +1,6 @@
 """``ditsam convert SRC DST``: any model source into a self-contained ``save_pretrained`` folder.
 
-SRC is whatever :func:`ditsam.model.sources.load_pretrained` accepts: the authors' released DIT ``.pth``
+SRC is whatever :func:`ditsam.model.checkpoints.load_pretrained` accepts: the authors' released DIT ``.pth``
 (architecture read from its shapes; BERT's config and tokenizer from ``--text-model``, default
 ``bert-base-uncased`` through the Hub cache), a Hugging Face Hub id, or another folder. DST gets
 ``config.json``, ``model.safetensors`` (every weight, BERT included), ``text_encoder/`` (BERT's config and
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _origin(source: str, revision: str | None) -> str:
     """How the card names where the weights came from: a Hub id (with its revision) or the file/folder name."""
-    from ditsam.model.resolve import hub_reference
+    from ditsam.model.checkpoints import hub_reference
 
     if not Path(source).expanduser().exists() and hub_reference(source) is not None:
         return source if revision is None else f"{source}@{revision}"
@@ -98,10 +98,10 @@ def convert(
 
     Raises :class:`CLIError` for a destination that is a file, not empty (unless ``overwrite``) or overlaps
     the source, and when the written folder does not read back with the same weights; loading errors
-    (FileNotFoundError, :class:`~ditsam.model.weights.CheckpointError`) pass through.
+    (FileNotFoundError, :class:`~ditsam.model.checkpoints.CheckpointError`) pass through.
     """
+    from ditsam.model.checkpoints import load_pretrained_with_report
     from ditsam.model.dit import DITSam
-    from ditsam.model.sources import load_pretrained_with_report
 
     destination = Path(destination).expanduser()
     _check_destination(destination, source, overwrite=overwrite)

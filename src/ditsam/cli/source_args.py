@@ -1,6 +1,6 @@
 """The model-source options shared by ``predict``, ``serve``, ``eval`` and ``export-onnx``.
 
-Every one of them loads through :func:`ditsam.model.sources.load_pretrained`, so each accepts a
+Every one of them loads through :func:`ditsam.model.checkpoints.load_pretrained`, so each accepts a
 ``save_pretrained`` folder, a Hugging Face Hub id ``owner/name`` or the authors' DIT ``.pth``.
 """
 

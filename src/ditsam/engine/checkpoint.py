@@ -172,7 +172,7 @@ def save_training_state(directory: Path, state: dict[str, Any]) -> None:
 def load_training_state(directory: Path) -> dict[str, Any]:
     """The training state saved in the checkpoint copy ``directory``. Raises FileNotFoundError when it has
     none, CheckpointError naming the file when it does not load."""
-    from ditsam.model.weights import CheckpointError
+    from ditsam.model.checkpoints import CheckpointError
 
     path = Path(directory) / TRAINING_STATE_FILE
     if not path.is_file():
@@ -193,7 +193,7 @@ def load_newest_training_state(folder: Path, names: tuple[str, ...]) -> tuple[Pa
     loads, with its training state. Each copy passed over is logged in one line naming the file, and so is
     the fallback; raises CheckpointError listing every copy's problem when none loads, FileNotFoundError
     when there is no copy at all."""
-    from ditsam.model.weights import CheckpointError
+    from ditsam.model.checkpoints import CheckpointError
 
     copies = sorted((folder / name for name in names if (folder / name).is_dir()), key=_rank, reverse=True)
     if not copies:

@@ -18,7 +18,7 @@ from ditsam.engine.pictures import save_prediction_pictures
 from ditsam.metrics import format_table, summarize
 
 if TYPE_CHECKING:
-    from ditsam.model.resolve import ResolvedSource
+    from ditsam.model.checkpoints import ResolvedSource
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def evaluate_checkpoint(
     device: str | None = None, num_pictures: int = 6, revision: str | None = None, injection: str | None = None,
     text_name_or_path: str | None = None, protocol: str = "exact",
 ) -> tuple[dict[str, dict[str, Any]], Path]:
-    """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.sources.load_pretrained` (a folder,
+    """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.checkpoints.load_pretrained` (a folder,
     a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
     write results.json / results.md / pictures to ``out``. Only a training run's folder stores its
     experiment; other sources need ``data``. ``protocol``: "exact" (ours) or "reference" (the authors' test
@@ -94,8 +94,8 @@ def evaluate_checkpoint(
 
     from ditsam.api import resolve_device
     from ditsam.distributed import check_joined, on_main, use_cpu
+    from ditsam.model.checkpoints import resolve_source
     from ditsam.model.dit import DITSam
-    from ditsam.model.resolve import resolve_source
     from ditsam.outputs import ensure_writable_folder
 
     if device is not None:

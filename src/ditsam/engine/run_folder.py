@@ -136,7 +136,7 @@ def check_resumed_architecture(last: Path, config: ExperimentConfig, target: dic
     """Refuse, in one sentence, to resume a checkpoint into a model of another architecture or with
     non-finite weights (a state dict that does not fit would fail deep inside torch). ``target``: the
 state dict of the model built now."""
-    from ditsam.model.weights import CheckpointError, first_non_finite
+    from ditsam.model.checkpoints import CheckpointError, first_non_finite
 
     stored = last / "experiment.yaml"
     if stored.is_file():

@@ -64,8 +64,7 @@ class NonFiniteLossError(RuntimeError):
 def build_model(config: ExperimentConfig) -> DITSam:
     model = DITSam(config.model)
     if config.train.init_checkpoint:
-        from ditsam.model.resolve import resolve_init_checkpoint
-        from ditsam.model.weights import load_checkpoint
+        from ditsam.model.checkpoints import load_checkpoint, resolve_init_checkpoint
 
         report = load_checkpoint(model, resolve_init_checkpoint(config.train.init_checkpoint))
         logger.info("initial weights from %s: %s", config.train.init_checkpoint, report)

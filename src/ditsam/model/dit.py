@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -14,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditsam.model.config import DITSamConfig, Injection
-from ditsam.model.folder import CONFIG_FILE, FORMAT_VERSION, TEXT_DIR, WEIGHTS_FILE
 from ditsam.model.inject import build_injection
 from ditsam.model.presence import PresenceHead
 from ditsam.model.sam.image_encoder import ImageEncoderViT
@@ -22,9 +19,6 @@ from ditsam.model.sam.mask_decoder import MaskDecoder
 from ditsam.model.sam.prompt_encoder import PromptEncoder
 from ditsam.model.sam.transformer import TwoWayTransformer
 from ditsam.model.text import TextEncoder, TextTokenizer, TokenizedText
-
-logger = logging.getLogger(__name__)
-
 
 
 @dataclasses.dataclass
@@ -217,30 +211,17 @@ class DITSam(nn.Module):
         """Write config.json, model.safetensors, the text tokenizer/config and a model card (README.md)
         to ``directory``.
 
-        The card (:func:`ditsam.model.card.build_model_card`) describes the architecture and, when given,
+        The card (:func:`ditsam.model.checkpoints.card.build_model_card`) describes the architecture and, when given,
         ``metrics`` (split -> {metric: value}), ``training_data`` (dataset names or a description) and
         ``base_model`` (where the weights came from); ``model_id`` is the name its loading examples use
         (a Hub id; default a placeholder path), ``card_notes`` extra lines.
         """
-        from safetensors.torch import save_file
+        from ditsam.model.checkpoints import save_pretrained
 
-        from ditsam.model.card import build_model_card, facts_of, write_model_card
-
-        card = build_model_card(
-            self.config, facts=facts_of(self), metrics=metrics, training_data=training_data, base_model=base_model,
-            model_id=model_id, notes=card_notes,
+        return save_pretrained(
+            self, directory, metrics=metrics, training_data=training_data, base_model=base_model,
+            model_id=model_id, card_notes=card_notes,
         )
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        text_dir = directory / TEXT_DIR
-        self.text_encoder.bert.config.save_pretrained(str(text_dir))
-        self.tokenizer.save_pretrained(text_dir)
-        payload = {"format_version": FORMAT_VERSION, "model": self.config.to_dict()}
-        (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_model_card(directory, card)
-        return directory
 
     def push_to_hub(
         self,
@@ -262,25 +243,12 @@ class DITSam(nn.Module):
         (``token``: default the logged-in user, ``hf auth login``; ``revision``: the branch to commit to, created
         when missing; ``create_pr``: open a pull request instead). Returns the URL of the commit (or pull request).
         """
-        import tempfile
+        from ditsam.model.checkpoints import push_to_hub
 
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision is not None and not create_pr:
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        with tempfile.TemporaryDirectory(prefix="ditsam-push-") as folder:
-            self.save_pretrained(
-                folder, metrics=metrics, training_data=training_data, base_model=base_model, model_id=repo_id
-            )
-            commit = api.upload_folder(
-                repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
-                commit_message=commit_message, create_pr=create_pr,
-            )
-        url = getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)
-        logger.info("uploaded %s to %s", type(self).__name__, url)
-        return url
+        return push_to_hub(
+            self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message,
+            create_pr=create_pr, metrics=metrics, training_data=training_data, base_model=base_model,
+        )
 
     @classmethod
     def from_pretrained(
@@ -299,9 +267,9 @@ class DITSam(nn.Module):
         authors' DIT ``.pth`` needs no config (architecture read from its shapes, L-DIT unless
         ``injection="e2e"`` / ``"none"``, BERT config and tokenizer from ``text_name_or_path``, default
         ``bert-base-uncased``); other files need ``config=``. An official SAM file is refused (no text model).
-        See :func:`ditsam.model.sources.load_pretrained`.
+        See :func:`ditsam.model.checkpoints.load_pretrained`.
         """
-        from ditsam.model.sources import load_pretrained
+        from ditsam.model.checkpoints import load_pretrained
 
         return load_pretrained(
             cls, source, revision=revision, injection=injection, config=config,

@@ -1,6 +1,6 @@
 """How text enters SAM's ViT: one small class per DIT variant.
 
-Each class implements :class:`~ditsam.model.sam.injection_api.TextInjection`, the three hooks the
+Each class implements :class:`~ditsam.model.sam.text_hooks.TextInjection`, the three hooks the
 image encoder calls (``initial_tokens``, ``enter_block``, ``leave_block``; shapes there).
 :data:`INJECTIONS` at the end maps every ``config.injection`` name to its builder;
 :func:`build_injection` looks it up. Adding a variant: a class here, an entry in :data:`INJECTIONS`,
@@ -33,15 +33,13 @@ from torch import nn
 
 from ditsam.model.config import DITSamConfig
 from ditsam.model.sam.common import MLPBlock, padding_to_additive_mask
-from ditsam.model.sam.injection_api import NoInjection, TextInjection
+from ditsam.model.sam.text_hooks import NoInjection, TextInjection
 
 __all__ = [
     "INJECTIONS",
     "CrossAttentionInjection",
     "EndToEndInjection",
     "LayerwiseInjection",
-    "NoInjection",
-    "TextInjection",
     "TokenInjection",
     "build_injection",
 ]

@@ -1,9 +1,9 @@
 """SAM's ViT image encoder, able to carry text tokens through its blocks (DIT).
 
 Parameter names match the official ``image_encoder.*`` keys of the SAM checkpoints. Text enters
-through a :class:`~ditsam.model.sam.injection_api.TextInjection` owned by the encoder: it decides which text
+through a :class:`~ditsam.model.sam.text_hooks.TextInjection` owned by the encoder: it decides which text
 tokens sit in front of the image tokens before each block and may fuse text into the image
-tokens after each block. With the default :class:`~ditsam.model.sam.injection_api.NoInjection` the encoder
+tokens after each block. With the default :class:`~ditsam.model.sam.text_hooks.NoInjection` the encoder
 is exactly SAM's.
 
 Attention: each block is either windowed (SAM's local windows) or global. Text tokens attend
@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ditsam.model.sam.common import LayerNorm2d, MLPBlock
-from ditsam.model.sam.injection_api import NoInjection, TextInjection
+from ditsam.model.sam.text_hooks import NoInjection, TextInjection
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:

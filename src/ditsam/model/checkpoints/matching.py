@@ -8,11 +8,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from ditsam.model.config import BACKBONES, DITSamConfig
-from ditsam.model.folder import CheckpointError
-from ditsam.model.loadable import LoadableModel
-from ditsam.model.sam.image_encoder import resize_absolute_position_embedding, resize_relative_position_table
-from ditsam.model.weights.keys import (
+from ditsam.model.checkpoints.keys import (
     BLOCK,
     DECODER_LAYER,
     POS_EMBED,
@@ -22,7 +18,10 @@ from ditsam.model.weights.keys import (
     WRITER,
     StateDict,
 )
-from ditsam.model.weights.report import LoadReport
+from ditsam.model.checkpoints.loadable import LoadableModel
+from ditsam.model.checkpoints.report import CheckpointError, LoadReport
+from ditsam.model.config import BACKBONES, DITSamConfig
+from ditsam.model.sam.image_encoder import resize_absolute_position_embedding, resize_relative_position_table
 
 logger = logging.getLogger(__name__)
 
@@ -214,5 +213,3 @@ def apply_state_dict(
     logger.info("%s", report)
     return report
 
-
-# ---------------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ditsam.model.folder import CheckpointError
-from ditsam.model.loadable import LoadableModel
-from ditsam.model.weights.files import read_checkpoint_file, strip_module_prefix
-from ditsam.model.weights.keys import (
+from ditsam.model.checkpoints.files import read_checkpoint_file, strip_module_prefix
+from ditsam.model.checkpoints.formats import Format, detect_format
+from ditsam.model.checkpoints.hf_sam import official_sam_names
+from ditsam.model.checkpoints.keys import (
     DECODER_LAYER,
     INJECTION_PREFIX,
     REL_POS,
@@ -25,8 +25,9 @@ from ditsam.model.weights.keys import (
     SAM_PREFIXES,
     TEXT_PREFIX,
 )
-from ditsam.model.weights.matching import apply_state_dict
-from ditsam.model.weights.report import LoadReport
+from ditsam.model.checkpoints.loadable import LoadableModel
+from ditsam.model.checkpoints.matching import apply_state_dict
+from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 
 
 def _sam_missing(key: str) -> str | None:
@@ -42,36 +43,35 @@ def _sam_missing(key: str) -> str | None:
     return None
 
 
-def load_sam_state_dict(
+def sam_weights_into(
     model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
 ) -> LoadReport:
-    """Load an official SAM state dict (or a transformers ``SamModel`` one) into ``model``'s SAM parts.
+    """Load a state dict known to be SAM's (official or transformers names) into ``model``'s SAM parts.
 
     Strict on SAM keys: every checkpoint key must exist in the model; every ``image_encoder.*``,
     ``prompt_encoder.*``, ``mask_decoder.*`` key of the model must be in the checkpoint, except the text
     injection and decoder layers beyond SAM's two (fresh) and rel-pos tables (zeroed = no bias, reported);
     shapes must match except ``pos_embed`` and the rel-pos tables, which are resized. The BERT is kept.
     """
-    from ditsam.model.sam.hf_names import hf_sam_to_official
+    state_dict, notes = official_sam_names(strip_module_prefix(state_dict), source=source)
+    return apply_state_dict(model, state_dict, kind="sam", source=source, classify_missing=_sam_missing, notes=notes)
 
-    state_dict = strip_module_prefix(state_dict)
-    notes: list[str] = []
-    if any(k.startswith(("vision_encoder.", "shared_image_embedding.")) for k in state_dict):
-        try:
-            state_dict = hf_sam_to_official(state_dict)
-        except ValueError as error:
-            raise CheckpointError(f"{source}: {error}") from error
-        notes.append("renamed from transformers SamModel names")
-    if any(k.startswith(("visual_encoder.", "lang_encoder.")) for k in state_dict):
+
+def load_sam_state_dict(
+    model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+) -> LoadReport:
+    """:func:`sam_weights_into`, refusing by name a state dict of the authors' DIT or of a DITSam."""
+    kind = detect_format(state_dict)
+    if kind is Format.REFERENCE:
         raise CheckpointError(
             f"{source} is a reference DIT checkpoint (visual_encoder.* / lang_encoder.* keys), not a SAM one: "
             f"use load_reference_checkpoint or load_checkpoint"
         )
-    if any(k.startswith(TEXT_PREFIX) for k in state_dict):
+    if kind is Format.DITSAM:
         raise CheckpointError(
             f"{source} is a full DITSam state dict (text_encoder.* keys), not a SAM one: use load_checkpoint"
         )
-    return apply_state_dict(model, state_dict, kind="sam", source=source, classify_missing=_sam_missing, notes=notes)
+    return sam_weights_into(model, state_dict, source=source)
 
 
 def load_sam_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
@@ -84,5 +84,3 @@ def load_sam_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     state_dict, _ = read_checkpoint_file(path)
     return load_sam_state_dict(model, state_dict, source=str(path))
 
-
-# ---------------------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-""":class:`LoadReport`: what a load did with every tensor, printed one line per module."""
+""":class:`LoadReport`: what a load did with every tensor, printed one line per module; :class:`CheckpointError`:
+why a load could not be done."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 from collections import Counter
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file and the keys."""
 
 
 def _group(keys: list[str]) -> list[str]:
@@ -83,5 +88,3 @@ class LoadReport:
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
-
-# ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Resolving a model source to a local path: a folder or file as it is, a Hugging Face Hub id
-(``owner/name`` or ``owner/name/path/file.pth``) fetched into the Hub cache, an official SAM checkpoint by
-name for ``train.init_checkpoint``. :mod:`ditsam.model.sources` loads what these resolve."""
+"""The Hugging Face Hub and local paths: resolving a model source to a local path (a folder or file as it is,
+a Hub id ``owner/name`` or ``owner/name/path/file.pth`` fetched into the Hub cache, an official SAM checkpoint
+by name for ``train.init_checkpoint``) and uploading a model (:func:`push_to_hub`).
+:mod:`ditsam.model.checkpoints.load` loads what these resolve."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import dataclasses
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ditsam.model.folder import CONFIG_FILE
-from ditsam.model.weights import CheckpointError
+from ditsam.model.checkpoints.ditsam_folder import CONFIG_FILE, save_pretrained
+from ditsam.model.checkpoints.download import fetch_sam_checkpoint, is_sam_name
+from ditsam.model.checkpoints.loadable import LoadableModel
+from ditsam.model.checkpoints.report import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +157,47 @@ def resolve_init_checkpoint(
     source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None
 ) -> Path:
     """What ``train.init_checkpoint`` names, as a local file or folder that
-    :func:`~ditsam.model.weights.load_checkpoint` reads: an official SAM checkpoint by name (``sam_vit_b``,
-    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.sam_files`), a local
+    :func:`~ditsam.model.checkpoints.load_checkpoint` reads: an official SAM checkpoint by name (``sam_vit_b``,
+    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.checkpoints.download`), a local
     file or folder, or a Hub id (:func:`resolve_source`; ``revision`` and ``cache_dir`` apply to it).
     A local path of the same name as a SAM checkpoint wins over the name."""
-    from ditsam.model.sam_files import fetch_sam_checkpoint, is_sam_name
-
     if isinstance(source, str) and is_sam_name(source) and not Path(source).exists():
         return fetch_sam_checkpoint(source)
     return resolve_source(source, revision=revision, cache_dir=cache_dir).path
+
+
+def push_to_hub(
+    model: LoadableModel,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str,
+    create_pr: bool = False,
+    metrics: Mapping[str, Mapping[str, object]] | None = None,
+    training_data: str | Sequence[str] | None = None,
+    base_model: str | None = None,
+) -> str:
+    """Upload ``model`` to the Hub repo ``repo_id`` as a :func:`save_pretrained` folder written to a temporary
+    directory; the arguments are :meth:`DITSam.push_to_hub <ditsam.model.dit.DITSam.push_to_hub>`'s. Returns
+    the URL of the commit (or pull request)."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory(prefix="ditsam-push-") as folder:
+        save_pretrained(
+            model, folder, metrics=metrics, training_data=training_data, base_model=base_model, model_id=repo_id
+        )
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
+            commit_message=commit_message, create_pr=create_pr,
+        )
+    url = getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)
+    logger.info("uploaded %s to %s", type(model).__name__, url)
+    return url

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ditsam.model.folder import CheckpointError
-from ditsam.model.weights.keys import StateDict
+from ditsam.model.checkpoints.keys import StateDict
+from ditsam.model.checkpoints.report import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -145,5 +145,3 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
         stripped[name] = value
     return stripped
 
-
-# ---------------------------------------------------------------------------------------------------

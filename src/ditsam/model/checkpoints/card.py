@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ditsam.defaults import MASK_THRESHOLD
+from ditsam.model.checkpoints.keys import SAM_DECODER_LAYERS
+from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.config import DITSamConfig
-from ditsam.model.loadable import LoadableModel
-from ditsam.model.weights import SAM_DECODER_LAYERS
 
 #: File name of the card inside a save_pretrained folder (the Hub renders it as the repository page).
 CARD_FILE = "README.md"

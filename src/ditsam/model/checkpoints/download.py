@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from ditsam.model.weights import CheckpointError
+from ditsam.model.checkpoints.report import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The model as its loaders see it: what ``weights``, ``sources`` and the model card need of a
-:class:`~ditsam.model.dit.DITSam`. Typed against :class:`LoadableModel` they import nothing of ``dit``,
-so ``DITSam.from_pretrained`` / ``save_pretrained`` can call them without an import circle."""
+"""The model as the checkpoint room sees it: what loading, saving and the model card need of a
+:class:`~ditsam.model.dit.DITSam`. Typed against :class:`LoadableModel` the room imports nothing of ``dit``,
+so ``DITSam.from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` can call it without an import circle."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from ditsam.model.config import DITSamConfig
 
 
 class LoadableModel(Protocol):
-    """A DITSam: its config, its text encoder, and the ``nn.Module`` methods loading uses."""
+    """A DITSam: its config, its text encoder and tokenizer, and the ``nn.Module`` methods loading uses."""
 
     config: DITSamConfig
     text_encoder: torch.nn.Module
+    tokenizer: Any
 
     def state_dict(self) -> dict[str, Any]: ...
 

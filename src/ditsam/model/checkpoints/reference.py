@@ -20,21 +20,23 @@ from pathlib import Path
 
 import torch
 
+from ditsam.model.checkpoints.files import read_checkpoint_file, strip_module_prefix
+from ditsam.model.checkpoints.keys import INJECTION_PREFIX, POS_EMBED, REL_POS, TEXT_PREFIX, WRITER, StateDict
+from ditsam.model.checkpoints.loadable import LoadableModel
+from ditsam.model.checkpoints.matching import apply_state_dict, fit_shape
+from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 from ditsam.model.config import DITSamConfig
-from ditsam.model.folder import CheckpointError
-from ditsam.model.loadable import LoadableModel
-from ditsam.model.weights.files import read_checkpoint_file, strip_module_prefix
-from ditsam.model.weights.keys import INJECTION_PREFIX, POS_EMBED, REL_POS, TEXT_PREFIX, WRITER, StateDict
-from ditsam.model.weights.matching import apply_state_dict, fit_shape
-from ditsam.model.weights.report import LoadReport
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_MAX_TOKENS = 20
 REFERENCE_IMAGE_SIZE = 512
 
-_REF_PROBS = re.compile(r"visual_encoder\.probs\.(\d+)\.(weight|bias)")
-_REF_SINGLE_PROBS = re.compile(r"visual_encoder\.probs\.(weight|bias)")
+#: Key prefixes only the authors' files have: their ViT and their BERT.
+REFERENCE_PREFIXES = ("visual_encoder.", "lang_encoder.")
+#: One text projection per ViT block (L-DIT, E-DIT) and the single one of ``image_encoder_e2e_token.py``.
+REF_PROBS = re.compile(r"visual_encoder\.probs\.(\d+)\.(weight|bias)")
+REF_SINGLE_PROBS = re.compile(r"visual_encoder\.probs\.(weight|bias)")
 _REF_PROB_TEXT = re.compile(r"visual_encoder\.prob_text\.(weight|bias)")
 _REF_BERT = re.compile(r"lang_encoder\.(?:bert|lang_encoder)\.(.+)")
 _REF_IGNORED = re.compile(r"query_embeddings|self_attention\..+|lang_encoder\.(?:bert|lang_encoder)\.pooler\..+")
@@ -83,9 +85,9 @@ def _convert_reference(
                 )
         if _REF_IGNORED.fullmatch(key):
             ignored.append(key)
-        elif match := _REF_PROBS.fullmatch(key):
+        elif match := REF_PROBS.fullmatch(key):
             probs.setdefault(int(match.group(1)), {})[match.group(2)] = tensor
-        elif match := _REF_SINGLE_PROBS.fullmatch(key):
+        elif match := REF_SINGLE_PROBS.fullmatch(key):
             single[match.group(1)] = tensor
         elif match := _REF_PROB_TEXT.fullmatch(key):
             prob_text[match.group(1)] = tensor

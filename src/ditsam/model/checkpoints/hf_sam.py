@@ -1,4 +1,4 @@
-"""Rename a transformers `SamModel` state dict to the official segment-anything key names.
+"""transformers' ``SamModel`` names of SAM's weights, renamed to the official segment-anything key names.
 
 Official names (sam_vit_*.pth): `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`. The
 tensors themselves need no change: only names differ, plus two layout facts:
@@ -11,10 +11,15 @@ tensors themselves need no change: only names differ, plus two layout facts:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
+from ditsam.model.checkpoints.keys import StateDict
+from ditsam.model.checkpoints.report import CheckpointError
+
+#: Key prefixes only a transformers ``SamModel`` has.
+HF_SAM_PREFIXES = ("vision_encoder.", "shared_image_embedding.")
 _PE_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
 _HF_PE_KEYS = ("shared_image_embedding.positional_embedding", "prompt_encoder.shared_embedding.positional_embedding")
 
@@ -137,3 +142,19 @@ def hf_sam_to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
             raise ValueError(f"the tied positional-encoding matrices {_HF_PE_KEYS} differ")
         renamed[_PE_KEY] = copies[0]
     return renamed
+
+
+def has_hf_sam_names(keys: Iterable[str]) -> bool:
+    """Whether these keys (no ``module.`` prefix) are a transformers ``SamModel``'s."""
+    return any(key.startswith(HF_SAM_PREFIXES) for key in keys)
+
+
+def official_sam_names(state_dict: Mapping[str, torch.Tensor], *, source: str) -> tuple[StateDict, list[str]]:
+    """A SAM state dict (no ``module.`` prefix) in official names, renamed when it has transformers' names;
+    returns it and the note saying so (none when nothing was renamed)."""
+    if not has_hf_sam_names(state_dict):
+        return dict(state_dict), []
+    try:
+        return hf_sam_to_official(state_dict), ["renamed from transformers SamModel names"]
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from error

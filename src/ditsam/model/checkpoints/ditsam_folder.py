@@ -1,0 +1,143 @@
+"""Our own format: the folder :func:`save_pretrained` writes (behind
+:meth:`DITSam.save_pretrained <ditsam.model.dit.DITSam.save_pretrained>` and ``push_to_hub``), and reading it back.
+
+A folder holds ``config.json`` (``{"format_version", "model": config}``), ``model.safetensors``,
+``text_encoder/`` (BERT config + tokenizer) and a model card. :func:`read_pretrained_folder` validates one and
+returns the config and the paths; :func:`load_folder_with_report` builds a model from it and
+:func:`load_folder_into` loads it into a built one, both strictly. A flat state dict of ours (a ``.pth`` of
+``DITSam.state_dict()``) loads strictly too (:func:`load_ditsam_state_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from ditsam.config import ConfigError
+from ditsam.model.checkpoints.card import build_model_card, facts_of, write_model_card
+from ditsam.model.checkpoints.files import safetensors_load, strip_module_prefix
+from ditsam.model.checkpoints.loadable import LoadableModel
+from ditsam.model.checkpoints.matching import apply_state_dict
+from ditsam.model.checkpoints.report import CheckpointError, LoadReport
+from ditsam.model.config import DITSamConfig
+from ditsam.schema import is_integer
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_DIR = "text_encoder"
+FORMAT_VERSION = 1
+#: The JSON indent of config.json: readable by people, diffable.
+CONFIG_INDENT = 2
+
+
+def read_pretrained_folder(directory: Path) -> tuple[DITSamConfig, Path, Path]:
+    """Validate a save_pretrained folder; returns (config with text.name_or_path set, text dir, weights file)."""
+    if not directory.exists():
+        raise FileNotFoundError(f"no ditsam checkpoint folder at {directory}")
+    if not directory.is_dir():
+        raise NotADirectoryError(
+            f"{directory} is a file, not a ditsam checkpoint folder "
+            f"(SAM / reference .pth files load with load_checkpoint)"
+        )
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"checkpoint folder without config: {config_path} is missing")
+    try:
+        payload = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
+    if not isinstance(payload, dict) or "model" not in payload or "format_version" not in payload:
+        raise CheckpointError(f"{config_path} must be an object with 'format_version' and 'model' entries")
+    unknown = sorted(set(payload) - {"format_version", "model"})
+    if unknown:
+        raise CheckpointError(f"{config_path}: unknown top-level key(s) {', '.join(unknown)}")
+    version = payload["format_version"]
+    if not is_integer(version) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path}: format_version {version!r} is not supported (this ditsam reads 1..{FORMAT_VERSION})"
+        )
+    try:
+        config = DITSamConfig.from_dict(payload["model"], prefix="model.")
+    except ConfigError as error:
+        raise ConfigError(f"{config_path}: {error}") from error
+    text_dir = directory / TEXT_DIR
+    if not (text_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{text_dir}/config.json is missing: the folder lacks its text encoder config")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: the checkpoint folder has no weights")
+    config.text.name_or_path = str(text_dir)
+    return config, text_dir, weights
+
+
+def load_ditsam_state_dict(
+    model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str = "<state dict>"
+) -> LoadReport:
+    """Load a state dict in our own names into ``model``, strictly (no key may be missing, extra or resized)."""
+    return apply_state_dict(
+        model, strip_module_prefix(state_dict), kind="ditsam", source=source, classify_missing=lambda key: None,
+        allow_resize=False,
+    )
+
+
+def load_folder_with_report(cls: type[LoadableModel], directory: Path) -> tuple[LoadableModel, LoadReport]:
+    """A model built from a save_pretrained folder (on the CPU) and the report of its strict load."""
+    config, _, weights = read_pretrained_folder(directory)
+    model = cls(config, load_text_weights=False)
+    return model, load_ditsam_state_dict(model, safetensors_load(weights), source=str(weights))
+
+
+def load_folder_into(model: LoadableModel, directory: Path) -> LoadReport:
+    """A save_pretrained folder's weights loaded strictly into a built ``model``; config differences are noted."""
+    config, _, weights = read_pretrained_folder(directory)
+    saved, current = config.to_dict(), model.config.to_dict()
+    saved["text"].pop("name_or_path")
+    current["text"].pop("name_or_path")
+    differences = sorted(
+        [k for k in saved if k != "text" and saved[k] != current[k]]
+        + [f"text.{k}" for k in saved["text"] if saved["text"][k] != current["text"][k]]
+    )
+    report = load_ditsam_state_dict(model, safetensors_load(weights), source=str(weights))
+    if differences:
+        note = f"the model's config differs from the saved one in {', '.join(differences)}"
+        logger.warning("%s: %s", directory, note)
+        report.notes.append(note)
+    return report
+
+
+def save_pretrained(
+    model: LoadableModel,
+    directory: str | Path,
+    *,
+    metrics: Mapping[str, Mapping[str, object]] | None = None,
+    training_data: str | Sequence[str] | None = None,
+    base_model: str | None = None,
+    model_id: str | None = None,
+    card_notes: Sequence[str] = (),
+) -> Path:
+    """Write ``model`` as a folder: config.json, model.safetensors, the text tokenizer/config and a model card
+    (README.md, :func:`~ditsam.model.checkpoints.card.build_model_card`); the arguments are
+    :meth:`DITSam.save_pretrained <ditsam.model.dit.DITSam.save_pretrained>`'s."""
+    from safetensors.torch import save_file
+
+    card = build_model_card(
+        model.config, facts=facts_of(model), metrics=metrics, training_data=training_data, base_model=base_model,
+        model_id=model_id, notes=card_notes,
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text_dir = directory / TEXT_DIR
+    model.text_encoder.bert.config.save_pretrained(str(text_dir))
+    model.tokenizer.save_pretrained(text_dir)
+    payload = {"format_version": FORMAT_VERSION, "model": model.config.to_dict()}
+    (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=CONFIG_INDENT), encoding="utf-8")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_model_card(directory, card)
+    return directory
