@@ -10,16 +10,23 @@ seconds (at most two minutes), each request drawn at random from this mix:
 - ``not_image``: a text file named ``.png``;
 - ``long_sentence``: a good picture with a 5,000-character sentence (over the demo's limit).
 
-Recorded: completed requests per second, p50 / p95 latency (overall and per kind), the server's
-resident memory after warm-up and its peak during the run (``VmHWM`` / sampled ``VmRSS`` from
-``/proc``, Linux), HTTP or Gradio errors, and every answer that shows a traceback or a server path
-to the client. After the load the server must still be up and answer a good request.
+Recorded: completed requests per second, p50 / p95 latency of the answered requests (overall and per
+kind), the server's resident memory after warm-up and its peak during the run (``VmHWM`` / sampled
+``VmRSS`` from ``/proc``, Linux), HTTP or Gradio errors, requests refused as busy (the queue held
+``--max-queue`` waiting requests: HTTP 503; that client waits half a second before its next one),
+requests answered with the time-limit message (``--request-timeout``), and every answer that shows a
+traceback or a server path to the client. After the load the server must still be up and answer a
+good request.
+
+``--auth USER:PASSWORD`` serves behind Gradio's login (passed to the server in an auth file) and has
+every client log in first; ``--max-queue`` and ``--request-timeout`` are passed to ``ditsam serve``.
 
 Without ``--checkpoint`` a random tiny model of the RefShapes experiments' architecture (96 px, width
 64, 4 blocks, generated BERT) is written to a temporary folder: the load test measures the server,
 not the model's quality. Nothing is downloaded.
 
     .venv/bin/python benchmarks/serve_load.py --duration 60 --clients 4
+    .venv/bin/python benchmarks/serve_load.py --duration 60 --clients 16 --auth bench:secret --max-queue 8
 
 Writes ``benchmarks/results/serve_load.json`` (with the machine) and prints a Markdown table.
 """
@@ -41,14 +48,18 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ditsam.web.access import parse_credentials
+from ditsam.web.limits import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
 from machine import machine_info
 
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
@@ -61,6 +72,12 @@ LONG_SENTENCE_CHARS = 5_000
 #: (kind, weight) of the request mix.
 MIX = (("good", 5), ("huge", 2), ("not_image", 2), ("long_sentence", 1))
 SENTENCES = ("the small red circle", "the leftmost blue square", "the star right of the green triangle")
+#: How the status line of a request answered at the server's time limit starts (ditsam.web.handler.over_time_limit).
+TIMEOUT_STATUS = "**Problem:** no answer within"
+#: HTTP status of a request refused because the queue is full (Gradio).
+BUSY_HTTP_STATUS = 503
+#: Seconds a client refused as busy waits before its next request, as the page asks a person to.
+BUSY_BACKOFF_S = 0.5
 # What must never reach a client: a Python traceback, or a path of the server's file system.
 LEAK_PATTERNS = (re.compile(r"Traceback|File \"/"), re.compile(r"(/tmp/|/home/|/root/|/work/|gradio_api/file=)"))
 
@@ -73,6 +90,8 @@ class Outcome:
     problem: bool  # the page showed a "Problem:" message (the expected answer to bad input)
     error: str | None  # HTTP / Gradio failure
     leak: str | None  # a traceback or server path shown to the client
+    busy: bool = False  # refused: the queue was full (the page says "busy, try again")
+    timed_out: bool = False  # answered with the time-limit message
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,7 +128,18 @@ def make_checkpoint(folder: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # One request through Gradio's HTTP API
 # ---------------------------------------------------------------------------------------------------
-def _upload(base: str, path: Path) -> str:
+def connect(base: str, auth: tuple[str, str] | None) -> urllib.request.OpenerDirector:
+    """An HTTP client of its own (cookies kept), logged in to the demo when ``auth`` is given."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    if auth is not None:
+        form = urllib.parse.urlencode({"username": auth[0], "password": auth[1]}).encode()
+        with opener.open(f"{base}login", data=form, timeout=REQUEST_TIMEOUT_S) as response:
+            if not json.loads(response.read()).get("success"):
+                raise RuntimeError(f"cannot log in to {base} as {auth[0]!r}")
+    return opener
+
+
+def _upload(opener: urllib.request.OpenerDirector, base: str, path: Path) -> str:
     boundary = uuid.uuid4().hex
     body = (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{path.name}\"\r\n"
@@ -117,24 +147,26 @@ def _upload(base: str, path: Path) -> str:
     ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(f"{base}gradio_api/upload", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+    with opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
         return json.loads(response.read())[0]
 
 
-def _segment(base: str, server_path: str, name: str, sentence: str) -> tuple[str, str]:
+def _segment(opener: urllib.request.OpenerDirector, base: str, server_path: str, name: str, sentence: str) -> tuple[str, str]:
     """(event, data) of the answer to one /segment call: "complete" with the outputs, or "error"."""
     payload = {"data": [{"path": server_path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}, sentence]}
     request = urllib.request.Request(f"{base}gradio_api/call/segment", data=json.dumps(payload).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+    with opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
         event_id = json.loads(response.read())["event_id"]
-    with urllib.request.urlopen(f"{base}gradio_api/call/segment/{event_id}", timeout=REQUEST_TIMEOUT_S) as response:
+    with opener.open(f"{base}gradio_api/call/segment/{event_id}", timeout=REQUEST_TIMEOUT_S) as response:
         text = response.read().decode("utf-8", "replace")
     events = re.findall(r"^event: (\w+)\ndata: (.*)$", text, flags=re.MULTILINE)
     return events[-1] if events else ("none", text)
 
 
-def one_request(base: str, kind: str, files: dict[str, Path], rng: random.Random) -> Outcome:
+def one_request(
+    opener: urllib.request.OpenerDirector, base: str, kind: str, files: dict[str, Path], rng: random.Random
+) -> Outcome:
     sentence = rng.choice(SENTENCES)
     path = files["good"]
     if kind in ("huge", "not_image"):
@@ -143,7 +175,12 @@ def one_request(base: str, kind: str, files: dict[str, Path], rng: random.Random
         sentence = ("the small red circle left of the blue square " * 200)[:LONG_SENTENCE_CHARS]
     started = time.perf_counter()
     try:
-        event, data = _segment(base, _upload(base, path), path.name, sentence)
+        event, data = _segment(opener, base, _upload(opener, base, path), path.name, sentence)
+    except urllib.error.HTTPError as error:
+        seconds = time.perf_counter() - started
+        if error.code == BUSY_HTTP_STATUS:
+            return Outcome(kind, seconds, False, False, None, None, busy=True)
+        return Outcome(kind, seconds, False, False, f"HTTP {error.code}: {error.reason}", None)
     except (OSError, urllib.error.URLError, ValueError, KeyError, IndexError) as error:
         return Outcome(kind, time.perf_counter() - started, False, False, f"{type(error).__name__}: {error}", None)
     seconds = time.perf_counter() - started
@@ -152,7 +189,7 @@ def one_request(base: str, kind: str, files: dict[str, Path], rng: random.Random
         return Outcome(kind, seconds, False, False, f"event {event}: {data[:200]}", leak)
     status = json.loads(data)[2]
     problem = status.startswith("**Problem:**")
-    return Outcome(kind, seconds, not problem, problem, None, leak)
+    return Outcome(kind, seconds, not problem, problem, None, leak, timed_out=status.startswith(TIMEOUT_STATUS))
 
 
 def _shown_text(event: str, data: str) -> str:
@@ -183,12 +220,13 @@ def _memory_kb(pid: int, field: str) -> int | None:
     return None
 
 
-def start_server(checkpoint: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(checkpoint: Path, port: int, log: Path, options: list[str]) -> subprocess.Popen:
+    """``ditsam serve`` on 127.0.0.1:``port`` with ``options``, once its page answers."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "ditsam.cli.main", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-             "--no-examples", "--device", "cpu"], stdout=output, stderr=subprocess.STDOUT, env=env,
+             "--no-examples", "--device", "cpu", *options], stdout=output, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -214,10 +252,11 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def summarise(outcomes: list[Outcome], wall: float) -> dict[str, Any]:
     def stats(selected: list[Outcome]) -> dict[str, Any]:
-        seconds = [o.seconds for o in selected]
+        seconds = [o.seconds for o in selected if not o.busy]  # latency of answers; a refusal is instant
         return {
             "requests": len(selected), "model_answers": sum(o.ok for o in selected),
             "problem_messages": sum(o.problem for o in selected), "errors": sum(o.error is not None for o in selected),
+            "busy": sum(o.busy for o in selected), "timeouts": sum(o.timed_out for o in selected),
             "leaks": sum(o.leak is not None for o in selected),
             "p50_s": _percentile(seconds, 0.5), "p95_s": _percentile(seconds, 0.95),
             "mean_s": statistics.fmean(seconds) if seconds else None,
@@ -232,15 +271,18 @@ def markdown(record: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{1000 * value:.0f}"
 
-    rows = ["| requests | n | model answers | problem messages | errors | leaks | p50 ms | p95 ms |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| requests | n | model answers | problem messages | of them timeouts | busy | errors | leaks | p50 ms | p95 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     summary = record["summary"]
     for label, stats in [("all", summary["all"]), *summary["by_kind"].items()]:
         rows.append(f"| {label} | {stats['requests']} | {stats['model_answers']} | {stats['problem_messages']} | "
-                    f"{stats['errors']} | {stats['leaks']} | {ms(stats['p50_s'])} | {ms(stats['p95_s'])} |")
+                    f"{stats['timeouts']} | {stats['busy']} | {stats['errors']} | {stats['leaks']} | "
+                    f"{ms(stats['p50_s'])} | {ms(stats['p95_s'])} |")
     memory = record["server_memory_mb"]
     return "\n".join(rows) + (
-        f"\n\n{summary['requests_per_s']:.2f} requests/s over {summary['wall_s']:.0f} s with {record['clients']} clients; "
+        f"\n\n{summary['requests_per_s']:.2f} requests/s over {summary['wall_s']:.0f} s with {record['clients']} clients "
+        f"({'login' if record['auth'] else 'no login'}, --max-queue {record['max_queue']}, "
+        f"--request-timeout {record['request_timeout_s']:g}); "
         f"server memory {memory['after_warmup']:.0f} MB after warm-up, peak {memory['peak_during_load']:.0f} MB "
         f"during the load (VmHWM {memory['vm_hwm']:.0f} MB); server up afterwards: {record['server_up_after']}; "
         f"tracebacks in the server log: {record['server_log_tracebacks']}."
@@ -252,6 +294,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="model to serve (default: a random tiny RefShapes-size model)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--duration", type=float, default=60.0, help=f"seconds of load (at most {MAX_DURATION_S})")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="serve behind this login; every client logs in first")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help=f"the server's --max-queue (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help=f"the server's --request-timeout in seconds (default {DEFAULT_REQUEST_TIMEOUT_S:g})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -259,16 +306,26 @@ def main() -> None:
         parser.error(f"--duration must lie in (0, {MAX_DURATION_S}] seconds")
     if args.clients < 1:
         parser.error("--clients must be >= 1")
+    try:
+        auth = parse_credentials(args.auth, source="--auth") if args.auth else None
+    except ValueError as error:
+        parser.error(str(error))
 
     with tempfile.TemporaryDirectory(prefix="ditsam-serve-load-") as tmp:
         folder = Path(tmp)
         files = make_inputs(folder)
         checkpoint = args.checkpoint or make_checkpoint(folder)
         port = _free_port()
-        server = start_server(checkpoint, port, folder / "server.log")
+        options = ["--max-queue", str(args.max_queue), "--request-timeout", str(args.request_timeout)]
+        if auth is not None:  # a file, as an operator would: a password on a command line is visible in ps
+            auth_file = folder / "auth.txt"
+            auth_file.write_text(f"{auth[0]}:{auth[1]}\n", encoding="utf-8")
+            options += ["--auth-file", str(auth_file)]
+        server = start_server(checkpoint, port, folder / "server.log", options)
         base = f"http://127.0.0.1:{port}/"
         try:
-            warm = one_request(base, "good", files, random.Random(args.seed))  # the first call pays for lazy set-up
+            opener = connect(base, auth)
+            warm = one_request(opener, base, "good", files, random.Random(args.seed))  # the first call pays for lazy set-up
             if warm.error:
                 raise RuntimeError(f"the warm-up request failed: {warm.error}")
             after_warmup = _memory_kb(server.pid, "VmRSS")
@@ -279,10 +336,13 @@ def main() -> None:
 
             def client(index: int) -> None:
                 rng = random.Random(args.seed * 1000 + index)
+                session = connect(base, auth)
                 while time.monotonic() < deadline:
-                    outcome = one_request(base, rng.choices(kinds, weights)[0], files, rng)
+                    outcome = one_request(session, base, rng.choices(kinds, weights)[0], files, rng)
                     with lock:
                         outcomes.append(outcome)
+                    if outcome.busy:
+                        time.sleep(BUSY_BACKOFF_S)
 
             threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
             started = time.perf_counter()
@@ -294,7 +354,7 @@ def main() -> None:
                     peak[0] = max(peak[0], rss)
                 time.sleep(MEMORY_SAMPLE_S)
             wall = time.perf_counter() - started
-            after = one_request(base, "good", files, random.Random(args.seed + 1))
+            after = one_request(opener, base, "good", files, random.Random(args.seed + 1))
             up = server.poll() is None and after.ok
             hwm = _memory_kb(server.pid, "VmHWM")
         finally:
@@ -305,6 +365,7 @@ def main() -> None:
         log = (folder / "server.log").read_text(errors="replace")
     record = {
         "machine": machine_info(), "clients": args.clients, "duration_s": args.duration, "mix": dict(MIX),
+        "auth": auth is not None, "max_queue": args.max_queue, "request_timeout_s": args.request_timeout,
         "checkpoint": "random tiny RefShapes-size model" if args.checkpoint is None else str(args.checkpoint),
         "summary": summarise(outcomes, wall),
         "server_memory_mb": {"after_warmup": (after_warmup or 0) / 1024, "peak_during_load": peak[0] / 1024,

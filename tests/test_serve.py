@@ -7,12 +7,16 @@ CI installs them (.ci/run, the ``test`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
 import socket
 import sys
+import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,19 +32,24 @@ from ditsam.serve import (
     CLICK_BOX,
     CLICK_FOREGROUND,
     CLICK_OFF,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
     DISPLAY_MAX_SIDE,
     LOGGED_SENTENCE_CHARS,
     MAX_SENTENCE_CHARS,
     Clicks,
     DemoOutput,
     example_pairs,
+    is_loopback,
     make_refshapes_examples,
     predict_handler,
 )
+from ditsam.web.limits import RequestTimeout, TimeLimit
 
 SENTENCE = "the red circle"
 MAX_PIXELS = 30_000  # RefShapes "tiny" images (at most 160 x 160) fit; the "huge" test image does not
 WAIT_S = 20  # longest wait for anything in the page
+POLL_S = 0.05
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,6 +264,8 @@ def test_serve_is_a_command() -> None:
     assert "serve" in COMMAND_MODULES
     args = build_parser().parse_args(["serve", "--checkpoint", "ck"])
     assert (args.host, args.port, args.examples, args.max_pixels) == ("127.0.0.1", 7860, None, 40_000_000)
+    assert (args.auth, args.auth_file) == (None, None)
+    assert (args.max_queue, args.request_timeout) == (DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S)
 
 
 def test_serve_command_builds_the_segmenter_and_examples(
@@ -265,9 +276,9 @@ def test_serve_command_builds_the_segmenter_and_examples(
 
     calls: list[dict[str, Any]] = []
 
-    def fake_serve(segmenter: Segmenter, *, host: str, port: int, examples: Any) -> None:
+    def fake_serve(segmenter: Segmenter, *, host: str, port: int, examples: Any, **options: Any) -> None:
         calls.append({"segmenter": segmenter, "host": host, "port": port, "examples": list(examples),
-                      "exist": all(Path(p).is_file() for p, _ in examples)})
+                      "exist": all(Path(p).is_file() for p, _ in examples), **options})
 
     monkeypatch.setattr(ditsam.serve, "serve", fake_serve)
     assert main(["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--max-pixels", "1234", "--port", "7999"]) == 0
@@ -281,7 +292,19 @@ def test_serve_command_builds_the_segmenter_and_examples(
     assert main(["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--examples", str(root)]) == 0
     assert [p.parent for p, _ in calls.pop()["examples"]] == [root / "images"] * 2
     assert main(["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--no-examples"]) == 0
-    assert calls.pop()["examples"] == []
+    call = calls.pop()
+    assert call["examples"] == [] and call["auth"] is None
+    assert (call["max_queue"], call["request_timeout_s"]) == (DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S)
+
+    auth_file = tmp_path / "auth.txt"
+    auth_file.write_text("# who may log in\nann:pa:ss:word\n\n  bob:secret  \n", encoding="utf-8")
+    base = ["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--no-examples"]
+    assert main([*base, "--auth-file", str(auth_file), "--max-queue", "3", "--request-timeout", "2.5"]) == 0
+    call = calls.pop()
+    assert call["auth"] == [("ann", "pa:ss:word"), ("bob", "secret")]
+    assert (call["max_queue"], call["request_timeout_s"]) == (3, 2.5)
+    assert main([*base, "--auth", "ann:right"]) == 0
+    assert calls.pop()["auth"] == [("ann", "right")]
 
 
 def test_serve_command_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -290,9 +313,86 @@ def test_serve_command_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pyt
     assert "examples folder" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+    base = ["serve", "--checkpoint", str(checkpoint), "--no-examples"]
+    for option, message in [(["--auth", "ann-hunter2"], "--auth: expected user:password"),
+                            (["--auth", ":hunter2"], "an empty user name"),
+                            (["--auth", "ann:"], "an empty password"),
+                            (["--auth-file", str(tmp_path / "missing.txt")], "missing.txt does not exist")]:
+        assert main([*base, *option]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert "hunter2" not in err, "a password is never echoed"
+    bad_file = tmp_path / "auth.txt"
+    for text, message in [("ann:one\nann:two\n", "line 2: user 'ann' appears twice"),
+                          ("ann:ok\nbob hunter2\n", "line 2: expected user:password"),
+                          ("# nobody\n\n", "holds no user:password line")]:
+        bad_file.write_text(text, encoding="utf-8")
+        assert main([*base, "--auth-file", str(bad_file)]) == 2
+        err = capsys.readouterr().err
+        assert f"auth file {bad_file}" in err and message in err and "hunter2" not in err, err
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        main([*base, "--auth", "ann:x", "--auth-file", str(bad_file)])
+    assert "not allowed with argument" in capsys.readouterr().err
+    for option, value in [("--max-queue", "0"), ("--request-timeout", "0"), ("--request-timeout", "inf"),
+                          ("--request-timeout", "soon")]:
+        with pytest.raises(SystemExit):
+            main([*base, option, value])
+        assert option in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if not installed
     assert main(["serve", "--checkpoint", str(checkpoint)]) == 2
     assert "pip install 'ditsam[demo]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.0.1.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("demo.example.org", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_serve_warns_when_exposed_without_a_login(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command's settings reach Gradio's launch (stubbed: nothing listens on 0.0.0.0 here)."""
+    gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[demo]')")
+    launches: list[dict[str, Any]] = []
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda app, **kwargs: launches.append(kwargs))
+    base = ["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--no-examples"]
+    warning = "without a login: anyone who can reach this machine"
+    with caplog.at_level("WARNING", logger="ditsam"):
+        assert main([*base, "--host", "0.0.0.0"]) == 0
+    assert warning in caplog.text and "0.0.0.0" in caplog.text
+    assert launches.pop() == {"server_name": "0.0.0.0", "server_port": 7860, "auth": None}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ditsam"):
+        assert main([*base, "--host", "0.0.0.0", "--auth", "ann:right"]) == 0
+        assert main(base) == 0  # 127.0.0.1 without a login: only this machine can reach it
+    assert warning not in caplog.text
+    assert [launch["auth"] for launch in launches] == [[("ann", "right")], None]
+
+
+def test_time_limit_answers_in_time_and_never_runs_two_calls_at_once() -> None:
+    limit = TimeLimit(seconds=1.0)
+    assert limit.call(lambda: 41 + 1) == 42
+    release, finished, ran = threading.Event(), threading.Event(), []
+
+    def stuck() -> None:
+        ran.append("stuck")
+        release.wait(WAIT_S)
+        finished.set()
+
+    with pytest.raises(RequestTimeout, match="no answer within 1 s"):
+        limit.call(stuck)
+    with pytest.raises(RequestTimeout):  # waits behind the stuck call, then is dropped unrun
+        limit.call(lambda: ran.append("dropped"))
+    release.set()
+    assert finished.wait(WAIT_S)
+    assert limit.call(lambda: ran.append("next") or "done") == "done"
+    assert ran == ["stuck", "next"]
+    for seconds in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            TimeLimit(seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,30 +411,40 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(segmenter: Segmenter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The app launched in this process on a free 127.0.0.1 port; closed after the module."""
+@contextlib.contextmanager
+def _launched(
+    segmenter: Segmenter, folder: Path, *, examples: Any = (), auth: Any = None, **options: Any
+) -> Iterator[str]:
+    """``build_app(segmenter, examples=..., **options)`` launched in this process on a free 127.0.0.1
+    port (with ``auth``), its uploads under ``folder``; yields the URL and closes the app after."""
     pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[test]' or '.[demo]')")
     from ditsam.serve import build_app
 
-    folder = tmp_path_factory.mktemp("serve_app")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(folder / "gradio"))  # uploads land here, not in /tmp/gradio
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        examples = make_refshapes_examples(folder / "examples", count=2)
-        app = build_app(segmenter, examples=examples)
+        app = build_app(segmenter, examples=examples, **options)
         for attempt in range(3):  # another process may take the free port between probe and bind
             port = _free_port()
             try:
-                app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+                app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, auth=auth)
                 break
             except OSError:
                 if attempt == 2:
                     raise
         try:
-            yield {"url": f"http://127.0.0.1:{port}/", "examples": examples}
+            yield f"http://127.0.0.1:{port}/"
         finally:
             app.close()
+
+
+@pytest.fixture(scope="module")
+def server(segmenter: Segmenter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The app launched in this process on a free 127.0.0.1 port; closed after the module."""
+    folder = tmp_path_factory.mktemp("serve_app")
+    examples = make_refshapes_examples(folder / "examples", count=2)
+    with _launched(segmenter, folder, examples=examples) as url:
+        yield {"url": url, "examples": examples}
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +478,7 @@ class Page:
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.url, self.by = driver, url, By
-        self.wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.05)
+        self.wait = WebDriverWait(driver, WAIT_S, poll_frequency=POLL_S)
         driver.get(url)
         self.wait.until(lambda d: "Upload an image and type a sentence." in self.text("#status"))
         self.wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
@@ -532,3 +642,113 @@ class TestPage:
         status = page.segment(expect="area")
         expected = segmenter.predict(path, sentence)
         assert _area_and_score(status) == (expected.area, pytest.approx(expected.score, abs=6e-5))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Beyond localhost: login, a bounded queue, a time limit per request (through Gradio's client)
+# ---------------------------------------------------------------------------------------------------
+class Gate:
+    """Holds every prediction of a segmenter until :meth:`open`: the model is busy exactly as long as a
+    test wants (no sleeps, no timing)."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.entered, self.released = threading.Event(), threading.Event()
+        predict = segmenter.predict
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            assert self.released.wait(WAIT_S), "the test never opened the gate"
+            return predict(*args, **kwargs)
+
+        self.held = held
+
+    def open(self) -> None:
+        self.released.set()
+
+
+@pytest.fixture
+def gate(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Segmenter, Gate]]:
+    """A segmenter of its own whose predictions wait for the gate (opened after the test whatever happens)."""
+    seg = Segmenter.from_pretrained(checkpoint, device="cpu", threshold=0.5, max_pixels=MAX_PIXELS)
+    gate = Gate(seg)
+    monkeypatch.setattr(seg, "predict", gate.held)
+    try:
+        yield seg, gate
+    finally:
+        gate.open()
+
+
+def _client(url: str, **kwargs: Any) -> Any:
+    gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed (it comes with gradio)")
+    return gradio_client.Client(url, verbose=False, download_files=False, **kwargs)
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {WAIT_S} s waiting for {what}"
+        time.sleep(POLL_S)
+
+
+def _segment_via_api(client: Any, path: Path, sentence: str = SENTENCE) -> str:
+    """The status line of one /segment call."""
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), sentence, api_name="/segment")[2]
+
+
+def test_login_refuses_a_wrong_password_and_accepts_the_right_one(
+    segmenter: Segmenter, files: dict[str, Path], tmp_path: Path
+) -> None:
+    with _launched(segmenter, tmp_path, auth=[("ann", "right"), ("bob", "other")]) as url:
+        request = urllib.request.Request(f"{url}gradio_api/call/segment", data=b'{"data": []}', method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=WAIT_S)
+        assert refused.value.code == 401, "the API refuses a caller who has not logged in"
+        for auth in [("ann", "wrong"), ("ann", "other"), ("carl", "right")]:
+            with pytest.raises(ValueError, match="Could not login"):
+                _client(url, auth=auth)
+        expected = segmenter.predict(files["scene"], SENTENCE)
+        status = _segment_via_api(_client(url, auth=("ann", "right")), files["scene"])
+        assert f"area {expected.area} px" in status, status
+
+
+def test_a_full_queue_answers_busy(gate: tuple[Segmenter, Gate], files: dict[str, Path], tmp_path: Path) -> None:
+    from gradio_client import handle_file
+    from gradio_client.utils import QueueError, Status
+
+    seg, gate = gate
+    with _launched(seg, tmp_path, max_queue=2, request_timeout_s=10 * WAIT_S) as url:
+        client = _client(url)
+
+        def submit() -> Any:
+            return client.submit(handle_file(str(files["scene"])), SENTENCE, api_name="/segment")
+
+        running = submit()
+        assert gate.entered.wait(WAIT_S), "the first request reaches the model"
+        waiting = [submit(), submit()]
+        for job in waiting:  # both join the queue behind the held request
+            _until(lambda: job.status().code == Status.IN_QUEUE, "a request to join the queue")
+        with pytest.raises(QueueError, match="Queue is full! Please try again"):
+            _segment_via_api(client, files["scene"])
+        gate.open()
+        for job in [running, *waiting]:
+            assert "area" in job.result(timeout=WAIT_S)[2], "the requests that were let in are answered"
+        assert "area" in _segment_via_api(client, files["scene"]), "and once the queue drains, new ones are too"
+
+
+def test_a_request_over_the_time_limit_is_answered_with_a_message(
+    gate: tuple[Segmenter, Gate], files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gradio_client import handle_file
+
+    seg, gate = gate
+    with _launched(seg, tmp_path, request_timeout_s=1) as url, caplog.at_level("WARNING", logger="ditsam"):
+        client = _client(url)
+        overlay, mask, status = client.predict(handle_file(str(files["scene"])), SENTENCE, api_name="/segment")
+        assert (overlay, mask) == (None, None)
+        assert status.startswith("**Problem:** no answer within 1 s") and "--request-timeout" in status, status
+        assert "Traceback" not in status
+        assert "took more than 1 s (--request-timeout)" in caplog.text
+        assert "the model finishes it in the background" in caplog.text

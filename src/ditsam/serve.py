@@ -22,6 +22,12 @@ that is not an image, an image over the segmenter's ``max_pixels`` (checked from
 before any pixel is decoded) -- is answered by a message in the status line, never by an exception:
 :func:`predict_handler` is the whole request path and returns a :class:`DemoOutput` either way. The
 server log gets at most :data:`LOGGED_SENTENCE_CHARS` characters of a sentence.
+
+Under load: at most ``max_queue`` requests wait for the model (Gradio's queue); one more is refused
+and the page says the demo is busy and to try again. A request that takes longer than
+``request_timeout_s`` (waiting for the model thread included) is answered with a message in the
+status line (:mod:`ditsam.web.limits`). :func:`serve` takes Gradio's login (``auth``) and warns
+when the demo listens beyond this machine without one.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ditsam.web.access import Credentials, is_loopback, parse_credentials, read_credentials
 from ditsam.web.clicks import (
     CLICK_BACKGROUND,
     CLICK_BOX,
@@ -46,8 +53,10 @@ from ditsam.web.handler import (
     MAX_SENTENCE_CHARS,
     DemoOutput,
     logged_sentence,
+    over_time_limit,
     predict_handler,
 )
+from ditsam.web.limits import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S, RequestTimeout, TimeLimit
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.serve`
     import gradio as gr
@@ -55,10 +64,11 @@ if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.serve`
     from ditsam.api import Segmenter
 
 __all__ = [
-    "CLICK_BACKGROUND", "CLICK_BOX", "CLICK_FOREGROUND", "CLICK_MODES", "CLICK_OFF", "DEFAULT_HOST", "DEFAULT_PORT",
-    "DISPLAY_MAX_SIDE", "IMAGE_HEIGHT", "IMAGE_SUFFIXES", "INTRO", "LOGGED_SENTENCE_CHARS", "MAX_SENTENCE_CHARS",
-    "Clicks", "DemoOutput", "build_app", "example_pairs", "logged_sentence", "make_refshapes_examples",
-    "predict_handler", "serve",
+    "CLICK_BACKGROUND", "CLICK_BOX", "CLICK_FOREGROUND", "CLICK_MODES", "CLICK_OFF", "DEFAULT_HOST", "DEFAULT_MAX_QUEUE",
+    "DEFAULT_PORT", "DEFAULT_REQUEST_TIMEOUT_S", "DISPLAY_MAX_SIDE", "IMAGE_HEIGHT", "IMAGE_SUFFIXES", "INTRO",
+    "LOGGED_SENTENCE_CHARS", "MAX_SENTENCE_CHARS", "Clicks", "Credentials", "DemoOutput", "build_app", "example_pairs",
+    "is_loopback", "logged_sentence", "make_refshapes_examples", "parse_credentials", "predict_handler",
+    "read_credentials", "serve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,23 +102,33 @@ def build_app(
     *,
     examples: Sequence[tuple[str | os.PathLike, str]] = (),
     title: str = "ditsam: segment what a sentence describes",
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> "gr.Blocks":
     """The demo page as a ``gr.Blocks`` (not launched): ``app.launch(server_name=..., server_port=...)``.
 
     ``examples``: (image path, sentence) pairs shown below the inputs (:func:`example_pairs`,
     :func:`make_refshapes_examples`). Element ids for scripts and tests: ``image``, ``sentence``,
     ``segment``, ``overlay``, ``mask``, ``status``, ``click-mode``, ``clicks``, ``clear-clicks``,
-    ``examples``. The model runs in one request at a time (one Gradio concurrency group).
+    ``examples``. The model runs one request at a time (one Gradio concurrency group, one model
+    thread); ``max_queue`` more may wait (a further one gets HTTP 503, which the page shows as
+    "busy, try again"), and each is answered within ``request_timeout_s`` seconds.
     """
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+        raise ValueError(f"max_queue must be a positive integer, got {max_queue!r}")
     try:
         import gradio as gr
     except ImportError as error:
         raise ImportError("the web demo needs gradio: pip install 'ditsam[demo]'") from error
+    limit = TimeLimit(seconds=request_timeout_s)
 
     def run(image: Any, sentence: Any, clicks: Any) -> tuple[Any, Any, str]:
         # preprocess=False: `image` is Gradio's upload payload (a checked path in its cache), so a
         # file PIL cannot open reaches predict_handler and gets a clear message.
-        out = predict_handler(segmenter, image=image, sentence=sentence, clicks=clicks)
+        try:
+            out = limit.call(lambda: predict_handler(segmenter, image=image, sentence=sentence, clicks=clicks))
+        except RequestTimeout:
+            out = over_time_limit(limit.seconds)
         return out.overlay, out.mask, out.status
 
     def on_click(image: Any, sentence: Any, clicks: Any, mode: Any, event: Any) -> tuple[Any, ...]:
@@ -176,8 +196,11 @@ def build_app(
             on_click, inputs=[image_in, sentence_in, clicks_state, click_mode],
             outputs=[clicks_state, clicks_md, overlay_out, mask_out, status], api_visibility="private", **model_event,
         )
-        image_in.change(reset_clicks, outputs=[clicks_state, clicks_md], api_visibility="private")
-        clear_clicks.click(reset_clicks, outputs=[clicks_state, clicks_md], api_visibility="private")
+        # Resetting the clicks costs nothing: it skips the queue, so a busy model never refuses it.
+        reset_event = dict(outputs=[clicks_state, clicks_md], api_visibility="private", queue=False)
+        image_in.change(reset_clicks, **reset_event)
+        clear_clicks.click(reset_clicks, **reset_event)
+    app.queue(max_size=max_queue)
     return app
 
 
@@ -187,8 +210,26 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     examples: Sequence[tuple[str | os.PathLike, str]] = (),
+    auth: Sequence[Credentials] | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> None:
-    """Build the app and serve it until interrupted (Ctrl-C)."""
-    app = build_app(segmenter, examples=examples)  # example files are copied into Gradio's cache here
-    logger.info("serving the demo on http://%s:%d (Ctrl-C stops it)", host, port)
-    app.launch(server_name=host, server_port=port)
+    """Build the app and serve it until interrupted (Ctrl-C).
+
+    ``auth``: (user, password) pairs for Gradio's login page (:func:`parse_credentials`,
+    :func:`read_credentials`); None serves everyone who reaches ``host``, with a logged warning
+    when that is more than this machine. ``max_queue``, ``request_timeout_s``: see :func:`build_app`.
+    """
+    if not auth and not is_loopback(host):
+        logger.warning(
+            "serving on %s without a login: anyone who can reach this machine can use the demo and its model; "
+            "add --auth-file FILE (user:password lines) or --auth user:password", host,
+        )
+    app = build_app(  # example files are copied into Gradio's cache here
+        segmenter, examples=examples, max_queue=max_queue, request_timeout_s=request_timeout_s,
+    )
+    logger.info(
+        "serving the demo on http://%s:%d (%s; at most %d waiting requests, %g s per request; Ctrl-C stops it)",
+        host, port, "login required" if auth else "no login", max_queue, request_timeout_s,
+    )
+    app.launch(server_name=host, server_port=port, auth=list(auth) if auth else None)

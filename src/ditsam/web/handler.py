@@ -47,6 +47,14 @@ def _problem(message: str) -> DemoOutput:
     return DemoOutput(overlay=None, mask=None, status=f"**Problem:** {message}", ok=False)
 
 
+def over_time_limit(seconds: float) -> DemoOutput:
+    """The answer to a request that ran past the server's time limit (``--request-timeout``)."""
+    return _problem(
+        f"no answer within {seconds:g} s, this demo's limit per request (`ditsam serve --request-timeout`): the "
+        f"server is busy or the image is large. Try again in a moment, or with a smaller image."
+    )
+
+
 def logged_sentence(sentence: str) -> str:
     """``sentence`` for the server log: quoted, cut to :data:`LOGGED_SENTENCE_CHARS` characters."""
     if len(sentence) <= LOGGED_SENTENCE_CHARS:
