@@ -267,7 +267,7 @@ def test_size_guard_reads_only_the_header_for_every_format(tmp_path: Path, monke
     """PIL's PngImageFile.getexif() decodes every pixel: a small file of a huge canvas cost gigabytes before
     the max_pixels check. The guard must refuse from the header alone, whatever the format."""
     from ditsam.data.sample import image_size
-    from ditsam.serve import predict_handler
+    from ditsam.web.handler import predict_handler
 
     path = tmp_path / f"big.{fmt.split('+')[0].lower()}"
     picture = Image.fromarray(_rgb(200, 300))

@@ -114,7 +114,7 @@ def test_predictor_says_when_nothing_is_referred(tiny_bert_dir, tmp_path, bias, 
     from pycocotools import mask as mask_utils
 
     from ditsam.cli.main import main
-    from ditsam.serve import predict_handler
+    from ditsam.web.handler import predict_handler
 
     shown = predict_handler(seg, image=np.zeros((40, 50, 3), np.uint8), sentence="the blue star")
     assert shown.ok and ("Nothing matches this sentence" in shown.status) is not present

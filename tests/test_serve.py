@@ -27,24 +27,11 @@ from PIL import Image
 
 from ditsam.api import Segmenter
 from ditsam.cli.main import COMMAND_MODULES, build_parser, main
-from ditsam.serve import (
-    CLICK_BACKGROUND,
-    CLICK_BOX,
-    CLICK_FOREGROUND,
-    CLICK_OFF,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_REQUEST_TIMEOUT_S,
-    DISPLAY_MAX_SIDE,
-    LOGGED_SENTENCE_CHARS,
-    MAX_SENTENCE_CHARS,
-    Clicks,
-    DemoOutput,
-    example_pairs,
-    is_loopback,
-    make_refshapes_examples,
-    predict_handler,
-)
-from ditsam.web.limits import RequestTimeout, TimeLimit
+from ditsam.web.access import is_loopback
+from ditsam.web.clicks import CLICK_BACKGROUND, CLICK_BOX, CLICK_FOREGROUND, CLICK_OFF, Clicks
+from ditsam.web.examples import example_pairs, make_refshapes_examples
+from ditsam.web.handler import DISPLAY_MAX_SIDE, LOGGED_SENTENCE_CHARS, MAX_SENTENCE_CHARS, DemoOutput, predict_handler
+from ditsam.web.limits import DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S, RequestTimeout, TimeLimit
 
 SENTENCE = "the red circle"
 MAX_PIXELS = 30_000  # RefShapes "tiny" images (at most 160 x 160) fit; the "huge" test image does not

@@ -46,10 +46,10 @@ import numpy as np
 
 from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
-from ditsam.predictor.devices import is_int8, resolve_device, resolve_device_for, resolve_dtype
-from ditsam.predictor.jobs import Job, Prepared, chunk_jobs, make_jobs
-from ditsam.predictor.prompts import BoxInput, PointsInput
-from ditsam.predictor.result import SegmentationResult
+from ditsam.inference.devices import is_int8, resolve_device, resolve_device_for, resolve_dtype
+from ditsam.inference.jobs import Job, Prepared, chunk_jobs, make_jobs
+from ditsam.inference.prompts import BoxInput, PointsInput
+from ditsam.inference.result import SegmentationResult
 
 if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
     import torch

@@ -4,7 +4,8 @@ Built with Gradio (the optional ``demo`` extra: ``pip install -e ".[demo]"``); G
 only by :func:`build_app`, so this module, its handlers and its tests import without it.
 
     from ditsam import Segmenter
-    from ditsam.serve import build_app, example_pairs
+    from ditsam.serve import build_app
+    from ditsam.web.examples import example_pairs
 
     seg = Segmenter.from_pretrained("runs/NAME/checkpoints/best", max_pixels=20_000_000)
     app = build_app(seg, examples=example_pairs("data/refshapes"))
@@ -36,23 +37,15 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ditsam.web.access import Credentials, is_loopback, parse_credentials, read_credentials
+from ditsam.web.access import Credentials, is_loopback
 from ditsam.web.clicks import (
-    CLICK_BACKGROUND,
-    CLICK_BOX,
-    CLICK_FOREGROUND,
     CLICK_MODES,
     CLICK_OFF,
     Clicks,
     as_clicks,
 )
-from ditsam.web.examples import IMAGE_SUFFIXES, example_pairs, make_refshapes_examples
 from ditsam.web.handler import (
-    DISPLAY_MAX_SIDE,
-    LOGGED_SENTENCE_CHARS,
     MAX_SENTENCE_CHARS,
-    DemoOutput,
-    logged_sentence,
     over_time_limit,
     predict_handler,
 )
@@ -63,13 +56,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.serve`
 
     from ditsam.api import Segmenter
 
-__all__ = [
-    "CLICK_BACKGROUND", "CLICK_BOX", "CLICK_FOREGROUND", "CLICK_MODES", "CLICK_OFF", "DEFAULT_HOST", "DEFAULT_MAX_QUEUE",
-    "DEFAULT_PORT", "DEFAULT_REQUEST_TIMEOUT_S", "DISPLAY_MAX_SIDE", "IMAGE_HEIGHT", "IMAGE_SUFFIXES", "INTRO",
-    "LOGGED_SENTENCE_CHARS", "MAX_SENTENCE_CHARS", "Clicks", "Credentials", "DemoOutput", "build_app", "example_pairs",
-    "is_loopback", "logged_sentence", "make_refshapes_examples", "parse_credentials", "predict_handler",
-    "read_credentials", "serve",
-]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "INTRO", "build_app", "serve"]
 
 logger = logging.getLogger(__name__)
 

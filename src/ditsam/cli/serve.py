@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.examples and args.no_examples:
         raise CLIError("give --examples DIR or --no-examples, not both")
     from ditsam.api import Segmenter
-    from ditsam.serve import example_pairs, make_refshapes_examples, serve
+    from ditsam.serve import serve
+    from ditsam.web.examples import example_pairs, make_refshapes_examples
 
     # Credentials are read before the model loads: a typo fails at once. Messages never echo a password.
     auth = read_credentials(args.auth_file) if args.auth_file else None

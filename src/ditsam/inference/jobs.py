@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
 
 import numpy as np
 
-from ditsam.predictor.prompts import check_inside, parse_box, parse_points
+from ditsam.inference.prompts import check_inside, parse_box, parse_points
 
 if TYPE_CHECKING:
     import torch
