@@ -99,9 +99,9 @@ class TrainConfig(ConfigBase):
     micro_batch_size: int = 64
     # Adam learning rate after warm-up.
     lr: float = 1e-4
-    # Adam betas.
+    # Adam betas: the reference code's second moment 0.98, not PyTorch's 0.999.
     betas: tuple[float, float] = (0.9, 0.98)
-    # Adam epsilon.
+    # Adam epsilon: the reference code's 1e-9 (PyTorch's default is 1e-8).
     eps: float = 1e-9
     # Weight decay (Adam, not AdamW; the reference uses none).
     weight_decay: float = 0.0
@@ -173,11 +173,11 @@ class ExperimentConfig(ConfigBase):
     name: str = "experiment"
     # Folder under which run folders are created.
     output_dir: str = "runs"
-    # Model architecture.
+    # What to build; saved as every checkpoint's config.json.
     model: DITSamConfig = dataclasses.field(default_factory=DITSamConfig)
-    # Data.
+    # Which data, where it is, how it is sampled and augmented.
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    # Training recipe.
+    # Optimiser, schedule, EMA, evaluation and checkpoint cadence.
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 

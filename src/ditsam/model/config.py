@@ -124,7 +124,7 @@ class DITSamConfig(ConfigBase):
     no_target_head: bool = False
     # Recompute ViT blocks in the backward pass to save memory (ViT-L/H training).
     gradient_checkpointing: bool = False
-    # Text encoder settings.
+    # The BERT: which one, how many tokens, which layer's features, whether it trains.
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:

@@ -113,7 +113,7 @@ class RefShapesPreset:
     side_step: int
     # Inclusive range of objects per image.
     objects_range: tuple[int, int]
-    # Images per split.
+    # Images per split, by split name (train, val, testA, testB).
     images: Mapping[str, int]
     # At most this many sentences per referred object (train / evaluation splits).
     train_sentences_per_ref: int
