@@ -20,8 +20,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Modules whose tests train, generate datasets, export, serve or download: `pytest -m "not slow"` leaves them out.
 SLOW_MODULES = frozenset({
     "test_engine", "test_export", "test_finetune", "test_finetune_memory_smoke", "test_gpu_suite", "test_gres",
-    "test_int8", "test_multimask", "test_notebook", "test_predict_processes", "test_recipe", "test_run_safety", "test_run_scale",
-    "test_serve", "test_step",
+    "test_int8", "test_multimask", "test_notebook", "test_predict_processes", "test_recipe", "test_run_safety",
+    "test_run_scale", "test_serve", "test_step", "test_wheel",
 })
 
 

@@ -11,6 +11,7 @@ import torch
 from ditsam.config import ConfigError
 from ditsam.engine.run_folder import RunFolderError
 from ditsam.engine.train import NonFiniteLossError, Trainer, train
+from ditsam.versions import software_versions
 from helpers import evaluation_by_process_count, tiny_experiment
 
 
@@ -29,6 +30,8 @@ def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("val/miou" in r for r in records)
     assert not list(run.glob("checkpoints/.*")), "no temporary checkpoint folders are left behind"
+    assert json.loads((run / "versions.json").read_text()) == software_versions()
+    assert json.loads((run / "checkpoints" / "best" / "config.json").read_text())["versions"] == software_versions()
 
     from ditsam.engine.run_eval import evaluate_checkpoint
 
@@ -36,7 +39,8 @@ def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir
     for split in ("val", "testB"):
         assert again[split]["miou"] == pytest.approx(results[split]["miou"])
     assert (out / "results.json").exists() and (out / "masks_val.rle.json").exists()
-    assert json.loads((out / "results.json").read_text())["val"]["protocol"] == "exact"
+    written = json.loads((out / "results.json").read_text())["val"]
+    assert written["protocol"] == "exact" and written["versions"] == software_versions()
     reference, ref_out = evaluate_checkpoint(run / "checkpoints" / "last", splits=["val"], protocol="reference",
                                              out=tmp_path / "reference", num_pictures=0)
     assert json.loads((ref_out / "results.json").read_text())["val"]["protocol"] == "reference"

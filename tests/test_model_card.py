@@ -58,6 +58,45 @@ def test_card_without_metrics_or_data_says_so() -> None:
         build_model_card(reference_config(), facts=facts, metrics={"val": 71.0})  # type: ignore[dict-item]
 
 
+def test_card_header_has_licence_and_model_index(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    model = DITSam(tiny_config(tiny_bert_dir))
+    folder = model.save_pretrained(tmp_path / "ckpt", metrics=METRICS, training_data="refcoco", model_id="me/ldit")
+    card = (folder / CARD_FILE).read_text(encoding="utf-8")
+    header = front_matter(card)
+    assert header["license"] == "apache-2.0"
+    (entry,) = header["model-index"]
+    assert entry["name"] == "me/ldit"
+    by_split = {result["dataset"]["split"]: result for result in entry["results"]}
+    assert set(by_split) == {"val", "testA"}
+    assert by_split["val"]["dataset"]["type"] == "refcoco" and by_split["val"]["task"]["type"] == "image-segmentation"
+    assert {m["type"]: m["value"] for m in by_split["val"]["metrics"]} == METRICS["val"]
+    assert {m["name"] for m in by_split["val"]["metrics"]} == {"oIoU", "mIoU", "P@0.5"}
+    assert "share of sentences with IoU >= X" in card and "`ditsam eval --protocol exact`" in card
+    assert 'DITSam.from_pretrained("me/ldit", revision="main")' in card and "local_files_only=True" in card
+    assert "## Base model" in card and "Not recorded with this checkpoint" in card
+
+
+def test_card_states_the_protocol_of_the_scores() -> None:
+    facts = CardFacts(num_parameters=1, text_hidden_size=768, text_layers=12)
+    # A row of ditsam eval's results.json: the protocol and bookkeeping beside the scores.
+    row = {"oiou": 70.0, "p@0.5": 80.0, "count": 9, "protocol": "reference", "processes": 1,
+           "versions": {"ditsam": "0.1.0", "torch": "2.13.0"}}
+    card = build_model_card(reference_config(), facts=facts, metrics={"val": row})
+    assert "share of sentences with IoU > X" in card and "--protocol reference" in card
+    assert "| split | oiou | p@0.5 | count |" in card and "| val | 70.00 | 80.00 | 9 |" in card
+    (entry,) = front_matter(card)["model-index"]
+    assert [m["type"] for m in entry["results"][0]["metrics"]] == ["oiou", "p@0.5"]
+    assert entry["results"][0]["dataset"]["name"] == "evaluation data"
+    exact = build_model_card(reference_config(), facts=facts, metrics={"val": {"miou": 1.0}}, protocol="exact")
+    assert "IoU >= X" in exact
+    with pytest.raises(ValueError, match="mix evaluation protocols"):
+        build_model_card(reference_config(), facts=facts, metrics={"val": row, "testA": {**row, "protocol": "exact"}})
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        build_model_card(reference_config(), facts=facts, metrics={"val": {"miou": 1.0}}, protocol="strict")
+    no_metrics = build_model_card(reference_config(), facts=facts)
+    assert "model-index" not in front_matter(no_metrics) and front_matter(no_metrics)["license"] == "apache-2.0"
+
+
 class FakeHfApi:
     """Records what push_to_hub asks of huggingface_hub, and what the uploaded folder holds at upload time."""
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
-from ditsam.inference.devices import is_int8, resolve_device, resolve_device_for, resolve_dtype
+from ditsam.inference.devices import AUTO_DEVICE, is_int8, resolve_device, resolve_device_for, resolve_dtype
 from ditsam.inference.jobs import Job, Prepared, chunk_jobs, make_jobs
 from ditsam.inference.prompts import BoxInput, PointsInput
 from ditsam.inference.result import SegmentationResult
@@ -73,7 +73,8 @@ class Segmenter:
     Build with :meth:`from_pretrained`, or wrap a model: ``Segmenter(model, device=..., dtype=...)``.
 
     Args (keyword-only besides ``model``):
-        device: where the model runs; default ``cuda`` when available, else ``cpu``.
+        device: where the model runs; ``"auto"`` (the default; None means it too): CUDA, then MPS, then the
+            CPU, the choice said once in the log.
         dtype: ``None`` / ``torch.float32`` (full precision) or ``torch.bfloat16`` (autocast on CPU
             and GPU; weights stay float32); ``torch.float16`` (autocast, GPU) also works. ``"int8"``:
             the CPU only, text prompts only: the model is exported and quantised to int8 with ONNX
@@ -89,7 +90,7 @@ class Segmenter:
         self,
         model: "DITSam",
         *,
-        device: "torch.device | str | None" = None,
+        device: "torch.device | str | None" = AUTO_DEVICE,
         dtype: "torch.dtype | str | None" = None,
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -126,7 +127,10 @@ class Segmenter:
         config: "DITSamConfig | None" = None,
         text_name_or_path: str | None = None,
         cache_dir: str | os.PathLike | None = None,
-        device: "torch.device | str | None" = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        device: "torch.device | str | None" = AUTO_DEVICE,
         dtype: "torch.dtype | str | None" = None,
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -143,7 +147,9 @@ class Segmenter:
           ``text_name_or_path`` (default ``bert-base-uncased``, through the Hub cache);
         - any other checkpoint file holding every weight (a flat DITSam state dict), with ``config=``.
 
-        An official SAM checkpoint is refused: it holds no text model. Errors name the source: a missing
+        ``revision``, ``token``, ``cache_dir``, ``local_files_only`` and ``force_download`` mean what they mean
+        to transformers and huggingface_hub, for a Hub id. An official SAM checkpoint is refused: it holds no
+        text model. Errors name the source: a missing
         folder or file, an unresolvable Hub id (FileNotFoundError), damaged weights or keys that do not
         match (:class:`~ditsam.model.checkpoints.CheckpointError`).
         """
@@ -152,7 +158,8 @@ class Segmenter:
         resolve_device_for(device, dtype)  # an unusable device fails before loading
         model = DITSam.from_pretrained(
             source, revision=revision, injection=injection, config=config,  # type: ignore[arg-type]
-            text_name_or_path=text_name_or_path, cache_dir=cache_dir,
+            text_name_or_path=text_name_or_path, cache_dir=cache_dir, token=token,
+            local_files_only=local_files_only, force_download=force_download,
         )
         return cls(model, device=device, dtype=dtype, threshold=threshold, max_pixels=max_pixels, batch_size=batch_size)
 

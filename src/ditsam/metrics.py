@@ -27,7 +27,7 @@ METRIC_NAMES = ("oiou", "miou", *(f"p@{t}" for t in THRESHOLDS))
 # gRefCOCO's evaluator reports precision at these IoUs only.
 GRES_THRESHOLDS = (0.7, 0.8, 0.9)
 GRES_METRIC_NAMES = ("giou", "ciou", "n_acc", "t_acc", *(f"p@{t}" for t in GRES_THRESHOLDS))
-_COLUMN_TITLES = {"oiou": "oIoU", "miou": "mIoU", "giou": "gIoU", "ciou": "cIoU", "n_acc": "N-acc", "t_acc": "T-acc"}
+COLUMN_TITLES = {"oiou": "oIoU", "miou": "mIoU", "giou": "gIoU", "ciou": "cIoU", "n_acc": "N-acc", "t_acc": "T-acc"}
 
 
 def _as_bool_array(mask: Any, name: str) -> np.ndarray:
@@ -225,7 +225,7 @@ def format_table(results: dict[str, dict[str, Any]], *, title: str = "") -> str:
     """A Markdown table, one row per split, two decimals like the paper; the RIS columns, or the
     generalized-RIS ones when the rows hold ``giou`` (None shows as ``n/a``)."""
     names = GRES_METRIC_NAMES if any("giou" in values for values in results.values()) else METRIC_NAMES
-    header = "| split | " + " | ".join(_COLUMN_TITLES.get(name, name) for name in names) + " |"
+    header = "| split | " + " | ".join(COLUMN_TITLES.get(name, name) for name in names) + " |"
     lines = [title] if title else []
     lines += [header, "|" + "---|" * (len(names) + 1)]
     for split, values in results.items():
@@ -239,5 +239,5 @@ def summarize(values: dict[str, Any]) -> str:
     RIS, "gIoU 41.20 cIoU 38.00 N-acc 60.00 T-acc 90.00" (``n/a`` where a value is None)."""
     names = ("giou", "ciou", "n_acc", "t_acc") if "giou" in values else ("miou", "oiou")
     return " ".join(
-        f"{_COLUMN_TITLES[name]} {'n/a' if values[name] is None else format(values[name], '.2f')}" for name in names
+        f"{COLUMN_TITLES[name]} {'n/a' if values[name] is None else format(values[name], '.2f')}" for name in names
     )

@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
+from ditsam import __version__
 from ditsam.cli.errors import CLIError
 
 COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export", "serve", "convert")
@@ -21,6 +22,7 @@ COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export", "serve"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ditsam", description="Text-instructed segmentation with SAM (DIT).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"ditsam.cli.{name}").register(subparsers)

@@ -16,6 +16,7 @@ from ditsam.engine.data import ris_dataset
 from ditsam.engine.evaluate import SamplePrediction, evaluate
 from ditsam.engine.pictures import save_prediction_pictures
 from ditsam.metrics import format_table, summarize
+from ditsam.versions import VERSIONS_KEY, software_versions
 
 if TYPE_CHECKING:
     from ditsam.model.checkpoints import ResolvedSource
@@ -85,7 +86,8 @@ def evaluate_checkpoint(
     a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
     write results.json / results.md / pictures to ``out``. Only a training run's folder stores its
     experiment; other sources need ``data``. ``protocol``: "exact" (ours) or "reference" (the authors' test
-    code, see :mod:`ditsam.engine.evaluate`); results.json records it."""
+    code, see :mod:`ditsam.engine.evaluate`); results.json records it per split, with the process count and the
+    ditsam and torch versions."""
     from ditsam.engine.evaluate import PROTOCOLS
 
     if protocol not in PROTOCOLS:
@@ -127,7 +129,7 @@ def evaluate_checkpoint(
         dump.close(out / f"masks_{split}.rle.json" if accelerator.num_processes == 1
                    else out / f"masks_{split}.rank{accelerator.process_index}.rle.json")
         results[split] = {**result.metrics, "count": result.count, "protocol": protocol,
-                          "processes": accelerator.num_processes}
+                          "processes": accelerator.num_processes, VERSIONS_KEY: software_versions()}
         source = getattr(dataset.base, "source", None)
         if source is not None:  # gRefCOCO was renumbered once: say which refs file was scored
             results[split]["data_source"] = source

@@ -47,9 +47,11 @@ METRICS_FILE = "metrics.jsonl"
 BAD_RECORDS_FILE = "bad_records.txt"
 #: Which annotation file (and its sha256) each split was read from, for readers that record it (gRefCOCO).
 DATA_SOURCES_FILE = "data_sources.json"
+#: The ditsam and torch versions of the run's latest start (:func:`ditsam.versions.software_versions`).
+VERSIONS_FILE = "versions.json"
 #: What a run writes into its folder; ``overwrite=True`` deletes these and nothing else.
 RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "predictions", "results.json", "results.md",
-               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR, DATA_SOURCES_FILE)
+               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR, DATA_SOURCES_FILE, VERSIONS_FILE)
 #: Present when a run folder holds a run that --resume could continue (or --overwrite replace).
 CHECKPOINT_NAMES = ("last", "best")
 #: Model settings a resume may change: they change neither the weights nor what trains (the text

@@ -38,6 +38,7 @@ from ditsam.engine.run_folder import (
     CHECKPOINT_NAMES,
     DATA_SOURCES_FILE,
     METRICS_FILE,
+    VERSIONS_FILE,
     Progress,
     RunFolderError,
     check_resumed_architecture,
@@ -53,6 +54,7 @@ from ditsam.engine.text_encoder import resolve_text_encoder
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 from ditsam.outputs import describe_write_failure, is_disk_full
+from ditsam.versions import software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +320,7 @@ class Trainer:
         self.writer = None
         if self.accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            (self.run_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
             sources = {split: dataset.base.source for split, dataset in {"train": self.train_set, **self.eval_sets}.items()
                        if getattr(dataset.base, "source", None) is not None}
             if sources:  # gRefCOCO was renumbered once: a run names the files it read

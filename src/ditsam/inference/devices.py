@@ -3,10 +3,17 @@ checked and resolved, with one-sentence errors for what this machine cannot do."
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported when a device is resolved, not with this module
     import torch
+
+logger = logging.getLogger(__name__)
+
+#: The device name that picks the best one here (as ``device_map="auto"`` users expect); None means it too.
+AUTO_DEVICE = "auto"
 
 _DTYPE_NAMES = {
     "fp32": "float32", "float32": "float32", "float": "float32",
@@ -22,19 +29,36 @@ def is_int8(dtype: object) -> bool:
 
 def int8_device(device: "torch.device | str | None") -> str:
     """The device of int8 inference: the CPU (ONNX Runtime); any other explicit device is an error."""
-    if device is not None and str(device).split(":")[0] != "cpu":
+    if device not in (None, AUTO_DEVICE) and str(device).split(":")[0] != "cpu":
         raise ValueError(f"dtype='int8' runs on the CPU (ONNX Runtime), not on {str(device)!r}: pass device='cpu'")
     return "cpu"
 
 
-def resolve_device(device: "torch.device | str | None") -> "torch.device":
-    """None -> ``cuda`` when available, else ``cpu``; anything else as ``torch.device`` takes it, checked
-    to be usable here. Raises ValueError in one sentence for an unknown device name, or for a CUDA device
-    on a machine or torch build without one (torch itself would fail later, deep in ``.to()``)."""
+@functools.lru_cache(maxsize=1)
+def auto_device() -> "torch.device":
+    """The best device here: CUDA, then MPS (Apple GPUs), then the CPU; chosen (and said in the log) once per
+    process, however many segmenters are built."""
     import torch
 
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        chosen = torch.device("cuda")
+    elif torch.backends.mps.is_available():
+        chosen = torch.device("mps")
+    else:
+        chosen = torch.device("cpu")
+    logger.info("device='auto': running on %s", chosen)
+    return chosen
+
+
+def resolve_device(device: "torch.device | str | None") -> "torch.device":
+    """None or ``"auto"`` -> :func:`auto_device` (CUDA, then MPS, then the CPU); anything else as
+    ``torch.device`` takes it, checked to be usable here. Raises ValueError in one sentence for an unknown
+    device name, or for a CUDA device on a machine or torch build without one (torch itself would fail
+    later, deep in ``.to()``)."""
+    import torch
+
+    if device is None or device == AUTO_DEVICE:
+        return auto_device()
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):

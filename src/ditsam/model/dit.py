@@ -260,6 +260,9 @@ class DITSam(nn.Module):
         config: DITSamConfig | None = None,
         text_name_or_path: str | None = None,
         cache_dir: str | Path | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
         map_location: str | torch.device = "cpu",
     ) -> "DITSam":
         """A model in eval mode from any source: a :meth:`save_pretrained` folder, a Hugging Face Hub id
@@ -267,11 +270,13 @@ class DITSam(nn.Module):
         authors' DIT ``.pth`` needs no config (architecture read from its shapes, L-DIT unless
         ``injection="e2e"`` / ``"none"``, BERT config and tokenizer from ``text_name_or_path``, default
         ``bert-base-uncased``); other files need ``config=``. An official SAM file is refused (no text model).
+        ``token``, ``cache_dir``, ``local_files_only``, ``force_download``: as in transformers, for a Hub id.
         See :func:`ditsam.model.checkpoints.load_pretrained`.
         """
         from ditsam.model.checkpoints import load_pretrained
 
         return load_pretrained(
             cls, source, revision=revision, injection=injection, config=config,
-            text_name_or_path=text_name_or_path, cache_dir=cache_dir, map_location=map_location,
+            text_name_or_path=text_name_or_path, cache_dir=cache_dir, token=token,
+            local_files_only=local_files_only, force_download=force_download, map_location=map_location,
         )

@@ -1,7 +1,8 @@
 """The model card (``README.md``) written into every
 :meth:`DITSam.save_pretrained <ditsam.model.dit.DITSam.save_pretrained>` folder: what the model is, what it was trained on and how well it scores when that is known, how to load it,
 and the paper to cite. The Hugging Face Hub shows this file as the repository's page; its YAML header
-(``library_name``, ``pipeline_tag``, ``tags``, ``datasets``, ``base_model``) is what the Hub indexes.
+(``library_name``, ``license``, ``pipeline_tag``, ``tags``, ``datasets``, ``base_model`` and, with metrics, a
+``model-index`` of the scores per split) is what the Hub indexes.
 
 Nothing here touches the network or the weights: the card is built from the config and a parameter count.
 """
@@ -15,7 +16,10 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
 from ditsam.defaults import MASK_THRESHOLD
+from ditsam.metrics import COLUMN_TITLES
 from ditsam.model.checkpoints.keys import SAM_DECODER_LAYERS
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.config import DITSamConfig
@@ -30,6 +34,15 @@ LIBRARY_NAME = "ditsam"
 CARD_TAGS = ("referring-image-segmentation", "segment-anything", "dit-sam", "text-prompted-segmentation")
 #: Decimal places of the metrics table.
 METRIC_DECIMALS = 2
+#: The licence the Hub shows (its identifier for Apache-2.0, the package's licence).
+CARD_LICENSE = "apache-2.0"
+#: What P@X counts under each evaluation protocol of ``ditsam eval`` (README, Metrics).
+P_AT_X_RULES = {"exact": "IoU >= X", "reference": "IoU > X"}
+DEFAULT_PROTOCOL = "exact"
+#: Entries of a results.json row that are not scores (the table keeps ``count``; the model-index drops it).
+NOT_SCORES = frozenset({"protocol", "processes", "versions", "data_source"})
+#: The model-index's name for the dataset when the training data names none (or several).
+UNNAMED_DATASET = "evaluation data"
 #: Sentence used in the loading examples.
 EXAMPLE_SENTENCE = "the man on the left"
 
@@ -96,14 +109,42 @@ def _is_dataset_id(name: str) -> bool:
     return bool(name) and not any(character.isspace() for character in name)
 
 
-def _front_matter(*, datasets: Sequence[str], base_model: str | None) -> str:
-    lines = ["---", f"library_name: {LIBRARY_NAME}", f"pipeline_tag: {PIPELINE_TAG}", "tags:"]
+def _is_score(name: str, value: object) -> bool:
+    return name not in NOT_SCORES and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)))
+
+
+def _model_index(
+    name: str, metrics: Mapping[str, Mapping[str, object]], *, dataset: str, protocol: str
+) -> list[dict[str, object]]:
+    """The Hub's ``model-index``: one result per split, its scores (percent) as the metrics."""
+    results = []
+    for split, values in metrics.items():
+        scores = [
+            {"type": metric, "name": COLUMN_TITLES.get(metric, metric.replace("p@", "P@")), "value": value}
+            for metric, value in values.items() if _is_score(metric, value) and metric != "count" and value is not None
+        ]
+        results.append({
+            "task": {"type": PIPELINE_TAG, "name": "Referring image segmentation"},
+            "dataset": {"type": dataset, "name": dataset, "split": str(split)},
+            "metrics": scores,
+            "source": {"name": f"ditsam eval ({protocol} protocol)", "url": f"https://arxiv.org/abs/{PAPER_ARXIV}"},
+        })
+    return [{"name": name, "results": results}]
+
+
+def _front_matter(
+    *, datasets: Sequence[str], base_model: str | None, model_index: list[dict[str, object]] | None = None
+) -> str:
+    lines = ["---", f"library_name: {LIBRARY_NAME}", f"license: {CARD_LICENSE}", f"pipeline_tag: {PIPELINE_TAG}",
+             "tags:"]
     lines += [f"  - {tag}" for tag in CARD_TAGS]
     if datasets:
         lines.append("datasets:")
         lines += [f"  - {_yaml_string(name)}" for name in datasets]
     if base_model and _HUB_ID.fullmatch(base_model):  # the Hub header takes repo ids only, not file names
         lines.append(f"base_model: {_yaml_string(base_model)}")
+    if model_index:
+        lines.append(yaml.safe_dump({"model-index": model_index}, sort_keys=False, allow_unicode=True).rstrip())
     lines.append("---")
     return "\n".join(lines)
 
@@ -173,11 +214,23 @@ def _format_metric(value: object) -> str:
 def _metrics(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
     columns: list[str] = []
     for values in metrics.values():
-        columns += [name for name in values if name not in columns]
+        columns += [name for name, value in values.items() if _is_score(name, value) and name not in columns]
     table = ["| split | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for split, values in metrics.items():
         table.append(f"| {split} | " + " | ".join(_format_metric(values.get(name, "")) for name in columns) + " |")
     return table
+
+
+def _protocol_of(metrics: Mapping[str, Mapping[str, object]] | None, protocol: str | None) -> str:
+    """The protocol the scores were computed with: given, else recorded in them (``ditsam eval``'s rows), else exact."""
+    recorded = {str(values["protocol"]) for values in (metrics or {}).values() if "protocol" in values}
+    if protocol is None:
+        if len(recorded) > 1:
+            raise ValueError(f"the metrics mix evaluation protocols ({', '.join(sorted(recorded))}): give one per card")
+        protocol = recorded.pop() if recorded else DEFAULT_PROTOCOL
+    if protocol not in P_AT_X_RULES:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(P_AT_X_RULES)}")
+    return protocol
 
 
 def _check_metrics(metrics: Mapping[str, Mapping[str, object]]) -> None:
@@ -197,6 +250,7 @@ def build_model_card(
     base_model: str | None = None,
     model_id: str | None = None,
     notes: Sequence[str] = (),
+    protocol: str | None = None,
 ) -> str:
     """The model card's Markdown text.
 
@@ -204,10 +258,13 @@ def build_model_card(
     "miou": 74.3, "p@0.5": ...}}``), shown as a table. ``training_data``: the dataset name(s) (listed in the
     Hub header) or a sentence describing the data. ``base_model``: what the weights came from (a Hub id or a
     file name). ``model_id``: how to load the model in the examples (a Hub id or a folder; default: this
-    folder). ``notes``: extra lines for a "Notes" section (e.g. how the folder was converted).
+    folder). ``notes``: extra lines for a "Notes" section (e.g. how the folder was converted). ``protocol``:
+    the evaluation protocol of the metrics ("exact" or "reference"; default: what their rows record, else
+    "exact"), which decides the P@X definition the card states.
     """
     if metrics is not None:
         _check_metrics(metrics)
+    protocol = _protocol_of(metrics, protocol)
     if isinstance(training_data, str):
         datasets: list[str] = [training_data] if training_data.strip() else []
     else:
@@ -215,8 +272,13 @@ def build_model_card(
     reference = model_id or "path/to/this/folder"
     title = {"layerwise": "L-DIT", "e2e": "E-DIT", "none": "SAM text baseline"}.get(config.injection, "DIT-SAM")
     backbone = _backbone_name(config)
+    dataset_ids = [name for name in datasets if _is_dataset_id(name)]
+    model_index = _model_index(
+        model_id or f"DIT-SAM {title}", metrics, dataset=dataset_ids[0] if len(dataset_ids) == 1 else UNNAMED_DATASET,
+        protocol=protocol,
+    ) if metrics else None
     lines = [
-        _front_matter(datasets=[name for name in datasets if _is_dataset_id(name)], base_model=base_model),
+        _front_matter(datasets=dataset_ids, base_model=base_model, model_index=model_index),
         "",
         f"# DIT-SAM: {title} ({backbone}, {config.image_size} px)",
         "",
@@ -237,15 +299,19 @@ def build_model_card(
     lines += ["", "## Metrics", ""]
     if metrics:
         lines += [
-            "oIoU (overall IoU), mIoU (mean IoU) and P@X (share of sentences with IoU > X) in percent, as "
-            "`ditsam eval` computes them.",
+            f"oIoU (overall IoU), mIoU (mean IoU) and P@X (share of sentences with {P_AT_X_RULES[protocol]}) in "
+            f"percent, as `ditsam eval --protocol {protocol}` computes them.",
             "",
             *_metrics(metrics),
         ]
     else:
         lines.append("Not recorded with this checkpoint: run `ditsam eval` on your data.")
+    lines += ["", "## Base model", ""]
     if base_model:
-        lines += ["", "## Origin", "", f"Weights from `{base_model}`."]
+        lines.append(f"Weights from `{base_model}`.")
+    else:
+        lines.append(f"Not recorded with this checkpoint. DIT-SAM models start from an official SAM {backbone} "
+                     "checkpoint (`train.init_checkpoint=sam_vit_b`) and a BERT (`bert-base-uncased`).")
     lines += [
         "",
         "## How to load",
@@ -265,11 +331,23 @@ def build_model_card(
         "",
         "The folder is self-contained: `config.json` (the architecture), `model.safetensors` (every weight, BERT "
         "included) and `text_encoder/` (BERT's config and tokenizer); loading it needs no network.",
+        "",
+        _by_name(model_id),
     ]
     if notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
     lines += ["", "## Citation", "", "```bibtex", citation_bibtex(), "```", ""]
     return "\n".join(lines)
+
+
+def _by_name(model_id: str | None) -> str:
+    """How to load the model by its Hub name, with the keywords transformers users type."""
+    if model_id and _HUB_ID.fullmatch(model_id):
+        return (f'By name, `DITSam.from_pretrained("{model_id}", revision="main")` downloads it once into the '
+                "Hugging Face cache; `token=`, `cache_dir=`, `local_files_only=True` and `force_download=True` work "
+                "as in transformers, and `HF_HUB_OFFLINE=1` uses the cache only.")
+    return ('Uploaded with `model.push_to_hub("owner/name")`, it loads by that name: '
+            '`DITSam.from_pretrained("owner/name")` (`revision=`, `token=`, `cache_dir=`, `local_files_only=True`).')
 
 
 def write_model_card(directory: str | Path, text: str) -> Path:

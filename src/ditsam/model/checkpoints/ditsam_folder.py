@@ -1,7 +1,8 @@
 """Our own format: the folder :func:`save_pretrained` writes (behind
 :meth:`DITSam.save_pretrained <ditsam.model.dit.DITSam.save_pretrained>` and ``push_to_hub``), and reading it back.
 
-A folder holds ``config.json`` (``{"format_version", "model": config}``), ``model.safetensors``,
+A folder holds ``config.json`` (``{"format_version", "model": config, "versions": {"ditsam", "torch"}}``;
+folders written before ``versions`` was recorded load too), ``model.safetensors``,
 ``text_encoder/`` (BERT config + tokenizer) and a model card. :func:`read_pretrained_folder` validates one and
 returns the config and the paths; :func:`load_folder_with_report` builds a model from it and
 :func:`load_folder_into` loads it into a built one, both strictly. A flat state dict of ours (a ``.pth`` of
@@ -25,6 +26,7 @@ from ditsam.model.checkpoints.matching import apply_state_dict
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 from ditsam.model.config import DITSamConfig
 from ditsam.schema import is_integer
+from ditsam.versions import VERSIONS_KEY, software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +56,11 @@ def read_pretrained_folder(directory: Path) -> tuple[DITSamConfig, Path, Path]:
         raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
     if not isinstance(payload, dict) or "model" not in payload or "format_version" not in payload:
         raise CheckpointError(f"{config_path} must be an object with 'format_version' and 'model' entries")
-    unknown = sorted(set(payload) - {"format_version", "model"})
+    unknown = sorted(set(payload) - {"format_version", "model", VERSIONS_KEY})
     if unknown:
         raise CheckpointError(f"{config_path}: unknown top-level key(s) {', '.join(unknown)}")
+    if not isinstance(payload.get(VERSIONS_KEY, {}), dict):
+        raise CheckpointError(f"{config_path}: {VERSIONS_KEY!r} must map a package to its version")
     version = payload["format_version"]
     if not is_integer(version) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
@@ -135,7 +139,7 @@ def save_pretrained(
     text_dir = directory / TEXT_DIR
     model.text_encoder.bert.config.save_pretrained(str(text_dir))
     model.tokenizer.save_pretrained(text_dir)
-    payload = {"format_version": FORMAT_VERSION, "model": model.config.to_dict()}
+    payload = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), VERSIONS_KEY: software_versions()}
     (directory / CONFIG_FILE).write_text(json.dumps(payload, indent=CONFIG_INDENT), encoding="utf-8")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -55,7 +55,9 @@ def hub_reference(source: str) -> tuple[str, str | None] | None:
     return None
 
 
-def _hub_failure(source: str, revision: str | None, cache_dir: str | Path | None, error: Exception) -> FileNotFoundError:
+def _hub_failure(
+    source: str, revision: str | None, cache_dir: str | Path | None, error: Exception, *, local_files_only: bool = False
+) -> FileNotFoundError:
     """The one-line error for a Hub id that could not be resolved, naming the id and why."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -77,7 +79,9 @@ def _hub_failure(source: str, revision: str | None, cache_dir: str | Path | None
     elif isinstance(error, RepositoryNotFoundError):
         reason = "the Hub has no such repository (or it is private: log in with hf auth login)"
     elif isinstance(error, LocalEntryNotFoundError):
-        if getattr(constants, "HF_HUB_OFFLINE", False):
+        if local_files_only:
+            reason = f"it is not in the Hub cache {cache} and local_files_only=True forbids downloading it"
+        elif getattr(constants, "HF_HUB_OFFLINE", False):
             reason = f"it is not in the Hub cache {cache} and HF_HUB_OFFLINE=1 forbids downloading it"
         else:
             reason = f"the Hub cannot be reached and it is not in the Hub cache {cache}"
@@ -111,25 +115,31 @@ def _snapshot_entry(folder: Path, repo_id: str) -> Path:
 
 
 def _from_hub(
-    source: str, repo_id: str, filename: str | None, *, revision: str | None, cache_dir: str | Path | None
+    source: str, repo_id: str, filename: str | None, *, revision: str | None, cache_dir: str | Path | None,
+    token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False,
 ) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 
+    # The keywords huggingface_hub users type, passed on as they are.
+    options = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                   force_download=force_download)
     try:
         if filename is not None:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
-        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
+            return Path(hf_hub_download(repo_id, filename, **options))
+        folder = Path(snapshot_download(repo_id, **options))
     except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OSError) as error:
-        raise _hub_failure(source, revision, cache_dir, error) from error
+        raise _hub_failure(source, revision, cache_dir, error, local_files_only=local_files_only) from error
     return _snapshot_entry(folder, repo_id)
 
 
 def resolve_source(
-    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None
+    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None,
+    token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False,
 ) -> ResolvedSource:
     """A local folder or file as it is; otherwise a string that reads as a Hub id (:func:`hub_reference`)
-    fetched into the Hub cache (``cache_dir``: another cache folder). A ``Path`` is always local.
+    fetched into the Hub cache (``cache_dir``: another cache folder; ``token``, ``local_files_only`` and
+    ``force_download`` as huggingface_hub takes them). A ``Path`` is always local.
 
     Raises FileNotFoundError naming the source when it is neither a local path nor a resolvable Hub id,
     ValueError for ``revision=`` with a local path.
@@ -148,7 +158,10 @@ def resolve_source(
             f"checkpoint file or a Hugging Face Hub id owner/name)"
         )
     repo_id, filename = hub
-    local = _from_hub(source, repo_id, filename, revision=revision, cache_dir=cache_dir)
+    local = _from_hub(
+        source, repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+        local_files_only=local_files_only, force_download=force_download,
+    )
     logger.info("%s resolved to %s", source, local)
     return ResolvedSource(path=local, repo_id=repo_id, revision=revision)
 

@@ -194,6 +194,9 @@ def load_pretrained(
     config: DITSamConfig | None = None,
     text_name_or_path: str | None = None,
     cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
     map_location: str | torch.device = "cpu",
 ) -> LoadableModel:
     """A ready model (eval mode, on ``map_location``) from any source (see the module docstring).
@@ -201,14 +204,17 @@ def load_pretrained(
     ``revision``: branch, tag or commit of a Hub id. ``injection``: for an authors' file without config,
     "layerwise" (default, the released weights), "e2e" or "none". ``config``: the architecture of a
     checkpoint file, instead of reading it from the shapes. ``text_name_or_path``: BERT config and
-    tokenizer for an authors' file (default ``bert-base-uncased``). ``cache_dir``: a Hub cache other than
-    the default. A folder carries its own config: ``config``, ``injection`` and ``text_name_or_path`` are
+    tokenizer for an authors' file (default ``bert-base-uncased``). For a Hub id, as in transformers and
+    huggingface_hub: ``cache_dir`` (a Hub cache other than the default), ``token`` (default: the logged-in
+    user; ``False``: none), ``local_files_only`` (the cache only, as ``HF_HUB_OFFLINE=1``) and
+    ``force_download`` (fetch again although cached). A folder carries its own config: ``config``, ``injection`` and ``text_name_or_path`` are
     errors with it. Errors: FileNotFoundError naming a missing path or an unresolvable Hub id;
     :class:`~ditsam.model.checkpoints.CheckpointError` for a file that cannot serve (a SAM file, no config).
     """
     model, _ = load_pretrained_with_report(
         cls, source, revision=revision, injection=injection, config=config, text_name_or_path=text_name_or_path,
-        cache_dir=cache_dir, map_location=map_location,
+        cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download,
+        map_location=map_location,
     )
     return model
 
@@ -222,6 +228,9 @@ def load_pretrained_with_report(
     config: DITSamConfig | None = None,
     text_name_or_path: str | None = None,
     cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
     map_location: str | torch.device = "cpu",
     sam_start: bool = False,
 ) -> tuple[LoadableModel, LoadReport]:
@@ -242,7 +251,10 @@ def load_pretrained_with_report(
             raise _sam_needs_text(source)  # before any download
         resolved = ResolvedSource(path=fetch_sam_checkpoint(source))
     else:
-        resolved = resolve_source(source, revision=revision, cache_dir=cache_dir)
+        resolved = resolve_source(
+            source, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+            force_download=force_download,
+        )
     if resolved.path.is_dir():
         given = [name for name, value in (("config", config), ("injection", injection),
                                           ("text_name_or_path", text_name_or_path)) if value is not None]
