@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ditsam.api import Segmenter
+from ditsam.inference import devices
 from ditsam.model.checkpoints import load_pretrained
 from ditsam.model.dit import DITSam
-from ditsam.inference import devices
 from helpers import COMMIT_MAIN, REPO, publish
 
 HABITS = dict(token="hf_test", local_files_only=True, force_download=True)
