@@ -18,9 +18,11 @@ from ditsam.cli.main import main
 from ditsam.model.checkpoints import (
     RELEASED_CHECKPOINTS,
     CheckpointError,
+    ResolvedSource,
     fetch_released_file,
     released,
     resolve_init_checkpoint,
+    resolve_pretrained,
 )
 from ditsam.model.checkpoints import load as loading
 from ditsam.model.checkpoints.download import DownloadError, download_resumable
@@ -74,6 +76,7 @@ def test_a_name_downloads_with_progress_converts_once_and_loads_offline(
     assert torch.equal(logits(again), logits(segmenter.model))
     assert not any(hub.iterdir()), "the converted folder needs nothing from the Hub"
     assert resolve_init_checkpoint(NAME) == cache / f"{NAME}.pth"  # train.init_checkpoint=dit-refcoco
+    assert resolve_pretrained(DITSam, NAME) == ResolvedSource(path=cache / released.FOLDER_NAME, released=NAME)  # eval
     destination = tmp_path / "converted"
     assert main(["convert", NAME, str(destination)]) == 0
     assert (destination / "model.safetensors").is_file()
@@ -146,5 +149,8 @@ def test_a_google_drive_link_goes_through_gdown(tmp_path: Path, monkeypatch: pyt
 
 def test_the_readme_lists_every_name() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    for name in RELEASED_CHECKPOINTS:
+    for name, entry in RELEASED_CHECKPOINTS.items():
         assert f"`{name}`" in readme, name
+        assert f"`ditsam eval {name} {entry.eval_args} --protocol reference`" in readme, name
+        if entry.scores is None:
+            assert f"| `{name}` | " in readme and "not recorded yet" in readme
