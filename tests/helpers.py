@@ -155,6 +155,9 @@ class FileServer:
                     super().do_GET()
                     return
                 data = path.read_bytes()
+                if start >= len(data):
+                    self.send_error(416)
+                    return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(data) - start))

@@ -102,6 +102,15 @@ def test_a_partial_download_is_continued_with_a_range_request(server: FileServer
     assert path.read_bytes() == payload and not (cache / f"{NAME}.pth.part").exists()
 
 
+def test_a_partial_file_longer_than_the_source_is_discarded(server: FileServer, tmp_path: Path) -> None:
+    (server.root / f"{NAME}.pth").write_bytes(b"short")
+    cache = cache_of(tmp_path)
+    cache.mkdir(parents=True)
+    (cache / f"{NAME}.pth.part").write_bytes(b"a longer partial file")
+    assert fetch_released_file(NAME, progress=False).read_bytes() == b"short"
+    assert server.ranges == ["bytes=21-", None]
+
+
 def test_a_changed_file_is_refused_by_its_sha256(server: FileServer, tmp_path: Path) -> None:
     (server.root / f"{NAME}.pth").write_bytes(b"the authors' weights")
     path = fetch_released_file(NAME, progress=False)
@@ -113,12 +122,14 @@ def test_a_changed_file_is_refused_by_its_sha256(server: FileServer, tmp_path: P
 
 
 def test_offline_with_an_empty_cache_is_a_clear_error(
-    no_network: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    no_network: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(FileNotFoundError, match=rf"dit-refcocog: the released checkpoint is not in the cache "
                                                 rf"{cache_of(tmp_path, 'dit-refcocog')} and HF_HUB_OFFLINE=1"):
         Segmenter.from_pretrained("dit-refcocog")
+    assert main(["convert", "dit-refcocog", str(tmp_path / "out")]) == 2
+    assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err, "one line, not a traceback"
 
 
 def test_without_a_source_link_the_mirror_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,8 @@ CACHE_SUBDIR = "checkpoints"
 
 #: Suffix of a download in progress: a later call continues it with an HTTP Range request.
 PARTIAL_SUFFIX = ".part"
+#: The answer to a Range beyond the file's end: the partial file is discarded and the download starts again.
+HTTP_RANGE_NOT_SATISFIABLE = 416
 #: Hosts whose links go through gdown (Google Drive's confirmation page for large files).
 GOOGLE_DRIVE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
 
@@ -178,12 +180,20 @@ def _download_http(url: str, partial: Path, *, progress: bool) -> None:
     if done:
         logger.info("continuing %s from byte %d (%s)", url, done, partial)
     bar = functools.partial(tqdm, disable=not progress)  # vanilla tqdm: huggingface_hub leaves it as configured
-    with partial.open("ab") as out:
-        try:
+    try:
+        with partial.open("ab") as out:
             http_get(url, out, resume_size=done, displayed_filename=partial.name.removesuffix(PARTIAL_SUFFIX),
                      tqdm_class=bar)  # type: ignore[arg-type]
-        except (HfHubHTTPError, httpx2.HTTPError) as error:
-            raise OSError(str(error).splitlines()[0] or type(error).__name__) from error
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if done and status == HTTP_RANGE_NOT_SATISFIABLE:  # the partial file is not a prefix of this one
+            logger.warning("%s: %s does not continue it; downloading it again", url, partial)
+            partial.unlink()
+            _download_http(url, partial, progress=progress)
+            return
+        raise OSError(str(error).splitlines()[0]) from error
+    except httpx2.HTTPError as error:
+        raise OSError(str(error) or type(error).__name__) from error
 
 
 def _download_drive(url: str, target: Path, *, progress: bool) -> None:
