@@ -48,8 +48,6 @@ NO_LICENCE = (
     "The authors (GitHub wysnzzzz/DIT) state no licence for their released weights; SAM's weights inside them "
     "are Apache-2.0, BERT's Apache-2.0. Ask the authors before redistributing them."
 )
-#: Where a name's scores come from; every number of the table is from there.
-SCORES_SOURCE = "Huang et al., Deep Instruction Tuning for Segment Anything Model, ACM MM 2024 (arXiv 2404.00650)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ class ReleasedCheckpoint:
     filename: str
     url: str | None
     sha256: str | None
-    #: ``{split: {metric: value}}``, the authors' published numbers (:data:`SCORES_SOURCE`).
+    #: ``{split: {metric: value}}``, the authors' published numbers (the paper, arXiv 2404.00650, and their README).
     scores: Mapping[str, Mapping[str, float]] | None
     licence: str = NO_LICENCE
     #: How the text enters the ViT in the authors' released file (their L-DIT).
@@ -189,6 +187,11 @@ class _Cache:
             yield
 
 
+def _cache(name: str, cache_dir: str | Path | None) -> _Cache:
+    released_checkpoint(name)  # an unknown name fails here, naming the known ones
+    return _Cache(name, released_cache_dir(cache_dir) / name)
+
+
 def _fetch(cache: _Cache, *, progress: bool) -> Path:
     """The authors' file of ``cache.name``, downloaded once (SHA-256 recorded), checked on every later use."""
     if cache.file.is_file():
@@ -217,7 +220,7 @@ def fetch_released_file(name: str, *, cache_dir: str | Path | None = None, progr
     docstring). Raises ValueError for an unknown name, FileNotFoundError offline with nothing cached,
     :class:`~ditsam.model.checkpoints.download.DownloadError` when the download fails,
     :class:`~ditsam.model.checkpoints.CheckpointError` for a cached file whose SHA-256 changed."""
-    cache = _Cache(name, released_cache_dir(cache_dir) / released_checkpoint(name).name)
+    cache = _cache(name, cache_dir)
     with cache.lock():
         return _fetch(cache, progress=progress)
 
@@ -228,7 +231,7 @@ def released_folder(
     """The cached ``save_pretrained`` folder of ``name``; on first use the authors' file is fetched
     (:func:`fetch_released_file`) and ``convert(file, folder)`` writes the folder, whose files' SHA-256 are
     then recorded. Later uses check those files and return the folder (no network, no conversion)."""
-    cache = _Cache(name, released_cache_dir(cache_dir) / released_checkpoint(name).name)
+    cache = _cache(name, cache_dir)
     with cache.lock():
         if cache.folder.is_dir():
             for path in cache.folder_files():
