@@ -1,14 +1,18 @@
 """Helpers the tests share, importable as ``from helpers import ...`` (pytest puts ``tests/`` on the path):
-tiny model and experiment configs, multi-process launch commands, a local Hugging Face cache, and a parser of RefShapes sentences
+tiny model and experiment configs, multi-process launch commands, a local Hugging Face cache, a local HTTP
+file server, and a parser of RefShapes sentences
 written independently of the generator, to check what it writes. Fixtures stay in ``conftest.py``;
 checkpoint files in others' layouts are built by ``checkpoint_files.py``.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import math
 import re
 import shutil
+import threading
 from pathlib import Path
 
 from ditsam.data.refshapes import COLOURS
@@ -125,6 +129,62 @@ def publish(cache: Path, repo_id: str, files: dict[str, Path], *, commit: str, r
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / ref).write_text(commit)
     return snapshot
+
+
+# ---------------------------------------------------------------------------------------------------
+# A static file server on 127.0.0.1 (downloads are tested against it)
+# ---------------------------------------------------------------------------------------------------
+class FileServer:
+    """Serves ``root`` on 127.0.0.1, with HTTP Range requests (``bytes=N-``, what resumed downloads send);
+    ``requests`` lists the GET paths, ``ranges`` their Range headers (None without)."""
+
+    def __init__(self, root: Path, *, prefix: str = "") -> None:
+        self.root = root
+        self.prefix = prefix
+        self.requests: list[str] = []
+        self.ranges: list[str | None] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.path)
+                server.ranges.append(self.headers.get("Range"))
+                start = _range_start(self.headers.get("Range"))
+                path = Path(self.translate_path(self.path))
+                if start is None or not path.is_file():
+                    super().do_GET()
+                    return
+                data = path.read_bytes()
+                if start >= len(data):
+                    self.send_error(416)
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/{self.prefix}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def _range_start(header: str | None) -> int | None:
+    match = re.fullmatch(r"bytes=(\d+)-", header or "")
+    return int(match.group(1)) if match else None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,11 +3,8 @@ hash-checked, cached in torch's hub folder), a Hub id from a local Hub cache, a 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,40 +19,9 @@ from ditsam.model.checkpoints import resolve_init_checkpoint
 from ditsam.model.checkpoints.download import SamDownloadError, fetch_sam_checkpoint, hash_prefix_of, sam_checkpoint_url
 from ditsam.model.checkpoints.keys import SAM_PREFIXES
 from ditsam.model.dit import DITSam
-from helpers import COMMIT_MAIN, REPO, publish, tiny_config
+from helpers import COMMIT_MAIN, REPO, FileServer, publish, tiny_config
 
 HASH_DIGITS = 6
-
-
-class FileServer:
-    """A static file server on 127.0.0.1 with a count of GET requests per path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                server.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/segment_anything/"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
 
 
 @pytest.fixture
@@ -63,7 +29,7 @@ def sam_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[File
     """A local server as the base URL, torch's hub folder under tmp, downloads allowed."""
     served = tmp_path / "served" / "segment_anything"
     served.mkdir(parents=True)
-    server = FileServer(served.parent)
+    server = FileServer(served.parent, prefix="segment_anything/")
     monkeypatch.setenv(sam_files.BASE_URL_ENV, server.url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

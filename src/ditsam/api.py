@@ -140,6 +140,8 @@ class Segmenter:
         <ditsam.model.dit.DITSam.from_pretrained>`):
 
         - a folder written by ``DITSam.save_pretrained`` (e.g. a training run's ``checkpoints/best``);
+        - the authors' released checkpoints by name: ``"dit-refcoco"``, ``"dit-refcoco+"``, ``"dit-refcocog"``,
+          ``"dit-grefcoco"`` (downloaded and converted once into torch's hub cache, then loaded from there);
         - a Hugging Face Hub id ``owner/name`` (``revision=`` a branch, tag or commit), from the Hub cache,
           downloaded when missing unless ``HF_HUB_OFFLINE=1``; ``owner/name/file.pth`` takes one file of it;
         - the authors' released DIT ``.pth`` with no config: the architecture is read from the weights,

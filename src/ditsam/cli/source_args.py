@@ -1,7 +1,8 @@
 """The model-source options shared by ``predict``, ``serve``, ``eval`` and ``export-onnx``.
 
 Every one of them loads through :func:`ditsam.model.checkpoints.load_pretrained`, so each accepts a
-``save_pretrained`` folder, a Hugging Face Hub id ``owner/name`` or the authors' DIT ``.pth``.
+``save_pretrained`` folder, a Hugging Face Hub id ``owner/name``, the authors' DIT ``.pth`` or a released
+name (``dit-refcoco``, ...).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 SOURCE_HELP = (
     "the model: a checkpoint folder (save_pretrained / runs/NAME/checkpoints/best), a Hugging Face Hub id "
-    "owner/name (or owner/name/file.pth), or the authors' DIT .pth (no config needed)"
+    "owner/name (or owner/name/file.pth), the authors' DIT .pth (no config needed), or a released name "
+    "(dit-refcoco, dit-refcoco+, dit-refcocog, dit-grefcoco: downloaded and converted once)"
 )
 INJECTION_CHOICES = ("layerwise", "e2e", "none")
 

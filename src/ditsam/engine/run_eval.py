@@ -96,13 +96,15 @@ def evaluate_checkpoint(
 
     from ditsam.api import resolve_device
     from ditsam.distributed import check_joined, on_main, use_cpu
-    from ditsam.model.checkpoints import resolve_source
+    from ditsam.model.checkpoints import resolve_pretrained
     from ditsam.model.dit import DITSam
     from ditsam.outputs import ensure_writable_folder
 
     if device is not None:
         resolve_device(device)  # an unusable device fails before the model loads
-    source = resolve_source(checkpoint, revision=revision)
+    source = resolve_pretrained(DITSam, checkpoint, revision=revision, text_name_or_path=text_name_or_path)
+    if source.released is not None:
+        text_name_or_path = None  # it served the conversion; the folder carries its text model
     experiment = _experiment(source, data, overrides)
     # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group.
     accelerator = Accelerator(cpu=use_cpu(device))

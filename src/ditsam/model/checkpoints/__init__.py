@@ -10,8 +10,9 @@ where, and writing our own. The one public face of the room; its modules hold on
   :mod:`~ditsam.model.checkpoints.card`), the authors' DIT (:mod:`~ditsam.model.checkpoints.reference`; its
   architecture read from the shapes in :mod:`~ditsam.model.checkpoints.shapes`), official SAM
   (:mod:`~ditsam.model.checkpoints.sam`) and transformers' SAM names (:mod:`~ditsam.model.checkpoints.hf_sam`);
-- where files come from: the Hub (:mod:`~ditsam.model.checkpoints.hub`) and SAM checkpoints by name
-  (:mod:`~ditsam.model.checkpoints.download`).
+- where files come from: the Hub (:mod:`~ditsam.model.checkpoints.hub`), SAM checkpoints by name
+  (:mod:`~ditsam.model.checkpoints.download`) and the authors' released DIT checkpoints by name
+  (:mod:`~ditsam.model.checkpoints.released`, its table :data:`RELEASED_CHECKPOINTS`).
 
 Models are typed as :class:`~ditsam.model.checkpoints.loadable.LoadableModel`, so the room imports nothing
 of ``dit``; ``DITSam``'s ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` call it lazily. Outside
@@ -26,14 +27,23 @@ from ditsam.model.checkpoints.hub import (
     resolve_init_checkpoint,
     resolve_source,
 )
-from ditsam.model.checkpoints.load import load_checkpoint, load_pretrained, load_pretrained_with_report
+from ditsam.model.checkpoints.load import (
+    load_checkpoint,
+    load_pretrained,
+    load_pretrained_with_report,
+    resolve_pretrained,
+)
 from ditsam.model.checkpoints.matching import first_non_finite
+from ditsam.model.checkpoints.released import RELEASED_CHECKPOINTS, ReleasedCheckpoint, fetch_released_file
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 
 __all__ = [
+    "RELEASED_CHECKPOINTS",
     "CheckpointError",
     "LoadReport",
+    "ReleasedCheckpoint",
     "ResolvedSource",
+    "fetch_released_file",
     "first_non_finite",
     "hub_reference",
     "load_checkpoint",
@@ -41,6 +51,7 @@ __all__ = [
     "load_pretrained_with_report",
     "push_to_hub",
     "resolve_init_checkpoint",
+    "resolve_pretrained",
     "resolve_source",
     "save_pretrained",
 ]

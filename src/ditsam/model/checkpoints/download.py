@@ -1,4 +1,6 @@
-"""Official SAM checkpoints by name: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``.
+"""Downloads: official SAM checkpoints by name (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``) and the resumable
+download behind the authors' released DIT checkpoints (:func:`download_resumable`,
+:mod:`ditsam.model.checkpoints.released`).
 
 ``train.init_checkpoint=sam_vit_b`` starts training from Meta's released weights without a manual
 download: :func:`fetch_sam_checkpoint` puts the file into torch's hub cache (``$TORCH_HOME/hub/checkpoints``,
@@ -12,10 +14,12 @@ Nothing is downloaded at import time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ditsam.model.checkpoints.report import CheckpointError
 
@@ -36,11 +40,22 @@ OFFLINE_ENV = "HF_HUB_OFFLINE"
 #: Sub-folder of torch's hub directory that holds downloaded weights (torch.hub's own layout).
 CACHE_SUBDIR = "checkpoints"
 
+#: Suffix of a download in progress: a later call continues it with an HTTP Range request.
+PARTIAL_SUFFIX = ".part"
+#: The answer to a Range beyond the file's end: the partial file is discarded and the download starts again.
+HTTP_RANGE_NOT_SATISFIABLE = 416
+#: Hosts whose links go through gdown (Google Drive's confirmation page for large files).
+GOOGLE_DRIVE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
+
 _HASH_IN_NAME = re.compile(r"_([0-9a-f]{6,8})\.pth$")
 _TRUE = {"1", "on", "yes", "true"}
 
 
-class SamDownloadError(CheckpointError):
+class DownloadError(CheckpointError):
+    """A file could not be downloaded; the message names the URL."""
+
+
+class SamDownloadError(DownloadError):
     """An official SAM checkpoint could not be fetched or failed its hash check; the message names the URL."""
 
 
@@ -77,7 +92,8 @@ def _filename(name: str) -> str:
     return SAM_CHECKPOINTS[name]
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` forbids downloads (``1``, ``on``, ``yes``, ``true``)."""
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
 
 
@@ -98,7 +114,7 @@ def fetch_sam_checkpoint(name: str, *, cache_dir: str | Path | None = None, prog
         logger.info("%s: using the cached %s", name, target)
         return target
     url = sam_checkpoint_url(name)
-    if _offline():
+    if is_offline():
         raise FileNotFoundError(
             f"{name}: {target} is not in the cache and {OFFLINE_ENV}=1 forbids downloading it from {url}; "
             f"download {filename} yourself and give its path"
@@ -122,3 +138,68 @@ def fetch_sam_checkpoint(name: str, *, cache_dir: str | Path | None = None, prog
             f"set {BASE_URL_ENV} to a mirror"
         ) from error
     return target
+
+
+def is_google_drive(url: str) -> bool:
+    """True for a Google Drive link (``https://drive.google.com/...``)."""
+    return (urlparse(url).hostname or "") in GOOGLE_DRIVE_HOSTS
+
+
+def download_resumable(url: str, target: Path, *, progress: bool = True) -> Path:
+    """Download ``url`` to ``target`` through ``target.part``, renamed to ``target`` only once complete.
+
+    A ``.part`` left by an interrupted call is continued with an HTTP Range request (huggingface_hub's
+    ``http_get``, which starts again when a server ignores the range); a Google Drive link goes through gdown,
+    which answers Drive's confirmation page for large files and resumes its own partial file. ``progress``: a
+    progress bar on stderr. Raises :class:`DownloadError` naming the URL (the partial file is kept, so running
+    again continues it), FileNotFoundError when ``HF_HUB_OFFLINE=1``.
+    """
+    if is_offline():
+        raise FileNotFoundError(f"{OFFLINE_ENV}=1 forbids downloading {url} to {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    try:
+        if is_google_drive(url):
+            _download_drive(url, target, progress=progress)
+        else:
+            _download_http(url, partial, progress=progress)
+            partial.replace(target)
+    except (OSError, ValueError) as error:
+        kept = f"; the partial file {partial} is kept: run again to continue" if partial.is_file() else ""
+        raise DownloadError(f"cannot download {url} ({type(error).__name__}: {error}){kept}") from error
+    return target
+
+
+def _download_http(url: str, partial: Path, *, progress: bool) -> None:
+    import httpx2  # huggingface_hub's HTTP client: its transport errors (refused, reset, timed out)
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.file_download import http_get
+    from tqdm.auto import tqdm
+
+    done = partial.stat().st_size if partial.is_file() else 0
+    if done:
+        logger.info("continuing %s from byte %d (%s)", url, done, partial)
+    bar = functools.partial(tqdm, disable=not progress)  # vanilla tqdm: huggingface_hub leaves it as configured
+    try:
+        with partial.open("ab") as out:
+            http_get(url, out, resume_size=done, displayed_filename=partial.name.removesuffix(PARTIAL_SUFFIX),
+                     tqdm_class=bar)  # type: ignore[arg-type]
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if done and status == HTTP_RANGE_NOT_SATISFIABLE:  # the partial file is not a prefix of this one
+            logger.warning("%s: %s does not continue it; downloading it again", url, partial)
+            partial.unlink()
+            _download_http(url, partial, progress=progress)
+            return
+        raise OSError(str(error).splitlines()[0]) from error
+    except httpx2.HTTPError as error:
+        raise OSError(str(error) or type(error).__name__) from error
+
+
+def _download_drive(url: str, target: Path, *, progress: bool) -> None:
+    try:
+        import gdown
+    except ImportError as error:
+        raise OSError(f"a Google Drive link needs gdown: pip install 'ditsam[released]' ({error})") from error
+    if gdown.download(url=url, output=str(target), quiet=not progress, resume=True) is None:
+        raise OSError("gdown could not fetch the file (is it shared publicly?)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from ditsam.model.checkpoints.ditsam_folder import CONFIG_FILE, save_pretrained
 from ditsam.model.checkpoints.download import fetch_sam_checkpoint, is_sam_name
 from ditsam.model.checkpoints.loadable import LoadableModel
+from ditsam.model.checkpoints.released import fetch_released_file, is_released_name
 from ditsam.model.checkpoints.report import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,12 @@ class ResolvedSource:
     path: Path
     repo_id: str | None = None
     revision: str | None = None
+    #: The released checkpoint name (``dit-refcoco``, ...) ``path`` is the converted folder of.
+    released: str | None = None
 
     def __str__(self) -> str:
+        if self.released is not None:
+            return f"{self.released} ({self.path})"
         if self.repo_id is None:
             return str(self.path)
         return f"{self.repo_id}@{self.revision or 'main'} ({self.path})"
@@ -171,11 +176,16 @@ def resolve_init_checkpoint(
 ) -> Path:
     """What ``train.init_checkpoint`` names, as a local file or folder that
     :func:`~ditsam.model.checkpoints.load_checkpoint` reads: an official SAM checkpoint by name (``sam_vit_b``,
-    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.checkpoints.download`), a local
-    file or folder, or a Hub id (:func:`resolve_source`; ``revision`` and ``cache_dir`` apply to it).
-    A local path of the same name as a SAM checkpoint wins over the name."""
-    if isinstance(source, str) and is_sam_name(source) and not Path(source).exists():
-        return fetch_sam_checkpoint(source)
+    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.checkpoints.download`), the
+    authors' released DIT file by name (``dit-refcoco``, ...: the checked authors' file, which ``load_checkpoint``
+    reads with the reference behaviour, :mod:`ditsam.model.checkpoints.released`), a local file or folder, or a
+    Hub id (:func:`resolve_source`; ``revision`` and ``cache_dir`` apply to it).
+    A local path of the same name as a SAM checkpoint or a released name wins over the name."""
+    if isinstance(source, str) and not Path(source).exists():
+        if is_sam_name(source):
+            return fetch_sam_checkpoint(source)
+        if is_released_name(source):
+            return fetch_released_file(source)
     return resolve_source(source, revision=revision, cache_dir=cache_dir).path
 
 

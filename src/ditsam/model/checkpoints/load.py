@@ -14,7 +14,11 @@
    the reference behaviour of :func:`~ditsam.model.config.reference_config`; its BERT weights are in the
    file, BERT's config and tokenizer come from ``text_name_or_path`` (``bert-base-uncased`` through the
    Hub, as transformers resolves it). Other files (a flat DITSam state dict) need ``config=``;
-4. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``, where
+4. a released checkpoint by name (``dit-refcoco``, ``dit-refcoco+``, ``dit-refcocog``, ``dit-grefcoco``,
+   :mod:`~ditsam.model.checkpoints.released`): the authors' file is downloaded once and converted once, as in 3
+   (``text_name_or_path`` applies to that conversion), into a ``save_pretrained`` folder in the cache, which
+   every later use loads as in 1 (:func:`resolve_pretrained`);
+5. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``, where
    :func:`~ditsam.model.checkpoints.hub.resolve_init_checkpoint` also takes it by name: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``). Only
    :func:`load_pretrained_with_report` with ``sam_start=True`` (``ditsam convert SAM --text-model BERT``)
    pairs it with a BERT into an untrained starting point for training (:func:`~ditsam.model.checkpoints.shapes.sam_start_config`).
@@ -37,7 +41,12 @@ from typing import get_args
 
 import torch
 
-from ditsam.model.checkpoints.ditsam_folder import load_ditsam_state_dict, load_folder_into, load_folder_with_report
+from ditsam.model.checkpoints.ditsam_folder import (
+    load_ditsam_state_dict,
+    load_folder_into,
+    load_folder_with_report,
+    save_pretrained,
+)
 from ditsam.model.checkpoints.download import fetch_sam_checkpoint, is_sam_name
 from ditsam.model.checkpoints.files import read_checkpoint_file
 from ditsam.model.checkpoints.formats import Format, detect_format
@@ -45,6 +54,7 @@ from ditsam.model.checkpoints.hub import CHECKPOINT_SUFFIXES, ResolvedSource, re
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.checkpoints.matching import listing
 from ditsam.model.checkpoints.reference import load_reference_state_dict
+from ditsam.model.checkpoints.released import is_released_name, released_checkpoint, released_folder
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 from ditsam.model.checkpoints.sam import sam_weights_into
 from ditsam.model.checkpoints.shapes import DEFAULT_TEXT_MODEL, reference_config_from_state_dict, sam_start_config
@@ -185,6 +195,41 @@ def _load_file(
     return model, report
 
 
+def _released_source(
+    cls: type[LoadableModel], name: str, *, text_name_or_path: str | None, cache_dir: str | Path | None
+) -> ResolvedSource:
+    """The converted folder of the released checkpoint ``name``, converting the authors' file on first use."""
+    entry = released_checkpoint(name)
+
+    def convert(file: Path, folder: Path) -> None:
+        model, report = _load_file(cls, file, injection=entry.injection, config=None,  # type: ignore[arg-type]
+                                   text_name_or_path=text_name_or_path)
+        logger.info("%s: %s", name, report)
+        save_pretrained(model, folder, metrics=entry.scores, training_data=entry.dataset, model_id=name,
+                        card_notes=(f"The authors' released `{name}` ({entry.filename}), converted by ditsam.",
+                                    entry.licence))
+
+    return ResolvedSource(path=released_folder(name, convert=convert, cache_dir=cache_dir), released=name)
+
+
+def resolve_pretrained(
+    cls: type[LoadableModel],
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    text_name_or_path: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> ResolvedSource:
+    """:func:`~ditsam.model.checkpoints.hub.resolve_source`, and a released name (not a local path) as its
+    converted folder (``text_name_or_path``: the BERT of the first use's conversion; ``cache_dir``: the folder
+    holding the released names instead of ``$TORCH_HOME/hub/checkpoints/ditsam``)."""
+    if is_released_name(source) and not Path(source).expanduser().exists():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} only applies to a Hugging Face Hub id, not to {source!r}")
+        return _released_source(cls, str(source), text_name_or_path=text_name_or_path, cache_dir=cache_dir)
+    return resolve_source(source, revision=revision, cache_dir=cache_dir)
+
+
 def load_pretrained(
     cls: type[LoadableModel],
     source: str | os.PathLike[str],
@@ -250,6 +295,13 @@ def load_pretrained_with_report(
         if config is None and text_name_or_path is None:
             raise _sam_needs_text(source)  # before any download
         resolved = ResolvedSource(path=fetch_sam_checkpoint(source))
+    elif is_released_name(source) and not Path(source).expanduser().exists():
+        if config is not None or injection is not None:
+            raise ValueError(f"config= and injection= do not apply to {source!r}: the released file's are known")
+        resolved = resolve_pretrained(
+            cls, source, revision=revision, text_name_or_path=text_name_or_path, cache_dir=cache_dir
+        )
+        text_name_or_path = None  # it served the conversion; the folder carries its text model
     else:
         resolved = resolve_source(
             source, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
