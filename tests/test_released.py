@@ -4,10 +4,12 @@ a changed file refused by its SHA-256, and the clear errors offline and without 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -136,6 +138,10 @@ def test_without_a_source_link_the_mirror_is_named(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv(released.MIRROR_ENV, raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    assert released.released_url("dit-grefcoco").startswith("https://drive.google.com/file/d/")
+    table = dict(released.RELEASED_CHECKPOINTS)
+    table["dit-grefcoco"] = dataclasses.replace(table["dit-grefcoco"], url=None)  # a name whose link is unknown
+    monkeypatch.setattr(released, "RELEASED_CHECKPOINTS", MappingProxyType(table))
     with pytest.raises(DownloadError, match=rf"dit-grefcoco: .*source link.*{released.MIRROR_ENV}=<base URL>"):
         fetch_released_file("dit-grefcoco")
     with pytest.raises(ValueError, match="'dit-coco' is not a released DIT checkpoint name; known: dit-refcoco, "):
@@ -163,5 +169,6 @@ def test_the_readme_lists_every_name() -> None:
     for name, entry in RELEASED_CHECKPOINTS.items():
         assert f"`{name}`" in readme, name
         assert f"`ditsam eval {name} {entry.eval_args} --protocol reference`" in readme, name
-        if entry.scores is None:
-            assert f"| `{name}` | " in readme and "not recorded yet" in readme
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` | "))
+        for split, scores in (entry.scores or {}).items():
+            assert f"{split} {scores['published']:.2f}" in row, (name, split)
