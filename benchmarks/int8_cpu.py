@@ -9,7 +9,9 @@ projections, random weights) with a BERT-base-sized random text encoder (12 laye
 generated vocabulary: nothing downloaded), ``Segmenter.predict`` on one 640x480 image and one sentence
 (preprocessing, model, logits back to 640x480, threshold), batch 1, for:
 
-- ``fp32``: the Segmenter as it is (PyTorch eager, float32) -- the reference;
+- ``fp32``: the Segmenter in float32 (PyTorch eager, ``dtype="fp32"``) -- the reference;
+- ``auto``: the Segmenter's default, ``dtype="auto"`` (bf16 autocast on a CPU with AMX-BF16 / AVX512-BF16,
+  float32 elsewhere: then the same as ``fp32``);
 - ``int8``: ``Segmenter(dtype="int8")``: ONNX Runtime, dynamic int8 quantisation (:mod:`ditsam.int8`);
 - ``onnx_fp32``: the same exported graph, not quantised (what ONNX Runtime alone gives);
 - ``torch_int8``: ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (fbgemm; an API
@@ -51,6 +53,9 @@ SENTENCE = "the man on the left"
 IMAGE_SHAPE = (480, 640, 3)
 AGREEMENT_BATCH = 16
 WORDS = "the a man woman dog car on left right red blue big small".split()
+#: Sentences whose masks the variants are compared on (random weights: what agrees is the arithmetic).
+AGREEMENT_SENTENCES = ["the man on the left", "a red car", "the small dog", "the woman on the right",
+                       "a big blue car", "the dog", "the man", "the small red car on the left"]
 # Where the linear layers are (all but W_o, one 768 x 256 product per sentence).
 QUANTIZED_PARTS = ("text_encoder", "image_encoder", "mask_decoder")
 
@@ -68,22 +73,23 @@ def speed_model(folder: Path):
     return DITSam(config).eval()
 
 
-def segmenters(model: Any, names: list[str]) -> dict[str, Callable[[], Any]]:
-    """Variant name -> a call of its Segmenter.predict (built here; int8 builds take ~1 minute)."""
+def segmenters(model: Any, names: list[str]) -> dict[str, Any]:
+    """Variant name -> its Segmenter (built here; int8 builds take ~1 minute)."""
     from ditsam import Segmenter
     from ditsam.export import export_onnx
     from ditsam.int8 import OnnxRunner
 
-    image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
     built: dict[str, Any] = {}
     for name in names:
         began = time.perf_counter()
         if name == "fp32":
+            built[name] = Segmenter(model, device="cpu", dtype="fp32")
+        elif name == "auto":
             built[name] = Segmenter(model, device="cpu")
         elif name == "int8":
             built[name] = Segmenter(model, dtype="int8")
         elif name == "onnx_fp32":
-            segmenter = Segmenter(model, device="cpu")
+            segmenter = Segmenter(model, device="cpu", dtype="fp32")
             with tempfile.TemporaryDirectory() as folder:
                 segmenter.onnx = OnnxRunner(export_onnx(model, Path(folder) / "m.onnx", verify=False).path)
             built[name] = segmenter
@@ -92,15 +98,22 @@ def segmenters(model: Any, names: list[str]) -> dict[str, Callable[[], Any]]:
             for part in QUANTIZED_PARTS:  # not text_proj: DITSam.tokenize reads its weight's device
                 module = getattr(quantized, part)
                 setattr(quantized, part, torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8))
-            built[name] = Segmenter(quantized, device="cpu")
+            built[name] = Segmenter(quantized, device="cpu", dtype="fp32")
         elif name == "torchao_int8":
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
             quantized = copy.deepcopy(model)
             quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
-            built[name] = Segmenter(quantized, device="cpu")
+            built[name] = Segmenter(quantized, device="cpu", dtype="fp32")
         print(f"built {name} in {time.perf_counter() - began:.0f} s", flush=True)
-    return {name: (lambda s=segmenter: s.predict(image, SENTENCE)) for name, segmenter in built.items()}
+    return built
+
+
+def mask_agreement(built: dict[str, Any]) -> dict[str, float]:
+    """Mean IoU of each variant's masks with fp32's, over :data:`AGREEMENT_SENTENCES` on the speed image."""
+    image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
+    masks = {name: [r.mask for r in segmenter.predict(image, AGREEMENT_SENTENCES)] for name, segmenter in built.items()}
+    return {name: float(np.mean([iou(a, b) for a, b in zip(theirs, masks["fp32"])])) for name, theirs in masks.items()}
 
 
 def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="time the variants")
     parser.add_argument("--variants", nargs="+", default=None,
-                        choices=["fp32", "int8", "onnx_fp32", "torch_int8", "torchao_int8"],
+                        choices=["fp32", "auto", "int8", "onnx_fp32", "torch_int8", "torchao_int8"],
                         help="default: all but torchao_int8, which is added when torchao is installed")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (all variants once per round)")
     parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: torch's)")
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"benchmark": "int8_cpu"}
     with tempfile.TemporaryDirectory(prefix="ditsam-int8-bench-") as folder:
         if args.speed:
-            variants = args.variants or ["fp32", "int8", "onnx_fp32", "torch_int8"]
+            variants = args.variants or ["fp32", "auto", "int8", "onnx_fp32", "torch_int8"]
             speed: dict[str, Any] = {"machine": machine_info(), "sentence": SENTENCE, "image_shape": list(IMAGE_SHAPE),
                                      "repeats": args.repeats}
             if args.variants is None:
@@ -188,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     speed["torchao"] = "not installed: not measured"
             model = speed_model(Path(folder))
-            timings = time_interleaved(segmenters(model, variants), args.repeats)
+            built = segmenters(model, variants)
+            image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
+            timings = time_interleaved({name: (lambda s=segmenter: s.predict(image, SENTENCE))
+                                        for name, segmenter in built.items()}, args.repeats)
+            if "fp32" in built:
+                for name, value in mask_agreement(built).items():
+                    timings[name]["mask_iou_vs_fp32"] = value
             reference = timings.get("fp32", {}).get("median_s")
             for timing in timings.values():
                 timing["speedup_vs_fp32"] = reference / timing["median_s"] if reference else None

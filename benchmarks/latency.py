@@ -106,7 +106,7 @@ def build_items(size: str, bert_dir: Path) -> list[Item]:
     ours_encoder = sam_layout.image_encoder.eval()
     hf = SamVisionModel(SamVisionConfig(**spec["hf"])).eval()
     side = spec["model"]["image_size"]
-    segmenter = Segmenter(models["layerwise"], device="cpu")
+    segmenter = Segmenter(models["layerwise"], device="cpu", dtype="fp32")  # the timing loop sets its dtype itself
     photo = np.random.default_rng(0).integers(0, 256, size=(*SEGMENTER_IMAGE, 3), dtype=np.uint8)
 
     def images(batch: int) -> torch.Tensor:

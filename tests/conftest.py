@@ -5,6 +5,7 @@ import live in ``helpers.py``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,20 @@ def refshapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _float32_by_default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """dtype="auto" reads the CPU's flags, and the machines' CPUs change from session to session: in-process
+    tests see a CPU without bf16 instructions (auto = float32), so their numbers do not depend on the machine.
+    Session-wide, so that module-scoped segmenters see it too; tests/test_dtype_auto.py sets the flags it tests."""
+    from ditsam.inference import devices
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(devices, "_CPUINFO", str(tmp_path_factory.getbasetemp() / "no-cpuinfo"))
+        devices.auto_dtype.cache_clear()
+        yield
+    devices.auto_dtype.cache_clear()
 
 
 @pytest.fixture

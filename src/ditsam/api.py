@@ -46,7 +46,7 @@ import numpy as np
 
 from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
-from ditsam.inference.devices import AUTO_DEVICE, is_int8, resolve_device, resolve_device_for, resolve_dtype
+from ditsam.inference.devices import AUTO_DEVICE, AUTO_DTYPE, is_int8, resolve_device, resolve_device_for, resolve_dtype
 from ditsam.inference.jobs import Job, Prepared, chunk_jobs, make_jobs
 from ditsam.inference.prompts import BoxInput, PointsInput
 from ditsam.inference.result import SegmentationResult
@@ -75,8 +75,11 @@ class Segmenter:
     Args (keyword-only besides ``model``):
         device: where the model runs; ``"auto"`` (the default; None means it too): CUDA, then MPS, then the
             CPU, the choice said once in the log.
-        dtype: ``None`` / ``torch.float32`` (full precision) or ``torch.bfloat16`` (autocast on CPU
-            and GPU; weights stay float32); ``torch.float16`` (autocast, GPU) also works. ``"int8"``:
+        dtype: ``"auto"`` (the default): bf16 autocast where the device does bf16 in hardware (a CUDA GPU
+            with bf16, a CPU with AMX-BF16 or AVX512-BF16), float32 elsewhere, said once in the log (see
+            :mod:`ditsam.inference.devices`). ``None`` / ``torch.float32`` (full precision) or
+            ``torch.bfloat16`` (autocast on CPU and GPU; weights stay float32); ``torch.float16`` (autocast,
+            GPU) also works. ``"int8"``:
             the CPU only, text prompts only: the model is exported and quantised to int8 with ONNX
             Runtime when the segmenter is built (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs
             ``pip install ditsam[int8]``).
@@ -91,7 +94,7 @@ class Segmenter:
         model: "DITSam",
         *,
         device: "torch.device | str | None" = AUTO_DEVICE,
-        dtype: "torch.dtype | str | None" = None,
+        dtype: "torch.dtype | str | None" = AUTO_DTYPE,
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
@@ -105,7 +108,7 @@ class Segmenter:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         int8 = is_int8(dtype)
         self.device = resolve_device_for(device, dtype)
-        self.dtype = None if int8 else resolve_dtype(dtype)
+        self.dtype = None if int8 else resolve_dtype(dtype, device=self.device)
         self.threshold = float(threshold)
         self.max_pixels = max_pixels
         self.batch_size = int(batch_size)
@@ -131,7 +134,7 @@ class Segmenter:
         local_files_only: bool = False,
         force_download: bool = False,
         device: "torch.device | str | None" = AUTO_DEVICE,
-        dtype: "torch.dtype | str | None" = None,
+        dtype: "torch.dtype | str | None" = AUTO_DTYPE,
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "reference: as the authors' test code (threshold on the canvas, the binary mask resized "
                         "bilinearly, any value > 0 foreground, P@X with a strict >) to compare with the paper")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="auto (default): bf16 autocast on a GPU with bf16 and on a CPU with AMX-BF16 / AVX512-BF16, "
+                             "fp32 elsewhere; results.json records the precision used")
     parser.set_defaults(func=run)
 
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     results, out = evaluate_checkpoint(
         args.checkpoint, **source_options(args), data=args.data, overrides=args.overrides, splits=args.splits,
         batch_size=args.batch_size, threshold=args.threshold, out=Path(args.out) if args.out else None,
-        dump_masks=args.dump_masks, device=args.device, protocol=args.protocol,
+        dump_masks=args.dump_masks, device=args.device, protocol=args.protocol, dtype=args.dtype,
     )
     from ditsam.distributed import leave_process_group
 

@@ -39,14 +39,15 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: ``--dtype`` values of the commands that run a Segmenter (``predict``, ``serve``).
-DTYPE_CHOICES = ("fp32", "bf16", "fp16", "int8")
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """``--dtype``: the Segmenter's precision (see :class:`ditsam.api.Segmenter`)."""
     parser.add_argument(
-        "--dtype", default="fp32", choices=DTYPE_CHOICES,
-        help="fp32 (default); bf16: autocast (GPU, also CPU); fp16: autocast (GPU); int8: the CPU only, text prompts "
-             "only, through ONNX Runtime (the model is quantised at start, ~1 minute for ViT-B; pip install "
-             "'ditsam[int8]')",
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
+        help="auto (default): bf16 autocast on a GPU with bf16 and on a CPU with AMX-BF16 / AVX512-BF16, fp32 "
+             "elsewhere (the choice is logged); fp32; bf16: autocast (GPU, also CPU); fp16: autocast (GPU); int8: "
+             "the CPU only, text prompts only, through ONNX Runtime (the model is quantised at start, ~1 minute "
+             "for ViT-B; pip install 'ditsam[int8]')",
     )

@@ -80,14 +80,15 @@ def evaluate_checkpoint(
     checkpoint: str | Path, *, data: str | None = None, overrides: Sequence[str] = (), splits: Sequence[str] | None = None,
     batch_size: int = 16, threshold: float | None = None, out: Path | None = None, dump_masks: str = "none",
     device: str | None = None, num_pictures: int = 6, revision: str | None = None, injection: str | None = None,
-    text_name_or_path: str | None = None, protocol: str = "exact",
+    text_name_or_path: str | None = None, protocol: str = "exact", dtype: str = "auto",
 ) -> tuple[dict[str, dict[str, Any]], Path]:
     """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.checkpoints.load_pretrained` (a folder,
     a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
     write results.json / results.md / pictures to ``out``. Only a training run's folder stores its
     experiment; other sources need ``data``. ``protocol``: "exact" (ours) or "reference" (the authors' test
-    code, see :mod:`ditsam.engine.evaluate`); results.json records it per split, with the process count and the
-    ditsam and torch versions."""
+    code, see :mod:`ditsam.engine.evaluate`); results.json records it per split, with the process count, the
+    precision (``dtype``: "auto", as :func:`ditsam.inference.devices.resolve_dtype`) and the ditsam and torch
+    versions."""
     from ditsam.engine.evaluate import PROTOCOLS
 
     if protocol not in PROTOCOLS:
@@ -96,6 +97,7 @@ def evaluate_checkpoint(
 
     from ditsam.api import resolve_device
     from ditsam.distributed import check_joined, on_main, use_cpu
+    from ditsam.inference.devices import resolve_dtype
     from ditsam.model.checkpoints import resolve_pretrained
     from ditsam.model.dit import DITSam
     from ditsam.outputs import ensure_writable_folder
@@ -114,6 +116,10 @@ def evaluate_checkpoint(
     model = DITSam.from_pretrained(
         source.path, injection=injection, text_name_or_path=text_name_or_path  # type: ignore[arg-type]
     ).to(device or accelerator.device)
+    import torch
+
+    autocast = resolve_dtype(dtype, device=next(model.parameters()).device)
+    mixed_precision = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast]
     # The checkpoint's own architecture decides the input size, whatever the data config says.
     experiment = experiment.with_overrides({"model": model.config.to_dict()})
     results: dict[str, dict[str, Any]] = {}
@@ -126,12 +132,13 @@ def evaluate_checkpoint(
             num_workers=experiment.data.num_workers, process_index=accelerator.process_index,
             num_processes=accelerator.num_processes, all_reduce=lambda t: accelerator.reduce(t, reduction="sum"),
             keep=num_pictures, on_prediction=dump if dump_masks != "none" else None,
-            protocol=protocol,  # type: ignore[arg-type]
+            protocol=protocol, mixed_precision=mixed_precision,  # type: ignore[arg-type]
         )
         dump.close(out / f"masks_{split}.rle.json" if accelerator.num_processes == 1
                    else out / f"masks_{split}.rank{accelerator.process_index}.rle.json")
         results[split] = {**result.metrics, "count": result.count, "protocol": protocol,
-                          "processes": accelerator.num_processes, VERSIONS_KEY: software_versions()}
+                          "processes": accelerator.num_processes, "dtype": mixed_precision,
+                          VERSIONS_KEY: software_versions()}
         source = getattr(dataset.base, "source", None)
         if source is not None:  # gRefCOCO was renumbered once: say which refs file was scored
             results[split]["data_source"] = source

@@ -40,7 +40,7 @@ CARD_LICENSE = "apache-2.0"
 P_AT_X_RULES = {"exact": "IoU >= X", "reference": "IoU > X"}
 DEFAULT_PROTOCOL = "exact"
 #: Entries of a results.json row that are not scores (the table keeps ``count``; the model-index drops it).
-NOT_SCORES = frozenset({"protocol", "processes", "versions", "data_source"})
+NOT_SCORES = frozenset({"protocol", "processes", "versions", "data_source", "dtype"})
 #: The model-index's name for the dataset when the training data names none (or several).
 UNNAMED_DATASET = "evaluation data"
 #: Sentence used in the loading examples.
