@@ -23,6 +23,8 @@ PathLike = Union[str, os.PathLike]
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: What PIL raises for a file that is no readable image (a header over its pixel limit included).
+IMAGE_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
@@ -88,7 +90,7 @@ def load_image(path: PathLike, *, apply_exif: bool = True) -> Image.Image:
         raise DataError(f"image file not found: {os.fspath(path)}") from None
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except IMAGE_READ_ERRORS as error:
         raise DataError(f"cannot read image {os.fspath(path)}: {error}") from error
     return image
 
@@ -117,7 +119,10 @@ def accepted_sizes(path: PathLike) -> list[tuple[int, int]]:
     the image (EXIF orientation applied), then as stored when that differs (see
     :func:`load_sample_image`). Raises :class:`DataError` naming the path for a missing or
     unreadable file."""
-    shown, stored = image_size(path), image_size(path, apply_exif=False)
+    try:
+        shown, stored = image_size(path), image_size(path, apply_exif=False)
+    except Image.DecompressionBombError as error:  # image_size leaves it to read_image, which words it for max_pixels
+        raise DataError(f"cannot read image {os.fspath(path)}: {error}") from error
     return [shown] if shown == stored else [shown, stored]
 
 
