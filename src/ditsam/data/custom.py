@@ -40,8 +40,8 @@ import numpy as np
 from PIL import Image
 
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
-from ditsam.data.jsonl import clip, json_lines
-from ditsam.data.sample import IMAGE_READ_ERRORS, DataError, PathLike, accepted_sizes, load_image
+from ditsam.data.jsonl import json_lines
+from ditsam.data.sample import IMAGE_READ_ERRORS, DataError, PathLike, accepted_sizes, clip, load_image
 from ditsam.data.segmentation import decode_segmentation
 from ditsam.schema import is_integer, key_problems
 

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-# Characters of a bad line quoted in its message.
-QUOTED_CHARACTERS = 60
+from ditsam.data.sample import clip
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
@@ -35,8 +34,3 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             yield number, None, f"not valid JSON ({error.msg} at column {error.colno}): {clip(text.strip())}"
         except (ValueError, RecursionError) as error:  # integers over Python's digit limit; nesting past the stack
             yield number, None, f"not valid JSON here ({type(error).__name__}: {clip(str(error))}): {clip(text.strip())}"
-
-
-def clip(text: str, limit: int = QUOTED_CHARACTERS) -> str:
-    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ditsam.data.sample import DataError
+from ditsam.data.sample import DataError, short_repr
 from ditsam.schema import is_integer
 
 log = logging.getLogger(__name__)
@@ -91,25 +91,25 @@ def _to_rles(segmentation: Any, *, height: int, width: int, strict: bool) -> lis
         return [_rle(segmentation, height=height, width=width)]
     if not isinstance(segmentation, list) or not segmentation:
         raise DataError(
-            f"segmentation {_short(segmentation)} is neither a non-empty polygon list nor an RLE dict {{size, counts}}"
+            f"segmentation {short_repr(segmentation)} is neither a non-empty polygon list nor an RLE dict {{size, counts}}"
         )
     if all(isinstance(part, dict) for part in segmentation):
         return [_rle(part, height=height, width=width) for part in segmentation]
     if all(isinstance(part, list) for part in segmentation):
         polygons = _polygons(segmentation, height=height, width=width, strict=strict)
         return mask_utils.frPyObjects(polygons, height, width) if polygons else []
-    raise DataError(f"segmentation {_short(segmentation)} mixes polygons and RLE dicts or holds other values")
+    raise DataError(f"segmentation {short_repr(segmentation)} mixes polygons and RLE dicts or holds other values")
 
 
 def _polygons(parts: list[list], *, height: int, width: int, strict: bool) -> list[list[float]]:
     kept = []
     for index, part in enumerate(parts):
         if not all(isinstance(v, Real) and not isinstance(v, bool) for v in part):
-            raise DataError(f"polygon part {index} {_short(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]")
+            raise DataError(f"polygon part {index} {short_repr(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]")
         far = _far_coordinate(part, height=height, width=width)
         if far is not None:
             raise DataError(
-                f"polygon part {index} has coordinate {_short(far)}, far outside the {width}x{height} image (or not finite); "
+                f"polygon part {index} has coordinate {short_repr(far)}, far outside the {width}x{height} image (or not finite); "
                 f"expected points within {POLYGON_REACH} image size(s) of it"
             )
         if len(part) % 2:
@@ -158,7 +158,7 @@ def compressed_counts(counts: bytes) -> list[int] | None:
 
 def _rle(rle: dict, *, height: int, width: int) -> dict:
     if not {"size", "counts"} <= set(rle):
-        raise DataError(f"RLE {_short(rle)} lacks 'size' or 'counts'")
+        raise DataError(f"RLE {short_repr(rle)} lacks 'size' or 'counts'")
     size = rle["size"]
     if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
         raise DataError(f"RLE size {size!r} does not match the image's [height, width] = [{height}, {width}]")
@@ -171,20 +171,15 @@ def _rle(rle: dict, *, height: int, width: int) -> dict:
         return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     if isinstance(counts, str):
         if not counts.isascii():
-            raise DataError(f"compressed RLE counts {_short(counts)} hold non-ASCII characters")
+            raise DataError(f"compressed RLE counts {short_repr(counts)} hold non-ASCII characters")
         counts = counts.encode("ascii")
     if not isinstance(counts, bytes):
-        raise DataError(f"RLE counts {_short(counts)} are neither a string nor a list of run lengths")
+        raise DataError(f"RLE counts {short_repr(counts)} are neither a string nor a list of run lengths")
     runs = compressed_counts(counts)
     if runs is None or any(run < 0 for run in runs) or sum(runs) != height * width:
         found = "malformed" if runs is None else f"{len(runs)} runs summing to {sum(runs)}"
         raise DataError(
-            f"compressed RLE counts {_short(counts)} are not a run-length encoding of {height}x{width} pixels "
+            f"compressed RLE counts {short_repr(counts)} are not a run-length encoding of {height}x{width} pixels "
             f"({found}); expected non-negative runs summing to height*width = {height * width}"
         )
     return {"size": [height, width], "counts": counts}
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
