@@ -13,7 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+
+from helpers import uncompressed_counts
 
 # Nesting deep enough to exhaust Python's recursion limit in any recursive parser or walker.
 DEEP_NESTING = 100_000
@@ -51,6 +55,38 @@ pickle_values = st.recursive(
     | st.dictionaries(st.one_of(odd_text, st.integers(), st.binary(max_size=4)), inner, max_size=3),
     max_leaves=6,
 )
+
+#: Sentences as readers must take them: any non-blank text.
+sentences = st.text(min_size=1, max_size=20).filter(str.strip)
+
+
+def _rectangle(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def rectangles(height: int, width: int) -> st.SearchStrategy:
+    """Bool (height, width) masks of one axis-aligned rectangle (possibly empty)."""
+    return st.builds(_rectangle, st.just(height), st.just(width), st.integers(0, height - 1), st.integers(1, height),
+                     st.integers(0, width - 1), st.integers(1, width))
+
+
+def _compressed(mask: np.ndarray) -> dict:
+    counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def segmentations(height: int, width: int) -> st.SearchStrategy:
+    """Valid COCO segmentations of a height x width image: polygons (points up to 2 pixels outside it),
+    compressed or uncompressed RLE, or a list of RLE parts."""
+    coordinate = st.floats(-2, max(height, width) + 2, allow_nan=False)
+    polygons = st.lists(st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=5).map(
+        lambda points: [v for point in points for v in point]), min_size=1, max_size=2)
+    uncompressed = rectangles(height, width).map(lambda mask: {"size": list(mask.shape), "counts": uncompressed_counts(mask)})
+    return st.one_of(polygons, rectangles(height, width).map(_compressed), uncompressed,
+                     st.lists(uncompressed, min_size=1, max_size=2))
+
 
 MUTATIONS = ("drop", "retype", "wrap", "unwrap", "empty", "extreme", "extra_key", "duplicate", "edit")
 

@@ -18,15 +18,22 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from ditsam.cli.errors import CLIError
 from ditsam.cli.predict_inputs import read_pairs_jsonl
 from ditsam.data.base import clean_sentence
 from ditsam.data.custom import CustomDataset, read_custom, validate_custom
 from ditsam.data.sample import DataError, accepted_sizes
-from helpers import uncompressed_counts
-from strategies import broken_bytes, example_dir, hostile_texts, mutated, odd_text, valid_or_documented
+from strategies import (
+    broken_bytes,
+    example_dir,
+    hostile_texts,
+    mutated,
+    odd_text,
+    segmentations,
+    sentences,
+    valid_or_documented,
+)
 
 H, W = 12, 10
 # A header claiming this many pixels per side is over PIL's decompression-bomb limit (2 x 89.5 megapixels).
@@ -82,21 +89,6 @@ def jsonl_example(name: str, data: bytes) -> Iterator[Path]:
         yield path
 
 
-def _rectangle(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    mask = np.zeros((H, W), bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
-
-
-rectangles = st.builds(_rectangle, st.integers(0, H - 1), st.integers(1, H), st.integers(0, W - 1), st.integers(1, W))
-coordinates = st.floats(-2, max(H, W) + 2, allow_nan=False)
-polygons = st.lists(st.lists(st.tuples(coordinates, coordinates), min_size=3, max_size=5).map(
-    lambda points: [v for point in points for v in point]), min_size=1, max_size=2)
-compressed_rles = rectangles.map(
-    lambda mask: {"size": [H, W], "counts": mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()})
-uncompressed_rles = rectangles.map(lambda mask: {"size": [H, W], "counts": uncompressed_counts(mask)})
-segmentations = st.one_of(polygons, compressed_rles, uncompressed_rles, st.lists(uncompressed_rles, min_size=1, max_size=2))
-sentences = st.text(min_size=1, max_size=20).filter(str.strip)
 
 
 @st.composite
@@ -110,7 +102,7 @@ def custom_records(draw: st.DrawFn, *, valid: bool = False) -> dict:
     if draw(st.booleans()):
         record["mask"] = "mask.png" if valid else draw(st.sampled_from(MASKS))
     else:
-        record["segmentation"] = draw(segmentations)
+        record["segmentation"] = draw(segmentations(H, W))
     for field, values in (("split", st.sampled_from(SPLITS) | sentences), ("category_id", st.integers())):
         if draw(st.booleans()):
             record[field] = draw(values)
