@@ -241,3 +241,13 @@ def valid_or_documented(call: Callable[[], Any], error_type: type[BaseException]
     except error_type as error:
         assert_names_place(error, *places)
         return None
+
+
+def assert_raises_naming(error_type: type[BaseException], call: Callable[[], Any], *fragments: str) -> None:
+    """``call()`` raises ``error_type`` with a message holding every one of ``fragments`` (the regressions)."""
+    try:
+        call()
+    except error_type as error:
+        assert all(fragment in str(error) for fragment in fragments), f"{error!s} lacks one of {fragments}"
+    else:
+        raise AssertionError(f"no {error_type.__name__} naming {fragments}")

@@ -25,6 +25,7 @@ from ditsam.data.sample import DataError, accepted_sizes
 from ditsam.data.segmentation import compressed_counts
 from helpers import uncompressed_counts
 from strategies import (
+    assert_raises_naming,
     broken_bytes,
     deep_pickle,
     example_dir,
@@ -253,20 +254,13 @@ def _refer(root: Path) -> ReferDataset:
     return ReferDataset(root=root, dataset="refcoco", split_by="unc", split="train", image_dir=root / "images")
 
 
-def _raises(call: Any, *fragments: str) -> None:
-    try:
-        call()
-    except DataError as error:
-        assert all(fragment in str(error) for fragment in fragments), error
-    else:
-        raise AssertionError(f"no DataError naming {fragments}")
 
 
 def test_refs_pickle_nested_past_the_stack_or_holding_itself_is_a_data_error(tmp_path: Path) -> None:
     """Turning Python 2 byte strings into text recursed without end: RecursionError escaped."""
     for name, data in (("deep", deep_pickle()), ("cycle", self_referencing_pickle())):
         (tmp_path / name).write_bytes(data)
-        _raises(lambda: load_refs(tmp_path / name), f"cannot read refs file {tmp_path / name}", "RecursionError")
+        assert_raises_naming(DataError, lambda: load_refs(tmp_path / name), f"cannot read refs file {tmp_path / name}", "RecursionError")
 
 
 def test_ref_fields_of_the_wrong_type_name_the_ref(tmp_path: Path) -> None:
@@ -279,7 +273,7 @@ def test_ref_fields_of_the_wrong_type_name_the_ref(tmp_path: Path) -> None:
              ({"sentences": [{"sent": "x", "sent_id": "7"}]}, "sentence #0: field 'sent_id' is '7'")]
     for index, (fields, message) in enumerate(cases):
         root = _refer_root(tmp_path / str(index), [_refer_ref(**fields)], _coco())
-        _raises(lambda: _refer(root), message)
+        assert_raises_naming(DataError, lambda: _refer(root), message)
 
 
 def test_image_sizes_and_annotation_fields_are_checked_before_any_mask_is_decoded(tmp_path: Path) -> None:
@@ -297,13 +291,13 @@ def test_image_sizes_and_annotation_fields_are_checked_before_any_mask_is_decode
              (nan_box, "annotation 1: bbox [1, 1, nan, 8]; expected [x, y, w, h]")]
     for index, (coco, message) in enumerate(cases):
         root = _refer_root(tmp_path / str(index), [_refer_ref()], coco)
-        _raises(lambda: _refer(root), message)
+        assert_raises_naming(DataError, lambda: _refer(root), message)
 
 
 def test_instances_file_nested_past_the_stack_is_a_data_error(tmp_path: Path) -> None:
     root = _refer_root(tmp_path, [_refer_ref()], {})
     (root / "refcoco" / "instances.json").write_text("[" * 100_000 + "]" * 100_000)
-    _raises(lambda: _refer(root), "cannot read instances file", "RecursionError")
+    assert_raises_naming(DataError, lambda: _refer(root), "cannot read instances file", "RecursionError")
 
 
 def _grefcoco_root(root: Path, refs: list[dict]) -> Path:
@@ -327,7 +321,7 @@ def test_grefcoco_ann_ids_and_flags_of_the_wrong_type_name_the_ref(tmp_path: Pat
              (_gref(1, [1], category_id=["person"]), "ref 1: category_id ['person']; expected an integer")]
     for index, (ref, message) in enumerate(cases):
         root = _grefcoco_root(tmp_path / str(index), [ref])
-        _raises(lambda: GRefCocoDataset(root=root, split="val", image_dir=root / "images"), message)
+        assert_raises_naming(DataError, lambda: GRefCocoDataset(root=root, split="val", image_dir=root / "images"), message)
 
 
 def test_grefcoco_refs_sharing_an_id_keep_their_own_targets(tmp_path: Path) -> None:
