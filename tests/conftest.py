@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny random BERT (generated vocabulary, no download) and a saved tiny model; the
-markers (``slow`` by module, ``browser`` for tests that drive headless Chromium). Helpers that tests
-import live in ``helpers.py``."""
+markers (``slow`` by module, ``browser`` for tests that drive headless Chromium); the hypothesis profiles of the
+property tests. Helpers that tests import live in ``helpers.py`` (``strategies.py`` for the property tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from ditsam.model.text import build_tiny_bert
 from helpers import WORDS, tiny_config
@@ -17,6 +18,18 @@ from helpers import WORDS, tiny_config
 # The suite never touches the network: only tiny models and data built locally. Set before anything imports
 # huggingface_hub (it reads the variable once); text models may download by default, so this matters.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# Property tests (test_properties_*.py): "ci" keeps the whole property suite near a minute on one core (a few
+# hundred examples per reader); HYPOTHESIS_PROFILE=long runs thousands per test. No deadline: the machines are
+# shared and timings vary; readers write and read files, which hypothesis would call too slow.
+PROPERTY_EXAMPLES = {"ci": 60, "long": 2000}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, examples in PROPERTY_EXAMPLES.items():
+        settings.register_profile(name, max_examples=examples, deadline=None,
+                                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Modules whose tests train, generate datasets, export, serve or download: `pytest -m "not slow"` leaves them out.
 SLOW_MODULES = frozenset({

@@ -1,6 +1,6 @@
 """Helpers the tests share, importable as ``from helpers import ...`` (pytest puts ``tests/`` on the path):
-tiny model and experiment configs, multi-process launch commands, a local Hugging Face cache, a local HTTP
-file server, and a parser of RefShapes sentences
+tiny model and experiment configs, COCO RLE counts, multi-process launch commands, a local Hugging Face cache, a
+local HTTP file server, and a parser of RefShapes sentences
 written independently of the generator, to check what it writes. Fixtures stay in ``conftest.py``;
 checkpoint files in others' layouts are built by ``checkpoint_files.py``.
 """
@@ -14,6 +14,8 @@ import re
 import shutil
 import threading
 from pathlib import Path
+
+import numpy as np
 
 from ditsam.data.refshapes import COLOURS
 from ditsam.engine.config import ExperimentConfig
@@ -57,6 +59,19 @@ def tiny_experiment(root: Path, bert_dir: Path, *, data_format: str = "refshapes
         data=dict(format=data_format, root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
         train=train,
     ))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Annotations
+# ---------------------------------------------------------------------------------------------------
+def uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts of a bool (H, W) mask: run lengths in column-major order, starting
+    with a run of zeros."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if flat[0] == 0 else [0] + runs
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 
 from ditsam.data import DataError, open_dataset
 from ditsam.data.refer import ReferDataset, available_splits, load_refs
+from helpers import uncompressed_counts
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "refcocog-umd-sample"
 FIXTURE_ROOT, FIXTURE_NAME = FIXTURE.parent, FIXTURE.name
@@ -158,15 +159,6 @@ def _square(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> np.n
     return mask
 
 
-def _uncompressed_counts(mask: np.ndarray) -> list[int]:
-    """Run lengths in column-major order, starting with a run of zeros (COCO's convention)."""
-    flat = mask.flatten(order="F").astype(np.int8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return runs if flat[0] == 0 else [0] + runs
-
-
 def _write_refer(root: Path, refs: list[dict], annotations: list[dict], *, dataset="refcoco", split_by="unc") -> Path:
     folder = root / dataset
     folder.mkdir(parents=True)
@@ -196,10 +188,10 @@ def rle_root(tmp_path: Path) -> tuple[Path, dict[int, np.ndarray]]:
     compressed = mask_utils.encode(np.asfortranarray(a.astype(np.uint8)))
     annotations = [
         _ann(1, {"size": [12, 10], "counts": compressed["counts"].decode("ascii")}),
-        _ann(2, {"size": [12, 10], "counts": _uncompressed_counts(b)}),
+        _ann(2, {"size": [12, 10], "counts": uncompressed_counts(b)}),
         # two polygon parts: squares given by their corners (pixel centres inside the outline)
         _ann(3, [[0.5, 0.5, 3.5, 0.5, 3.5, 3.5, 0.5, 3.5], [6.5, 7.5, 8.5, 7.5, 8.5, 10.5, 6.5, 10.5], [8, 0, 9, 1]]),
-        _ann(4, [{"size": [12, 10], "counts": _uncompressed_counts(b)}, {"size": [12, 10], "counts": _uncompressed_counts(c)}]),
+        _ann(4, [{"size": [12, 10], "counts": uncompressed_counts(b)}, {"size": [12, 10], "counts": uncompressed_counts(c)}]),
     ]
     refs = [_ref(1, 1, "train", "Left  THING"), _ref(2, 2, "train", "b"), _ref(3, 3, "val", "c", "cc"), _ref(4, 4, "testA", "d")]
     _write_refer(tmp_path, refs, annotations)

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ditsam.cli.errors import CLIError
 from ditsam.data.images import IMAGE_SUFFIXES
+from ditsam.data.jsonl import json_lines
 
 JSONL_KEYS = ("image", "text", "sentence", "id")
 
@@ -22,39 +22,38 @@ def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
     problems: list[str] = []
     pairs: list[dict[str, Any]] = []
     base = path.parent
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{number}"
-            before = len(problems)
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as error:
-                problems.append(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{where}: expected an object {{\"image\": ..., \"text\": ...}}, got {type(obj).__name__}")
-                continue
-            unknown = sorted(set(obj) - set(JSONL_KEYS))
-            if unknown:
-                problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id")
-            image = obj.get("image")
-            if not isinstance(image, str) or not image.strip():
-                problems.append(f"{where}: 'image' must be a file path (a non-empty string), got {image!r}")
-                image_path = None
-            else:
-                image_path = Path(image) if os.path.isabs(image) else base / image
-                if not image_path.is_file():
-                    problems.append(f"{where}: image file {image_path} not found")
-            if "text" in obj and "sentence" in obj:
-                problems.append(f"{where}: give 'text' or 'sentence', not both")
-            text = obj.get("text", obj.get("sentence"))
-            if not isinstance(text, str) or not text.strip():
-                problems.append(f"{where}: 'text' must be a non-empty sentence, got {text!r}")
-            if len(problems) > before:
-                continue
-            pairs.append({"image": image_path, "text": text, "id": obj.get("id", len(pairs)), "line": number})
+    try:
+        lines = list(json_lines(path))
+    except OSError as error:
+        raise CLIError(f"cannot read JSONL file {path}: {error}") from error
+    for number, obj, problem in lines:
+        where = f"{path}:{number}"
+        before = len(problems)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"{where}: expected an object {{\"image\": ..., \"text\": ...}}, got {type(obj).__name__}")
+            continue
+        unknown = sorted(set(obj) - set(JSONL_KEYS))
+        if unknown:
+            problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id")
+        image = obj.get("image")
+        if not isinstance(image, str) or not image.strip():
+            problems.append(f"{where}: 'image' must be a file path (a non-empty string), got {image!r}")
+            image_path = None
+        else:
+            image_path = Path(image) if os.path.isabs(image) else base / image
+            if not os.path.isfile(image_path):  # never raises: Path.is_file does for a name too long
+                problems.append(f"{where}: image file {image_path} not found")
+        if "text" in obj and "sentence" in obj:
+            problems.append(f"{where}: give 'text' or 'sentence', not both")
+        text = obj.get("text", obj.get("sentence"))
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{where}: 'text' must be a non-empty sentence, got {text!r}")
+        if len(problems) > before:
+            continue
+        pairs.append({"image": image_path, "text": text, "id": obj.get("id", len(pairs)), "line": number})
     if problems:
         shown = problems[:50]
         more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""

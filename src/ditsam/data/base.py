@@ -11,13 +11,16 @@ nothing decoded) and implements :meth:`RefDatasetBase._load_mask`. Items are the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from numbers import Real
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
-from ditsam.data.sample import DataError, RefSample, accepted_sizes
+from ditsam.data.sample import DataError, RefSample, accepted_sizes, short_repr
 from ditsam.data.segmentation import bbox_from_mask
+from ditsam.schema import is_integer
 
 Mode = Literal["train", "eval"]
 MODES: tuple[str, ...] = ("train", "eval")
@@ -66,6 +69,42 @@ def check_split(split: str, available: Iterable[str], *, source: str) -> None:
 def clean_sentence(text: str) -> str:
     """Collapse runs of whitespace (files mix tabs, newlines and double spaces)."""
     return " ".join(text.split())
+
+
+_REQUIRED = object()
+
+
+def integer_field(record: Mapping[str, Any], key: str, *, where: str, default: Any = _REQUIRED) -> int:
+    """``record[key]`` if it is an integer (not a bool), ``default`` if the key is absent and a default is
+    given; else :class:`DataError` naming ``where``, the field and the value."""
+    if key not in record:
+        if default is _REQUIRED:
+            raise DataError(f"{where}: missing field {key!r}; expected an integer")
+        return default
+    value = record[key]
+    if not is_integer(value):
+        raise DataError(f"{where}: field {key!r} is {short_repr(value)}; expected an integer")
+    return value
+
+
+def bbox_field(value: Any, *, where: str) -> tuple[float, float, float, float]:
+    """A box ``[x, y, w, h]`` of finite numbers with ``w, h >= 0`` as floats, else :class:`DataError` naming
+    ``where`` and the value (a NaN or negative box would reach the box prompts unnoticed)."""
+    box = [_finite(v) for v in value] if isinstance(value, (list, tuple)) else []
+    if len(box) != 4 or None in box or box[2] < 0 or box[3] < 0:
+        raise DataError(f"{where}: bbox {short_repr(value)}; expected [x, y, w, h], finite numbers with w, h >= 0")
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite real number (not a bool), else None."""
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        return None
+    return number if math.isfinite(number) else None
 
 
 def mask_shape_problem(mask: np.ndarray, sizes: Sequence[tuple[int, int]], *, what: str) -> str | None:

@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
-from ditsam.data.sample import DataError, PathLike, accepted_sizes, load_image
+from ditsam.data.jsonl import json_lines
+from ditsam.data.sample import IMAGE_READ_ERRORS, DataError, PathLike, accepted_sizes, clip, load_image
 from ditsam.data.segmentation import decode_segmentation
 from ditsam.schema import is_integer, key_problems
 
@@ -178,29 +179,21 @@ def read_mask_png(path: PathLike) -> np.ndarray:
             return np.ascontiguousarray(np.asarray(image) != 0)
     except FileNotFoundError:
         raise DataError(f"mask file not found: {os.fspath(path)}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except IMAGE_READ_ERRORS as error:
         raise DataError(f"cannot read mask file {os.fspath(path)}: {error}") from error
 
 
 def _json_lines(path: Path, problems: list[str]) -> Iterator[tuple[int, Any, str | None]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        lines = list(json_lines(path))
     except FileNotFoundError:
         problems.append(f"{path}: file not found")
         return
-    except (OSError, UnicodeDecodeError) as error:
-        problems.append(f"{path}: cannot read as UTF-8 text: {error}")
+    except OSError as error:
+        problems.append(f"{path}: cannot read: {error}")
         return
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield line, json.loads(raw), None
-        except json.JSONDecodeError as error:
-            yield line, None, (
-                f"{path}:{line}: not valid JSON ({error.msg} at column {error.colno}): {_clip(raw.strip())}; "
-                "expected one JSON object per line"
-            )
+    for line, obj, problem in lines:
+        yield line, obj, problem and f"{path}:{line}: {problem}; expected one JSON object per line"
 
 
 def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord | None, list[str]]:
@@ -313,7 +306,7 @@ def _mask_problems(path: Path, sizes: list[tuple[int, int]], *, where: str, chec
                 mask.load()
     except FileNotFoundError:
         return [f"{where}: field 'mask': file {os.fspath(path)} not found; expected a PNG file"]
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except IMAGE_READ_ERRORS as error:
         return [f"{where}: field 'mask': cannot read {os.fspath(path)}: {error}; expected a PNG file"]
     problems = []
     if file_format != "PNG":
@@ -366,11 +359,7 @@ def _object(record: CustomRecord, *, image_id: int, sent_ids: tuple[int, ...]) -
 
 def _short(value: Any, limit: int = 60) -> str:
     """A value as it would appear in the file (JSON), clipped."""
-    return _clip(json.dumps(value) if _jsonable(value) else repr(value), limit)
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clip(json.dumps(value) if _jsonable(value) else repr(value), limit)
 
 
 def _jsonable(value: Any) -> bool:

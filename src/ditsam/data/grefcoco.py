@@ -27,18 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ditsam.data.base import RefDatasetBase, RefObject, sorted_splits
+from ditsam.data.base import RefDatasetBase, RefObject, integer_field, sorted_splits
 from ditsam.data.refer import (
     TextField,
     check_refs,
+    image_fields,
     image_size_problem,
     load_refs,
     read_instances,
     ref_sentences,
     refs_of_split,
 )
-from ditsam.data.sample import DataError, PathLike
+from ditsam.data.sample import DataError, PathLike, short_repr
 from ditsam.data.segmentation import decode_segmentation, segmentation_area
+from ditsam.schema import is_integer
 
 # ann_id of a ref whose sentences name nothing in the image.
 NO_TARGET_ANN_IDS = [-1]
@@ -66,7 +68,7 @@ def load_grefs(path: PathLike) -> list[dict]:
         raise DataError(f"gRefCOCO refs file not found: {path} (nor its pickled .p twin){hint}")
     try:
         refs = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise DataError(f"cannot read gRefCOCO refs file {path}: {type(error).__name__}: {error}") from error
     return check_refs(refs, path)
 
@@ -88,11 +90,13 @@ def available_splits(*, root: PathLike, dataset: str = "grefcoco", split_by: str
 def target_ann_ids(ref: dict, *, where: str) -> list[int]:
     """The ref's annotation ids, ``[]`` for no target; checks ``no_target`` agrees with ``ann_id``."""
     raw = ref["ann_id"]
-    ann_ids = [int(a) for a in raw] if isinstance(raw, (list, tuple)) else [int(raw)]
+    ann_ids = list(raw) if isinstance(raw, (list, tuple)) else [raw]
     no_target = ann_ids == NO_TARGET_ANN_IDS
-    if not ann_ids or (-1 in ann_ids and not no_target):
-        raise DataError(f"{where}: ann_id {raw!r} must list annotation ids, or be exactly [-1] for no target")
-    if "no_target" in ref and bool(ref["no_target"]) != no_target:
+    if not ann_ids or not all(is_integer(a) for a in ann_ids) or (-1 in ann_ids and not no_target):
+        raise DataError(f"{where}: ann_id {short_repr(raw)} must list annotation ids, or be exactly [-1] for no target")
+    if "no_target" in ref and not isinstance(ref["no_target"], bool):
+        raise DataError(f"{where}: no_target is {short_repr(ref['no_target'])}; expected true or false")
+    if "no_target" in ref and ref["no_target"] != no_target:
         raise DataError(
             f"{where}: no_target is {ref['no_target']!r} but ann_id is {raw!r} "
             f"({'[-1] means no target' if no_target else 'annotations listed means a target'}); the record contradicts itself"
@@ -131,18 +135,19 @@ class GRefCocoDataset(RefDatasetBase):
     ) -> None:
         path = grefs_path(root=root, dataset=dataset, split_by=split_by)
         refs = refs_of_split(load_grefs(path), split=split, source=path, text_field=text_field)
-        targets = {int(ref["ref_id"]): target_ann_ids(ref, where=f"{path}: ref {ref['ref_id']}") for ref in refs}
+        # One entry per ref, not a dict by ref_id: refs sharing an id keep their own targets.
+        targets = [target_ann_ids(ref, where=f"{path}: ref {ref['ref_id']}") for ref in refs]
         instances = Path(root) / dataset / "instances.json"
-        images, annotations = read_instances(instances, ann_ids={a for ids in targets.values() for a in ids})
+        images, annotations = read_instances(instances, ann_ids={a for ids in targets for a in ids})
         self.dataset = dataset
         self.split_by = split_by
         self.refs_file = path
         # The refs file read and its sha256 (the release was renumbered once: results name their file).
         self.source = {"refs_file": os.fspath(path), "sha256": file_sha256(path)}
         objects = [
-            self._ref_object(ref, targets[int(ref["ref_id"])], images, annotations, Path(image_dir), text_field,
+            self._ref_object(ref, ann_ids, images, annotations, Path(image_dir), text_field,
                              where=f"{path}: ref {ref['ref_id']}", instances=instances)
-            for ref in refs
+            for ref, ann_ids in zip(refs, targets)
         ]
         super().__init__(objects=objects, split=split, mode=mode)
 
@@ -151,15 +156,16 @@ class GRefCocoDataset(RefDatasetBase):
         ref: dict, ann_ids: list[int], images: dict, annotations: dict, image_dir: Path, text_field: str, *,
         where: str, instances: Path,
     ) -> RefObject:
-        image = images.get(int(ref["image_id"]))
+        image = images.get(ref["image_id"])
         if image is None:
             raise DataError(f"{where}: image {ref['image_id']} is not in {instances}")
+        file_name, height, width = image_fields(image, where=f"{instances}: image {ref['image_id']}")
         parts = []
         for ann_id in ann_ids:
             ann = annotations.get(ann_id)
             if ann is None:
                 raise DataError(f"{where}: annotation {ann_id} is not in {instances}")
-            if int(ann["image_id"]) != int(ref["image_id"]):
+            if integer_field(ann, "image_id", where=f"{instances}: annotation {ann_id}") != ref["image_id"]:
                 raise DataError(f"{where}: annotation {ann_id} belongs to image {ann['image_id']}, not {ref['image_id']}")
             if not ann.get("iscrowd", 0):  # crowd regions are not part of the target (gRefCOCO API)
                 if not ann.get("segmentation"):
@@ -167,17 +173,19 @@ class GRefCocoDataset(RefDatasetBase):
                 parts.append((ann_id, ann["segmentation"]))
         categories = ref.get("category_id", [])
         first_category = categories[0] if isinstance(categories, list) and categories else categories
+        if first_category not in ([], None) and not is_integer(first_category):
+            raise DataError(f"{where}: category_id {short_repr(categories)}; expected an integer or a list of them")
         sentences, sent_ids = ref_sentences(ref, text_field=text_field, where=where)
         return RefObject(
-            image_path=os.fspath(image_dir / image["file_name"]),
+            image_path=os.fspath(image_dir / file_name),
             sentences=sentences,
             sent_ids=sent_ids,
-            ref_id=int(ref["ref_id"]),
+            ref_id=ref["ref_id"],
             ann_id=ann_ids[0] if ann_ids else -1,
-            image_id=int(ref["image_id"]),
-            category_id=int(first_category) if first_category not in ([], None) else -1,
+            image_id=ref["image_id"],
+            category_id=first_category if first_category not in ([], None) else -1,
             bbox=None,
-            mask_source=(parts, int(image["height"]), int(image["width"])),
+            mask_source=(parts, height, width),
             no_target=not ann_ids,
         )
 

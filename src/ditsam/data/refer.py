@@ -28,14 +28,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
-from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, sorted_splits
-from ditsam.data.sample import DataError, PathLike
+from ditsam.data.base import (
+    RefDatasetBase,
+    RefObject,
+    bbox_field,
+    check_split,
+    clean_sentence,
+    integer_field,
+    sorted_splits,
+)
+from ditsam.data.sample import DataError, PathLike, short_repr
 from ditsam.data.segmentation import decode_segmentation, polygon_bounds, segmentation_area
 from ditsam.schema import key_problems
 
 TextField = Literal["sent", "raw"]
 _REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+# PIL refuses to open an image of more than this many times its MAX_IMAGE_PIXELS: a larger size declared in
+# instances.json can match no image, and masks are decoded at the declared size before the image is read.
+_PIL_REFUSAL_FACTOR = 2
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -71,21 +83,30 @@ def load_refs(path: PathLike) -> list[dict]:
         hint = f"; refs files there: {', '.join(others)}" if others else ""
         raise DataError(f"refs file not found: {path}{hint}")
     try:
-        data = read_plain_pickle(path)
+        data = _text(read_plain_pickle(path))
     except Exception as error:  # any unpickling failure means a bad file; report it, never run it
+        # (RecursionError included: data nested past the stack, or a list holding itself)
         raise DataError(f"cannot read refs file {path}: {type(error).__name__}: {error}") from error
-    return check_refs(_text(data), path)
+    return check_refs(data, path)
 
 
 def check_refs(refs: Any, path: PathLike) -> list[dict]:
-    """``refs`` if it is a list of ref dicts that each carry REFER's required fields, else
+    """``refs`` if it is a list of ref dicts that each carry REFER's required fields (integer ``ref_id`` and
+    ``image_id``, a ``split`` name, a ``sentences`` list; ``ann_id`` is each format's own), else
     :class:`DataError` naming ``path`` and the first bad ref."""
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise DataError(f"refs file {path} does not hold a list of ref dicts")
     for position, ref in enumerate(refs):
+        where = f"refs file {path}: ref #{position}"
         missing, _ = key_problems(ref, required=_REQUIRED_REF_KEYS)
         if missing:
-            raise DataError(f"refs file {path}: ref #{position} lacks field(s) {', '.join(missing)}")
+            raise DataError(f"{where} lacks field(s) {', '.join(missing)}")
+        integer_field(ref, "ref_id", where=where)
+        integer_field(ref, "image_id", where=where)
+        if not isinstance(ref["split"], str):
+            raise DataError(f"{where}: field 'split' is {short_repr(ref['split'])}; expected a split name such as 'train'")
+        if not isinstance(ref["sentences"], list):
+            raise DataError(f"{where}: field 'sentences' is {short_repr(ref['sentences'])}; expected a list of sentences")
     return refs
 
 
@@ -120,8 +141,9 @@ class ReferDataset(RefDatasetBase):
     ) -> None:
         path = refs_path(root=root, dataset=dataset, split_by=split_by)
         refs = refs_of_split(load_refs(path), split=split, source=path, text_field=text_field)
+        ann_ids = {integer_field(ref, "ann_id", where=f"{path}: ref {ref['ref_id']}") for ref in refs}
         instances = Path(root) / dataset / "instances.json"
-        images, annotations = read_instances(instances, ann_ids={ref["ann_id"] for ref in refs})
+        images, annotations = read_instances(instances, ann_ids=ann_ids)
         objects = [_ref_object(ref, images, annotations, Path(image_dir), text_field, path, instances) for ref in refs]
         self.dataset = dataset
         self.split_by = split_by
@@ -181,9 +203,22 @@ def read_instances(path: Path, *, ann_ids: set[int]) -> tuple[dict[int, dict], d
             data = json.load(handle)
         images = {int(image["id"]): image for image in data["images"]}
         annotations = {int(ann["id"]): ann for ann in data["annotations"] if int(ann["id"]) in ann_ids}
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
         raise DataError(f"cannot read instances file {path}: {type(error).__name__}: {error}") from error
     return images, annotations
+
+
+def image_fields(image: dict, *, where: str) -> tuple[str, int, int]:
+    """``(file_name, height, width)`` of an instances.json image record: a file name, and sizes that are
+    positive integers an image can have (at most what PIL opens); else :class:`DataError` naming ``where``."""
+    file_name = image.get("file_name")
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise DataError(f"{where}: field 'file_name' is {short_repr(file_name)}; expected an image file name")
+    height, width = (integer_field(image, key, where=where) for key in ("height", "width"))
+    limit = Image.MAX_IMAGE_PIXELS and _PIL_REFUSAL_FACTOR * Image.MAX_IMAGE_PIXELS
+    if height < 1 or width < 1 or (limit and height * width > limit):
+        raise DataError(f"{where}: size {width}x{height} (WxH); expected positive sizes of at most {limit} pixels")
+    return file_name, height, width
 
 
 def image_size_problem(image_path: str, *, width: int, height: int, sizes: list[tuple[int, int]]) -> str | None:
@@ -207,11 +242,11 @@ def ref_sentences(ref: dict, *, text_field: str, where: str) -> tuple[tuple[str,
     """A ref's sentences (``text_field``, whitespace collapsed; ``sent`` lower-cased) and their ids."""
     sentences, sent_ids = [], []
     for position, sentence in enumerate(ref["sentences"]):
-        if not isinstance(sentence, dict) or text_field not in sentence:
+        if not isinstance(sentence, dict) or not isinstance(sentence.get(text_field), str):
             raise DataError(f"{where}: sentence #{position} has no {text_field!r} text")
-        text = clean_sentence(str(sentence[text_field]))
+        text = clean_sentence(sentence[text_field])
         sentences.append(text.lower() if text_field == "sent" else text)
-        sent_ids.append(int(sentence.get("sent_id", -1)))
+        sent_ids.append(integer_field(sentence, "sent_id", where=f"{where}: sentence #{position}", default=-1))
     return tuple(sentences), tuple(sent_ids)
 
 
@@ -224,18 +259,22 @@ def _ref_object(
         raise DataError(f"{where}: annotation {ref['ann_id']} is not in {instances}")
     if not ann.get("segmentation"):
         raise DataError(f"{where}: annotation {ref['ann_id']} in {instances} has no segmentation")
-    image = images.get(ann["image_id"])
+    ann_where = f"{instances}: annotation {ref['ann_id']}"
+    image_id = integer_field(ann, "image_id", where=ann_where)
+    image = images.get(image_id)
     if image is None:
-        raise DataError(f"{where}: image {ann['image_id']} of annotation {ref['ann_id']} is not in {instances}")
+        raise DataError(f"{where}: image {image_id} of annotation {ref['ann_id']} is not in {instances}")
+    file_name, height, width = image_fields(image, where=f"{instances}: image {image_id}")
     sentences, sent_ids = ref_sentences(ref, text_field=text_field, where=where)
     return RefObject(
-        image_path=os.fspath(image_dir / image["file_name"]),
+        image_path=os.fspath(image_dir / file_name),
         sentences=sentences,
         sent_ids=sent_ids,
-        ref_id=int(ref["ref_id"]),
-        ann_id=int(ref["ann_id"]),
-        image_id=int(ann["image_id"]),
-        category_id=int(ref.get("category_id", ann.get("category_id", -1))),
-        bbox=tuple(float(v) for v in ann["bbox"]) if "bbox" in ann else None,  # type: ignore[arg-type]
-        mask_source=(ann["segmentation"], int(image["height"]), int(image["width"])),
+        ref_id=ref["ref_id"],
+        ann_id=ref["ann_id"],
+        image_id=image_id,
+        category_id=integer_field(ref, "category_id", where=where,
+                                  default=integer_field(ann, "category_id", where=ann_where, default=-1)),
+        bbox=bbox_field(ann["bbox"], where=ann_where) if "bbox" in ann else None,
+        mask_source=(ann["segmentation"], height, width),
     )

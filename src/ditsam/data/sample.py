@@ -23,6 +23,10 @@ PathLike = Union[str, os.PathLike]
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Characters of a value or line quoted in a message.
+QUOTED_CHARACTERS = 60
+#: What PIL raises for a file that is no readable image (a header over its pixel limit included).
+IMAGE_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
@@ -88,7 +92,7 @@ def load_image(path: PathLike, *, apply_exif: bool = True) -> Image.Image:
         raise DataError(f"image file not found: {os.fspath(path)}") from None
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except IMAGE_READ_ERRORS as error:
         raise DataError(f"cannot read image {os.fspath(path)}: {error}") from error
     return image
 
@@ -117,7 +121,10 @@ def accepted_sizes(path: PathLike) -> list[tuple[int, int]]:
     the image (EXIF orientation applied), then as stored when that differs (see
     :func:`load_sample_image`). Raises :class:`DataError` naming the path for a missing or
     unreadable file."""
-    shown, stored = image_size(path), image_size(path, apply_exif=False)
+    try:
+        shown, stored = image_size(path), image_size(path, apply_exif=False)
+    except Image.DecompressionBombError as error:  # image_size leaves it to read_image, which words it for max_pixels
+        raise DataError(f"cannot read image {os.fspath(path)}: {error}") from error
     return [shown] if shown == stored else [shown, stored]
 
 
@@ -204,3 +211,13 @@ def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
     else:
         scale = 1.0 / 257.0  # 65535 -> 255 exactly
     return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
+
+
+def clip(text: str, limit: int = QUOTED_CHARACTERS) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut (values quoted in messages)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` clipped, for naming a bad value in a message."""
+    return clip(repr(value))

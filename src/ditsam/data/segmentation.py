@@ -19,10 +19,26 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ditsam.data.sample import DataError
+from ditsam.data.sample import DataError, short_repr
 from ditsam.schema import is_integer
 
 log = logging.getLogger(__name__)
+
+# How far outside the image, in image sizes, a polygon point may lie. pycocotools rasterises every edge at
+# 5x resolution into buffers sized by the edge's length: a point far away (or NaN / infinite, cast to a
+# huge int in C) exhausts memory or crashes the process instead of raising.
+POLYGON_REACH = 1
+# Compressed RLE counts: each character is RLE_CHAR_OFFSET + a 6-bit group holding 5 value bits, a
+# continuation bit and (in a value's last group) a sign bit; counts after the second are stored as the
+# difference to the count two before.
+RLE_CHAR_OFFSET = 48
+RLE_GROUP_BITS = 5
+RLE_VALUE_MASK = 0x1F
+RLE_MORE_BIT = 0x20
+RLE_SIGN_BIT = 0x10
+RLE_GROUP_LIMIT = 64
+# Groups of one count: 7 x 5 bits cover every run of a mask whose size fits pycocotools' 32-bit counts.
+RLE_MAX_GROUPS = 7
 
 
 def decode_segmentation(segmentation: Any, *, height: int, width: int, strict: bool = False) -> np.ndarray:
@@ -75,21 +91,27 @@ def _to_rles(segmentation: Any, *, height: int, width: int, strict: bool) -> lis
         return [_rle(segmentation, height=height, width=width)]
     if not isinstance(segmentation, list) or not segmentation:
         raise DataError(
-            f"segmentation {_short(segmentation)} is neither a non-empty polygon list nor an RLE dict {{size, counts}}"
+            f"segmentation {short_repr(segmentation)} is neither a non-empty polygon list nor an RLE dict {{size, counts}}"
         )
     if all(isinstance(part, dict) for part in segmentation):
         return [_rle(part, height=height, width=width) for part in segmentation]
     if all(isinstance(part, list) for part in segmentation):
-        polygons = _polygons(segmentation, strict=strict)
+        polygons = _polygons(segmentation, height=height, width=width, strict=strict)
         return mask_utils.frPyObjects(polygons, height, width) if polygons else []
-    raise DataError(f"segmentation {_short(segmentation)} mixes polygons and RLE dicts or holds other values")
+    raise DataError(f"segmentation {short_repr(segmentation)} mixes polygons and RLE dicts or holds other values")
 
 
-def _polygons(parts: list[list], *, strict: bool) -> list[list[float]]:
+def _polygons(parts: list[list], *, height: int, width: int, strict: bool) -> list[list[float]]:
     kept = []
     for index, part in enumerate(parts):
         if not all(isinstance(v, Real) and not isinstance(v, bool) for v in part):
-            raise DataError(f"polygon part {index} {_short(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]")
+            raise DataError(f"polygon part {index} {short_repr(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]")
+        far = _far_coordinate(part, height=height, width=width)
+        if far is not None:
+            raise DataError(
+                f"polygon part {index} has coordinate {short_repr(far)}, far outside the {width}x{height} image (or not finite); "
+                f"expected points within {POLYGON_REACH} image size(s) of it"
+            )
         if len(part) % 2:
             raise DataError(f"polygon part {index} has an odd number of coordinates ({len(part)}); expected x, y pairs")
         if len(part) < 6:
@@ -101,9 +123,42 @@ def _polygons(parts: list[list], *, strict: bool) -> list[list[float]]:
     return kept
 
 
+def _far_coordinate(part: list, *, height: int, width: int) -> Real | None:
+    """The first x or y of ``part`` beyond :data:`POLYGON_REACH` image sizes outside the image (NaN never
+    compares within), or None."""
+    for position, value in enumerate(part):
+        size = height if position % 2 else width
+        if not -POLYGON_REACH * size <= value <= (1 + POLYGON_REACH) * size:
+            return value
+    return None
+
+
+def compressed_counts(counts: bytes) -> list[int] | None:
+    """The run lengths a compressed RLE string stands for (see :data:`RLE_CHAR_OFFSET`), or None when it is
+    malformed: a character outside the alphabet, a value cut off, or one longer than :data:`RLE_MAX_GROUPS`.
+    pycocotools parses such strings without bounds checks, so they are decoded here first."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(counts) or shift >= RLE_MAX_GROUPS * RLE_GROUP_BITS:
+                return None
+            group = counts[position] - RLE_CHAR_OFFSET
+            if not 0 <= group < RLE_GROUP_LIMIT:
+                return None
+            value |= (group & RLE_VALUE_MASK) << shift
+            more = bool(group & RLE_MORE_BIT)
+            position, shift = position + 1, shift + RLE_GROUP_BITS
+            if not more and group & RLE_SIGN_BIT:
+                value -= 1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
+
+
 def _rle(rle: dict, *, height: int, width: int) -> dict:
     if not {"size", "counts"} <= set(rle):
-        raise DataError(f"RLE {_short(rle)} lacks 'size' or 'counts'")
+        raise DataError(f"RLE {short_repr(rle)} lacks 'size' or 'counts'")
     size = rle["size"]
     if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
         raise DataError(f"RLE size {size!r} does not match the image's [height, width] = [{height}, {width}]")
@@ -116,13 +171,15 @@ def _rle(rle: dict, *, height: int, width: int) -> dict:
         return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     if isinstance(counts, str):
         if not counts.isascii():
-            raise DataError(f"compressed RLE counts {_short(counts)} hold non-ASCII characters")
+            raise DataError(f"compressed RLE counts {short_repr(counts)} hold non-ASCII characters")
         counts = counts.encode("ascii")
     if not isinstance(counts, bytes):
-        raise DataError(f"RLE counts {_short(counts)} are neither a string nor a list of run lengths")
+        raise DataError(f"RLE counts {short_repr(counts)} are neither a string nor a list of run lengths")
+    runs = compressed_counts(counts)
+    if runs is None or any(run < 0 for run in runs) or sum(runs) != height * width:
+        found = "malformed" if runs is None else f"{len(runs)} runs summing to {sum(runs)}"
+        raise DataError(
+            f"compressed RLE counts {short_repr(counts)} are not a run-length encoding of {height}x{width} pixels "
+            f"({found}); expected non-negative runs summing to height*width = {height * width}"
+        )
     return {"size": [height, width], "counts": counts}
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -25,12 +25,23 @@ from typing import Any
 
 import numpy as np
 
-from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
+from ditsam.data.base import (
+    RefDatasetBase,
+    RefObject,
+    bbox_field,
+    check_split,
+    clean_sentence,
+    integer_field,
+    mask_shape_problem,
+    sorted_splits,
+)
 from ditsam.data.sample import DataError, PathLike
 from ditsam.schema import is_integer, key_problems
 
 COCO_TRAIN2014_PATTERN = "COCO_train2014_%012d.jpg"
 _REQUIRED_KEYS = ("iid", "bbox", "refs", "mask_id")
+# numpy dtype kinds a mask may have: bool, signed / unsigned integers, floats (nonzero is the object).
+_MASK_DTYPE_KINDS = "biuf"
 
 
 def available_splits(ann_file: PathLike) -> list[str]:
@@ -116,6 +127,8 @@ class SimRecDataset(RefDatasetBase):
             raise DataError(f"cannot read mask file {path}: {error}") from error
         if mask.ndim != 2:
             raise DataError(f"mask file {path} has shape {mask.shape}; expected (H, W)")
+        if mask.dtype.kind not in _MASK_DTYPE_KINDS:
+            raise DataError(f"mask file {path} holds {mask.dtype} values; expected a bool, integer or float mask")
         return mask if mmap else np.ascontiguousarray(mask != 0)
 
 
@@ -125,7 +138,7 @@ def _read_ann_file(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             data = json.load(handle)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise DataError(f"cannot read annotation file {path}: {error}") from error
     if not isinstance(data, dict):
         raise DataError(f"annotation file {path} does not hold a {{split: [entries]}} mapping")
@@ -151,12 +164,11 @@ def _group_entries(entries: list, *, ann_path: Path, split: str, image_dir: Path
             refs = [refs]
         if not isinstance(refs, list) or not all(isinstance(s, str) for s in refs):
             raise DataError(f"{where}: 'refs' must be a list of sentences, got {refs!r}")
-        bbox = entry["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
+        bbox, category_id = bbox_field(entry["bbox"], where=where), integer_field(entry, "cat_id", where=where, default=-1)
         group = grouped.get(entry["mask_id"])
         if group is None:
-            group = grouped[entry["mask_id"]] = {"entry": entry, "sentences": [], "sent_ids": []}
+            group = grouped[entry["mask_id"]] = {"entry": entry, "sentences": [], "sent_ids": [], "bbox": bbox,
+                                                 "category_id": category_id}
         elif group["entry"]["iid"] != entry["iid"]:
             raise DataError(f"{where}: mask_id {entry['mask_id']} also used for image {group['entry']['iid']}")
         for sentence in refs:
@@ -176,7 +188,7 @@ def _object(mask_id: Any, group: dict[str, Any], *, image_dir: Path, pattern: st
         ref_id=int(mask_id),
         ann_id=-1,
         image_id=iid,
-        category_id=int(entry.get("cat_id", -1)),
-        bbox=tuple(float(v) for v in entry["bbox"]),  # type: ignore[arg-type]
+        category_id=group["category_id"],
+        bbox=group["bbox"],
         mask_source=mask_id,
     )
