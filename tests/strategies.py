@@ -91,9 +91,16 @@ def segmentations(height: int, width: int) -> st.SearchStrategy:
 MUTATIONS = ("drop", "retype", "wrap", "unwrap", "empty", "extreme", "extra_key", "duplicate", "edit")
 
 
+# Deepest node paths() walks to: YAML aliases can make a list that holds itself.
+MAX_PATH_DEPTH = 12
+
+
 def paths(value: Any, prefix: tuple = ()) -> Iterator[tuple]:
-    """Every path (keys / indices from the root) to a node of a tree of dicts and lists."""
+    """Every path (keys / indices from the root) to a node of a tree of dicts and lists, down to
+    :data:`MAX_PATH_DEPTH`."""
     yield prefix
+    if len(prefix) >= MAX_PATH_DEPTH:
+        return
     if isinstance(value, dict):
         for key, child in value.items():
             yield from paths(child, (*prefix, key))
@@ -230,7 +237,9 @@ def assert_names_place(error: BaseException, *places: Any) -> None:
     """The message is one line's worth of text naming one of ``places`` (a file, a line, a record, a key)."""
     message = str(error)
     assert message.strip(), f"{type(error).__name__} without a message"
-    assert any(str(place) in message for place in places), f"{message!r} names none of {places}"
+    # A place is named as it is, or as repr() quotes it ('\n' for a newline, '\\U000cf572' for an unprintable).
+    assert any(str(place) in message or repr(str(place))[1:-1] in message for place in places), (
+        f"{message!r} names none of {places}")
 
 
 def valid_or_documented(call: Callable[[], Any], error_type: type[BaseException], *places: Any) -> Any:

@@ -17,6 +17,11 @@ import yaml
 from ditsam.schema import is_integer, key_problems
 
 C = TypeVar("C", bound="ConfigBase")
+# What PyYAML's safe loader raises for bad text: its own errors, and plain ones from the constructors of bad
+# tagged scalars ("!!int abc", "!!bool maybe", a "!!timestamp" of month 13) and of nesting past the stack.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, LookupError, TypeError, ArithmeticError, RecursionError)
+# Characters of a YAML error quoted in a message.
+_QUOTED_CHARACTERS = 200
 
 
 class ConfigError(ValueError):
@@ -59,7 +64,10 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
     if annotation is Any:
         return value
     if annotation is float and is_integer(value):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value} is beyond the range of a float") from None
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got {value!r}")
     if isinstance(annotation, type) and not isinstance(value, annotation):
@@ -78,15 +86,21 @@ class ConfigBase:
             raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         _, unknown = key_problems(data, allowed=fields)
-        unknown = sorted(unknown)
+        # YAML keys need not be text (1, null, and yes / no read as booleans): name them as written.
+        unknown = sorted(prefix + (key if isinstance(key, str) else repr(key)) for key in unknown)
         if unknown:
             raise ConfigError(
-                f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
+                f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}; "
                 f"known keys: {', '.join(sorted(fields))}"
             )
         hints = typing.get_type_hints(cls)
         kwargs = {name: _check_value(value, hints[name], prefix + name) for name, value in data.items()}
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as error:  # a check across fields (__post_init__): say which section it is
+            if not prefix:
+                raise
+            raise ConfigError(f"{prefix.rstrip('.')}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable dict (tuples become lists)."""
@@ -116,9 +130,20 @@ class ConfigBase:
         return type(self).from_dict(data)
 
 
+def load_yaml(text: str, *, where: str) -> Any:
+    """``text`` read by YAML's safe loader; any failure is a one-line :class:`ConfigError` naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except _YAML_FAILURES as error:
+        reason = " ".join(str(error).split())
+        if len(reason) > _QUOTED_CHARACTERS:
+            reason = reason[: _QUOTED_CHARACTERS - 3] + "..."
+        raise ConfigError(f"{where}: not valid YAML ({type(error).__name__}: {reason})") from error
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one command-line ``key=value``; the value is read as YAML (``4``, ``true``, ``[1,2]``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), load_yaml(raw, where=f"override {text!r}") if raw.strip() else ""

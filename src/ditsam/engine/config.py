@@ -16,9 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
-
-from ditsam.config import ConfigBase, ConfigError
+from ditsam.config import ConfigBase, ConfigError, load_yaml
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
 from ditsam.model.config import DITSamConfig
 
@@ -198,14 +196,17 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"config {path} includes itself through 'base'")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from error
+    data = load_yaml(text, where=str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not (path.parent / base).is_file():
+        raise ConfigError(f"{path}: base {base!r} is not a config file (a YAML path relative to {path.parent})")
     return _deep_merge(_read_yaml_chain(path.parent / base, (*seen, path)), data)
 
 

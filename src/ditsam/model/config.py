@@ -60,6 +60,8 @@ def nest_legacy_injection_keys(data: Mapping[str, Any], *, prefix: str = "") -> 
         return dict(data)
     moved = dict(data)
     options = moved.get("injection_options")
+    if not isinstance(options, (ConfigBase, Mapping, type(None))):
+        raise ConfigError(f"{prefix}injection_options: expected a mapping of InjectionConfig fields, got {options!r}")
     options = dict(options.to_dict() if isinstance(options, ConfigBase) else options or {})
     for key in flat:
         options[LEGACY_INJECTION_KEYS[key]] = moved.pop(key)
@@ -132,6 +134,8 @@ class DITSamConfig(ConfigBase):
             missing = [k for k in ("embed_dim", "depth", "num_heads") if getattr(self, k) is None]
             if missing:
                 raise ConfigError(f"backbone 'custom' needs {', '.join(missing)}")
+        if self.patch_size < 1 or self.image_size < 1:
+            raise ConfigError(f"patch_size {self.patch_size} and image_size {self.image_size} must be positive")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         static_tokens = self.injection_options.static_tokens
