@@ -57,10 +57,13 @@ class Cycle(Dataset):
         return self.base[index % len(self.base)]
 
 
-
 def refshapes_reader(directory: Path, images: int) -> Dataset:
-    root = generate_refshapes(directory, seed=0, preset="tiny", num_images={"train": images, "val": 0, "testA": 0, "testB": 0})
-    return ReferDataset(root=root, dataset="refshapes", split_by="unc", split="train", image_dir=root / "images", mode="train")
+    root = generate_refshapes(
+        directory, seed=0, preset="tiny", num_images={"train": images, "val": 0, "testA": 0, "testB": 0}
+    )
+    return ReferDataset(
+        root=root, dataset="refshapes", split_by="unc", split="train", image_dir=root / "images", mode="train"
+    )
 
 
 def refer_reader(refer_root: Path, directory: Path) -> tuple[Dataset, set[str]]:
@@ -107,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--refshapes-images", type=int, default=40, help="RefShapes train images to generate")
     parser.add_argument(
-        "--refer-root", type=Path, default=REPO.parent / "shared" / "fixtures" / "refcocog-umd-sample",
+        "--refer-root",
+        type=Path,
+        default=REPO.parent / "shared" / "fixtures" / "refcocog-umd-sample",
         help="REFER annotation folder (refs(<split_by>).p + instances.json); skipped when absent",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dataloader.json")
@@ -125,34 +130,53 @@ def main(argv: list[str] | None = None) -> int:
             words |= refer_words
         else:
             print(f"skipping refcocog: no instances.json in {args.refer_root}", file=sys.stderr)
-        tokenizer = TextTokenizer(name_or_path=str(build_tiny_bert(tmp_path / "bert", words=sorted(words))), max_tokens=20)
+        tokenizer = TextTokenizer(
+            name_or_path=str(build_tiny_bert(tmp_path / "bert", words=sorted(words))), max_tokens=20
+        )
         collator = RISCollator(tokenizer)
         for name, (reader, sizes) in readers.items():
             for size in sizes:
                 transform = RISTransform.for_training(TransformConfig(input_size=size))
                 dataset = RISDataset(Cycle(reader, args.samples), transform=transform, train=True, seed=0)
                 for workers in args.workers:
-                    row = {"dataset": name, "objects": len(reader), "input_size": size, "workers": workers,
-                           "batch_size": args.batch_size}
+                    row = {
+                        "dataset": name,
+                        "objects": len(reader),
+                        "input_size": size,
+                        "workers": workers,
+                        "batch_size": args.batch_size,
+                    }
                     row.update(measure(dataset, collator, workers=workers, batch_size=args.batch_size))
                     results.append(row)
-                    print(f"{name:>10} S={size:<4} workers={workers:<2} {row['samples_per_s']:>8.1f} samples/s "
-                          f"(first batch after {row['first_batch_s']:.2f} s)", file=sys.stderr)
+                    print(
+                        f"{name:>10} S={size:<4} workers={workers:<2} {row['samples_per_s']:>8.1f} samples/s "
+                        f"(first batch after {row['first_batch_s']:.2f} s)",
+                        file=sys.stderr,
+                    )
 
     info = machine_info()
     # A shared machine: other jobs' load changes every number here; recorded for reading them.
     info["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    report = {"benchmark": "dataloader", "machine": info, "settings": vars(args) | {"out": str(args.out), "refer_root": str(args.refer_root)}, "results": results}
+    report = {
+        "benchmark": "dataloader",
+        "machine": info,
+        "settings": vars(args) | {"out": str(args.out), "refer_root": str(args.refer_root)},
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nMachine: {info['cpu_model']}, {info['usable_cores']} usable cores, torch {info['torch']}, "
-          f"load average {info['load_average_1min_before_after']} (before, after)")
+    print(
+        f"\nMachine: {info['cpu_model']}, {info['usable_cores']} usable cores, torch {info['torch']}, "
+        f"load average {info['load_average_1min_before_after']} (before, after)"
+    )
     print("| dataset | images | S | workers | samples/s | first batch (s) |")
     print("|---|---|---|---|---|---|")
     for row in results:
         kind = "RefShapes 96-160 px PNG" if row["dataset"] == "refshapes" else "RefCOCOg sample, blank COCO-size JPEG"
-        print(f"| {row['dataset']} | {kind} | {row['input_size']} | {row['workers']} | {row['samples_per_s']:.1f} | "
-              f"{row['first_batch_s']:.2f} |")
+        print(
+            f"| {row['dataset']} | {kind} | {row['input_size']} | {row['workers']} | {row['samples_per_s']:.1f} | "
+            f"{row['first_batch_s']:.2f} |"
+        )
     print(f"\nwritten to {args.out}")
     return 0
 

@@ -77,7 +77,9 @@ def legacy_attention_forward(self, x, *, num_text, grid, text_bias):
         image_q = q[:, :, num_text:].reshape(batch * self.num_heads, length - num_text, self.head_dim)
         image_bias = legacy_relative_position_bias(image_q, self.rel_pos_h, self.rel_pos_w, grid)
         image_bias = image_bias.reshape(batch, self.num_heads, length - num_text, length - num_text)
-    mask = F.pad(image_bias.expand(batch, self.num_heads, length - num_text, length - num_text), (num_text, 0, num_text, 0))
+    mask = F.pad(
+        image_bias.expand(batch, self.num_heads, length - num_text, length - num_text), (num_text, 0, num_text, 0)
+    )
     mask = mask + F.pad(text_bias.to(q.dtype), (0, length - num_text))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
@@ -95,7 +97,9 @@ def legacy_block_forward(self, x, text, text_bias):
         tokens = torch.cat(
             [text.repeat_interleave(per_image, dim=0), windows.reshape(windows.shape[0], -1, dim)], dim=1
         )
-        tokens = self.attn(tokens, num_text=num_text, grid=grid, text_bias=text_bias.repeat_interleave(per_image, dim=0))
+        tokens = self.attn(
+            tokens, num_text=num_text, grid=grid, text_bias=text_bias.repeat_interleave(per_image, dim=0)
+        )
         text = tokens[:, :num_text].reshape(batch, per_image, num_text, dim).mean(dim=1)
         windows = tokens[:, num_text:].reshape(-1, self.window_size, self.window_size, dim)
         x = ie.window_unpartition(windows, self.window_size, padded_hw, (height, width))
@@ -179,9 +183,14 @@ VARIANTS = ("plain", "e2e", "layerwise")
 def build_encoder(size: Size, layout: str, *, use_rel_pos: bool = True, seed: int = 0) -> ImageEncoderViT:
     torch.manual_seed(seed)
     encoder = ImageEncoderViT(
-        img_size=size.image_size, embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads,
-        out_chans=256 if size.embed_dim >= 256 else 32, use_rel_pos=use_rel_pos,
-        window_size=size.window_size if layout == "windowed" else 0, global_attn_indexes=size.global_attn_indexes,
+        img_size=size.image_size,
+        embed_dim=size.embed_dim,
+        depth=size.depth,
+        num_heads=size.num_heads,
+        out_chans=256 if size.embed_dim >= 256 else 32,
+        use_rel_pos=use_rel_pos,
+        window_size=size.window_size if layout == "windowed" else 0,
+        global_attn_indexes=size.global_attn_indexes,
     )
     with torch.no_grad():  # rel-pos tables and pos-embed are zero-initialised: make them matter
         for name, param in encoder.named_parameters():
@@ -238,7 +247,9 @@ def check(args) -> dict:
         tiny = size_name == "tiny"
         injections = build_injections(size, static_tokens=2 if tiny else 0, refine=tiny)
         batch = 2 if tiny else 1
-        images, features, mask = make_inputs(size, batch, args.text_tokens, [args.real_tokens, args.text_tokens], seed=4)
+        images, features, mask = make_inputs(
+            size, batch, args.text_tokens, [args.real_tokens, args.text_tokens], seed=4
+        )
         for variant in VARIANTS if tiny else ("layerwise",):
             label = f"{size_name}-{layout}{'' if use_rel_pos else '-norelpos'}-{variant}"
             outs = {}
@@ -263,22 +274,36 @@ def check(args) -> dict:
                     grads[impl] = {n: p.grad.clone() for n, p in params if p.grad is not None}
                 worst = max(relative_error(grads["after"][n], grads["before"][n]) for n in grads["before"])
                 same_set = set(grads["after"]) == set(grads["before"])
-                report["gradients"].append({"setting": label, "max_rel_error": worst, "ok": same_set and worst <= args.tolerance})
-                print(f"  check grad {label:36s} max rel error {worst:.2e} (over {len(grads['before'])} tensors)", flush=True)
+                report["gradients"].append(
+                    {"setting": label, "max_rel_error": worst, "ok": same_set and worst <= args.tolerance}
+                )
+                print(
+                    f"  check grad {label:36s} max rel error {worst:.2e} (over {len(grads['before'])} tensors)",
+                    flush=True,
+                )
                 encoder.zero_grad(set_to_none=True)
                 outs_bf16 = {}
                 for impl in ("before", "after"):
                     with implementation(impl, encoder), torch.inference_mode():
-                        outs_bf16[impl] = run_encoder(encoder, injections[variant], variant, images, features, mask, "bf16")
+                        outs_bf16[impl] = run_encoder(
+                            encoder, injections[variant], variant, images, features, mask, "bf16"
+                        )
                 # bf16 cannot match to 1e-5; it must not drift further from fp32 than before did.
                 before_error = relative_error(outs_bf16["before"], outs["before"])
                 after_error = relative_error(outs_bf16["after"], outs["before"])
-                report["bf16_outputs"].append({
-                    "setting": label, "before_vs_fp32": before_error, "after_vs_fp32": after_error,
-                    "after_vs_before": relative_error(outs_bf16["after"], outs_bf16["before"]),
-                    "ok": after_error <= 1.5 * before_error,
-                })
-                print(f"  check bf16 {label:36s} rel error vs fp32: before {before_error:.2e}, after {after_error:.2e}", flush=True)
+                report["bf16_outputs"].append(
+                    {
+                        "setting": label,
+                        "before_vs_fp32": before_error,
+                        "after_vs_fp32": after_error,
+                        "after_vs_before": relative_error(outs_bf16["after"], outs_bf16["before"]),
+                        "ok": after_error <= 1.5 * before_error,
+                    }
+                )
+                print(
+                    f"  check bf16 {label:36s} rel error vs fp32: before {before_error:.2e}, after {after_error:.2e}",
+                    flush=True,
+                )
     report["ok"] = all(r["ok"] for r in report["outputs"] + report["gradients"] + report["bf16_outputs"])
     return report
 
@@ -311,7 +336,9 @@ def time_case(case: Case, args) -> list[dict]:
 
     def call(impl: str, variant: str) -> tuple[float, float]:
         with implementation(impl, encoder), torch.inference_mode():
-            return timed_both(lambda: run_encoder(encoder, injections[variant], variant, images, features, mask, case.dtype))
+            return timed_both(
+                lambda: run_encoder(encoder, injections[variant], variant, images, features, mask, case.dtype)
+            )
 
     for setting in settings:
         for _ in range(args.warmup):
@@ -324,18 +351,31 @@ def time_case(case: Case, args) -> list[dict]:
     rows = []
     for impl, variant in settings:
         median = statistics.median(times[(impl, variant)])
-        rows.append({
-            "case": case.name, "size": case.size, "layout": case.layout, "dtype": case.dtype, "batch": case.batch,
-            "impl": impl, "variant": variant, "repeats": repeats,
-            "median_ms": median * 1e3, "ms_per_image": median * 1e3 / case.batch,
-            "min_ms": min(times[(impl, variant)]) * 1e3,
-            "cpu_median_ms": statistics.median(cpu_times[(impl, variant)]) * 1e3,
-            "times_ms": [t * 1e3 for t in times[(impl, variant)]],
-            "cpu_times_ms": [t * 1e3 for t in cpu_times[(impl, variant)]],
-        })
+        rows.append(
+            {
+                "case": case.name,
+                "size": case.size,
+                "layout": case.layout,
+                "dtype": case.dtype,
+                "batch": case.batch,
+                "impl": impl,
+                "variant": variant,
+                "repeats": repeats,
+                "median_ms": median * 1e3,
+                "ms_per_image": median * 1e3 / case.batch,
+                "min_ms": min(times[(impl, variant)]) * 1e3,
+                "cpu_median_ms": statistics.median(cpu_times[(impl, variant)]) * 1e3,
+                "times_ms": [t * 1e3 for t in times[(impl, variant)]],
+                "cpu_times_ms": [t * 1e3 for t in cpu_times[(impl, variant)]],
+            }
+        )
     for row in rows:
         plain = next((r for r in rows if r["impl"] == row["impl"] and r["variant"] == "plain"), None)
-        for key, source in (("text_cost_pct", "median_ms"), ("text_cost_min_pct", "min_ms"), ("text_cost_cpu_pct", "cpu_median_ms")):
+        for key, source in (
+            ("text_cost_pct", "median_ms"),
+            ("text_cost_min_pct", "min_ms"),
+            ("text_cost_cpu_pct", "cpu_median_ms"),
+        ):
             row[key] = None if plain is None else 100.0 * (row[source] / plain[source] - 1.0)
     return rows
 
@@ -346,7 +386,6 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
     a @ b
     best = min(timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
-
 
 
 def load_average() -> list[float] | None:
@@ -364,7 +403,10 @@ def format_table(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     order = [c.name for c in CASES]
-    keys = sorted({(r["case"], r["impl"]) for r in rows}, key=lambda k: (order.index(k[0]), ("before", "mask", "after").index(k[1])))
+    keys = sorted(
+        {(r["case"], r["impl"]) for r in rows},
+        key=lambda k: (order.index(k[0]), ("before", "mask", "after").index(k[1])),
+    )
     for case, impl in keys:
         by_variant = {r["variant"]: r for r in rows if r["case"] == case and r["impl"] == impl}
 
@@ -377,7 +419,9 @@ def format_table(rows: list[dict]) -> str:
                 return "-"
             return " / ".join(f"{row[k]:+.1f}%" for k in ("text_cost_pct", "text_cost_min_pct", "text_cost_cpu_pct"))
 
-        lines.append(f"| {case} | {impl} | {ms('plain')} | {ms('e2e')} | {ms('layerwise')} | {cost('e2e')} | {cost('layerwise')} |")
+        lines.append(
+            f"| {case} | {impl} | {ms('plain')} | {ms('e2e')} | {ms('layerwise')} | {cost('e2e')} | {cost('layerwise')} |"
+        )
     return "\n".join(lines)
 
 
@@ -395,7 +439,11 @@ def speedups(rows: list[dict]) -> list[str]:
 
 def anchor(rows: list[dict], fp32_gflops: float) -> dict | None:
     row = next(
-        (r for r in rows if r["case"] == "vitb-global-fp32-b1" and r["variant"] == "layerwise" and r["impl"] == "after"),
+        (
+            r
+            for r in rows
+            if r["case"] == "vitb-global-fp32-b1" and r["variant"] == "layerwise" and r["impl"] == "after"
+        ),
         None,
     )
     if row is None:
@@ -415,33 +463,58 @@ def anchor(rows: list[dict], fp32_gflops: float) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=[c.name for c in CASES], metavar="CASE",
-                        help="cases to time: " + ", ".join(c.name for c in CASES) + " (default: all but vitb-windowed-bf16-b1)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=DEFAULT_CASES,
+        choices=[c.name for c in CASES],
+        metavar="CASE",
+        help="cases to time: " + ", ".join(c.name for c in CASES) + " (default: all but vitb-windowed-bf16-b1)",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--impls", nargs="+", default=None, choices=["before", "mask", "after"],
-                        help="implementations to time (default: per case, see CASES)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default: per-case, see CASES)")
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        choices=["before", "mask", "after"],
+        help="implementations to time (default: per case, see CASES)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per case (default: per-case, see CASES)"
+    )
     parser.add_argument("--repeats-scale", type=float, default=1.0, help="multiply the per-case default rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting before the rounds")
     parser.add_argument("--text-tokens", type=int, default=20)
     parser.add_argument("--real-tokens", type=int, default=8, help="unmasked text tokens (the rest is padding)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True, help="verify before == after first")
+    parser.add_argument(
+        "--check", action=argparse.BooleanOptionalAction, default=True, help="verify before == after first"
+    )
     parser.add_argument("--check-only", action="store_true")
     parser.add_argument("--check-skip-vitb", action="store_true", help="check the tiny configs only")
     parser.add_argument("--tolerance", type=float, default=1e-5)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "encoder_speed_cpu.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "encoder_speed_cpu.json"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     started = time.time()
     info = machine_info()
-    print(f"machine: {info['cpu_model']}, {info['usable_cores']} cores, torch {info['torch']}, "
-          f"{info['torch_threads']} threads, ISA {' '.join(info['isa'])}", flush=True)
-    result: dict = {"machine": info, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                    "load_average_start": load_average()}
+    print(
+        f"machine: {info['cpu_model']}, {info['usable_cores']} cores, torch {info['torch']}, "
+        f"{info['torch_threads']} threads, ISA {' '.join(info['isa'])}",
+        flush=True,
+    )
+    result: dict = {
+        "machine": info,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "load_average_start": load_average(),
+    }
     if args.check or args.check_only:
         print("checking after vs before ...", flush=True)
         result["check"] = check(args)
@@ -452,8 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_only:
             return 0
     result["matmul_2048_gflops"] = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
-    print(f"2048^3 matmul: {result['matmul_2048_gflops']['fp32']:.0f} GFLOP/s fp32, "
-          f"{result['matmul_2048_gflops']['bf16']:.0f} GFLOP/s bf16", flush=True)
+    print(
+        f"2048^3 matmul: {result['matmul_2048_gflops']['fp32']:.0f} GFLOP/s fp32, "
+        f"{result['matmul_2048_gflops']['bf16']:.0f} GFLOP/s bf16",
+        flush=True,
+    )
     rows: list[dict] = []
     for name in args.cases:
         case = CASE_BY_NAME[name]
@@ -471,11 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if result["anchor"]:
         a = result["anchor"]
-        print(f"anchor (reference L-DIT ViT-B 512 fp32 b1): {a['reference_code_s_per_image']:.2f} s/img; ours "
-              f"{a['ours_s_per_image']:.2f} s/img median, {a['ours_min_s_per_image']:.2f} min "
-              f"({a['speedup_vs_anchor']:.2f}x on the median); anchor scaled to this CPU's fp32 "
-              f"matmul rate {a['anchor_scaled_to_this_cpu_s']:.2f} s ({a['speedup_vs_scaled_anchor']:.2f}x)")
-    print(f"load average start {result['load_average_start']}, end {result['load_average_end']}; wall {result['wall_s']:.0f} s")
+        print(
+            f"anchor (reference L-DIT ViT-B 512 fp32 b1): {a['reference_code_s_per_image']:.2f} s/img; ours "
+            f"{a['ours_s_per_image']:.2f} s/img median, {a['ours_min_s_per_image']:.2f} min "
+            f"({a['speedup_vs_anchor']:.2f}x on the median); anchor scaled to this CPU's fp32 "
+            f"matmul rate {a['anchor_scaled_to_this_cpu_s']:.2f} s ({a['speedup_vs_scaled_anchor']:.2f}x)"
+        )
+    print(
+        f"load average start {result['load_average_start']}, end {result['load_average_end']}; wall {result['wall_s']:.0f} s"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

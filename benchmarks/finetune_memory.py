@@ -54,19 +54,42 @@ GIB = 2**30
 
 # The packaged fine-tuning experiment's model (custom/finetune_ldit.yaml), with the text model replaced.
 FULL_MODEL = dict(
-    backbone="vit_b", image_size=512, attention="global", injection="layerwise", mask_text_padding=False,
+    backbone="vit_b",
+    image_size=512,
+    attention="global",
+    injection="layerwise",
+    mask_text_padding=False,
 )
 SMOKE_MODEL = dict(
-    backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=64,
-    attention="global", injection="layerwise", mask_text_padding=False, prompt_embed_dim=32,
-    decoder_mlp_dim=64, decoder_num_heads=2,
+    backbone="custom",
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=[1],
+    image_size=64,
+    attention="global",
+    injection="layerwise",
+    mask_text_padding=False,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
 )
-SMOKE_BERT = dict(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=64)
+SMOKE_BERT = dict(
+    vocab_size=200,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 MAX_TOKENS = 20
 # Parameters a text-prompted training step never reaches (no gradient, no Adam state).
-UNUSED_BY_TEXT_TRAINING = ("mask_decoder.iou_prediction_head.", "prompt_encoder.point_embeddings.",
-                           "prompt_encoder.not_a_point_embed.", "prompt_encoder.mask_downscaling.")
+UNUSED_BY_TEXT_TRAINING = (
+    "mask_decoder.iou_prediction_head.",
+    "prompt_encoder.point_embeddings.",
+    "prompt_encoder.not_a_point_embed.",
+    "prompt_encoder.mask_downscaling.",
+)
 REAL_TOKENS = 8  # [CLS] + 6 words + [SEP]; the rest [PAD] (attended, as the reference)
 
 
@@ -86,8 +109,12 @@ def model_config(bert_dir: Path, *, smoke: bool):
     from ditsam.model.config import reference_config
 
     settings = dict(SMOKE_MODEL if smoke else FULL_MODEL)
-    settings["text"] = {"name_or_path": str(bert_dir), "max_tokens": MAX_TOKENS, "hidden_layer": 1,
-                        "local_files_only": True}
+    settings["text"] = {
+        "name_or_path": str(bert_dir),
+        "max_tokens": MAX_TOKENS,
+        "hidden_layer": 1,
+        "local_files_only": True,
+    }
     return reference_config(**settings)
 
 
@@ -194,7 +221,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     images = torch.randn(batch, 3, size, size, device=device)
     masks = (torch.rand(batch, 1, size, size, device=device) > 0.7).float()
     ids = torch.zeros(batch, MAX_TOKENS, dtype=torch.long)
-    ids[:, 1:REAL_TOKENS - 1] = torch.randint(5 if args.smoke else 1000, vocab, (batch, REAL_TOKENS - 2))
+    ids[:, 1 : REAL_TOKENS - 1] = torch.randint(5 if args.smoke else 1000, vocab, (batch, REAL_TOKENS - 2))
     ids[:, 0], ids[:, REAL_TOKENS - 1] = (2, 3) if args.smoke else (101, 102)  # [CLS], [SEP]
     keep = torch.zeros(batch, MAX_TOKENS, dtype=torch.bool)
     keep[:, :REAL_TOKENS] = True
@@ -240,9 +267,22 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
 
 
 def spawn(args: argparse.Namespace, mode: str, batch: int) -> dict[str, object]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--batch", str(batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--lora-rank", str(args.lora_rank),
-               "--mixed-precision", args.mixed_precision]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        mode,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--lora-rank",
+        str(args.lora_rank),
+        "--mixed-precision",
+        args.mixed_precision,
+    ]
     command += ["--smoke"] if args.smoke else []
     command += ["--cpu"] if args.cpu else []
     env = dict(os.environ)
@@ -317,8 +357,10 @@ def main() -> None:
             print(f"{result['mode']:<7} b{result['batch']}: ERROR {result['error']}")
         else:
             cuda = f", peak CUDA {result['peak_cuda_gib']:.2f} GiB" if result["peak_cuda_gib"] is not None else ""
-            print(f"{result['mode']:<7} b{result['batch']}: {result['samples_per_s']:.3f} samples/s, peak RSS "
-                  f"{result['peak_rss_gib']:.2f} GiB (+{result['step_rss_increase_gib']:.2f}){cuda}")
+            print(
+                f"{result['mode']:<7} b{result['batch']}: {result['samples_per_s']:.3f} samples/s, peak RSS "
+                f"{result['peak_rss_gib']:.2f} GiB (+{result['step_rss_increase_gib']:.2f}){cuda}"
+            )
     print(f"wrote {out}")
 
 

@@ -86,8 +86,13 @@ class Models:
         from ditsam.engine.config import load_experiment
 
         overrides = {f"model.{k}": v for k, v in {**self.model_overrides, **model_overrides}.items()}
-        overrides.update({"model.text.name_or_path": str(self.bert_dir), "model.text.local_files_only": True,
-                          "model.text.max_tokens": MAX_TOKENS})
+        overrides.update(
+            {
+                "model.text.name_or_path": str(self.bert_dir),
+                "model.text.local_files_only": True,
+                "model.text.max_tokens": MAX_TOKENS,
+            }
+        )
         return load_experiment(f"refcoco/{variant}", overrides)
 
     def build(self, variant: str = "ldit", **model_overrides: Any):
@@ -123,7 +128,7 @@ class Models:
         cls_id, sep_id = (CLS_ID, SEP_ID) if self.vocab > FIRST_WORD_ID else (2, 3)
         for row in range(batch):
             length = lengths[row % len(lengths)]
-            ids[row, 1:length - 1] = torch.randint(low, self.vocab, (length - 2,), generator=generator)
+            ids[row, 1 : length - 1] = torch.randint(low, self.vocab, (length - 2,), generator=generator)
             ids[row, 0], ids[row, length - 1] = cls_id, sep_id
             keep[row, :length] = True
         return TokenizedText(ids, keep).without_padding_columns().to(self.device)

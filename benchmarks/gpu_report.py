@@ -39,8 +39,12 @@ def goals(sections: dict[str, Any]) -> dict[str, Any]:
     for key, (comparison, target) in GOALS.items():
         value = values[key]
         met = None if value is None else (value <= target if comparison == "<=" else value >= target)
-        out[key] = {"value": value, "goal": f"{comparison} {target:g}", "ratio_to_goal": None if value is None else value / target,
-                    "met": met}
+        out[key] = {
+            "value": value,
+            "goal": f"{comparison} {target:g}",
+            "ratio_to_goal": None if value is None else value / target,
+            "met": met,
+        }
     return out
 
 
@@ -60,9 +64,13 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|",
     ]
     for key, goal in results.get("goals", {}).items():
-        lines.append(f"| {key} | {fmt(goal['value'])} | {goal['goal']} | {fmt(goal['ratio_to_goal'])} | {goal['met']} |")
+        lines.append(
+            f"| {key} | {fmt(goal['value'])} | {goal['goal']} | {fmt(goal['ratio_to_goal'])} | {goal['met']} |"
+        )
     lines += ["", "| section | status | s |", "|---|---|---:|"]
-    lines += [f"| {name} | {rec.get('status', 'running')} | {rec.get('seconds', '')} |" for name, rec in sections.items()]
+    lines += [
+        f"| {name} | {rec.get('status', 'running')} | {rec.get('seconds', '')} |" for name, rec in sections.items()
+    ]
     lines += ["", "| measurement | ms (median) | extra |", "|---|---:|---|"]
     for name, rec in sections.items():
         for path, value in flatten(rec):
@@ -71,12 +79,18 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {name}.{path} | {value['median_ms']:.3f} | {extra} |")
     training = sections.get("training", {})
     if any(isinstance(v, dict) and "samples_per_s" in v for v in training.values()):
-        lines += ["", "| training | samples/s | TFLOP/s | MFU (datasheet) | peak GiB | syncs/step |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| training | samples/s | TFLOP/s | MFU (datasheet) | peak GiB | syncs/step |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for key, entry in training.items():
             if isinstance(entry, dict) and "samples_per_s" in entry:
-                lines.append(f"| {key} | {entry['samples_per_s']:.1f} | {fmt(entry.get('achieved_tflops'))} | "
-                             f"{fmt(entry.get('mfu_datasheet_pct'))} | {fmt(entry.get('peak_memory_gib'))} | "
-                             f"{entry.get('host_syncs_in_one_step')} |")
+                lines.append(
+                    f"| {key} | {entry['samples_per_s']:.1f} | {fmt(entry.get('achieved_tflops'))} | "
+                    f"{fmt(entry.get('mfu_datasheet_pct'))} | {fmt(entry.get('peak_memory_gib'))} | "
+                    f"{entry.get('host_syncs_in_one_step')} |"
+                )
     return "\n".join(lines)
 
 

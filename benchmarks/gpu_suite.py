@@ -105,26 +105,62 @@ class Scale:
 
 
 TINY_BACKBONE = dict(
-    backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=64,
-    prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2,
+    backbone="custom",
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=[1],
+    image_size=64,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    decoder_num_heads=2,
 )
 FULL = Scale(
-    model={}, bert={}, throughput_batch=64, max_batches=(128, 256, 512, 1024, 2048), train_batches=(32, 64),
-    probe_batch=8, latency_iters=50, throughput_iters=10, train_steps=5, matmul_n=8192,
-    large=(("vit_l", {"backbone": "vit_l"}, 16), ("vit_h", {"backbone": "vit_h"}, 16)), budget_s=420.0,
+    model={},
+    bert={},
+    throughput_batch=64,
+    max_batches=(128, 256, 512, 1024, 2048),
+    train_batches=(32, 64),
+    probe_batch=8,
+    latency_iters=50,
+    throughput_iters=10,
+    train_steps=5,
+    matmul_n=8192,
+    large=(("vit_l", {"backbone": "vit_l"}, 16), ("vit_h", {"backbone": "vit_h"}, 16)),
+    budget_s=420.0,
 )
 SMOKE = Scale(
     model=TINY_BACKBONE,
-    bert=dict(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-              max_position_embeddings=64),
-    throughput_batch=4, max_batches=(8,), train_batches=(2,), probe_batch=2, latency_iters=3, throughput_iters=2,
-    train_steps=1, matmul_n=128, large=(("tiny_wide", {**TINY_BACKBONE, "embed_dim": 48, "num_heads": 3}, 2),),
+    bert=dict(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ),
+    throughput_batch=4,
+    max_batches=(8,),
+    train_batches=(2,),
+    probe_batch=2,
+    latency_iters=3,
+    throughput_iters=2,
+    train_steps=1,
+    matmul_n=128,
+    large=(("tiny_wide", {**TINY_BACKBONE, "embed_dim": 48, "num_heads": 3}, 2),),
     budget_s=50.0,
 )
 # Section name -> (own time box in seconds at full scale, least time worth starting it with).
 SECTION_BUDGETS = {
-    "environment": (30, 0), "latency": (60, 20), "agreement": (20, 5), "text_cost": (40, 10),
-    "attention": (45, 10), "throughput": (60, 10), "training": (90, 30), "compile": (150, 60), "large": (120, 30),
+    "environment": (30, 0),
+    "latency": (60, 20),
+    "agreement": (20, 5),
+    "text_cost": (40, 10),
+    "attention": (45, 10),
+    "throughput": (60, 10),
+    "training": (90, 30),
+    "compile": (150, 60),
+    "large": (120, 30),
 }
 
 
@@ -149,7 +185,12 @@ class Suite:
         stem = f"gpu_{slug}{'_smoke' if args.smoke else ''}"
         self.json_path = args.out_dir / f"{stem}.json"
         self.md_path = args.out_dir / f"{stem}.md"
-        self.results: dict[str, Any] = {"suite": "gpu_suite", "smoke": args.smoke, "device": str(device), "sections": {}}
+        self.results: dict[str, Any] = {
+            "suite": "gpu_suite",
+            "smoke": args.smoke,
+            "device": str(device),
+            "sections": {},
+        }
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -216,29 +257,42 @@ def section_environment(suite: Suite, record: dict[str, Any]) -> None:
     import ditsam
 
     device = suite.device
-    record.update({
-        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "transformers": transformers.__version__, "ditsam_source": str(Path(ditsam.__file__).resolve().parent),
-        "pycocotools_loaded": "pycocotools" in sys.modules, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-    })
+    record.update(
+        {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "transformers": transformers.__version__,
+            "ditsam_source": str(Path(ditsam.__file__).resolve().parent),
+            "pycocotools_loaded": "pycocotools" in sys.modules,
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+        }
+    )
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        record.update({
-            "device_name": props.name, "capability": f"{props.major}.{props.minor}",
-            "multiprocessors": props.multi_processor_count, "memory_gib": round(props.total_memory / GIB, 1),
-            "nvidia_smi": nvidia_smi(),
-        })
+        record.update(
+            {
+                "device_name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "multiprocessors": props.multi_processor_count,
+                "memory_gib": round(props.total_memory / GIB, 1),
+                "nvidia_smi": nvidia_smi(),
+            }
+        )
     record["matmul_bf16_tflops"] = matmul_tflops(device, suite.scale.matmul_n)
     record["datasheet_bf16_tflops"] = datasheet_peak(record.get("device_name", ""))
 
 
 def nvidia_smi() -> dict[str, str] | str:
-    fields = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,temperature.gpu,pstate"
+    fields = (
+        "driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,temperature.gpu,pstate"
+    )
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"not readable: {error}"
     if out.returncode != 0:
@@ -264,16 +318,28 @@ def section_latency(suite: Suite, record: dict[str, Any]) -> None:
     for name in ("bf16", "fp32", "tf32"):
         if name == "tf32" and device.type != "cuda":
             continue
-        record[f"model_{name}_b1"] = measure(in_precision(name, device, model_call(model, images, tokens)),
-                                             device=device, iters=suite.scale.latency_iters)
-        record[f"encoder_{name}_b1"] = measure(in_precision(name, device, encoder_call(model, images, tokens)),
-                                               device=device, iters=suite.scale.latency_iters)
-        print(f"  {name}: model {record[f'model_{name}_b1']['median_ms']:.2f} ms, "
-              f"encoder {record[f'encoder_{name}_b1']['median_ms']:.2f} ms", flush=True)
+        record[f"model_{name}_b1"] = measure(
+            in_precision(name, device, model_call(model, images, tokens)),
+            device=device,
+            iters=suite.scale.latency_iters,
+        )
+        record[f"encoder_{name}_b1"] = measure(
+            in_precision(name, device, encoder_call(model, images, tokens)),
+            device=device,
+            iters=suite.scale.latency_iters,
+        )
+        print(
+            f"  {name}: model {record[f'model_{name}_b1']['median_ms']:.2f} ms, "
+            f"encoder {record[f'encoder_{name}_b1']['median_ms']:.2f} ms",
+            flush=True,
+        )
     for variant in ("edit", "default"):  # E-DIT; SAM with the text in the decoder only
         other = models.build(variant)
-        record[f"model_{variant}_bf16_b1"] = measure(in_precision("bf16", device, model_call(other, images, tokens)),
-                                                     device=device, iters=suite.scale.latency_iters)
+        record[f"model_{variant}_bf16_b1"] = measure(
+            in_precision("bf16", device, model_call(other, images, tokens)),
+            device=device,
+            iters=suite.scale.latency_iters,
+        )
         print(f"  {variant} bf16: model {record[f'model_{variant}_bf16_b1']['median_ms']:.2f} ms", flush=True)
 
 
@@ -295,8 +361,11 @@ def section_agreement(suite: Suite, record: dict[str, Any]) -> None:
             set_text_padding(model, "folded")
     record["bf16_vs_fp32"] = logit_agreement(bf16, fp32)
     record["padding_mask_vs_folded_fp32"] = logit_agreement(masked, fp32)
-    print(f"  bf16 vs fp32: max |diff| {record['bf16_vs_fp32']['max_abs_diff']:.3g}, "
-          f"mask IoU {record['bf16_vs_fp32']['mask_iou']:.4f}", flush=True)
+    print(
+        f"  bf16 vs fp32: max |diff| {record['bf16_vs_fp32']['max_abs_diff']:.3g}, "
+        f"mask IoU {record['bf16_vs_fp32']['mask_iou']:.4f}",
+        flush=True,
+    )
 
 
 def logit_agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -351,8 +420,9 @@ def encoder_size(config: Any):
     from encoder_speed import Size
 
     size = config.size
-    return Size(config.image_size, size.embed_dim, size.depth, size.num_heads, size.global_attn_indexes,
-                config.window_size)
+    return Size(
+        config.image_size, size.embed_dim, size.depth, size.num_heads, size.global_attn_indexes, config.window_size
+    )
 
 
 SDPA_OP = re.compile(r"aten::(_scaled_dot_product\w*|_flash_attention\w*|_efficient_attention\w*|_cudnn_attention\w*)")
@@ -371,22 +441,30 @@ def section_attention(suite: Suite, record: dict[str, Any]) -> None:
         for mode in ("folded", "mask"):
             set_text_padding(model, mode)
             entry: dict[str, Any] = record.setdefault(mode, {})
-            entry["whole_model_ops"] = profile_ops(in_precision("bf16", device, model_call(model, images, tokens)), device)["sdpa_ops"]
+            entry["whole_model_ops"] = profile_ops(
+                in_precision("bf16", device, model_call(model, images, tokens)), device
+            )["sdpa_ops"]
             encoder = in_precision("bf16", device, encoder_call(model, images, tokens))
             profile = profile_ops(encoder, device)
             entry["encoder_ops"] = profile["sdpa_ops"]
             entry["encoder_sdpa_time_share_pct"] = profile["sdpa_share_pct"]
             entry["encoder_ms_by_backend"] = {}
-            for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                            SDPBackend.MATH):
+            for backend in (
+                SDPBackend.FLASH_ATTENTION,
+                SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.CUDNN_ATTENTION,
+                SDPBackend.MATH,
+            ):
                 try:
                     with sdpa_kernel([backend]):
                         timing = measure(encoder, device=device, iters=suite.scale.throughput_iters, warmup=1)
                     entry["encoder_ms_by_backend"][backend.name] = timing["median_ms"]
                 except RuntimeError as error:  # the backend refuses these inputs (or this device)
                     entry["encoder_ms_by_backend"][backend.name] = f"not eligible: {str(error).splitlines()[0][:200]}"
-            print(f"  {mode}: encoder ops {entry['encoder_ops']}, SDPA share {entry['encoder_sdpa_time_share_pct']:.1f} %",
-                  flush=True)
+            print(
+                f"  {mode}: encoder ops {entry['encoder_ops']}, SDPA share {entry['encoder_sdpa_time_share_pct']:.1f} %",
+                flush=True,
+            )
     finally:
         set_text_padding(model, "folded")
 
@@ -429,8 +507,9 @@ def section_throughput(suite: Suite, record: dict[str, Any]) -> None:
         try:
             images, tokens = models.images(batch, model.config.image_size, seed=4), models.tokens(batch, seed=4)
             iters = max(2, suite.scale.throughput_iters * suite.scale.throughput_batch // batch)  # ~same time each
-            timing = measure(in_precision("bf16", device, model_call(model, images, tokens)), device=device,
-                             iters=iters, warmup=1)
+            timing = measure(
+                in_precision("bf16", device, model_call(model, images, tokens)), device=device, iters=iters, warmup=1
+            )
         except torch.cuda.OutOfMemoryError:
             record["stopped"] = f"out of memory at batch {batch}"
             break
@@ -453,7 +532,9 @@ def section_training(suite: Suite, record: dict[str, Any]) -> None:
             train_measure(suite, record[key], batch=batch, checkpointing=checkpointing)
 
 
-def train_measure(suite: Suite, entry: dict[str, Any], *, batch: int, checkpointing: bool, **model_overrides: Any) -> None:
+def train_measure(
+    suite: Suite, entry: dict[str, Any], *, batch: int, checkpointing: bool, **model_overrides: Any
+) -> None:
     """One TrainingStep setup (model, fused Adam, EMA), timed over scale.train_steps steps; fills ``entry``."""
     from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
@@ -469,12 +550,19 @@ def train_measure(suite: Suite, entry: dict[str, Any], *, batch: int, checkpoint
     experiment = models.experiment("ldit", gradient_checkpointing=checkpointing, **model_overrides)
     model = models.build("ldit", gradient_checkpointing=checkpointing, **model_overrides).train()
     accelerator = Accelerator(mixed_precision="bf16", cpu=device.type == "cpu")
-    ema = EMA(model, decay=experiment.train.ema_decay, warmup=experiment.train.ema_warmup)  # as the Trainer: before prepare
+    ema = EMA(
+        model, decay=experiment.train.ema_decay, warmup=experiment.train.ema_warmup
+    )  # as the Trainer: before prepare
     optimizer = build_adam((p for p in model.parameters() if p.requires_grad), experiment.train, device=device)
     prepared, optimizer = accelerator.prepare(model, optimizer)
-    step = TrainingStep(accelerator=accelerator, model=prepared, optimizer=optimizer, ema=ema,
-                        loss_fn=lambda output, micro: segmentation_loss(output.logits, micro.masks),
-                        grad_clip=experiment.train.grad_clip)
+    step = TrainingStep(
+        accelerator=accelerator,
+        model=prepared,
+        optimizer=optimizer,
+        ema=ema,
+        loss_fn=lambda output, micro: segmentation_loss(output.logits, micro.masks),
+        grad_clip=experiment.train.grad_clip,
+    )
     size = model.config.image_size
     images = models.images(batch, size, seed=5)
     masks = (torch.rand(batch, 1, size, size, device=device) > 0.7).float()
@@ -500,11 +588,17 @@ def train_measure(suite: Suite, entry: dict[str, Any], *, batch: int, checkpoint
     achieved = flops / seconds / 1e12
     entry["achieved_tflops"] = achieved
     environment = suite.results["sections"].get("environment", {})
-    for label, key in (("mfu_datasheet_pct", "datasheet_bf16_tflops"), ("mfu_measured_matmul_pct", "matmul_bf16_tflops")):
+    for label, key in (
+        ("mfu_datasheet_pct", "datasheet_bf16_tflops"),
+        ("mfu_measured_matmul_pct", "matmul_bf16_tflops"),
+    ):
         peak = environment.get(key)
         entry[label] = 100.0 * achieved / peak if peak else None
-    print(f"  b{batch} {'ckpt' if checkpointing else 'plain'}: {entry['samples_per_s']:.1f} samples/s, "
-          f"{achieved:.1f} TFLOP/s, MFU {entry['mfu_datasheet_pct']}, peak {entry.get('peak_memory_gib')}", flush=True)
+    print(
+        f"  b{batch} {'ckpt' if checkpointing else 'plain'}: {entry['samples_per_s']:.1f} samples/s, "
+        f"{achieved:.1f} TFLOP/s, MFU {entry['mfu_datasheet_pct']}, peak {entry.get('peak_memory_gib')}",
+        flush=True,
+    )
 
 
 def count_syncs(fn: Callable[[], Any], device: torch.device) -> int | str:
@@ -533,8 +627,9 @@ def section_compile(suite: Suite, record: dict[str, Any]) -> None:
         entry: dict[str, Any] = record.setdefault(mode, {})
         try:
             torch._dynamo.reset()  # each mode compiles from scratch (inductor's own cache may still help)
-            compiled = torch.compile(model, mode=None if mode == "default" else mode, backend=args.compile_backend,
-                                     dynamic=False)
+            compiled = torch.compile(
+                model, mode=None if mode == "default" else mode, backend=args.compile_backend, dynamic=False
+            )
             images, tokens = models.images(1, size), models.tokens(1, lengths=(LATENCY_LENGTH,))
             call = in_precision("bf16", device, model_call(compiled, images, tokens))
             began = time.perf_counter()
@@ -542,7 +637,10 @@ def section_compile(suite: Suite, record: dict[str, Any]) -> None:
             synchronize(device)
             entry["first_call_s"] = time.perf_counter() - began
             entry["bf16_b1"] = measure(call, device=device, iters=suite.scale.latency_iters)
-            print(f"  {mode}: first call {entry['first_call_s']:.0f} s, b1 {entry['bf16_b1']['median_ms']:.2f} ms", flush=True)
+            print(
+                f"  {mode}: first call {entry['first_call_s']:.0f} s, b1 {entry['bf16_b1']['median_ms']:.2f} ms",
+                flush=True,
+            )
             if mode == "default":
                 compiled_default = compiled
         except SectionTimeout:
@@ -571,16 +669,25 @@ def section_large(suite: Suite, record: dict[str, Any]) -> None:
         model = models.build("ldit", **overrides)
         size = model.config.image_size
         images, tokens = models.images(1, size), models.tokens(1, lengths=(LATENCY_LENGTH,))
-        entry["bf16_b1"] = measure(in_precision("bf16", device, model_call(model, images, tokens)), device=device,
-                                   iters=suite.scale.latency_iters)
+        entry["bf16_b1"] = measure(
+            in_precision("bf16", device, model_call(model, images, tokens)),
+            device=device,
+            iters=suite.scale.latency_iters,
+        )
         batch = max(suite.scale.throughput_batch // 2, 1)
         images, tokens = models.images(batch, size), models.tokens(batch)
-        timing = measure(in_precision("bf16", device, model_call(model, images, tokens)), device=device,
-                         iters=suite.scale.throughput_iters, warmup=1)
+        timing = measure(
+            in_precision("bf16", device, model_call(model, images, tokens)),
+            device=device,
+            iters=suite.scale.throughput_iters,
+            warmup=1,
+        )
         entry[f"bf16_b{batch}"] = {**timing, "images_per_s": batch / (timing["median_ms"] / 1e3)}
         del model, images, tokens
-        print(f"  {name}: b1 {entry['bf16_b1']['median_ms']:.2f} ms, b{batch} {entry[f'bf16_b{batch}']['images_per_s']:.0f} images/s",
-              flush=True)
+        print(
+            f"  {name}: b1 {entry['bf16_b1']['median_ms']:.2f} ms, b{batch} {entry[f'bf16_b{batch}']['images_per_s']:.0f} images/s",
+            flush=True,
+        )
         if suite.left() > 30 * suite.time_scale:
             entry["training"] = {"batch": train_batch, "gradient_checkpointing": True}
             train_measure(suite, entry["training"], batch=train_batch, checkpointing=True, **overrides)
@@ -603,14 +710,27 @@ SECTIONS: dict[str, Callable[[Suite, dict[str, Any]], None]] = {
 # Main
 # ---------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (any device; the CPU when no GPU): < 1 minute")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    parser.add_argument("--budget", type=float, default=None, help="global time budget, seconds (default 420; smoke 50)")
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), metavar="SECTION",
-                        help="sections to run, in the suite's order: " + ", ".join(SECTIONS))
-    parser.add_argument("--compile-backend", default=None,
-                        help="torch.compile backend (default inductor; smoke: eager, which traces but generates no code)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="global time budget, seconds (default 420; smoke 50)"
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=list(SECTIONS),
+        metavar="SECTION",
+        help="sections to run, in the suite's order: " + ", ".join(SECTIONS),
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend (default inductor; smoke: eager, which traces but generates no code)",
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     scale = SMOKE if args.smoke else FULL

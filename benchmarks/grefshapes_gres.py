@@ -41,8 +41,10 @@ def _kind(sample, targets_by_ref: dict[int, int]) -> str:
 
 def picture_grid(model: DITSam, dataset, refs_file: Path, path: Path) -> Path:
     """Val predictions of each kind, with what the model answered under each card."""
-    targets_by_ref = {int(ref["ref_id"]): 0 if ref["ann_id"] == [-1] else len(ref["ann_id"])
-                      for ref in json.loads(refs_file.read_text())}
+    targets_by_ref = {
+        int(ref["ref_id"]): 0 if ref["ann_id"] == [-1] else len(ref["ann_id"])
+        for ref in json.loads(refs_file.read_text())
+    }
     chosen: dict[str, list] = {"none": [], "several": [], "one": []}
 
     def keep(sample) -> None:
@@ -58,8 +60,11 @@ def picture_grid(model: DITSam, dataset, refs_file: Path, path: Path) -> Path:
             image = load_sample_image(dataset.base[sample.index])
             says = "says: nothing referred" if sample.no_target else f"IoU {100 * sample.iou:.0f}"
             shown = sample.pred & (not sample.no_target)
-            cards.append(fit_within(captioned(overlay(image, shown, sample.gt), f'[{kind}] "{sample.sentence}" {says}'),
-                                    CARD_SIDE))
+            cards.append(
+                fit_within(
+                    captioned(overlay(image, shown, sample.gt), f'[{kind}] "{sample.sentence}" {says}'), CARD_SIDE
+                )
+            )
         if cards:
             rows.append(side_by_side(cards))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,13 +93,20 @@ def main() -> None:
         model = DITSam.from_pretrained(run_dir / "checkpoints" / "last")
         val = ris_dataset(config, "val", train=False)
         grid = picture_grid(model, val, Path(val.base.source["refs_file"]), out.parent / f"{out.name}_{variant}.png")
-        record["rows"][variant] = {"label": LABELS[variant], "seconds": seconds, "results": results, "pictures": str(grid),
-                                   "data_source": val.base.source}
+        record["rows"][variant] = {
+            "label": LABELS[variant],
+            "seconds": seconds,
+            "results": results,
+            "pictures": str(grid),
+            "data_source": val.base.source,
+        }
         print(format_table(results, title=f"### {LABELS[variant]} ({seconds:.0f} s)"), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    tables = "\n\n".join(format_table(row["results"], title=f"### {row['label']} ({row['seconds']:.0f} s)")
-                         for row in record["rows"].values())
+    tables = "\n\n".join(
+        format_table(row["results"], title=f"### {row['label']} ({row['seconds']:.0f} s)")
+        for row in record["rows"].values()
+    )
     out.with_suffix(".md").write_text(f"Machine: {record['machine']}\n\n{tables}\n")
 
 

@@ -54,8 +54,16 @@ IMAGE_SHAPE = (480, 640, 3)
 AGREEMENT_BATCH = 16
 WORDS = "the a man woman dog car on left right red blue big small".split()
 #: Sentences whose masks the variants are compared on (random weights: what agrees is the arithmetic).
-AGREEMENT_SENTENCES = ["the man on the left", "a red car", "the small dog", "the woman on the right",
-                       "a big blue car", "the dog", "the man", "the small red car on the left"]
+AGREEMENT_SENTENCES = [
+    "the man on the left",
+    "a red car",
+    "the small dog",
+    "the woman on the right",
+    "a big blue car",
+    "the dog",
+    "the man",
+    "the small red car on the left",
+]
 # Where the linear layers are (all but W_o, one 768 x 256 product per sentence).
 QUANTIZED_PARTS = ("text_encoder", "image_encoder", "mask_decoder")
 
@@ -66,9 +74,12 @@ def speed_model(folder: Path):
     from ditsam.model.dit import DITSam
     from ditsam.model.text import build_tiny_bert
 
-    bert = build_tiny_bert(folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12,
-                           intermediate_size=3072)
-    config = load_experiment("refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_options.zero_init": False}).model
+    bert = build_tiny_bert(
+        folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
+    )
+    config = load_experiment(
+        "refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_options.zero_init": False}
+    ).model
     torch.manual_seed(0)
     return DITSam(config).eval()
 
@@ -97,7 +108,11 @@ def segmenters(model: Any, names: list[str]) -> dict[str, Any]:
             quantized = copy.deepcopy(model)
             for part in QUANTIZED_PARTS:  # not text_proj: DITSam.tokenize reads its weight's device
                 module = getattr(quantized, part)
-                setattr(quantized, part, torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8))
+                setattr(
+                    quantized,
+                    part,
+                    torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8),
+                )
             built[name] = Segmenter(quantized, device="cpu", dtype="fp32")
         elif name == "torchao_int8":
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -156,14 +171,20 @@ def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit
                 reference = choose_prediction(model(images, text=tokens)).logits
             quantized = choose_prediction(runner(images, tokens)).logits
             for row, item in enumerate(items):
-                masks = [foreground(restore_to_original(logits[row], item.meta), threshold=MASK_THRESHOLD).numpy()
-                         for logits in (reference, quantized)]
+                masks = [
+                    foreground(restore_to_original(logits[row], item.meta), threshold=MASK_THRESHOLD).numpy()
+                    for logits in (reference, quantized)
+                ]
                 agree.append(iou(masks[1], masks[0]))
                 fp32_iou.append(iou(masks[0], item.gt_mask))
                 int8_iou.append(iou(masks[1], item.gt_mask))
-        out[split] = {"sentences": count, "mask_iou_int8_vs_fp32": float(np.mean(agree)),
-                      "min_mask_iou_int8_vs_fp32": float(np.min(agree)),
-                      "miou_fp32": 100 * float(np.mean(fp32_iou)), "miou_int8": 100 * float(np.mean(int8_iou))}
+        out[split] = {
+            "sentences": count,
+            "mask_iou_int8_vs_fp32": float(np.mean(agree)),
+            "min_mask_iou_int8_vs_fp32": float(np.min(agree)),
+            "miou_fp32": 100 * float(np.mean(fp32_iou)),
+            "miou_int8": 100 * float(np.mean(int8_iou)),
+        }
         print(f"{split}: {out[split]}", flush=True)
     return out
 
@@ -174,11 +195,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True, help="time the variants")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        choices=["fp32", "auto", "int8", "onnx_fp32", "torch_int8", "torchao_int8"],
-                        help="default: all but torchao_int8, which is added when torchao is installed")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=["fp32", "auto", "int8", "onnx_fp32", "torch_int8", "torchao_int8"],
+        help="default: all but torchao_int8, which is added when torchao is installed",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (all variants once per round)")
     parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: torch's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint folder: mask agreement")
@@ -193,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ditsam-int8-bench-") as folder:
         if args.speed:
             variants = args.variants or ["fp32", "auto", "int8", "onnx_fp32", "torch_int8"]
-            speed: dict[str, Any] = {"machine": machine_info(), "sentence": SENTENCE, "image_shape": list(IMAGE_SHAPE),
-                                     "repeats": args.repeats}
+            speed: dict[str, Any] = {
+                "machine": machine_info(),
+                "sentence": SENTENCE,
+                "image_shape": list(IMAGE_SHAPE),
+                "repeats": args.repeats,
+            }
             if args.variants is None:
                 if importlib.util.find_spec("torchao") is not None:
                     variants.append("torchao_int8")
@@ -203,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             model = speed_model(Path(folder))
             built = segmenters(model, variants)
             image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
-            timings = time_interleaved({name: (lambda s=segmenter: s.predict(image, SENTENCE))
-                                        for name, segmenter in built.items()}, args.repeats)
+            timings = time_interleaved(
+                {name: (lambda s=segmenter: s.predict(image, SENTENCE)) for name, segmenter in built.items()},
+                args.repeats,
+            )
             if "fp32" in built:
                 for name, value in mask_agreement(built).items():
                     timings[name]["mask_iou_vs_fp32"] = value
@@ -216,19 +249,26 @@ def main(argv: list[str] | None = None) -> int:
             record["speed"] = speed
         if args.checkpoint is not None:
             root = args.data_root or Path(folder) / "data"
-            record["agreement"] = {"machine": machine_info(), "checkpoint": str(args.checkpoint),
-                                   "splits": agreement(args.checkpoint, root, args.splits, args.limit)}
+            record["agreement"] = {
+                "machine": machine_info(),
+                "checkpoint": str(args.checkpoint),
+                "splits": agreement(args.checkpoint, root, args.splits, args.limit),
+            }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.exists():  # keep the other half of an earlier run (speed vs agreement)
         previous = json.loads(args.out.read_text())
         record = {**{k: v for k, v in previous.items() if k in ("speed", "agreement")}, **record}
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     for name, timing in record.get("speed", {}).get("variants", {}).items():
-        print(f"{name:>13}: {timing['median_s']:.2f} s median, {timing['min_s']:.2f} s min, "
-              f"x{timing['speedup_vs_fp32']:.2f} vs fp32")
+        print(
+            f"{name:>13}: {timing['median_s']:.2f} s median, {timing['min_s']:.2f} s min, "
+            f"x{timing['speedup_vs_fp32']:.2f} vs fp32"
+        )
     for split, entry in record.get("agreement", {}).get("splits", {}).items():
-        print(f"{split}: mask IoU int8 vs fp32 {entry['mask_iou_int8_vs_fp32']:.4f} over {entry['sentences']} sentences; "
-              f"mIoU fp32 {entry['miou_fp32']:.2f}, int8 {entry['miou_int8']:.2f}")
+        print(
+            f"{split}: mask IoU int8 vs fp32 {entry['mask_iou_int8_vs_fp32']:.4f} over {entry['sentences']} sentences; "
+            f"mIoU fp32 {entry['miou_fp32']:.2f}, int8 {entry['miou_int8']:.2f}"
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -63,19 +63,49 @@ SEGMENTER_IMAGE = (480, 640)  # (H, W), a typical COCO picture
 
 SIZES = {
     # backbone, image size, HF SamVisionConfig fields
-    "vit_b": dict(model=dict(backbone="vit_b", image_size=512),
-                  hf=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_dim=3072,
-                          global_attn_indexes=[2, 5, 8, 11], window_size=14, image_size=512)),
-    "tiny": dict(model=dict(backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=64,
-                            window_size=3, prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2),
-                 hf=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=128, global_attn_indexes=[1],
-                         window_size=3, image_size=64, output_channels=32)),
+    "vit_b": dict(
+        model=dict(backbone="vit_b", image_size=512),
+        hf=dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            mlp_dim=3072,
+            global_attn_indexes=[2, 5, 8, 11],
+            window_size=14,
+            image_size=512,
+        ),
+    ),
+    "tiny": dict(
+        model=dict(
+            backbone="custom",
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            global_attn_indexes=[1],
+            image_size=64,
+            window_size=3,
+            prompt_embed_dim=32,
+            decoder_mlp_dim=64,
+            decoder_num_heads=2,
+        ),
+        hf=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=128,
+            global_attn_indexes=[1],
+            window_size=3,
+            image_size=64,
+            output_channels=32,
+        ),
+    ),
 }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------------
+
 
 # ---------------------------------------------------------------------------------------------------
 # Items
@@ -98,11 +128,22 @@ def build_items(size: str, bert_dir: Path) -> list[Item]:
     text = dict(name_or_path=str(bert_dir), max_tokens=20)
     torch.manual_seed(0)
     models = {
-        injection: DITSam(DITSamConfig.from_dict({**spec["model"], "injection": injection, "attention": "global",
-                                                  "injection_options": {"zero_init": False}, "text": text})).eval()
+        injection: DITSam(
+            DITSamConfig.from_dict(
+                {
+                    **spec["model"],
+                    "injection": injection,
+                    "attention": "global",
+                    "injection_options": {"zero_init": False},
+                    "text": text,
+                }
+            )
+        ).eval()
         for injection in ("none", "e2e", "layerwise")
     }
-    sam_layout = DITSam(DITSamConfig.from_dict({**spec["model"], "injection": "none", "attention": "windowed", "text": text}))
+    sam_layout = DITSam(
+        DITSamConfig.from_dict({**spec["model"], "injection": "none", "attention": "windowed", "text": text})
+    )
     ours_encoder = sam_layout.image_encoder.eval()
     hf = SamVisionModel(SamVisionConfig(**spec["hf"])).eval()
     side = spec["model"]["image_size"]
@@ -119,17 +160,23 @@ def build_items(size: str, bert_dir: Path) -> list[Item]:
             def call() -> object:
                 with _autocast(dtype):
                     return model(x, text=tokens).logits
+
             return call
+
         return make
 
-    def encoder_call(forward: Callable[[torch.Tensor], object]) -> Callable[[int, torch.dtype | None], Callable[[], object]]:
+    def encoder_call(
+        forward: Callable[[torch.Tensor], object],
+    ) -> Callable[[int, torch.dtype | None], Callable[[], object]]:
         def make(batch: int, dtype: torch.dtype | None) -> Callable[[], object]:
             x = images(batch)
 
             def call() -> object:
                 with _autocast(dtype):
                     return forward(x)
+
             return call
+
         return make
 
     def segmenter_call(batch: int, dtype: torch.dtype | None) -> Callable[[], object]:
@@ -140,22 +187,39 @@ def build_items(size: str, bert_dir: Path) -> list[Item]:
         def call() -> object:
             segmenter.dtype = dtype
             return segmenter.predict(photo, sentences)
+
         return call
 
     return [
-        Item("hf_sam_encoder", "transformers SamVisionModel, SAM layout (windowed), no text", encoder_call(lambda x: hf(pixel_values=x).last_hidden_state)),
-        Item("ours_encoder_sam_layout", "our ImageEncoderViT, SAM layout (windowed), no text", encoder_call(ours_encoder)),
-        Item("model_none", "DITSam, text in the decoder only (SAM text baseline), global attention", model_call(models["none"])),
+        Item(
+            "hf_sam_encoder",
+            "transformers SamVisionModel, SAM layout (windowed), no text",
+            encoder_call(lambda x: hf(pixel_values=x).last_hidden_state),
+        ),
+        Item(
+            "ours_encoder_sam_layout", "our ImageEncoderViT, SAM layout (windowed), no text", encoder_call(ours_encoder)
+        ),
+        Item(
+            "model_none",
+            "DITSam, text in the decoder only (SAM text baseline), global attention",
+            model_call(models["none"]),
+        ),
         Item("model_e2e", "DITSam E-DIT, global attention", model_call(models["e2e"])),
         Item("model_ldit", "DITSam L-DIT, global attention", model_call(models["layerwise"])),
-        Item("segmenter_ldit", f"Segmenter.predict, L-DIT, {SEGMENTER_IMAGE[1]}x{SEGMENTER_IMAGE[0]} numpy image", segmenter_call),
+        Item(
+            "segmenter_ldit",
+            f"Segmenter.predict, L-DIT, {SEGMENTER_IMAGE[1]}x{SEGMENTER_IMAGE[0]} numpy image",
+            segmenter_call,
+        ),
     ]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------------
-def time_case(items: list[Item], *, batch: int, dtype: torch.dtype | None, repeats: int, warmup: bool) -> dict[str, list[float]]:
+def time_case(
+    items: list[Item], *, batch: int, dtype: torch.dtype | None, repeats: int, warmup: bool
+) -> dict[str, list[float]]:
     """Seconds per call of every item: warm-up call each, then ``repeats`` interleaved rounds."""
     calls = {item.name: item.make_call(batch, dtype) for item in items}
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -175,8 +239,16 @@ def time_compile(size: str, bert_dir: Path, *, repeats: int) -> dict:
     """torch.compile (inductor, default mode) vs eager for the L-DIT model, fp32, batch 1."""
     spec = SIZES[size]
     torch.manual_seed(0)
-    model = DITSam(DITSamConfig.from_dict({**spec["model"], "injection": "layerwise", "injection_options": {"zero_init": False},
-                                           "text": dict(name_or_path=str(bert_dir), max_tokens=20)})).eval()
+    model = DITSam(
+        DITSamConfig.from_dict(
+            {
+                **spec["model"],
+                "injection": "layerwise",
+                "injection_options": {"zero_init": False},
+                "text": dict(name_or_path=str(bert_dir), max_tokens=20),
+            }
+        )
+    ).eval()
     side = spec["model"]["image_size"]
     x, tokens = torch.randn(1, 3, side, side), model.tokenize([SENTENCE])
     result: dict = {"case": size, "item": "model_ldit", "dtype": "fp32", "batch": 1}
@@ -196,8 +268,12 @@ def time_compile(size: str, bert_dir: Path, *, repeats: int) -> dict:
                 start = time.perf_counter()
                 compiled(x, text=tokens)
                 fast.append(time.perf_counter() - start)
-        result.update(eager_s=statistics.median(eager), compiled_s=statistics.median(fast),
-                      speedup=statistics.median(eager) / statistics.median(fast), works=True)
+        result.update(
+            eager_s=statistics.median(eager),
+            compiled_s=statistics.median(fast),
+            speedup=statistics.median(eager) / statistics.median(fast),
+            works=True,
+        )
     except Exception as error:  # record why compile does not work here
         result.update(works=False, error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
     return result
@@ -212,13 +288,23 @@ def markdown(report: dict) -> str:
     for case in dict.fromkeys(r["case"] for r in rows):
         settings = list(dict.fromkeys((r["dtype"], r["batch"]) for r in rows if r["case"] == case))
         header = " | ".join(f"{dtype} b{batch}" for dtype, batch in settings)
-        lines += [f"**{case}** -- seconds per image (median), in brackets relative to `model_none` of the same column", "",
-                  f"| item | {header} |", "|---|" + "---|" * len(settings)]
+        lines += [
+            f"**{case}** -- seconds per image (median), in brackets relative to `model_none` of the same column",
+            "",
+            f"| item | {header} |",
+            "|---|" + "---|" * len(settings),
+        ]
         for item in dict.fromkeys(r["item"] for r in rows if r["case"] == case):
             cells = []
             for dtype, batch in settings:
-                match = [r for r in rows if (r["case"], r["item"], r["dtype"], r["batch"]) == (case, item, dtype, batch)]
-                base = [r for r in rows if (r["case"], r["item"], r["dtype"], r["batch"]) == (case, "model_none", dtype, batch)]
+                match = [
+                    r for r in rows if (r["case"], r["item"], r["dtype"], r["batch"]) == (case, item, dtype, batch)
+                ]
+                base = [
+                    r
+                    for r in rows
+                    if (r["case"], r["item"], r["dtype"], r["batch"]) == (case, "model_none", dtype, batch)
+                ]
                 if not match:
                     cells.append("")
                     continue
@@ -229,9 +315,11 @@ def markdown(report: dict) -> str:
         lines.append("")
     for entry in report.get("compile", []):
         if entry["works"]:
-            lines.append(f"torch.compile, {entry['case']} L-DIT fp32 b1: first call (compilation) {entry['first_call_s']:.0f} s, "
-                         f"then {entry['compiled_s']:.3f} s vs eager {entry['eager_s']:.3f} s (x{entry['speedup']:.2f}); "
-                         f"max |compiled - eager| {entry['max_abs_diff_vs_eager']:.1e}")
+            lines.append(
+                f"torch.compile, {entry['case']} L-DIT fp32 b1: first call (compilation) {entry['first_call_s']:.0f} s, "
+                f"then {entry['compiled_s']:.3f} s vs eager {entry['eager_s']:.3f} s (x{entry['speedup']:.2f}); "
+                f"max |compiled - eager| {entry['max_abs_diff_vs_eager']:.1e}"
+            )
         else:
             lines.append(f"torch.compile, {entry['case']}: does not work here -- {entry['error']}")
     lines += [f"Note: {note}" for note in report.get("notes", [])]
@@ -254,8 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    report: dict = {"machine": machine_info(), "settings": vars(args) | {"out": str(args.out)}, "results": [], "compile": [],
-                    "notes": []}
+    report: dict = {
+        "machine": machine_info(),
+        "settings": vars(args) | {"out": str(args.out)},
+        "results": [],
+        "compile": [],
+        "notes": [],
+    }
     native_bf16 = any(f in report["machine"]["isa"] for f in ("avx512_bf16", "amx_bf16"))
     report["notes"].append(
         "shared machine: other jobs ran during the measurement (see the load averages); absolute times vary "
@@ -272,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                 if case == "tiny" or native_bf16:
                     settings.append((torch.bfloat16, args.batch))
                 elif case == "vit_b":
-                    note = ("this CPU has no native bf16 matmul (no avx512_bf16 / amx_bf16): bf16 autocast is emulated and "
-                            "slower than fp32, so ViT-B bf16 is timed at batch 1 only")
+                    note = (
+                        "this CPU has no native bf16 matmul (no avx512_bf16 / amx_bf16): bf16 autocast is emulated and "
+                        "slower than fp32, so ViT-B bf16 is timed at batch 1 only"
+                    )
                     if note not in report["notes"]:
                         report["notes"].append(note)
             for dtype, batch in settings:
@@ -292,16 +387,27 @@ def main(argv: list[str] | None = None) -> int:
                 name = "bf16" if dtype is not None else "fp32"
                 for item in chosen:
                     median = statistics.median(times[item.name])
-                    report["results"].append({
-                        "case": case, "item": item.name, "what": item.what, "dtype": name, "batch": batch,
-                        "median_s": median, "per_image_s": median / batch, "runs_s": [round(t, 4) for t in times[item.name]],
-                    })
-                print(f"[{time.perf_counter() - started:6.0f} s] {case} {name} b{batch}: "
-                      + ", ".join(f"{i.name} {statistics.median(times[i.name]) / batch:.3f}" for i in chosen)
-                      + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                    report["results"].append(
+                        {
+                            "case": case,
+                            "item": item.name,
+                            "what": item.what,
+                            "dtype": name,
+                            "batch": batch,
+                            "median_s": median,
+                            "per_image_s": median / batch,
+                            "runs_s": [round(t, 4) for t in times[item.name]],
+                        }
+                    )
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] {case} {name} b{batch}: "
+                    + ", ".join(f"{i.name} {statistics.median(times[i.name]) / batch:.3f}" for i in chosen)
+                    + f"  ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
             del items
         if not args.no_compile:
-            for case in (["tiny"] + (["vit_b"] if args.compile_vit_b else [])):
+            for case in ["tiny"] + (["vit_b"] if args.compile_vit_b else []):
                 entry = time_compile(case, bert_dir, repeats=10 if case == "tiny" else 2)
                 report["compile"].append(entry)
                 print(f"[{time.perf_counter() - started:6.0f} s] compile {case}: {entry}", flush=True)

@@ -63,17 +63,21 @@ def build_model(kind: str, folder: Path) -> Path:
     if kind == "vitb":
         from ditsam.engine.config import load_experiment
 
-        bert = build_tiny_bert(folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12,
-                               intermediate_size=3072)
-        config = load_experiment("refcoco/ldit", {"model.text.name_or_path": str(bert),
-                                                  "model.injection_options.zero_init": False}).model
+        bert = build_tiny_bert(
+            folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
+        )
+        config = load_experiment(
+            "refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_options.zero_init": False}
+        ).model
     else:
         sys.path.insert(0, str(REPO / "tests"))
         from helpers import WORDS as TINY_WORDS
         from helpers import tiny_config
 
-        config = tiny_config(build_tiny_bert(folder / "bert", words=TINY_WORDS, hidden_size=32, num_layers=2),
-                             injection_options=dict(zero_init=False))
+        config = tiny_config(
+            build_tiny_bert(folder / "bert", words=TINY_WORDS, hidden_size=32, num_layers=2),
+            injection_options=dict(zero_init=False),
+        )
     return DITSam(config).save_pretrained(folder / "model")
 
 
@@ -95,32 +99,83 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_setting(name: str, *, processes: int, threads: int, workers: int | None, checkpoint: Path, images: Path,
-                out: Path, batch_size: int) -> dict[str, object]:
+def run_setting(
+    name: str,
+    *,
+    processes: int,
+    threads: int,
+    workers: int | None,
+    checkpoint: Path,
+    images: Path,
+    out: Path,
+    batch_size: int,
+) -> dict[str, object]:
     """One ``ditsam predict`` command; its rate line and wall time."""
-    predict = ["-m", "ditsam.cli.main", "predict", "--checkpoint", str(checkpoint), "--images", str(images),
-               "--text", SENTENCE, "--out", str(out), "--batch-size", str(batch_size), "--device", "cpu"]
+    predict = [
+        "-m",
+        "ditsam.cli.main",
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--images",
+        str(images),
+        "--text",
+        SENTENCE,
+        "--out",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        "cpu",
+    ]
     if workers is not None:
         predict += ["--workers", str(workers)]
     if processes == 1:
         command = [sys.executable, *predict]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(_free_port()), *predict]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            *predict,
+        ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+    }
     began = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - began
     match = RATE_LINE.search(completed.stdout)
     if completed.returncode != 0 or match is None:
-        raise RuntimeError(f"{name}: exit status {completed.returncode}\n{completed.stdout[-2000:]}\n{completed.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{name}: exit status {completed.returncode}\n{completed.stdout[-2000:]}\n{completed.stderr[-3000:]}"
+        )
     made, seconds, rate, reported = int(match[1]), float(match[2]), float(match[3]), int(match[4])
     assert reported == processes, (name, reported)
-    return {"setting": name, "processes": processes, "threads_per_process": threads,
-            "workers_per_process": "default" if workers is None else workers, "images": made,
-            "predict_seconds": seconds, "images_per_s": rate, "command_wall_s": round(wall, 2)}
+    return {
+        "setting": name,
+        "processes": processes,
+        "threads_per_process": threads,
+        "workers_per_process": "default" if workers is None else workers,
+        "images": made,
+        "predict_seconds": seconds,
+        "images_per_s": rate,
+        "command_wall_s": round(wall, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,15 +193,26 @@ def main(argv: list[str] | None = None) -> int:
         ("1 process, 1 thread", 1, 1, None),
         ("2 processes", 2, max(1, cores // 2), None),
     ]
-    report: dict[str, object] = {"machine": machine_info(), "settings": {k: str(v) for k, v in vars(args).items()},
-                                 "results": []}
+    report: dict[str, object] = {
+        "machine": machine_info(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "results": [],
+    }
     with tempfile.TemporaryDirectory(prefix="ditsam-predict-scale-") as tmp:
         folder = Path(tmp)
         checkpoint = build_model(args.model, folder)
         images = write_images(folder / "images", args.images)
         for index, (name, processes, threads, workers) in enumerate(settings):
-            row = run_setting(name, processes=processes, threads=threads, workers=workers, checkpoint=checkpoint,
-                              images=images, out=folder / f"out{index}", batch_size=args.batch_size)
+            row = run_setting(
+                name,
+                processes=processes,
+                threads=threads,
+                workers=workers,
+                checkpoint=checkpoint,
+                images=images,
+                out=folder / f"out{index}",
+                batch_size=args.batch_size,
+            )
             print(json.dumps(row), flush=True)
             report["results"].append(row)  # type: ignore[union-attr]
     report["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -154,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("| setting | processes x threads | images | s | images/s | command wall s |\n|---|---|---|---|---|---|")
     for row in report["results"]:  # type: ignore[union-attr]
-        print(f"| {row['setting']} | {row['processes']} x {row['threads_per_process']} | {row['images']} | "
-              f"{row['predict_seconds']} | {row['images_per_s']} | {row['command_wall_s']} |")
+        print(
+            f"| {row['setting']} | {row['processes']} x {row['threads_per_process']} | {row['images']} | "
+            f"{row['predict_seconds']} | {row['images_per_s']} | {row['command_wall_s']} |"
+        )
     print(f"written: {args.out}")
     return 0
 

@@ -39,8 +39,9 @@ def oracle_scores(config, split: str) -> dict[str, float]:
     for index in tqdm(range(len(dataset)), desc=split, unit="sample"):
         item = dataset[index]
         coverage = F.adaptive_avg_pool2d(item.mask[None], low_res)
-        upsampled = F.interpolate(coverage, size=item.mask.shape[-2:], mode="bilinear",
-                                  align_corners=config.model.upsample_align_corners)[0, 0]
+        upsampled = F.interpolate(
+            coverage, size=item.mask.shape[-2:], mode="bilinear", align_corners=config.model.upsample_align_corners
+        )[0, 0]
         restored = restore_to_original(upsampled, item.meta)
         metrics.update((restored > 0.5).numpy(), item.gt_mask)
     return metrics.compute()

@@ -49,8 +49,9 @@ def run_budget(variant: str, multiple: int, overrides: dict, runs: Path) -> tupl
     epochs = base.train.epochs * multiple
     # About seven evaluations per run, whatever its length, for the curves.
     every = max(1, epochs // 7)
-    config = load_experiment(f"refshapes/{variant}", {**overrides, "train.epochs": epochs,
-                                                       "train.eval_every_epochs": every})
+    config = load_experiment(
+        f"refshapes/{variant}", {**overrides, "train.epochs": epochs, "train.eval_every_epochs": every}
+    )
     run_dir = runs / f"{variant}-{multiple}x"
     saved = run_dir / "config.yaml"
     if (run_dir / "results.json").is_file() and saved.is_file():
@@ -75,11 +76,21 @@ def score_by_kind(run_dir: Path, data_root: Path) -> dict[str, dict[str, dict[st
             ious["all"].append(sample.iou)
             ious[kinds[str(sample.sent_id)]].append(sample.iou)
 
-        evaluate(model, ris_dataset(experiment, split, train=False), threshold=experiment.train.threshold,
-                 on_prediction=collect, progress=False)
-        scores[split] = {kind: {"miou": 100 * statistics.fmean(values),
-                                "p@0.5": 100 * sum(v >= 0.5 for v in values) / len(values), "count": len(values)}
-                         for kind, values in sorted(ious.items())}
+        evaluate(
+            model,
+            ris_dataset(experiment, split, train=False),
+            threshold=experiment.train.threshold,
+            on_prediction=collect,
+            progress=False,
+        )
+        scores[split] = {
+            kind: {
+                "miou": 100 * statistics.fmean(values),
+                "p@0.5": 100 * sum(v >= 0.5 for v in values) / len(values),
+                "count": len(values),
+            }
+            for kind, values in sorted(ious.items())
+        }
     return scores
 
 
@@ -91,9 +102,14 @@ def smallest_budget_reaching(rows: list[dict], split: str, goal: float) -> int |
 
 def markdown(rows: list[dict], reached: dict[str, int | None]) -> str:
     kinds = sorted({kind for row in rows for kind in row["by_kind"]["val"]} - {"all"})
-    lines = ["| budget | samples | train s | " + " | ".join(f"{s} mIoU" for s in SPLITS) + " | val P@0.5 | "
-             + " | ".join(f"val+testB {k}" for k in kinds) + " |",
-             "|---|---:|---:|" + "---:|" * (len(SPLITS) + 1 + len(kinds))]
+    lines = [
+        "| budget | samples | train s | "
+        + " | ".join(f"{s} mIoU" for s in SPLITS)
+        + " | val P@0.5 | "
+        + " | ".join(f"val+testB {k}" for k in kinds)
+        + " |",
+        "|---|---:|---:|" + "---:|" * (len(SPLITS) + 1 + len(kinds)),
+    ]
     for row in rows:
         by_kind = row["by_kind"]
         cells = []
@@ -102,9 +118,13 @@ def markdown(rows: list[dict], reached: dict[str, int | None]) -> str:
             total = sum(c["count"] for c in counted)
             cells.append(f"{sum(c['miou'] * c['count'] for c in counted) / total:.1f}" if total else "n/a")
         seconds = "reused" if row["seconds"] is None else f"{row['seconds']:.0f}"
-        lines.append(f"| {row['multiple']}x | {row['samples']:,} | {seconds} | "
-                     + " | ".join(f"{by_kind[s]['all']['miou']:.2f}" for s in SPLITS)
-                     + f" | {by_kind['val']['all']['p@0.5']:.1f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {row['multiple']}x | {row['samples']:,} | {seconds} | "
+            + " | ".join(f"{by_kind[s]['all']['miou']:.2f}" for s in SPLITS)
+            + f" | {by_kind['val']['all']['p@0.5']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += ["", "| split | goal (mIoU) | smallest budget measured that reaches it |", "|---|---:|---|"]
     for split, multiple in reached.items():
         lines.append(f"| {split} | {GOALS[split]:.0f} | {'none' if multiple is None else f'{multiple}x'} |")
@@ -129,20 +149,37 @@ def main() -> None:
         run_dir, seconds = run_budget(args.variant, multiple, overrides, args.runs)
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         samples = saved["train"]["epochs"] * saved["data"]["train_stream_samples"]
-        rows.append({"multiple": multiple, "run": str(run_dir), "samples": samples, "seconds": seconds,
-                     "by_kind": score_by_kind(run_dir, args.data)})
-        print(f"{multiple}x ({samples:,} samples): " + ", ".join(
-            f"{s} mIoU {rows[-1]['by_kind'][s]['all']['miou']:.2f}" for s in SPLITS), flush=True)
+        rows.append(
+            {
+                "multiple": multiple,
+                "run": str(run_dir),
+                "samples": samples,
+                "seconds": seconds,
+                "by_kind": score_by_kind(run_dir, args.data),
+            }
+        )
+        print(
+            f"{multiple}x ({samples:,} samples): "
+            + ", ".join(f"{s} mIoU {rows[-1]['by_kind'][s]['all']['miou']:.2f}" for s in SPLITS),
+            flush=True,
+        )
     reached = {split: smallest_budget_reaching(rows, split, GOALS[split]) for split in SPLITS}
-    record = {"machine": machine_info(), "variant": args.variant, "overrides": overrides, "rows": rows,
-              "goals": GOALS, "smallest_budget_reaching_goal": reached}
+    record = {
+        "machine": machine_info(),
+        "variant": args.variant,
+        "overrides": overrides,
+        "rows": rows,
+        "goals": GOALS,
+        "smallest_budget_reaching_goal": reached,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     table = markdown(rows, reached)
     args.out.with_suffix(".md").write_text(f"Machine: {record['machine']}\n\n{table}\n")
     curves = {f"{row['multiple']}x": read_curve(Path(row["run"]), "val", "miou") for row in rows}
     draw(curves, title=f"RefShapes val mIoU, refshapes/{args.variant} at several budgets", y_label="val mIoU").save(
-        args.out.with_suffix(".png"))
+        args.out.with_suffix(".png")
+    )
     print(table)
 
 

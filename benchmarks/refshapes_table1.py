@@ -26,8 +26,14 @@ from machine import machine_info
 
 VARIANTS = ("default", "dec2", "edit", "ldit", "default_frozen", "dec2_frozen", "edit_frozen", "ldit_frozen")
 LABELS = {
-    "default": "Default (text in decoder)", "dec2": "+2 dec layers", "edit": "E-DIT", "ldit": "L-DIT",
-    "default_frozen": "Default*", "dec2_frozen": "+2 dec layers*", "edit_frozen": "E-DIT*", "ldit_frozen": "L-DIT*",
+    "default": "Default (text in decoder)",
+    "dec2": "+2 dec layers",
+    "edit": "E-DIT",
+    "ldit": "L-DIT",
+    "default_frozen": "Default*",
+    "dec2_frozen": "+2 dec layers*",
+    "edit_frozen": "E-DIT*",
+    "ldit_frozen": "L-DIT*",
     "ldit_blind": "L-DIT, text-blind control",
 }
 METRICS = ("miou", "oiou", "p@0.5")
@@ -45,11 +51,15 @@ def summarise(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, di
 
 
 def markdown(rows: dict[str, dict], splits: list[str]) -> str:
-    lines = ["| variant | " + " | ".join(f"{s} mIoU | {s} oIoU" for s in splits) + " | time per run (s) |",
-             "|---|" + "---|---|" * len(splits) + "---|"]
+    lines = [
+        "| variant | " + " | ".join(f"{s} mIoU | {s} oIoU" for s in splits) + " | time per run (s) |",
+        "|---|" + "---|---|" * len(splits) + "---|",
+    ]
     for row in rows.values():
         cells = " | ".join(
-            " | ".join(f"{row['summary'][s][m]['mean']:.2f} ± {row['summary'][s][m]['std']:.2f}" for m in ("miou", "oiou"))
+            " | ".join(
+                f"{row['summary'][s][m]['mean']:.2f} ± {row['summary'][s][m]['std']:.2f}" for m in ("miou", "oiou")
+            )
             for s in splits
         )
         lines.append(f"| {row['label']} | {cells} | {statistics.fmean(row['seconds']):.0f} |")
@@ -79,15 +89,31 @@ def main() -> None:
         for seed in args.seeds:
             config = load_experiment(f"refshapes/{variant}", {**overrides, "train.seed": seed})
             started = time.perf_counter()
-            runs.append(train(config, run_dir=Path(args.runs) / f"{variant}-seed{seed}", overwrite=args.overwrite,
-                              progress=False))
+            runs.append(
+                train(
+                    config, run_dir=Path(args.runs) / f"{variant}-seed{seed}", overwrite=args.overwrite, progress=False
+                )
+            )
             seconds.append(time.perf_counter() - started)
-            print(f"{LABELS[variant]} seed {seed}: "
-                  + ", ".join(f"{s} mIoU {r['miou']:.2f} oIoU {r['oiou']:.2f}" for s, r in runs[-1].items()), flush=True)
-        rows[variant] = {"label": LABELS[variant], "seeds": args.seeds, "seconds": seconds, "runs": runs,
-                         "summary": summarise(runs)}
-    record = {"machine": machine_info(), "overrides": overrides, "seeds": args.seeds,
-              "total_seconds": time.perf_counter() - started_all, "rows": rows}
+            print(
+                f"{LABELS[variant]} seed {seed}: "
+                + ", ".join(f"{s} mIoU {r['miou']:.2f} oIoU {r['oiou']:.2f}" for s, r in runs[-1].items()),
+                flush=True,
+            )
+        rows[variant] = {
+            "label": LABELS[variant],
+            "seeds": args.seeds,
+            "seconds": seconds,
+            "runs": runs,
+            "summary": summarise(runs),
+        }
+    record = {
+        "machine": machine_info(),
+        "overrides": overrides,
+        "seeds": args.seeds,
+        "total_seconds": time.perf_counter() - started_all,
+        "rows": rows,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))

@@ -142,20 +142,34 @@ def connect(base: str, auth: tuple[str, str] | None) -> urllib.request.OpenerDir
 def _upload(opener: urllib.request.OpenerDirector, base: str, path: Path) -> str:
     boundary = uuid.uuid4().hex
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{path.name}\"\r\n"
-        f"Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{base}gradio_api/upload", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{base}gradio_api/upload",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
         return json.loads(response.read())[0]
 
 
-def _segment(opener: urllib.request.OpenerDirector, base: str, server_path: str, name: str, sentence: str) -> tuple[str, str]:
+def _segment(
+    opener: urllib.request.OpenerDirector, base: str, server_path: str, name: str, sentence: str
+) -> tuple[str, str]:
     """(event, data) of the answer to one /segment call: "complete" with the outputs, or "error"."""
     payload = {"data": [{"path": server_path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}, sentence]}
-    request = urllib.request.Request(f"{base}gradio_api/call/segment", data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}gradio_api/call/segment",
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
         event_id = json.loads(response.read())["event_id"]
     with opener.open(f"{base}gradio_api/call/segment/{event_id}", timeout=REQUEST_TIMEOUT_S) as response:
@@ -184,7 +198,9 @@ def one_request(
     except (OSError, urllib.error.URLError, ValueError, KeyError, IndexError) as error:
         return Outcome(kind, time.perf_counter() - started, False, False, f"{type(error).__name__}: {error}", None)
     seconds = time.perf_counter() - started
-    leak = next((m.group(0) for pattern in LEAK_PATTERNS for m in [pattern.search(_shown_text(event, data))] if m), None)
+    leak = next(
+        (m.group(0) for pattern in LEAK_PATTERNS for m in [pattern.search(_shown_text(event, data))] if m), None
+    )
     if event != "complete":
         return Outcome(kind, seconds, False, False, f"event {event}: {data[:200]}", leak)
     status = json.loads(data)[2]
@@ -225,8 +241,23 @@ def start_server(checkpoint: Path, port: int, log: Path, options: list[str]) -> 
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ditsam.cli.main", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-             "--no-examples", "--device", "cpu", *options], stdout=output, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "ditsam.cli.main",
+                "serve",
+                "--checkpoint",
+                str(checkpoint),
+                "--port",
+                str(port),
+                "--no-examples",
+                "--device",
+                "cpu",
+                *options,
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -254,30 +285,42 @@ def summarise(outcomes: list[Outcome], wall: float) -> dict[str, Any]:
     def stats(selected: list[Outcome]) -> dict[str, Any]:
         seconds = [o.seconds for o in selected if not o.busy]  # latency of answers; a refusal is instant
         return {
-            "requests": len(selected), "model_answers": sum(o.ok for o in selected),
-            "problem_messages": sum(o.problem for o in selected), "errors": sum(o.error is not None for o in selected),
-            "busy": sum(o.busy for o in selected), "timeouts": sum(o.timed_out for o in selected),
+            "requests": len(selected),
+            "model_answers": sum(o.ok for o in selected),
+            "problem_messages": sum(o.problem for o in selected),
+            "errors": sum(o.error is not None for o in selected),
+            "busy": sum(o.busy for o in selected),
+            "timeouts": sum(o.timed_out for o in selected),
             "leaks": sum(o.leak is not None for o in selected),
-            "p50_s": _percentile(seconds, 0.5), "p95_s": _percentile(seconds, 0.95),
+            "p50_s": _percentile(seconds, 0.5),
+            "p95_s": _percentile(seconds, 0.95),
             "mean_s": statistics.fmean(seconds) if seconds else None,
         }
 
     kinds = {kind: stats([o for o in outcomes if o.kind == kind]) for kind, _ in MIX}
-    return {"wall_s": wall, "requests_per_s": len(outcomes) / wall if wall else 0.0, "all": stats(outcomes),
-            "by_kind": kinds}
+    return {
+        "wall_s": wall,
+        "requests_per_s": len(outcomes) / wall if wall else 0.0,
+        "all": stats(outcomes),
+        "by_kind": kinds,
+    }
 
 
 def markdown(record: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{1000 * value:.0f}"
 
-    rows = ["| requests | n | model answers | problem messages | of them timeouts | busy | errors | leaks | p50 ms | p95 ms |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| requests | n | model answers | problem messages | of them timeouts | busy | errors | leaks | p50 ms | p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     summary = record["summary"]
     for label, stats in [("all", summary["all"]), *summary["by_kind"].items()]:
-        rows.append(f"| {label} | {stats['requests']} | {stats['model_answers']} | {stats['problem_messages']} | "
-                    f"{stats['timeouts']} | {stats['busy']} | {stats['errors']} | {stats['leaks']} | "
-                    f"{ms(stats['p50_s'])} | {ms(stats['p95_s'])} |")
+        rows.append(
+            f"| {label} | {stats['requests']} | {stats['model_answers']} | {stats['problem_messages']} | "
+            f"{stats['timeouts']} | {stats['busy']} | {stats['errors']} | {stats['leaks']} | "
+            f"{ms(stats['p50_s'])} | {ms(stats['p95_s'])} |"
+        )
     memory = record["server_memory_mb"]
     return "\n".join(rows) + (
         f"\n\n{summary['requests_per_s']:.2f} requests/s over {summary['wall_s']:.0f} s with {record['clients']} clients "
@@ -295,10 +338,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--duration", type=float, default=60.0, help=f"seconds of load (at most {MAX_DURATION_S})")
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="serve behind this login; every client logs in first")
-    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                        help=f"the server's --max-queue (default {DEFAULT_MAX_QUEUE})")
-    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
-                        help=f"the server's --request-timeout in seconds (default {DEFAULT_REQUEST_TIMEOUT_S:g})")
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"the server's --max-queue (default {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help=f"the server's --request-timeout in seconds (default {DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -325,7 +376,9 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}/"
         try:
             opener = connect(base, auth)
-            warm = one_request(opener, base, "good", files, random.Random(args.seed))  # the first call pays for lazy set-up
+            warm = one_request(
+                opener, base, "good", files, random.Random(args.seed)
+            )  # the first call pays for lazy set-up
             if warm.error:
                 raise RuntimeError(f"the warm-up request failed: {warm.error}")
             after_warmup = _memory_kb(server.pid, "VmRSS")
@@ -364,13 +417,22 @@ def main() -> None:
             server.kill()
         log = (folder / "server.log").read_text(errors="replace")
     record = {
-        "machine": machine_info(), "clients": args.clients, "duration_s": args.duration, "mix": dict(MIX),
-        "auth": auth is not None, "max_queue": args.max_queue, "request_timeout_s": args.request_timeout,
+        "machine": machine_info(),
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "mix": dict(MIX),
+        "auth": auth is not None,
+        "max_queue": args.max_queue,
+        "request_timeout_s": args.request_timeout,
         "checkpoint": "random tiny RefShapes-size model" if args.checkpoint is None else str(args.checkpoint),
         "summary": summarise(outcomes, wall),
-        "server_memory_mb": {"after_warmup": (after_warmup or 0) / 1024, "peak_during_load": peak[0] / 1024,
-                             "vm_hwm": (hwm or 0) / 1024},
-        "server_up_after": up, "server_log_tracebacks": log.count("Traceback"),
+        "server_memory_mb": {
+            "after_warmup": (after_warmup or 0) / 1024,
+            "peak_during_load": peak[0] / 1024,
+            "vm_hwm": (hwm or 0) / 1024,
+        },
+        "server_up_after": up,
+        "server_log_tracebacks": log.count("Traceback"),
         "first_errors": [o.error for o in outcomes if o.error][:5],
         "first_leaks": [f"{o.kind}: {o.leak}" for o in outcomes if o.leak][:5],
     }

@@ -27,9 +27,13 @@ from machine import machine_info
 def vit_forward_flops(config) -> float:
     """Matmul FLOPs of the ViT forward per sample (2 * MACs), text tokens included."""
     size = config.model.size
-    tokens = config.model.grid**2 + (config.model.text.max_tokens if config.model.injection in ("e2e", "layerwise") else 0)
+    tokens = config.model.grid**2 + (
+        config.model.text.max_tokens if config.model.injection in ("e2e", "layerwise") else 0
+    )
     width = size.embed_dim
-    per_block = 2 * tokens * (4 * width * width + 2 * width * int(width * config.model.mlp_ratio)) + 2 * 2 * tokens**2 * width
+    per_block = (
+        2 * tokens * (4 * width * width + 2 * width * int(width * config.model.mlp_ratio)) + 2 * 2 * tokens**2 * width
+    )
     return float(size.depth * per_block)
 
 
@@ -66,8 +70,13 @@ def main() -> None:
     batch_size = config.train.micro_batch_size
     total = sum(steps)
     record = {
-        "experiment": args.experiment, "overrides": overrides, "machine": machine_info(), "device": str(device),
-        "mixed_precision": trainer.mixed_precision, "micro_batch_size": batch_size, "steps": args.steps,
+        "experiment": args.experiment,
+        "overrides": overrides,
+        "machine": machine_info(),
+        "device": str(device),
+        "mixed_precision": trainer.mixed_precision,
+        "micro_batch_size": batch_size,
+        "steps": args.steps,
         "samples_per_s": batch_size * args.steps / total,
         "data_wait_share": sum(waits) / total,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

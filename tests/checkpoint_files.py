@@ -236,8 +236,16 @@ def tiny_reference_model(bert_dir: Path, **overrides: object) -> DITSam:
     """A random tiny model that a config-less load must rebuild exactly: ViT width = the tiny BERT's (32),
     the reference's 512 px input and SAM's 8 decoder heads (the two things the weights do not show)."""
     settings: dict[str, object] = dict(
-        backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=REFERENCE_SIZE,
-        prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=8, text={"name_or_path": str(bert_dir)},
+        backbone="custom",
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=[1],
+        image_size=REFERENCE_SIZE,
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_num_heads=8,
+        text={"name_or_path": str(bert_dir)},
     )
     settings.update(overrides)
     return randomise(DITSam(reference_config(**settings)), seed=1)
@@ -256,8 +264,10 @@ def save_from_gpu(checkpoint: dict[str, object], path: Path, monkeypatch: pytest
 def adam_state(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
     """An Adam optimizer state as the authors' trainer saves it beside the weights."""
     return {
-        "state": {i: {"step": torch.tensor(7.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
-                  for i, t in enumerate(state_dict.values())},
+        "state": {
+            i: {"step": torch.tensor(7.0), "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
+            for i, t in enumerate(state_dict.values())
+        },
         "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.98), "eps": 1e-9, "params": list(range(len(state_dict)))}],
     }
 

@@ -27,16 +27,36 @@ PROPERTY_EXAMPLES = {"ci": 60, "long": 2000}
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, examples in PROPERTY_EXAMPLES.items():
-        settings.register_profile(name, max_examples=examples, deadline=None,
-                                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        settings.register_profile(
+            name,
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
 # Modules whose tests train, generate datasets, export, serve or download: `pytest -m "not slow"` leaves them out.
-SLOW_MODULES = frozenset({
-    "test_engine", "test_export", "test_finetune", "test_finetune_memory_smoke", "test_gpu_suite", "test_gres",
-    "test_int8", "test_multimask", "test_notebook", "test_predict_processes", "test_recipe", "test_run_safety",
-    "test_run_scale", "test_serve", "test_step", "test_wheel",
-})
+SLOW_MODULES = frozenset(
+    {
+        "test_engine",
+        "test_export",
+        "test_finetune",
+        "test_finetune_memory_smoke",
+        "test_gpu_suite",
+        "test_gres",
+        "test_int8",
+        "test_multimask",
+        "test_notebook",
+        "test_predict_processes",
+        "test_recipe",
+        "test_run_safety",
+        "test_run_scale",
+        "test_serve",
+        "test_step",
+        "test_wheel",
+    }
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -30,8 +30,16 @@ WORDS = "the a red blue green small large circle square triangle star left right
 def tiny_config(bert_dir: Path, **overrides) -> DITSamConfig:
     """A DITSam small enough for CPU tests: 64 px input, 2 blocks of width 32, window 3 (pads 4 -> 6)."""
     data = dict(
-        backbone="custom", embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], image_size=64,
-        window_size=3, prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2,
+        backbone="custom",
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=[1],
+        image_size=64,
+        window_size=3,
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
         text=dict(name_or_path=str(bert_dir), max_tokens=10),
     )
     text_overrides = overrides.pop("text", {})
@@ -41,24 +49,48 @@ def tiny_config(bert_dir: Path, **overrides) -> DITSamConfig:
 
 
 TINY_MODEL = dict(
-    backbone="custom", embed_dim=16, depth=2, num_heads=2, global_attn_indexes=[1], patch_size=8, image_size=32,
-    prompt_embed_dim=16, decoder_mlp_dim=32, decoder_num_heads=2, injection="layerwise", injection_options=dict(zero_init=False),
+    backbone="custom",
+    embed_dim=16,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=[1],
+    patch_size=8,
+    image_size=32,
+    prompt_embed_dim=16,
+    decoder_mlp_dim=32,
+    decoder_num_heads=2,
+    injection="layerwise",
+    injection_options=dict(zero_init=False),
 )
 
 
-def tiny_experiment(root: Path, bert_dir: Path, *, data_format: str = "refshapes", model: dict | None = None,
-                    **train_overrides) -> ExperimentConfig:
+def tiny_experiment(
+    root: Path, bert_dir: Path, *, data_format: str = "refshapes", model: dict | None = None, **train_overrides
+) -> ExperimentConfig:
     """The tiny model on generated data at ``root`` (``data_format`` refshapes or grefshapes, seed 3), a few steps'
     recipe; ``model`` entries are added to TINY_MODEL's, keyword arguments override the train section."""
-    train = dict(epochs=2, batch_size=4, micro_batch_size=2, lr=1e-3, ema_decay=0.5, mixed_precision="no",
-                 num_visualizations=2, select_metric="miou", schedule=dict(warmup_epochs=0.5))
+    train = dict(
+        epochs=2,
+        batch_size=4,
+        micro_batch_size=2,
+        lr=1e-3,
+        ema_decay=0.5,
+        mixed_precision="no",
+        num_visualizations=2,
+        select_metric="miou",
+        schedule=dict(warmup_epochs=0.5),
+    )
     train.update(train_overrides)
-    return ExperimentConfig.from_dict(dict(
-        name="tiny",
-        model={**TINY_MODEL, **(model or {}), "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
-        data=dict(format=data_format, root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0),
-        train=train,
-    ))
+    return ExperimentConfig.from_dict(
+        dict(
+            name="tiny",
+            model={**TINY_MODEL, **(model or {}), "text": {"name_or_path": str(bert_dir), "max_tokens": 12}},
+            data=dict(
+                format=data_format, root=str(root), refshapes_seed=3, eval_splits=["val", "testB"], num_workers=0
+            ),
+            train=train,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -93,8 +125,23 @@ def launch_command(processes: int, *args: str) -> list[str]:
     import sys
 
     placement = ["--cpu"] if processes == 1 else ["--multi_gpu", "--main_process_port", str(free_port())]
-    return [sys.executable, "-m", "accelerate.commands.launch", *placement, "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ditsam.cli.main", *args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *placement,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "ditsam.cli.main",
+        *args,
+    ]
 
 
 def evaluation_by_process_count(checkpoint: Path, out_root: Path, splits: tuple[str, ...] = ("val", "testB")) -> None:
@@ -109,9 +156,12 @@ def evaluation_by_process_count(checkpoint: Path, out_root: Path, splits: tuple[
     outputs = {}
     for processes in (1, 2):
         out = out_root / f"eval{processes}"
-        command = launch_command(processes, "eval", str(checkpoint), "--out", str(out), "--splits", *splits, "--device", "cpu")
-        completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                   timeout=300)
+        command = launch_command(
+            processes, "eval", str(checkpoint), "--out", str(out), "--splits", *splits, "--device", "cpu"
+        )
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+        )
         assert completed.returncode == 0, completed.stderr[-3000:]
         outputs[processes] = json.loads((out / "results.json").read_text())
     for split in splits:
@@ -211,21 +261,44 @@ _SHAPE = "square|triangle|star|hexagon|diamond|cross|circle|ring|heart"
 NOUN_PHRASE_PATTERN = rf"(?:(small|little|large|big) )?(?:({COLOUR_PATTERN}) )?({_SHAPE}|shape|object|one)"
 _ORD = {"first": 0, "second": 1, "third": 2, "fourth": 3}
 _EXTREME_WORDS = {
-    "leftmost": "left", "rightmost": "right", "topmost": "top", "highest": "top", "bottommost": "bottom",
-    "lowest": "bottom", "left": "left", "right": "right", "upper": "top", "top": "top", "lower": "bottom",
+    "leftmost": "left",
+    "rightmost": "right",
+    "topmost": "top",
+    "highest": "top",
+    "bottommost": "bottom",
+    "lowest": "bottom",
+    "left": "left",
+    "right": "right",
+    "upper": "top",
+    "top": "top",
+    "lower": "bottom",
     "bottom": "bottom",
 }
 _PAIR_ONLY = {"left", "right", "upper", "top", "lower", "bottom"}
 RELATIONS = {
-    "left of": "left", "to the left of": "left", "right of": "right", "to the right of": "right",
-    "above": "above", "higher than": "above", "below": "below", "under": "below", "beneath": "below",
-    "closest to": "closest", "nearest to": "closest", "nearest": "closest",
+    "left of": "left",
+    "to the left of": "left",
+    "right of": "right",
+    "to the right of": "right",
+    "above": "above",
+    "higher than": "above",
+    "below": "below",
+    "under": "below",
+    "beneath": "below",
+    "closest to": "closest",
+    "nearest to": "closest",
+    "nearest": "closest",
 }
 RELATION_PATTERN = "|".join(sorted(RELATIONS, key=len, reverse=True))
 # (words after the noun phrase, whether they presume exactly two candidates)
 _TRAILING_POSITIONS = (
-    ("furthest to the (left|right)", False), ("on the far (left|right)", False), ("nearest the (top|bottom)", False),
-    ("at the very (top|bottom)", False), ("on the (left|right)", True), ("on top", True), ("at the bottom", True),
+    ("furthest to the (left|right)", False),
+    ("on the far (left|right)", False),
+    ("nearest the (top|bottom)", False),
+    ("at the very (top|bottom)", False),
+    ("on the (left|right)", True),
+    ("on top", True),
+    ("at the bottom", True),
 )
 
 
@@ -240,11 +313,15 @@ def parse(sentence: str) -> dict:
     if m:
         g = m.groups()
         return {"kind": "relation", "np": _phrase(g[0:3]), "relation": RELATIONS[g[3]], "anchor": _phrase(g[4:7])}
-    m = re.fullmatch(rf"(?:the )?(first|second|third|fourth) {NOUN_PHRASE_PATTERN} from the (left|right|top|bottom)", sentence)
+    m = re.fullmatch(
+        rf"(?:the )?(first|second|third|fourth) {NOUN_PHRASE_PATTERN} from the (left|right|top|bottom)", sentence
+    )
     if m:
         g = m.groups()
         return {"kind": "ordinal", "np": _phrase(g[1:4]), "rank": _ORD[g[0]], "side": g[4]}
-    m = re.fullmatch(rf"(?:the )?{NOUN_PHRASE_PATTERN} (first|second|third|fourth) from the (left|right|top|bottom)", sentence)
+    m = re.fullmatch(
+        rf"(?:the )?{NOUN_PHRASE_PATTERN} (first|second|third|fourth) from the (left|right|top|bottom)", sentence
+    )
     if m:
         g = m.groups()
         return {"kind": "ordinal", "np": _phrase(g[0:3]), "rank": _ORD[g[3]], "side": g[4]}
@@ -252,10 +329,19 @@ def parse(sentence: str) -> dict:
     if m:
         g = m.groups()
         return {"kind": "middle", "np": _phrase(g[0:3] if g[2] else g[3:6])}
-    m = re.fullmatch(rf"(?:the )?(leftmost|rightmost|topmost|highest|bottommost|lowest|left|right|upper|top|lower|bottom) {NOUN_PHRASE_PATTERN}", sentence)
+    m = re.fullmatch(
+        rf"(?:the )?(leftmost|rightmost|topmost|highest|bottommost|lowest|left|right|upper|top|lower|bottom) {NOUN_PHRASE_PATTERN}",
+        sentence,
+    )
     if m:
         g = m.groups()
-        return {"kind": "ordinal", "np": _phrase(g[1:4]), "rank": 0, "side": _EXTREME_WORDS[g[0]], "pair": g[0] in _PAIR_ONLY}
+        return {
+            "kind": "ordinal",
+            "np": _phrase(g[1:4]),
+            "rank": 0,
+            "side": _EXTREME_WORDS[g[0]],
+            "pair": g[0] in _PAIR_ONLY,
+        }
     for pattern, pair in _TRAILING_POSITIONS:
         m = re.fullmatch(rf"the {NOUN_PHRASE_PATTERN} {pattern}", sentence)
         if m:
@@ -274,13 +360,20 @@ def referents(program: dict, objects: list[dict]) -> set[int]:
     def matching(phrase: tuple) -> list[int]:
         size, colour, shape = phrase
         return [
-            i for i, o in enumerate(objects)
-            if (size is None or o["size"] == size) and (colour is None or o["colour"] == colour)
+            i
+            for i, o in enumerate(objects)
+            if (size is None or o["size"] == size)
+            and (colour is None or o["colour"] == colour)
             and (shape is None or o["shape"] == shape)
         ]
 
     def key(i: int, side: str) -> float:
-        return {"left": objects[i]["cx"], "right": -objects[i]["cx"], "top": objects[i]["cy"], "bottom": -objects[i]["cy"]}[side]
+        return {
+            "left": objects[i]["cx"],
+            "right": -objects[i]["cx"],
+            "top": objects[i]["cy"],
+            "bottom": -objects[i]["cy"],
+        }[side]
 
     members = matching(program["np"])
     kind = program["kind"]
@@ -290,7 +383,11 @@ def referents(program: dict, objects: list[dict]) -> set[int]:
         if program.get("pair") and len(members) != 2:
             return set()
         keys = {i: key(i, program["side"]) for i in members}
-        return {i for i in members if sum(keys[o] < keys[i] for o in members) == program["rank"] and list(keys.values()).count(keys[i]) == 1}
+        return {
+            i
+            for i in members
+            if sum(keys[o] < keys[i] for o in members) == program["rank"] and list(keys.values()).count(keys[i]) == 1
+        }
     if kind == "middle":
         if len(members) != 3:
             return set()
@@ -310,7 +407,12 @@ def referents(program: dict, objects: list[dict]) -> set[int]:
         distance = {i: math.hypot(dx[i], dy[i]) for i in candidates}
         best = min(distance.values())
         return {i for i in candidates if distance[i] == best}
-    test = {"left": lambda i: dx[i] < 0, "right": lambda i: dx[i] > 0, "above": lambda i: dy[i] < 0, "below": lambda i: dy[i] > 0}
+    test = {
+        "left": lambda i: dx[i] < 0,
+        "right": lambda i: dx[i] > 0,
+        "above": lambda i: dy[i] < 0,
+        "below": lambda i: dy[i] > 0,
+    }
     return {i for i in candidates if test[relation](i)}
 
 

@@ -27,9 +27,38 @@ HUGE_DIGITS = 5_000
 LONG_NAME = 300
 #: A few values each reader must survive wherever a field holds a scalar.
 EXTREMES = (
-    math.nan, math.inf, -math.inf, -0.0, 1e308, -1, -(10**20), 10**20, 2**63, 2**64 + 1, 10**400, 0.5, -2.5,
-    True, False, None, "", " ", "\x00", "\ud800", "\u202e\u2028", "\ufeff", "a" * LONG_NAME, "../..", "/", "nan",
-    "-1", "1e999", [], {}, [[]], [None],
+    math.nan,
+    math.inf,
+    -math.inf,
+    -0.0,
+    1e308,
+    -1,
+    -(10**20),
+    10**20,
+    2**63,
+    2**64 + 1,
+    10**400,
+    0.5,
+    -2.5,
+    True,
+    False,
+    None,
+    "",
+    " ",
+    "\x00",
+    "\ud800",
+    "\u202e\u2028",
+    "\ufeff",
+    "a" * LONG_NAME,
+    "../..",
+    "/",
+    "nan",
+    "-1",
+    "1e999",
+    [],
+    {},
+    [[]],
+    [None],
 )
 
 #: Text with the characters that break naive code: controls, lone surrogates, separators, RTL marks.
@@ -40,19 +69,29 @@ odd_text = st.one_of(
 )
 #: Any JSON scalar, NaN / infinities and integers of any size included.
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), odd_text, st.sampled_from(EXTREMES[:14]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    odd_text,
+    st.sampled_from(EXTREMES[:14]),
 )
 #: Any JSON value (small trees).
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3),
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3),
     max_leaves=6,
 )
 #: What a plain-data pickle may hold beyond JSON: bytes (not always UTF-8), tuples, sets, int keys.
 pickle_values = st.recursive(
     st.one_of(json_scalars, st.binary(max_size=8), st.sampled_from([b"\xff\xfe", b"caf\xe9"])),
-    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner) | st.frozensets(st.integers(), max_size=2)
-    | st.dictionaries(st.one_of(odd_text, st.integers(), st.binary(max_size=4)), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.frozensets(st.integers(), max_size=2)
+        | st.dictionaries(st.one_of(odd_text, st.integers(), st.binary(max_size=4)), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -68,8 +107,15 @@ def _rectangle(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> n
 
 def rectangles(height: int, width: int) -> st.SearchStrategy:
     """Bool (height, width) masks of one axis-aligned rectangle (possibly empty)."""
-    return st.builds(_rectangle, st.just(height), st.just(width), st.integers(0, height - 1), st.integers(1, height),
-                     st.integers(0, width - 1), st.integers(1, width))
+    return st.builds(
+        _rectangle,
+        st.just(height),
+        st.just(width),
+        st.integers(0, height - 1),
+        st.integers(1, height),
+        st.integers(0, width - 1),
+        st.integers(1, width),
+    )
 
 
 def _compressed(mask: np.ndarray) -> dict:
@@ -81,11 +127,22 @@ def segmentations(height: int, width: int) -> st.SearchStrategy:
     """Valid COCO segmentations of a height x width image: polygons (points up to 2 pixels outside it),
     compressed or uncompressed RLE, or a list of RLE parts."""
     coordinate = st.floats(-2, max(height, width) + 2, allow_nan=False)
-    polygons = st.lists(st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=5).map(
-        lambda points: [v for point in points for v in point]), min_size=1, max_size=2)
-    uncompressed = rectangles(height, width).map(lambda mask: {"size": list(mask.shape), "counts": uncompressed_counts(mask)})
-    return st.one_of(polygons, rectangles(height, width).map(_compressed), uncompressed,
-                     st.lists(uncompressed, min_size=1, max_size=2))
+    polygons = st.lists(
+        st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=5).map(
+            lambda points: [v for point in points for v in point]
+        ),
+        min_size=1,
+        max_size=2,
+    )
+    uncompressed = rectangles(height, width).map(
+        lambda mask: {"size": list(mask.shape), "counts": uncompressed_counts(mask)}
+    )
+    return st.one_of(
+        polygons,
+        rectangles(height, width).map(_compressed),
+        uncompressed,
+        st.lists(uncompressed, min_size=1, max_size=2),
+    )
 
 
 MUTATIONS = ("drop", "retype", "wrap", "unwrap", "empty", "extreme", "extra_key", "duplicate", "edit")
@@ -118,10 +175,10 @@ def _replaced(value: Any, path: tuple, make: Callable[[Any], Any]) -> Any:
     if child is _DROP:
         if isinstance(value, dict):
             return {key: item for key, item in value.items() if key != head}
-        return value[:head] + value[head + 1:]
+        return value[:head] + value[head + 1 :]
     if isinstance(value, dict):
         return {**value, head: child}
-    return [*value[:head], child, *value[head + 1:]]
+    return [*value[:head], child, *value[head + 1 :]]
 
 
 _DROP = object()
@@ -139,7 +196,7 @@ def _edited(node: str, draw: st.DrawFn) -> str:
     """One character of a string inserted, deleted or replaced (broken RLE counts, paths, numbers)."""
     position = draw(st.integers(0, len(node)))
     insert = draw(st.sampled_from(["", "0", "\x7f", "z", " ", "\ud800", "\n"]))
-    return node[:position] + insert + node[position + (draw(st.booleans()) and position < len(node)):]
+    return node[:position] + insert + node[position + (draw(st.booleans()) and position < len(node)) :]
 
 
 def _mutation(node: Any, kind: str, draw: st.DrawFn, leaves: st.SearchStrategy) -> Any:
@@ -184,13 +241,23 @@ def mutated(draw: st.DrawFn, value: Any, *, max_mutations: int = 3, leaves: st.S
 # Whole files
 # ---------------------------------------------------------------------------------------------------
 #: Texts that no JSON / YAML parser should let escape as anything but its documented error.
-hostile_texts = st.sampled_from([
-    "[" * DEEP_NESTING + "]" * DEEP_NESTING,
-    '{"a": ' * DEEP_NESTING + "1" + "}" * DEEP_NESTING,
-    "1" * HUGE_DIGITS,
-    '{"id": ' + "9" * HUGE_DIGITS + "}",
-    "NaN", "-Infinity", '{"a": 1', "{'a': 1}", "\x00", "\ufeff{}", "null", "[]", '""',
-])
+hostile_texts = st.sampled_from(
+    [
+        "[" * DEEP_NESTING + "]" * DEEP_NESTING,
+        '{"a": ' * DEEP_NESTING + "1" + "}" * DEEP_NESTING,
+        "1" * HUGE_DIGITS,
+        '{"id": ' + "9" * HUGE_DIGITS + "}",
+        "NaN",
+        "-Infinity",
+        '{"a": 1',
+        "{'a': 1}",
+        "\x00",
+        "\ufeff{}",
+        "null",
+        "[]",
+        '""',
+    ]
+)
 
 
 @st.composite
@@ -205,8 +272,12 @@ def broken_bytes(draw: st.DrawFn, data: bytes) -> bytes:
         return data
     position = draw(st.integers(0, len(data) - 1))
     if kind == "flip":
-        return data[:position] + bytes([data[position] ^ (1 << draw(st.integers(0, 7)))]) + data[position + 1:]
-    return data[:position] + draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\n", b"\r\n", b"\xe2\x80\xa8"])) + data[position:]
+        return data[:position] + bytes([data[position] ^ (1 << draw(st.integers(0, 7)))]) + data[position + 1 :]
+    return (
+        data[:position]
+        + draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\n", b"\r\n", b"\xe2\x80\xa8"]))
+        + data[position:]
+    )
 
 
 def deep_pickle(depth: int = DEEP_NESTING) -> bytes:
@@ -239,7 +310,8 @@ def assert_names_place(error: BaseException, *places: Any) -> None:
     assert message.strip(), f"{type(error).__name__} without a message"
     # A place is named as it is, or as repr() quotes it ('\n' for a newline, '\\U000cf572' for an unprintable).
     assert any(str(place) in message or repr(str(place))[1:-1] in message for place in places), (
-        f"{message!r} names none of {places}")
+        f"{message!r} names none of {places}"
+    )
 
 
 def valid_or_documented(call: Callable[[], Any], error_type: type[BaseException], *places: Any) -> Any:

@@ -79,7 +79,9 @@ def test_rgba_drops_alpha_and_gray_equals_replicated_rgb(seg: Segmenter) -> None
     np.testing.assert_allclose(seg.predict(rgba, "the star").logits, seg.predict(rgb, "the star").logits, atol=1e-6)
     gray = rgb[..., 0]
     np.testing.assert_allclose(
-        seg.predict(gray, "the star").logits, seg.predict(np.repeat(gray[..., None], 3, -1), "the star").logits, atol=1e-6
+        seg.predict(gray, "the star").logits,
+        seg.predict(np.repeat(gray[..., None], 3, -1), "the star").logits,
+        atol=1e-6,
     )
 
 
@@ -155,7 +157,9 @@ def test_box_in_original_coordinates_lands_on_the_transformed_pixels() -> None:
 
 
 def test_mapping_handles_a_flip() -> None:
-    meta = TransformMeta(orig_h=10, orig_w=20, resized_h=32, resized_w=64, pad_top=16, pad_left=0, flipped=True, input_size=64)
+    meta = TransformMeta(
+        orig_h=10, orig_w=20, resized_h=32, resized_w=64, pad_top=16, pad_left=0, flipped=True, input_size=64
+    )
     np.testing.assert_allclose(meta.to_canvas(np.array([[5.0, 5.0]])), [[64 - 16, 16 + 16]])
     np.testing.assert_allclose(meta.box_to_canvas(np.array([0.0, 0.0, 5.0, 10.0])), [48, 16, 64, 48])
 
@@ -225,7 +229,9 @@ def test_bad_arrays(seg: Segmenter) -> None:
         seg.predict(np.zeros((10, 10), np.int32), "a")
 
 
-def test_images_over_max_pixels_fail_before_decoding(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_images_over_max_pixels_fail_before_decoding(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seg = Segmenter.from_pretrained(checkpoint, device="cpu", max_pixels=1000)
     path = tmp_path / "big.png"
     Image.fromarray(_rgb(40, 30)).save(path)  # 1200 pixels
@@ -262,8 +268,9 @@ def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "PNG+EXIF", "JPEG", "WEBP", "TIFF", "GIF", "BMP"])
-def test_size_guard_reads_only_the_header_for_every_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           fmt: str) -> None:
+def test_size_guard_reads_only_the_header_for_every_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
     """PIL's PngImageFile.getexif() decodes every pixel: a small file of a huge canvas cost gigabytes before
     the max_pixels check. The guard must refuse from the header alone, whatever the format."""
     from ditsam.data.sample import image_size
@@ -331,11 +338,14 @@ def test_checkpoint_errors(tmp_path: Path, tiny_bert_dir: Path, checkpoint: Path
     torch.save(model.state_dict(), tmp_path / "flat.pth")
     with pytest.raises(CheckpointError, match="config="):
         Segmenter.from_pretrained(tmp_path / "flat.pth")
-    seg = Segmenter.from_pretrained(tmp_path / "flat.pth", config=tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False)), device="cpu")
+    seg = Segmenter.from_pretrained(
+        tmp_path / "flat.pth", config=tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False)), device="cpu"
+    )
     image = _rgb(15, 25)
     np.testing.assert_allclose(
         seg.predict(image, "a star").logits,
-        Segmenter.from_pretrained(checkpoint, device="cpu").predict(image, "a star").logits, atol=1e-6,
+        Segmenter.from_pretrained(checkpoint, device="cpu").predict(image, "a star").logits,
+        atol=1e-6,
     )
     with pytest.raises(ValueError, match="threshold"):
         Segmenter(model, threshold=1.5)
@@ -351,10 +361,14 @@ def test_reference_and_sam_checkpoint_files(tmp_path: Path, tiny_bert_dir: Path)
     image = _rgb(22, 18)
     np.testing.assert_allclose(
         Segmenter.from_pretrained(tmp_path / "dit.pth", config=config, device="cpu").predict(image, "a star").logits,
-        Segmenter(model, device="cpu").predict(image, "a star").logits, atol=1e-6,
+        Segmenter(model, device="cpu").predict(image, "a star").logits,
+        atol=1e-6,
     )
-    sam = {k: v for k, v in model.state_dict().items()
-           if k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder.")) and ".injection." not in k}
+    sam = {
+        k: v
+        for k, v in model.state_dict().items()
+        if k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder.")) and ".injection." not in k
+    }
     torch.save(sam, tmp_path / "sam.pth")
     with pytest.raises(CheckpointError, match="does not hold every weight"):
         Segmenter.from_pretrained(tmp_path / "sam.pth", config=config)

@@ -32,8 +32,15 @@ def _randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 def _encoder(window_size: int) -> ImageEncoderViT:
     injection = LayerwiseInjection(text_dim=TEXT_DIM, embed_dim=32, depth=2, zero_init=False, dropout=0.0)
     encoder = ImageEncoderViT(
-        img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_chans=16, window_size=window_size,
-        global_attn_indexes=(1,) if window_size else (), injection=injection,
+        img_size=64,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        out_chans=16,
+        window_size=window_size,
+        global_attn_indexes=(1,) if window_size else (),
+        injection=injection,
     )
     return _randomised(encoder, seed=0).eval()
 
@@ -94,7 +101,9 @@ def test_attention_matches_explicit_softmax_with_materialised_bias() -> None:
     head_dim = dim // heads
     q, k, v = attention.qkv(x).reshape(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     image_q = q[:, :, num_text:].reshape(batch * heads, -1, head_dim)
-    bias = relative_position_bias(image_q, attention.rel_pos_h, attention.rel_pos_w, grid).reshape(batch, heads, length - num_text, -1)
+    bias = relative_position_bias(image_q, attention.rel_pos_h, attention.rel_pos_w, grid).reshape(
+        batch, heads, length - num_text, -1
+    )
     logits = q @ k.transpose(-1, -2) * head_dim**-0.5 + F.pad(bias, (num_text, 0, num_text, 0))
     logits = logits + F.pad(text_bias, (0, length - num_text))
     expected = attention.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, dim))

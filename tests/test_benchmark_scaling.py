@@ -29,9 +29,20 @@ def test_the_smallest_budget_at_or_above_the_goal_is_named(scaling) -> None:
 
 
 def test_the_table_says_none_when_no_budget_reaches_a_goal(scaling) -> None:
-    rows = [{"multiple": 1, "samples": 28_000, "seconds": None,
-             "by_kind": {split: {"all": {"miou": 30.0, "p@0.5": 10.0, "count": 5},
-                                 "position": {"miou": 20.0, "p@0.5": 0.0, "count": 5}} for split in scaling.SPLITS}}]
+    rows = [
+        {
+            "multiple": 1,
+            "samples": 28_000,
+            "seconds": None,
+            "by_kind": {
+                split: {
+                    "all": {"miou": 30.0, "p@0.5": 10.0, "count": 5},
+                    "position": {"miou": 20.0, "p@0.5": 0.0, "count": 5},
+                }
+                for split in scaling.SPLITS
+            },
+        }
+    ]
     reached = {split: scaling.smallest_budget_reaching(rows, split, scaling.GOALS[split]) for split in scaling.SPLITS}
     table = scaling.markdown(rows, reached)
     assert "| 1x | 28,000 | reused | 30.00 | 30.00 | 30.00 | 10.0 | 20.0 |" in table

@@ -15,7 +15,10 @@ from ditsam.model.dit import DITSam
 
 
 def test_convert_authors_file_then_load_without_network(
-    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tiny_bert_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
     request: pytest.FixtureRequest,
 ) -> None:
     bert = shutil.copytree(tiny_bert_dir, tmp_path / "bert_copy")  # removed before loading: DST must not need it
@@ -31,8 +34,13 @@ def test_convert_authors_file_then_load_without_network(
     assert "resized: image_encoder.pos_embed" in printed
     assert "ignored: " in printed and "lang_encoder.bert.pooler" in printed and "query_embeddings" in printed
     assert "'state_dict' entry" in printed and f"wrote {destination}" in printed
-    for name in ("config.json", "model.safetensors", "README.md", "text_encoder/config.json",
-                 "text_encoder/tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "text_encoder/config.json",
+        "text_encoder/tokenizer_config.json",
+    ):
         assert (destination / name).is_file(), name
     assert not list(tmp_path.glob(".ditsam-convert-*")), "no staging folder is left behind"
     card = (destination / "README.md").read_text(encoding="utf-8")
@@ -74,8 +82,14 @@ def test_convert_refuses_a_non_empty_destination_unless_overwrite(
 def test_convert_refuses_a_sam_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     size = BACKBONES["vit_b"]
     path = tmp_path / "sam_vit_b_01ec64.pth"
-    torch.save(cheap_state_dict(official_sam_shapes(width=size.embed_dim, depth=size.depth, heads=size.num_heads,
-                                                    global_blocks=size.global_attn_indexes)), path)
+    torch.save(
+        cheap_state_dict(
+            official_sam_shapes(
+                width=size.embed_dim, depth=size.depth, heads=size.num_heads, global_blocks=size.global_attn_indexes
+            )
+        ),
+        path,
+    )
     assert main(["convert", str(path), str(tmp_path / "out")]) == 2
     assert "holds no text model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -76,8 +76,13 @@ def test_convert_sam_plus_bert_writes_an_untrained_start(
     assert config.injection == "layerwise" and config.image_size == 512 and config.text.hidden_layer == 1
     state = model.state_dict()
     # SAM's tensors, strictly (position embedding resized from SAM's 1024 px grid to 512 px).
-    for key in ("image_encoder.blocks.1.attn.qkv.weight", "image_encoder.neck.0.weight", "mask_decoder.iou_token.weight",
-                "mask_decoder.transformer.layers.1.mlp.lin2.bias", "prompt_encoder.point_embeddings.3.weight"):
+    for key in (
+        "image_encoder.blocks.1.attn.qkv.weight",
+        "image_encoder.neck.0.weight",
+        "mask_decoder.iou_token.weight",
+        "mask_decoder.transformer.layers.1.mlp.lin2.bias",
+        "prompt_encoder.point_embeddings.3.weight",
+    ):
         assert torch.equal(state[key], sam[key]), key
     expected_pos = resize_absolute_position_embedding(sam["image_encoder.pos_embed"], (32, 32))
     assert torch.allclose(state["image_encoder.pos_embed"], expected_pos)
@@ -108,8 +113,9 @@ def test_convert_sam_by_name_from_the_cache_with_e2e(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tiny_sam_file(tmp_path / "torch_home" / "hub" / "checkpoints" / "sam_vit_b_01ec64.pth")  # already cached
     destination = tmp_path / "start"
-    assert main(["convert", "sam_vit_b", str(destination), "--text-model", str(tiny_bert_dir),
-                 "--injection", "e2e"]) == 0
+    assert (
+        main(["convert", "sam_vit_b", str(destination), "--text-model", str(tiny_bert_dir), "--injection", "e2e"]) == 0
+    )
     config = DITSam.from_pretrained(destination).config
     assert config.injection == "e2e" and config.injection_options.refine_text_per_layer is True
     assert "sam_vit_b" in (destination / "README.md").read_text(encoding="utf-8")
@@ -118,8 +124,9 @@ def test_convert_sam_by_name_from_the_cache_with_e2e(
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
 def test_sam_start_config_detects_the_vit_size(name: str) -> None:
     size = BACKBONES[name]
-    shapes = official_sam_shapes(width=size.embed_dim, depth=size.depth, heads=size.num_heads,
-                                 global_blocks=size.global_attn_indexes)
+    shapes = official_sam_shapes(
+        width=size.embed_dim, depth=size.depth, heads=size.num_heads, global_blocks=size.global_attn_indexes
+    )
     state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
     config = sam_start_config(state, text_name_or_path="bert-base-uncased", source=name)
     assert config.backbone == name and config.injection == "layerwise" and config.image_size == 512

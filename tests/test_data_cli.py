@@ -34,10 +34,14 @@ def custom_file(tmp_path: Path) -> Path:
         mask = np.zeros((20, 30), np.uint8)
         mask[5:10, 3 + i : 12 + i] = 255
         Image.fromarray(mask).save(tmp_path / "img" / f"{i}_mask.png")
-        lines.append({
-            "image": f"img/{i}.png", "mask": f"img/{i}_mask.png", "split": "val" if i % 2 else "train",
-            "sentences": ["the red box on the left"[: 8 + 4 * i], "box"],
-        })
+        lines.append(
+            {
+                "image": f"img/{i}.png",
+                "mask": f"img/{i}_mask.png",
+                "split": "val" if i % 2 else "train",
+                "sentences": ["the red box on the left"[: 8 + 4 * i], "box"],
+            }
+        )
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines))
     return path
@@ -64,7 +68,9 @@ def test_validate_simrec_reports_every_bad_record(tmp_path, capsys):
     """The checks `ditsam train` runs, for SimREC: a missing image, a mask of another size, an empty mask."""
     (tmp_path / "anns").mkdir()
     (tmp_path / "masks" / "rc").mkdir(parents=True)
-    entries = [{"iid": iid, "bbox": [0, 0, 2, 2], "cat_id": 1, "refs": ["a thing"], "mask_id": iid} for iid in (1, 2, 3, 4)]
+    entries = [
+        {"iid": iid, "bbox": [0, 0, 2, 2], "cat_id": 1, "refs": ["a thing"], "mask_id": iid} for iid in (1, 2, 3, 4)
+    ]
     (tmp_path / "anns" / "rc.json").write_text(json.dumps({"train": entries, "val": entries[:1]}))
     for iid in (1, 2, 3):
         Image.new("RGB", (8, 6)).save(tmp_path / f"COCO_train2014_{iid:012d}.jpg")
@@ -76,7 +82,9 @@ def test_validate_simrec_reports_every_bad_record(tmp_path, capsys):
     assert run(argv) == 1
     out = capsys.readouterr().out
     ann = tmp_path / "anns" / "rc.json"
-    assert f"{ann}: train mask_id 2: mask {tmp_path / 'masks' / 'rc' / '2.npy'} is 6x8 (WxH) but the image is 8x6" in out
+    assert (
+        f"{ann}: train mask_id 2: mask {tmp_path / 'masks' / 'rc' / '2.npy'} is 6x8 (WxH) but the image is 8x6" in out
+    )
     assert f"{ann}: train mask_id 3: mask" in out and "is empty" in out
     assert f"{ann}: train mask_id 4: image file not found" in out
     assert "3 bad record(s) of 5 in simrec data, split(s) train, val" in out
@@ -95,7 +103,9 @@ def test_validate_custom_through_format_and_usage_errors(custom_file, capsys):
 
 def test_stats_custom(custom_file, tmp_path, capsys):
     out_dir = tmp_path / "stats"
-    assert run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "val", "--out", str(out_dir)]) == 0
+    assert (
+        run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "val", "--out", str(out_dir)]) == 0
+    )
     out = capsys.readouterr().out
     assert "split  objects  sentences  images" in out
     assert "train  2        4          2" in out and "val    2        4          2" in out
@@ -112,8 +122,25 @@ def test_stats_custom(custom_file, tmp_path, capsys):
 def test_stats_refer_sample_without_images(tmp_path, capsys, caplog):
     if not FIXTURE.is_dir():
         pytest.skip(f"REFER sample not found at {FIXTURE}")
-    argv = ["stats", "--format", "refer", "--root", str(FIXTURE.parent), "--dataset", FIXTURE.name, "--split-by", "umd",
-            "--image-dir", str(tmp_path / "no-images"), "--split", "test", "--out", str(tmp_path / "out"), "--samples", "2"]
+    argv = [
+        "stats",
+        "--format",
+        "refer",
+        "--root",
+        str(FIXTURE.parent),
+        "--dataset",
+        FIXTURE.name,
+        "--split-by",
+        "umd",
+        "--image-dir",
+        str(tmp_path / "no-images"),
+        "--split",
+        "test",
+        "--out",
+        str(tmp_path / "out"),
+        "--samples",
+        "2",
+    ]
     assert run(argv) == 0
     out = capsys.readouterr().out
     for row in ("train  5        9          5", "val    5        10         5", "test   5        9          5"):
@@ -130,8 +157,21 @@ def test_stats_simrec(tmp_path, capsys):
     (tmp_path / "anns" / "rc.json").write_text(json.dumps(anns))
     np.save(tmp_path / "masks" / "rc" / "9.npy", np.ones((6, 8), np.uint8))
     Image.new("RGB", (8, 6)).save(tmp_path / "COCO_train2014_000000000001.jpg")
-    argv = ["stats", "--format", "simrec", "--root", str(tmp_path), "--dataset", "rc", "--image-dir", str(tmp_path),
-            "--split", "val", "--out", str(tmp_path / "out")]
+    argv = [
+        "stats",
+        "--format",
+        "simrec",
+        "--root",
+        str(tmp_path),
+        "--dataset",
+        "rc",
+        "--image-dir",
+        str(tmp_path),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert run(argv) == 0
     assert "val    1        1          1" in capsys.readouterr().out
     assert len(list((tmp_path / "out").glob("sample_*.png"))) == 1
@@ -139,8 +179,21 @@ def test_stats_simrec(tmp_path, capsys):
 
 def test_stats_rejects_options_of_other_formats(custom_file, tmp_path):
     with pytest.raises(ValueError, match="option\\(s\\) --split-by do not apply to --format custom"):
-        run(["stats", "--format", "custom", "--path", str(custom_file), "--split-by", "umd", "--split", "val",
-             "--out", str(tmp_path)])
+        run(
+            [
+                "stats",
+                "--format",
+                "custom",
+                "--path",
+                str(custom_file),
+                "--split-by",
+                "umd",
+                "--split",
+                "val",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(DataError, match="unknown split 'test'"):
         run(["stats", "--format", "custom", "--path", str(custom_file), "--split", "test", "--out", str(tmp_path)])
 
@@ -149,7 +202,23 @@ def test_through_main(custom_file, tmp_path, capsys):
     from ditsam.cli.main import main
 
     assert main(["data", "validate", str(custom_file)]) == 0
-    assert main(["data", "stats", "--format", "custom", "--path", str(custom_file), "--split", "nope", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "stats",
+                "--format",
+                "custom",
+                "--path",
+                str(custom_file),
+                "--split",
+                "nope",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "error: unknown split 'nope'" in capsys.readouterr().err
 
 
@@ -170,4 +239,3 @@ def test_typed_config_opens_through_the_reader_table_like_the_mapping(custom_fil
     assert [typed[i].sentences for i in range(len(typed))] == [plain[i].sentences for i in range(len(plain))]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_typed(DataConfig(format="custom", root=str(custom_file.parent / "absent.jsonl")), "val", mode="eval")
-

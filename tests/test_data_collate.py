@@ -32,7 +32,9 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> TextTokenizer:
 
 
 def _reader(root: Path, split: str, mode: str) -> ReferDataset:
-    return ReferDataset(root=root, dataset="refshapes", split_by="unc", split=split, image_dir=root / "images", mode=mode)
+    return ReferDataset(
+        root=root, dataset="refshapes", split_by="unc", split=split, image_dir=root / "images", mode=mode
+    )
 
 
 def _train_dataset(root: Path, seed: int = 0, size: int = SIZE) -> RISDataset:
@@ -49,7 +51,14 @@ def test_batch_shapes_and_types(root: Path, tokenizer: TextTokenizer) -> None:
     assert set(batch.masks.unique().tolist()) <= {0.0, 1.0} and batch.masks.sum() > 0
     assert batch.text.input_ids.shape == (5, 20) and batch.text.input_ids.dtype == torch.int64
     assert batch.text.attention_mask.shape == (5, 20) and batch.text.attention_mask.dtype == torch.bool
-    assert len(batch.sentences) == len(batch.metas) == len(batch.ref_ids) == len(batch.sent_ids) == len(batch.gt_masks) == 5
+    assert (
+        len(batch.sentences)
+        == len(batch.metas)
+        == len(batch.ref_ids)
+        == len(batch.sent_ids)
+        == len(batch.gt_masks)
+        == 5
+    )
     for index, gt in enumerate(batch.gt_masks):
         sample = dataset.base[index]
         assert gt.dtype == bool and np.array_equal(gt, sample.mask)
@@ -120,7 +129,11 @@ def test_eval_items_map_back_to_the_ground_truth(root: Path, tokenizer: TextToke
 
 
 def test_collator_rejects_mixed_canvas_sizes(root: Path, tokenizer: TextTokenizer) -> None:
-    small = RISDataset(_reader(root, "val", "eval"), transform=RISTransform.for_eval(TransformConfig(input_size=32)), train=False)
-    large = RISDataset(_reader(root, "val", "eval"), transform=RISTransform.for_eval(TransformConfig(input_size=64)), train=False)
+    small = RISDataset(
+        _reader(root, "val", "eval"), transform=RISTransform.for_eval(TransformConfig(input_size=32)), train=False
+    )
+    large = RISDataset(
+        _reader(root, "val", "eval"), transform=RISTransform.for_eval(TransformConfig(input_size=64)), train=False
+    )
     with pytest.raises(ValueError, match="canvas"):
         RISCollator(tokenizer)([small[0], large[0]])

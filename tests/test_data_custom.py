@@ -41,10 +41,26 @@ def _good_lines(folder: Path) -> list:
     rle = mask_utils.encode(np.asfortranarray(np.pad(np.ones((2, 2), np.uint8), ((0, H - 2), (W - 2, 0)))))
     return [
         {"image": "images/a.jpg", "sentences": ["the  left one", "leftmost"], "mask": "masks/a.png", "id": 10},
-        {"image": str(folder / "images" / "b.jpg"), "sentence": "blue thing", "mask": "masks/b_rgb.png", "split": "val"},
+        {
+            "image": str(folder / "images" / "b.jpg"),
+            "sentence": "blue thing",
+            "mask": "masks/b_rgb.png",
+            "split": "val",
+        },
         "",
-        {"image": "images/a.jpg", "sentence": "triangle", "segmentation": [[1, 1, 9, 1, 1, 9]], "split": "val", "category_id": 4},
-        {"image": "images/b.jpg", "sentence": "corner", "segmentation": {"size": [H, W], "counts": rle["counts"].decode()}, "split": "val"},
+        {
+            "image": "images/a.jpg",
+            "sentence": "triangle",
+            "segmentation": [[1, 1, 9, 1, 1, 9]],
+            "split": "val",
+            "category_id": 4,
+        },
+        {
+            "image": "images/b.jpg",
+            "sentence": "corner",
+            "segmentation": {"size": [H, W], "counts": rle["counts"].decode()},
+            "split": "val",
+        },
     ]
 
 
@@ -125,11 +141,14 @@ def test_validate_finds_empty_masks(folder):
     """An annotation outside its image decodes to an empty mask: training would learn from nothing."""
     (folder / "masks" / "blank.png").write_bytes(b"")
     Image.new("L", (W, H), 0).save(folder / "masks" / "blank.png")
-    path = _write_jsonl(folder / "d.jsonl", [
-        {"image": "images/a.jpg", "sentence": "outside", "segmentation": [[W + 1, 0, W + 9, 0, W + 9, 5]]},
-        {"image": "images/a.jpg", "sentence": "blank", "mask": "masks/blank.png"},
-        {"image": "images/a.jpg", "sentence": "fine", "mask": "masks/a.png"},
-    ])
+    path = _write_jsonl(
+        folder / "d.jsonl",
+        [
+            {"image": "images/a.jpg", "sentence": "outside", "segmentation": [[W + 1, 0, W + 9, 0, W + 9, 5]]},
+            {"image": "images/a.jpg", "sentence": "blank", "mask": "masks/blank.png"},
+            {"image": "images/a.jpg", "sentence": "fine", "mask": "masks/a.png"},
+        ],
+    )
     problems = validate_custom(path, check_pixels=False)
     assert len(problems) == 2, problems
     assert problems[0].startswith(f"{path}:1: field 'segmentation': the mask is empty")
@@ -170,10 +189,13 @@ def test_mask_of_stored_size_accepted_for_exif_rotated_image(folder):
     exif[0x0112] = 6
     Image.new("RGB", (W, H)).save(folder / "images" / "rot.jpg", exif=exif.tobytes())  # shown as H x W
     Image.new("L", (H, W), 1).save(folder / "masks" / "upright.png")
-    path = _write_jsonl(folder / "r.jsonl", [
-        {"image": "images/rot.jpg", "sentence": "stored", "mask": "masks/a.png"},
-        {"image": "images/rot.jpg", "sentence": "upright", "mask": "masks/upright.png"},
-    ])
+    path = _write_jsonl(
+        folder / "r.jsonl",
+        [
+            {"image": "images/rot.jpg", "sentence": "stored", "mask": "masks/a.png"},
+            {"image": "images/rot.jpg", "sentence": "upright", "mask": "masks/upright.png"},
+        ],
+    )
     assert validate_custom(path) == []
     dataset = CustomDataset(path=path)
     assert dataset[0].mask.shape == (H, W) and dataset[1].mask.shape == (W, H)

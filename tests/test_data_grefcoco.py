@@ -23,8 +23,14 @@ def _sentence(sent_id: int, text: str) -> dict:
 def _ref(ref_id: int, ann_id: list[int], split: str, sentences: list[str], **extra) -> dict:
     sents = [_sentence(ref_id * 10 + i, text) for i, text in enumerate(sentences)]
     return {
-        "ref_id": ref_id, "image_id": 7, "split": split, "ann_id": ann_id, "category_id": [1] * len(ann_id),
-        "sentences": sents, "sent_ids": [s["sent_id"] for s in sents], "file_name": "COCO_train2014_000000000007_x.jpg",
+        "ref_id": ref_id,
+        "image_id": 7,
+        "split": split,
+        "ann_id": ann_id,
+        "category_id": [1] * len(ann_id),
+        "sentences": sents,
+        "sent_ids": [s["sent_id"] for s in sents],
+        "file_name": "COCO_train2014_000000000007_x.jpg",
         **extra,
     }
 
@@ -34,16 +40,35 @@ def _write(root: Path, refs: list[dict], *, pickled: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     annotations = [
         # 1: rectangle rows 2-5, cols 3-8 (polygon); 2: rows 10-13, cols 20-25; 3: crowd, rows 15-18 everywhere.
-        {"id": 1, "image_id": 7, "category_id": 1, "iscrowd": 0, "bbox": [3, 2, 6, 4],
-         "segmentation": [[3, 2, 9, 2, 9, 6, 3, 6]]},
-        {"id": 2, "image_id": 7, "category_id": 1, "iscrowd": 0, "bbox": [20, 10, 6, 4],
-         "segmentation": [[20, 10, 26, 10, 26, 14, 20, 14]]},
-        {"id": 3, "image_id": 7, "category_id": 1, "iscrowd": 1, "bbox": [0, 15, 30, 4],
-         "segmentation": [[0, 15, 30, 15, 30, 19, 0, 19]]},
+        {
+            "id": 1,
+            "image_id": 7,
+            "category_id": 1,
+            "iscrowd": 0,
+            "bbox": [3, 2, 6, 4],
+            "segmentation": [[3, 2, 9, 2, 9, 6, 3, 6]],
+        },
+        {
+            "id": 2,
+            "image_id": 7,
+            "category_id": 1,
+            "iscrowd": 0,
+            "bbox": [20, 10, 6, 4],
+            "segmentation": [[20, 10, 26, 10, 26, 14, 20, 14]],
+        },
+        {
+            "id": 3,
+            "image_id": 7,
+            "category_id": 1,
+            "iscrowd": 1,
+            "bbox": [0, 15, 30, 4],
+            "segmentation": [[0, 15, 30, 15, 30, 19, 0, 19]],
+        },
     ]
     instances = {
         "images": [{"id": 7, "file_name": "COCO_train2014_000000000007.jpg", "height": HEIGHT, "width": WIDTH}],
-        "annotations": annotations, "categories": [{"id": 1, "name": "person"}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "person"}],
     }
     (folder / "instances.json").write_text(json.dumps(instances))
     if pickled:
@@ -78,7 +103,13 @@ def test_single_multi_crowd_and_no_target(tmp_path: Path, pickled: bool) -> None
     data = GRefCocoDataset(root=tmp_path, split="val", image_dir=tmp_path / "train2014")
     assert data.generalized and len(data) == 5 and data.num_objects == 4
     samples = [data[i] for i in range(len(data))]
-    assert [s.sentences[0] for s in samples] == ["man on the left", "left guy", "both men", "people on the right", "the dog"]
+    assert [s.sentences[0] for s in samples] == [
+        "man on the left",
+        "left guy",
+        "both men",
+        "people on the right",
+        "the dog",
+    ]
     one, multi, crowd, none = samples[0].mask, samples[2].mask, samples[3].mask, samples[4].mask
     assert np.array_equal(one, _rect(2, 6, 3, 9))
     assert np.array_equal(multi, _rect(2, 6, 3, 9) | _rect(10, 14, 20, 26))

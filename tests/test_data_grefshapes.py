@@ -28,14 +28,34 @@ from helpers import (
 )
 
 NUM_IMAGES = {"train": 10, "val": 6, "testA": 8, "testB": 8}
-_SINGULAR = {"squares": "square", "triangles": "triangle", "stars": "star", "hexagons": "hexagon",
-             "diamonds": "diamond", "crosses": "cross", "circles": "circle", "rings": "ring", "hearts": "heart",
-             "shapes": None, "objects": None, "ones": None}
+_SINGULAR = {
+    "squares": "square",
+    "triangles": "triangle",
+    "stars": "star",
+    "hexagons": "hexagon",
+    "diamonds": "diamond",
+    "crosses": "cross",
+    "circles": "circle",
+    "rings": "ring",
+    "hearts": "heart",
+    "shapes": None,
+    "objects": None,
+    "ones": None,
+}
 _NP_PLURAL = rf"(?:(small|little|large|big) )?(?:({COLOUR_PATTERN}) )?({'|'.join(_SINGULAR)})"
 _COUNTS = {"two": 2, "three": 3, "four": 4}
-_GROUP_SIDES = {"leftmost": "left", "rightmost": "right", "topmost": "top", "highest": "top",
-                "bottommost": "bottom", "lowest": "bottom", "on the left": "left", "on the right": "right",
-                "at the top": "top", "at the bottom": "bottom"}
+_GROUP_SIDES = {
+    "leftmost": "left",
+    "rightmost": "right",
+    "topmost": "top",
+    "highest": "top",
+    "bottommost": "bottom",
+    "lowest": "bottom",
+    "on the left": "left",
+    "on the right": "right",
+    "at the top": "top",
+    "at the bottom": "bottom",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +65,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _load(root: Path) -> tuple[list[dict], dict, dict]:
     files = grefshapes_files(root)
-    return (json.loads(files.refs.read_text()), json.loads(files.instances.read_text()),
-            json.loads(files.scenes.read_text()))
+    return (
+        json.loads(files.refs.read_text()),
+        json.loads(files.instances.read_text()),
+        json.loads(files.scenes.read_text()),
+    )
 
 
 def _plural_phrase(groups: tuple) -> tuple:
@@ -56,18 +79,26 @@ def _plural_phrase(groups: tuple) -> tuple:
 
 def parse_generalized(sentence: str) -> dict:
     """Sentence -> program; plural forms here, singular ones by the RefShapes test's parser."""
-    m = re.fullmatch(rf"the (two|three|four) {_NP_PLURAL} (on the left|on the right|at the top|at the bottom)", sentence)
+    m = re.fullmatch(
+        rf"the (two|three|four) {_NP_PLURAL} (on the left|on the right|at the top|at the bottom)", sentence
+    )
     if m:
         g = m.groups()
         return {"kind": "group", "np": _plural_phrase(g[1:4]), "count": _COUNTS[g[0]], "side": _GROUP_SIDES[g[4]]}
-    m = re.fullmatch(rf"the (two|three|four) (leftmost|rightmost|topmost|highest|bottommost|lowest) {_NP_PLURAL}", sentence)
+    m = re.fullmatch(
+        rf"the (two|three|four) (leftmost|rightmost|topmost|highest|bottommost|lowest) {_NP_PLURAL}", sentence
+    )
     if m:
         g = m.groups()
         return {"kind": "group", "np": _plural_phrase(g[2:5]), "count": _COUNTS[g[0]], "side": _GROUP_SIDES[g[1]]}
     m = re.fullmatch(rf"(?:the|all) {_NP_PLURAL} ({RELATION_PATTERN}) the {NOUN_PHRASE_PATTERN}", sentence)
     if m:
         g = m.groups()
-        anchor = (SIZE_OF_WORD.get(g[4]) if g[4] else None, g[5], g[6] if g[6] not in ("shape", "object", "one") else None)
+        anchor = (
+            SIZE_OF_WORD.get(g[4]) if g[4] else None,
+            g[5],
+            g[6] if g[6] not in ("shape", "object", "one") else None,
+        )
         return {"kind": "relation", "np": _plural_phrase(g[0:3]), "relation": RELATIONS[g[3]], "anchor": anchor}
     m = re.fullmatch(rf"(all the|the|all|both|the two|the three|the four) {_NP_PLURAL}", sentence)
     if m:
@@ -77,16 +108,30 @@ def parse_generalized(sentence: str) -> dict:
     m = re.fullmatch(rf"every {NOUN_PHRASE_PATTERN}", sentence)
     if m:
         g = m.groups()
-        return {"kind": "attribute", "np": (SIZE_OF_WORD.get(g[0]) if g[0] else None, g[1], g[2] if g[2] not in ("shape", "object", "one") else None), "plural": True}
+        return {
+            "kind": "attribute",
+            "np": (
+                SIZE_OF_WORD.get(g[0]) if g[0] else None,
+                g[1],
+                g[2] if g[2] not in ("shape", "object", "one") else None,
+            ),
+            "plural": True,
+        }
     return parse(sentence)
 
 
 def generalized_referents(program: dict, objects: list[dict]) -> set[int]:
     """The objects a program names, by plain comparisons (several allowed, possibly none)."""
     if program["kind"] == "group":
-        members = sorted(referents({"kind": "attribute", "np": program["np"]}, objects),
-                         key=lambda i: {"left": objects[i]["cx"], "right": -objects[i]["cx"],
-                                        "top": objects[i]["cy"], "bottom": -objects[i]["cy"]}[program["side"]])
+        members = sorted(
+            referents({"kind": "attribute", "np": program["np"]}, objects),
+            key=lambda i: {
+                "left": objects[i]["cx"],
+                "right": -objects[i]["cx"],
+                "top": objects[i]["cy"],
+                "bottom": -objects[i]["cy"],
+            }[program["side"]],
+        )
         assert len(members) > program["count"]
         return set(members[: program["count"]])
     found = referents(program, objects)
@@ -112,12 +157,18 @@ def test_every_sentence_names_exactly_its_targets(dataset: Path) -> None:
             if program.get("plural"):
                 assert len(targets) >= 2, sentence["sent"]
             checked["none" if not targets else "multi" if len(targets) > 1 else "single", program["kind"]] += 1
-    assert {("multi", "attribute"), ("multi", "group"), ("multi", "relation"), ("none", "relation"),
-            ("single", "attribute"), ("single", "relation")} <= set(checked), checked
+    assert {
+        ("multi", "attribute"),
+        ("multi", "group"),
+        ("multi", "relation"),
+        ("none", "relation"),
+        ("single", "attribute"),
+        ("single", "relation"),
+    } <= set(checked), checked
 
 
 def test_no_target_attributes_have_near_misses(dataset: Path) -> None:
-    """"the blue star" with no blue star: each word alone still fits some object in the scene."""
+    """ "the blue star" with no blue star: each word alone still fits some object in the scene."""
     refs, instances, scenes = _load(dataset)
     objects_by_image = scene_objects(instances, scenes)
     seen = 0

@@ -106,8 +106,15 @@ def test_exif_orientation_applied(tmp_path):
 
 def _sample(path, height: int, width: int) -> RefSample:
     return RefSample(
-        image_path=str(path), sentences=["x"], mask=np.zeros((height, width), bool), bbox=(0, 0, 0, 0),
-        ref_id=1, ann_id=1, image_id=1, sent_ids=[1], category_id=0,
+        image_path=str(path),
+        sentences=["x"],
+        mask=np.zeros((height, width), bool),
+        bbox=(0, 0, 0, 0),
+        ref_id=1,
+        ann_id=1,
+        image_id=1,
+        sent_ids=[1],
+        category_id=0,
     )
 
 
@@ -152,7 +159,10 @@ def test_importing_the_data_package_is_light():
 
     import ditsam
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(ditsam.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(ditsam.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     code = "import sys, ditsam.data; print(sorted(m for m in ('torch', 'pycocotools', 'ditsam.data.refer') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert result.stdout.strip() == "[]"

@@ -53,9 +53,7 @@ def _fixture_dataset(split: str, mode: str, image_dir: Path, **kwargs) -> ReferD
 
 
 @needs_fixture
-@pytest.mark.parametrize(
-    "split, objects, sentences", [("train", 5, 9), ("val", 5, 10), ("test", 5, 9)]
-)
+@pytest.mark.parametrize("split, objects, sentences", [("train", 5, 9), ("val", 5, 10), ("test", 5, 9)])
 def test_counts_per_split_and_mode(split, objects, sentences, fixture_refs, image_dir):
     refs = [ref for ref in fixture_refs if ref["split"] == split]
     assert len(refs) == objects and sum(len(ref["sentences"]) for ref in refs) == sentences
@@ -82,7 +80,10 @@ def test_eval_items_match_pickle_and_pycocotools(split, fixture_refs, coco, imag
         seen.append(sample.sent_ids[0])
         assert sample.sentences[0] == sentence["sent"]
         assert (sample.ref_id, sample.ann_id, sample.image_id, sample.category_id) == (
-            ref["ref_id"], ref["ann_id"], ref["image_id"], ref["category_id"],
+            ref["ref_id"],
+            ref["ann_id"],
+            ref["image_id"],
+            ref["category_id"],
         )
         ann = coco.anns[ref["ann_id"]]
         image = coco.imgs[ann["image_id"]]
@@ -170,14 +171,30 @@ def _write_refer(root: Path, refs: list[dict], annotations: list[dict], *, datas
 
 def _ref(ref_id: int, ann_id: int, split: str, *sentences: str) -> dict:
     return {
-        "ref_id": ref_id, "ann_id": ann_id, "image_id": 1, "category_id": 3, "split": split,
-        "file_name": f"COCO_train2014_000000000001_{ann_id}.jpg", "sent_ids": [ref_id * 10 + i for i in range(len(sentences))],
-        "sentences": [{"sent_id": ref_id * 10 + i, "raw": s, "sent": s.lower(), "tokens": s.split()} for i, s in enumerate(sentences)],
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": 1,
+        "category_id": 3,
+        "split": split,
+        "file_name": f"COCO_train2014_000000000001_{ann_id}.jpg",
+        "sent_ids": [ref_id * 10 + i for i in range(len(sentences))],
+        "sentences": [
+            {"sent_id": ref_id * 10 + i, "raw": s, "sent": s.lower(), "tokens": s.split()}
+            for i, s in enumerate(sentences)
+        ],
     }
 
 
 def _ann(ann_id: int, segmentation) -> dict:
-    return {"id": ann_id, "image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4], "area": 1, "iscrowd": 0, "segmentation": segmentation}
+    return {
+        "id": ann_id,
+        "image_id": 1,
+        "category_id": 3,
+        "bbox": [1, 2, 3, 4],
+        "area": 1,
+        "iscrowd": 0,
+        "segmentation": segmentation,
+    }
 
 
 @pytest.fixture()
@@ -191,9 +208,20 @@ def rle_root(tmp_path: Path) -> tuple[Path, dict[int, np.ndarray]]:
         _ann(2, {"size": [12, 10], "counts": uncompressed_counts(b)}),
         # two polygon parts: squares given by their corners (pixel centres inside the outline)
         _ann(3, [[0.5, 0.5, 3.5, 0.5, 3.5, 3.5, 0.5, 3.5], [6.5, 7.5, 8.5, 7.5, 8.5, 10.5, 6.5, 10.5], [8, 0, 9, 1]]),
-        _ann(4, [{"size": [12, 10], "counts": uncompressed_counts(b)}, {"size": [12, 10], "counts": uncompressed_counts(c)}]),
+        _ann(
+            4,
+            [
+                {"size": [12, 10], "counts": uncompressed_counts(b)},
+                {"size": [12, 10], "counts": uncompressed_counts(c)},
+            ],
+        ),
     ]
-    refs = [_ref(1, 1, "train", "Left  THING"), _ref(2, 2, "train", "b"), _ref(3, 3, "val", "c", "cc"), _ref(4, 4, "testA", "d")]
+    refs = [
+        _ref(1, 1, "train", "Left  THING"),
+        _ref(2, 2, "train", "b"),
+        _ref(3, 3, "val", "c", "cc"),
+        _ref(4, 4, "testA", "d"),
+    ]
     _write_refer(tmp_path, refs, annotations)
     poly = mask_utils.decode(mask_utils.frPyObjects(annotations[2]["segmentation"][:2], 12, 10)).any(axis=2)
     return tmp_path, {1: a, 2: b, 3: poly, 4: b | c}
@@ -300,15 +328,21 @@ def _py2_pickle(obj) -> bytes:
 
 def test_python2_protocol2_pickle(tmp_path):
     ref = _ref(1, 1, "train", "the café on the left")
-    ref["sentences"].append({"sent_id": 11, "raw": b"na\xefve", "sent": b"na\xefve", "tokens": []})  # Latin-1, not UTF-8
+    ref["sentences"].append(
+        {"sent_id": 11, "raw": b"na\xefve", "sent": b"na\xefve", "tokens": []}
+    )  # Latin-1, not UTF-8
     ref["sent_ids"].append(11)
     folder = tmp_path / "refcoco"
     folder.mkdir()
     (folder / "refs(unc).p").write_bytes(_py2_pickle([ref]))
-    (folder / "instances.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
-        "annotations": [_ann(1, [[0, 0, 3, 0, 3, 3]])],
-    }))
+    (folder / "instances.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+                "annotations": [_ann(1, [[0, 0, 3, 0, 3, 3]])],
+            }
+        )
+    )
     refs = load_refs(folder / "refs(unc).p")
     assert refs[0]["sentences"][0]["raw"] == "the café on the left"
     dataset = _generated(tmp_path, "train", "eval")

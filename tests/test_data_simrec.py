@@ -51,8 +51,12 @@ def root(tmp_path: Path) -> Path:
 
 def _dataset(root: Path, split: str, mode: str = "eval", **kwargs) -> SimRecDataset:
     return SimRecDataset(
-        ann_file=root / "anns" / "refcoco.json", mask_dir=root / "masks" / "refcoco", image_dir=root / "images",
-        split=split, mode=mode, **kwargs,
+        ann_file=root / "anns" / "refcoco.json",
+        mask_dir=root / "masks" / "refcoco",
+        image_dir=root / "images",
+        split=split,
+        mode=mode,
+        **kwargs,
     )
 
 
@@ -86,7 +90,9 @@ def test_eval_items_one_per_sentence(root):
 def test_image_pattern_and_from_root(root):
     for iid in (5, 6):
         Image.new("RGB", (W, H)).save(root / "images" / f"{iid}.png")
-    dataset = SimRecDataset.from_root(root=root, dataset="refcoco", image_dir=root / "images", split="train", image_pattern="%d.png")
+    dataset = SimRecDataset.from_root(
+        root=root, dataset="refcoco", image_dir=root / "images", split="train", image_pattern="%d.png"
+    )
     assert dataset[0].image_path.endswith("images/5.png")
     spec = {"format": "simrec", "root": root, "dataset": "refcoco", "image_dir": root / "images"}
     assert len(open_dataset({**spec, "split": "testA"})) == 1
@@ -94,7 +100,9 @@ def test_image_pattern_and_from_root(root):
 
 
 def test_unknown_split_lists_available(root):
-    with pytest.raises(DataError, match=r"unknown split 'test' in .*refcoco\.json; available splits: train, val, testA"):
+    with pytest.raises(
+        DataError, match=r"unknown split 'test' in .*refcoco\.json; available splits: train, val, testA"
+    ):
         _dataset(root, "test")
 
 

@@ -140,6 +140,7 @@ def test_expression_kinds_per_split(dataset: Path) -> None:
 # Independent check: parse each sentence and evaluate it over the annotated boxes
 # --------------------------------------------------------------------------------------------
 
+
 def test_every_sentence_names_exactly_its_object(dataset: Path) -> None:
     refs, instances, scenes = _load(dataset)
     objects_by_image = scene_objects(instances, scenes)
@@ -176,7 +177,9 @@ def test_attributes_are_visible_in_the_pixels(dataset: Path) -> None:
     images = {image["id"]: image for image in instances["images"]}
     dataset_masks = {}
     for split in SPLITS:
-        for sample in ReferDataset(root=dataset, dataset="refshapes", split_by="unc", split=split, image_dir=dataset / "images", mode="train"):
+        for sample in ReferDataset(
+            root=dataset, dataset="refshapes", split_by="unc", split=split, image_dir=dataset / "images", mode="train"
+        ):
             dataset_masks[sample.ann_id] = sample.mask
     palette = np.array(list(COLOURS.values()), dtype=np.float64)
     areas: dict[str, dict[str, list[float]]] = {}

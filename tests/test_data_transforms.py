@@ -74,7 +74,9 @@ def test_inverse_after_downscaling_and_for_logits() -> None:
 
 
 def test_centre_padding_is_zero_and_geometry_matches_reference() -> None:
-    out = RISTransform.for_eval(TransformConfig(input_size=64))(_noise_image(30, 61), sentence="x", mask=np.ones((30, 61), bool))
+    out = RISTransform.for_eval(TransformConfig(input_size=64))(
+        _noise_image(30, 61), sentence="x", mask=np.ones((30, 61), bool)
+    )
     meta = out.meta
     assert (meta.resized_h, meta.resized_w) == (31, 64)  # round(30 * 64 / 61) = 31
     assert meta.pad_top == (64 - 31) // 2 and meta.pad_left == 0
@@ -111,7 +113,9 @@ def test_flip_moves_image_and_mask_with_the_words() -> None:
     mask = np.zeros((40, 80), dtype=bool)
     mask[10:30, 5:25] = True
     config = TransformConfig(input_size=80, train_long_sides=(80,), jitter_p=0.0, blur_p=0.0, flip_p=1.0)
-    out = RISTransform.for_training(config)(Image.fromarray(pixels), sentence="the left red square", mask=mask, rng=np.random.default_rng(0))
+    out = RISTransform.for_training(config)(
+        Image.fromarray(pixels), sentence="the left red square", mask=mask, rng=np.random.default_rng(0)
+    )
     assert out.meta.flipped and out.sentence == "the right red square"
     columns = out.mask[0].nonzero()[:, 1]
     assert columns.min() >= 40  # now in the right half
@@ -162,7 +166,9 @@ def test_normalisation_values() -> None:
     image = Image.new("RGB", (16, 16), mean_colour)
     out = RISTransform.for_eval(TransformConfig(input_size=16))(image, sentence="x")
     assert out.image.abs().max() < 0.01  # the mean colour maps to ~0, like the padding
-    white = RISTransform.for_eval(TransformConfig(input_size=16))(Image.new("RGB", (16, 16), (255, 255, 255)), sentence="x")
+    white = RISTransform.for_eval(TransformConfig(input_size=16))(
+        Image.new("RGB", (16, 16), (255, 255, 255)), sentence="x"
+    )
     expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
     assert torch.allclose(white.image[:, 0, 0], expected, atol=1e-5)
     assert torch.allclose(denormalize(white.image), torch.ones(3, 16, 16), atol=1e-6)
@@ -180,4 +186,6 @@ def test_config_validation_and_defaults() -> None:
     with pytest.raises(ValueError, match="flip_p"):
         TransformConfig(flip_p=1.5)
     with pytest.raises(ValueError, match="mask shape"):
-        RISTransform.for_eval(TransformConfig(input_size=32))(_noise_image(10, 12), sentence="x", mask=np.zeros((12, 10), bool))
+        RISTransform.for_eval(TransformConfig(input_size=32))(
+            _noise_image(10, 12), sentence="x", mask=np.zeros((12, 10), bool)
+        )

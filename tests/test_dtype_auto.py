@@ -21,6 +21,7 @@ PLAIN_AVX512 = "flags\t\t: fpu vme sse avx2 avx512f avx512bw\n"
 @pytest.fixture
 def cpu_flags(tmp_path, monkeypatch):
     """Write a /proc/cpuinfo stand-in; the auto choice is forgotten before and after."""
+
     def use(text: str) -> None:
         path = tmp_path / "cpuinfo"
         path.write_text("processor\t: 0\n" + text)
@@ -38,7 +39,8 @@ def test_the_cpu_flags_decide(cpu_flags, caplog):
         assert devices.resolve_dtype("auto", device=torch.device("cpu")) == torch.bfloat16
         assert devices.resolve_dtype("AUTO") == torch.bfloat16
     assert [r.getMessage() for r in caplog.records].count(
-        "dtype='auto' on cpu: bf16 autocast (the CPU has amx_bf16 and avx512_bf16)") == 1, "said once"
+        "dtype='auto' on cpu: bf16 autocast (the CPU has amx_bf16 and avx512_bf16)"
+    ) == 1, "said once"
     cpu_flags(PLAIN_AVX512)
     assert devices.cpu_bf16_flags() == () and devices.resolve_dtype("auto") is None
     assert devices.resolve_dtype("fp32") is None and devices.resolve_dtype("bf16") == torch.bfloat16
@@ -81,9 +83,12 @@ def test_eval_records_the_precision(checkpoint, refshapes_root, tiny_bert_dir, t
     cpu_flags(XEON_AMX)
     experiment = tmp_path / "e.yaml"
     experiment.write_text(yaml.safe_dump(tiny_experiment(refshapes_root, tiny_bert_dir).to_dict(), sort_keys=False))
-    results, out = evaluate_checkpoint(checkpoint, data=str(experiment), splits=["val"], out=tmp_path / "e", device="cpu")
+    results, out = evaluate_checkpoint(
+        checkpoint, data=str(experiment), splits=["val"], out=tmp_path / "e", device="cpu"
+    )
     assert results["val"]["dtype"] == "bf16"
     assert json.loads((out / "results.json").read_text())["val"]["dtype"] == "bf16"
-    results, _ = evaluate_checkpoint(checkpoint, data=str(experiment), splits=["val"], out=tmp_path / "f", device="cpu",
-                                     dtype="fp32")
+    results, _ = evaluate_checkpoint(
+        checkpoint, data=str(experiment), splits=["val"], out=tmp_path / "f", device="cpu", dtype="fp32"
+    )
     assert results["val"]["dtype"] == "no"

@@ -22,8 +22,15 @@ def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir
     for metrics in results.values():
         assert 0.0 <= metrics["miou"] <= 100.0 and set(metrics) >= {"oiou", "p@0.5", "p@0.9"}
     run = tmp_path / "run"
-    for path in ["config.yaml", "metrics.jsonl", "results.json", "results.md", "checkpoints/last/model.safetensors",
-                 "checkpoints/last/training_state.pt", "checkpoints/best/config.json"]:
+    for path in [
+        "config.yaml",
+        "metrics.jsonl",
+        "results.json",
+        "results.md",
+        "checkpoints/last/model.safetensors",
+        "checkpoints/last/training_state.pt",
+        "checkpoints/best/config.json",
+    ]:
         assert (run / path).exists(), path
     assert list((run / "predictions").glob("*.png"))
     assert list((run / "tensorboard").iterdir())
@@ -41,20 +48,31 @@ def test_two_steps_then_eval_writes_a_complete_run(refshapes_root, tiny_bert_dir
     assert (out / "results.json").exists() and (out / "masks_val.rle.json").exists()
     written = json.loads((out / "results.json").read_text())["val"]
     assert written["protocol"] == "exact" and written["versions"] == software_versions()
-    reference, ref_out = evaluate_checkpoint(run / "checkpoints" / "last", splits=["val"], protocol="reference",
-                                             out=tmp_path / "reference", num_pictures=0)
+    reference, ref_out = evaluate_checkpoint(
+        run / "checkpoints" / "last", splits=["val"], protocol="reference", out=tmp_path / "reference", num_pictures=0
+    )
     assert json.loads((ref_out / "results.json").read_text())["val"]["protocol"] == "reference"
     assert reference["val"]["count"] == again["val"]["count"]
 
 
 def test_resume_gives_the_same_weights(refshapes_root, tiny_bert_dir, tmp_path):
-    straight = Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, eval_every_epochs=100),
-                       run_dir=tmp_path / "straight", progress=False)
+    straight = Trainer(
+        tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, eval_every_epochs=100),
+        run_dir=tmp_path / "straight",
+        progress=False,
+    )
     straight.fit()
-    Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=2, eval_every_epochs=100),
-            run_dir=tmp_path / "split", progress=False).fit()
-    resumed = Trainer(tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, eval_every_epochs=100),
-                      run_dir=tmp_path / "split", resume=True, progress=False)
+    Trainer(
+        tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=2, eval_every_epochs=100),
+        run_dir=tmp_path / "split",
+        progress=False,
+    ).fit()
+    resumed = Trainer(
+        tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, eval_every_epochs=100),
+        run_dir=tmp_path / "split",
+        resume=True,
+        progress=False,
+    )
     assert resumed.progress.global_step == 2
     resumed.fit()
     assert resumed.progress.global_step == 4
@@ -89,7 +107,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(refshapes_root, tiny_
 def test_bad_inputs(refshapes_root, tiny_bert_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         config = tiny_experiment(refshapes_root, tiny_bert_dir).with_overrides(
-            {"data.format": "refer", "data.root": str(tmp_path / "does-not-exist")})
+            {"data.format": "refer", "data.root": str(tmp_path / "does-not-exist")}
+        )
         Trainer(config, run_dir=tmp_path / "r1", progress=False)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -116,8 +135,6 @@ def test_two_process_evaluation_matches_one_process(refshapes_root, tiny_bert_di
     evaluation_by_process_count(tmp_path / "run" / "checkpoints" / "last", tmp_path)
 
 
-
-
 def test_point_and_box_prompts_from_masks():
     from ditsam.engine.prompts import prompts_from_masks
 
@@ -133,7 +150,9 @@ def test_point_and_box_prompts_from_masks():
 
 
 def test_mix_training_step_runs(refshapes_root, tiny_bert_dir, tmp_path):
-    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=3, prompt_mix=[0.0, 0.5, 0.5], eval_every_epochs=100)
+    config = tiny_experiment(
+        refshapes_root, tiny_bert_dir, max_steps=3, prompt_mix=[0.0, 0.5, 0.5], eval_every_epochs=100
+    )
     results = train(config, run_dir=tmp_path / "run", progress=False)
     assert set(results) == {"val", "testB"}
 

@@ -13,8 +13,22 @@ from ditsam.engine.ema import EMA
 from ditsam.engine.schedule import learning_rate
 
 PAPER_EXPERIMENTS = [
-    "default", "default_frozen", "dec2", "dec2_frozen", "dec4", "dec4_frozen", "edit", "edit_frozen", "ldit",
-    "ldit_frozen", "edit_static", "ldit_static", "crossatt", "crossatt_ffn", "mix", "reference",
+    "default",
+    "default_frozen",
+    "dec2",
+    "dec2_frozen",
+    "dec4",
+    "dec4_frozen",
+    "edit",
+    "edit_frozen",
+    "ldit",
+    "ldit_frozen",
+    "edit_static",
+    "ldit_static",
+    "crossatt",
+    "crossatt_ffn",
+    "mix",
+    "reference",
 ]
 
 
@@ -42,7 +56,9 @@ def test_shared_variants_are_one_file_laid_on_each_base():
 
 
 def test_overrides_and_errors(tmp_path):
-    config = load_experiment("refshapes/ldit", dict([parse_override("train.epochs=3"), parse_override("model.text.max_tokens=12")]))
+    config = load_experiment(
+        "refshapes/ldit", dict([parse_override("train.epochs=3"), parse_override("model.text.max_tokens=12")])
+    )
     assert config.train.epochs == 3 and config.model.text.max_tokens == 12
     with pytest.raises(ConfigError, match="train.epocs"):
         load_experiment("refshapes/ldit", {"train.epocs": 3})

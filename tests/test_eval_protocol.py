@@ -12,8 +12,16 @@ from ditsam.metrics import RISMetrics
 
 
 def _meta(*, orig: int, canvas: int, flipped: bool = False) -> TransformMeta:
-    return TransformMeta(orig_h=orig, orig_w=orig, resized_h=canvas, resized_w=canvas, pad_top=0, pad_left=0,
-                         flipped=flipped, input_size=canvas)
+    return TransformMeta(
+        orig_h=orig,
+        orig_w=orig,
+        resized_h=canvas,
+        resized_w=canvas,
+        pad_top=0,
+        pad_left=0,
+        flipped=flipped,
+        input_size=canvas,
+    )
 
 
 def test_strict_precision_drops_an_iou_of_exactly_one_half():
@@ -67,13 +75,19 @@ def test_thin_mask_survives_the_reference_downscale_only():
     exact_metrics, reference_metrics = RISMetrics(), RISMetrics(strict=True)
     exact_metrics.update(exact, gt), reference_metrics.update(reference, gt)
     assert exact_metrics.compute() == {"oiou": 0.0, "miou": 0.0, **{f"p@{t}": 0.0 for t in (0.5, 0.6, 0.7, 0.8, 0.9)}}
-    assert reference_metrics.compute() == {"oiou": 100.0, "miou": 100.0, **{f"p@{t}": 100.0 for t in (0.5, 0.6, 0.7, 0.8, 0.9)}}
+    assert reference_metrics.compute() == {
+        "oiou": 100.0,
+        "miou": 100.0,
+        **{f"p@{t}": 100.0 for t in (0.5, 0.6, 0.7, 0.8, 0.9)},
+    }
 
 
 def test_reference_protocol_crops_the_padding_and_undoes_the_flip():
     logits = torch.full((8, 8), -10.0)
     logits[2, 0] = 10.0  # row 2 of the canvas = row 0 of the image (pad_top 2); column 0 = last column once unflipped
-    meta = TransformMeta(orig_h=4, orig_w=8, resized_h=4, resized_w=8, pad_top=2, pad_left=0, flipped=True, input_size=8)
+    meta = TransformMeta(
+        orig_h=4, orig_w=8, resized_h=4, resized_w=8, pad_top=2, pad_left=0, flipped=True, input_size=8
+    )
     reference = predicted_mask(logits, meta, threshold=0.35, protocol="reference")
     expected = np.zeros((4, 8), bool)
     expected[0, 7] = True

@@ -59,16 +59,20 @@ def test_bool_attention_mask_and_cli(tiny_bert_dir: Path, tmp_path: Path, capsys
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
-def test_out_that_would_replace_a_checkpoint_or_cannot_be_written(checkpoint: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_out_that_would_replace_a_checkpoint_or_cannot_be_written(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Refused in one line before the model loads: a checkpoint's name as --out (swapped arguments would
     write an ONNX graph over the weights), or a folder that cannot be written."""
     from ditsam.cli.main import main
 
     swapped = tmp_path / "model.pth"
     swapped.write_bytes(b"weights")
-    for out, expected in [(swapped, "checkpoint's suffix .pth"), (tmp_path / "a-file" / "m.onnx", "is a file"),
-                          (checkpoint, "is a folder")]:
+    for out, expected in [
+        (swapped, "checkpoint's suffix .pth"),
+        (tmp_path / "a-file" / "m.onnx", "is a file"),
+        (checkpoint, "is a folder"),
+    ]:
         (tmp_path / "a-file").write_text("x")
         assert main(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out), "--no-verify"]) == 2
         err = capsys.readouterr().err

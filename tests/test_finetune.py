@@ -38,7 +38,9 @@ def test_frozen_trains_exactly_the_injection_decoder_and_w_o(tiny_bert_dir):
     got = _grads(model)
     assert got <= expected, sorted(got - expected)
     assert {"text_proj.weight", "text_proj.bias"} <= got
-    assert any(n.startswith("image_encoder.injection.") for n in got) and any(n.startswith("mask_decoder.") for n in got)
+    assert any(n.startswith("image_encoder.injection.") for n in got) and any(
+        n.startswith("mask_decoder.") for n in got
+    )
     assert not has_adapters(model) and merged_copy(model) is model
 
 
@@ -67,8 +69,9 @@ def test_lora_adds_trainable_adapters_to_the_vit_attention_only(tiny_bert_dir):
 def test_lora_training_saves_merged_weights_that_load_without_peft(refshapes_root, tiny_bert_dir, tmp_path):
     from ditsam.engine.train import Trainer
 
-    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=3, eval_every_epochs=100, finetune="lora",
-                             lora_rank=4, lora_alpha=8.0)
+    config = tiny_experiment(
+        refshapes_root, tiny_bert_dir, max_steps=3, eval_every_epochs=100, finetune="lora", lora_rank=4, lora_alpha=8.0
+    )
     trainer = Trainer(config, run_dir=tmp_path / "run", progress=False)
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
     trainer.fit()
@@ -106,8 +109,13 @@ def test_lora_training_saves_merged_weights_that_load_without_peft(refshapes_roo
         "assert 'peft' not in sys.modules or sys.modules['peft'] is None\n"
         "print('ok')\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                               env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
     assert completed.returncode == 0 and "ok" in completed.stdout, completed.stderr[-3000:]
 
 

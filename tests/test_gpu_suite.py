@@ -25,15 +25,20 @@ class _NoPycocotools(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _NoPycocotools())
 """
 
-RUN_SUITE = BLOCK_PYCOCOTOOLS + """
+RUN_SUITE = (
+    BLOCK_PYCOCOTOOLS
+    + """
 import runpy
 script = sys.argv[1]
 sys.path.insert(0, str(__import__("pathlib").Path(script).parent))
 sys.argv = sys.argv[1:]
 runpy.run_path(script, run_name="__main__")
 """
+)
 
-SEGMENT_AND_STEP = BLOCK_PYCOCOTOOLS + """
+SEGMENT_AND_STEP = (
+    BLOCK_PYCOCOTOOLS
+    + """
 import numpy as np, torch
 from accelerate import Accelerator
 from ditsam import Segmenter
@@ -56,6 +61,7 @@ assert bool(result.finite.all())
 assert "pycocotools" not in sys.modules
 print("ok")
 """
+)
 
 
 def _env() -> dict[str, str]:
@@ -65,15 +71,36 @@ def _env() -> dict[str, str]:
 
 def test_gpu_suite_smoke_runs_every_section_without_pycocotools(tmp_path: Path) -> None:
     # A generous budget: the section time boxes scale with it, so a loaded CI machine does not time out.
-    command = [sys.executable, "-c", RUN_SUITE, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke", "--cpu",
-               "--budget", "300", "--out-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-c",
+        RUN_SUITE,
+        str(ROOT / "benchmarks" / "gpu_suite.py"),
+        "--smoke",
+        "--cpu",
+        "--budget",
+        "300",
+        "--out-dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "gpu_cpu_smoke.json").read_text())
     sections = record["sections"]
-    assert list(sections) == ["environment", "latency", "agreement", "text_cost", "attention", "throughput",
-                              "training", "compile", "large"]
-    failed = {name: (entry["status"], entry.get("error")) for name, entry in sections.items() if entry["status"] != "ok"}
+    assert list(sections) == [
+        "environment",
+        "latency",
+        "agreement",
+        "text_cost",
+        "attention",
+        "throughput",
+        "training",
+        "compile",
+        "large",
+    ]
+    failed = {
+        name: (entry["status"], entry.get("error")) for name, entry in sections.items() if entry["status"] != "ok"
+    }
     assert not failed, failed
     environment = sections["environment"]
     assert environment["pycocotools_loaded"] is False
@@ -82,7 +109,9 @@ def test_gpu_suite_smoke_runs_every_section_without_pycocotools(tmp_path: Path) 
     assert {"model_fp32_b1", "encoder_fp32_b1", "model_bf16_b1", "encoder_bf16_b1"} <= set(latency)
     # Same weights: the two text-padding forms agree to fp32 rounding, bf16 stays close.
     agreement = sections["agreement"]
-    assert agreement["padding_mask_vs_folded_fp32"]["max_abs_diff"] <= 1e-4 * max(1.0, agreement["padding_mask_vs_folded_fp32"]["reference_max_abs"])
+    assert agreement["padding_mask_vs_folded_fp32"]["max_abs_diff"] <= 1e-4 * max(
+        1.0, agreement["padding_mask_vs_folded_fp32"]["reference_max_abs"]
+    )
     assert agreement["bf16_vs_fp32"]["mask_iou"] > 0.5
     assert set(sections["text_cost"]["bf16_b1"]["cost_pct"]) == {"e2e", "layerwise"}
     for mode in ("folded", "mask"):
@@ -95,13 +124,22 @@ def test_gpu_suite_smoke_runs_every_section_without_pycocotools(tmp_path: Path) 
     for entry in (training["b2_plain"], training["b2_checkpointing"], sections["large"]["tiny_wide"]["training"]):
         assert entry["samples_per_s"] > 0 and entry["flops_per_step"] > 0
     assert "bf16_b1" in sections["compile"]["default"]
-    assert set(record["goals"]) == {"batch1_bf16_full_model_ms", "batch64_images_per_s", "training_mfu_pct",
-                                    "text_tokens_cost_pct"}
+    assert set(record["goals"]) == {
+        "batch1_bf16_full_model_ms",
+        "batch64_images_per_s",
+        "training_mfu_pct",
+        "text_tokens_cost_pct",
+    }
     table = (tmp_path / "gpu_cpu_smoke.md").read_text()
     assert "| goal | value | target | ratio | met |" in table and "| training |" in table
 
 
 def test_segmenter_and_training_step_need_no_pycocotools(checkpoint: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", SEGMENT_AND_STEP, str(checkpoint)], env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SEGMENT_AND_STEP, str(checkpoint)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

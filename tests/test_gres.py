@@ -65,8 +65,9 @@ def test_head_on_gets_gradients_and_its_loss_falls(tiny_bert_dir):
 
 
 def test_training_and_evaluation_report_gres_metrics(grefshapes_root, tiny_bert_dir, tmp_path):
-    results = train(gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=2), run_dir=tmp_path / "run",
-                    progress=False)
+    results = train(
+        gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=2), run_dir=tmp_path / "run", progress=False
+    )
     for split in ("val", "testB"):
         assert set(results[split]) == {"giou", "ciou", "n_acc", "t_acc", "p@0.7", "p@0.8", "p@0.9"}
         assert results[split]["n_acc"] is not None and 0 <= results[split]["giou"] <= 100
@@ -81,15 +82,23 @@ def test_training_and_evaluation_report_gres_metrics(grefshapes_root, tiny_bert_
     assert again["val"]["giou"] == pytest.approx(results["val"]["giou"])
     source = json.loads((out / "results.json").read_text())["val"]["data_source"]
     assert source["refs_file"].endswith("grefs(unc).json") and len(source["sha256"]) == 64
-    reference, _ = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last", splits=["val"], num_pictures=0,
-                                       protocol="reference", out=tmp_path / "reference")
+    reference, _ = evaluate_checkpoint(
+        tmp_path / "run" / "checkpoints" / "last",
+        splits=["val"],
+        num_pictures=0,
+        protocol="reference",
+        out=tmp_path / "reference",
+    )
     assert reference["val"]["count"] == again["val"]["count"] and reference["val"]["n_acc"] == again["val"]["n_acc"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU launch tested on Linux")
 def test_two_process_gres_evaluation_matches_one_process(grefshapes_root, tiny_bert_dir, tmp_path):
-    train(gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100),
-          run_dir=tmp_path / "run", progress=False)
+    train(
+        gres_experiment(grefshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100),
+        run_dir=tmp_path / "run",
+        progress=False,
+    )
     evaluation_by_process_count(tmp_path / "run" / "checkpoints" / "last", tmp_path)
 
 
@@ -119,10 +128,26 @@ def test_predictor_says_when_nothing_is_referred(tiny_bert_dir, tmp_path, bias, 
     shown = predict_handler(seg, image=np.zeros((40, 50, 3), np.uint8), sentence="the blue star")
     assert shown.ok and ("Nothing matches this sentence" in shown.status) is not present
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "image.png")
-    assert main(["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "image.png"), "--text",
-                 "the blue star", "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(folder),
+                "--image",
+                str(tmp_path / "image.png"),
+                "--text",
+                "the blue star",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "out" / "predictions.json").read_text())[0]
-    decoded = mask_utils.decode({"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()})
+    decoded = mask_utils.decode(
+        {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
+    )
     assert record["present"] is present and bool(decoded.any()) is present and decoded.shape == (40, 50)
 
 

@@ -31,8 +31,6 @@ def rgb(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-
-
 # ---------------------------------------------------------------------------------------------------
 # The authors' checkpoint with no config
 # ---------------------------------------------------------------------------------------------------
@@ -43,7 +41,9 @@ def test_authors_checkpoint_loads_without_config(
     tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, injection: str, extra_decoder_layers: int
 ) -> None:
     path = tmp_path / "seg_best.pth"
-    source = authors_file(tiny_bert_dir, path, monkeypatch, injection=injection, extra_decoder_layers=extra_decoder_layers)
+    source = authors_file(
+        tiny_bert_dir, path, monkeypatch, injection=injection, extra_decoder_layers=extra_decoder_layers
+    )
     if not torch.cuda.is_available():  # the file really is GPU-tagged: a plain torch.load would fail here
         with pytest.raises(RuntimeError, match="(?i)cuda"):
             torch.load(path, weights_only=True)
@@ -68,7 +68,8 @@ def test_authors_checkpoint_loads_without_config(
         image = rgb(40, 30)
         np.testing.assert_allclose(
             segmenter.predict(image, SENTENCES[0]).logits,
-            Segmenter(source, device="cpu").predict(image, SENTENCES[0]).logits, atol=1e-6,
+            Segmenter(source, device="cpu").predict(image, SENTENCES[0]).logits,
+            atol=1e-6,
         )
 
 
@@ -79,8 +80,13 @@ def authors_shapes_on_meta(name: str, *, decoder_layers: int = 2) -> dict[str, t
         width=size.embed_dim, depth=size.depth, heads=size.num_heads, global_blocks=size.global_attn_indexes
     )
     for layer in range(2, decoder_layers):
-        shapes.update({key.replace("layers.0.", f"layers.{layer}."): shape for key, shape in shapes.items()
-                       if key.startswith("mask_decoder.transformer.layers.0.")})
+        shapes.update(
+            {
+                key.replace("layers.0.", f"layers.{layer}."): shape
+                for key, shape in shapes.items()
+                if key.startswith("mask_decoder.transformer.layers.0.")
+            }
+        )
     shapes = {key.replace("image_encoder.", "visual_encoder.", 1): shape for key, shape in shapes.items()}
     width, bert = size.embed_dim, 768
     if name == "vit_h":  # image_encoder_layer_wise_vith.py: one shared 768 -> width, then width -> width
@@ -88,11 +94,14 @@ def authors_shapes_on_meta(name: str, *, decoder_layers: int = 2) -> dict[str, t
     for i in range(size.depth):
         shapes[f"visual_encoder.probs.{i}.weight"] = (width, width if name == "vit_h" else bert)
         shapes[f"visual_encoder.probs.{i}.bias"] = (width,)
-    shapes.update({
-        "text_proj.weight": (256, bert), "text_proj.bias": (256,),
-        "lang_encoder.bert.embeddings.word_embeddings.weight": (30522, bert),
-        "lang_encoder.bert.encoder.layer.0.attention.self.query.weight": (bert, bert),
-    })
+    shapes.update(
+        {
+            "text_proj.weight": (256, bert),
+            "text_proj.bias": (256,),
+            "lang_encoder.bert.embeddings.word_embeddings.weight": (30522, bert),
+            "lang_encoder.bert.encoder.layer.0.attention.self.query.weight": (bert, bert),
+        }
+    )
     return {f"module.{key}": torch.empty(shape, device="meta") for key, shape in shapes.items()}
 
 
@@ -119,8 +128,14 @@ def test_size_detection_from_official_shapes(name: str, decoder_layers: int) -> 
 def test_official_sam_checkpoint_is_refused(tmp_path: Path) -> None:
     size = BACKBONES["vit_b"]
     path = tmp_path / "sam_vit_b_01ec64.pth"
-    torch.save(cheap_state_dict(official_sam_shapes(width=size.embed_dim, depth=size.depth, heads=size.num_heads,
-                                                    global_blocks=size.global_attn_indexes)), path)
+    torch.save(
+        cheap_state_dict(
+            official_sam_shapes(
+                width=size.embed_dim, depth=size.depth, heads=size.num_heads, global_blocks=size.global_attn_indexes
+            )
+        ),
+        path,
+    )
     for load in (DITSam.from_pretrained, Segmenter.from_pretrained):
         with pytest.raises(CheckpointError, match="holds no text model") as error:
             load(path)
@@ -136,8 +151,13 @@ def test_hub_id_resolves_from_the_cache(
     publish(hub_cache, REPO, {".": checkpoint}, commit=COMMIT_MAIN, ref="main")
     pth = tmp_path / "ldit_refcoco.pth"
     source = authors_file(tiny_bert_dir, pth, monkeypatch)
-    publish(hub_cache, REPO, {"weights/ldit_refcoco.pth": pth, "README.md": checkpoint / "config.json"},
-            commit=COMMIT_V1, ref="v1")
+    publish(
+        hub_cache,
+        REPO,
+        {"weights/ldit_refcoco.pth": pth, "README.md": checkpoint / "config.json"},
+        commit=COMMIT_V1,
+        ref="v1",
+    )
 
     from_hub = DITSam.from_pretrained(REPO)
     expected = DITSam.from_pretrained(checkpoint).state_dict()
@@ -179,8 +199,24 @@ def test_predict_and_eval_commands_take_an_authors_file(
     image = tmp_path / "photo.png"
     Image.fromarray(rgb(24, 32)).save(image)
     out = tmp_path / "predict"
-    code = main(["predict", "--checkpoint", str(path), "--text-model", str(tiny_bert_dir), "--image", str(image),
-                 "--text", SENTENCES[1], "--out", str(out), "--no-overlays", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(path),
+            "--text-model",
+            str(tiny_bert_dir),
+            "--image",
+            str(image),
+            "--text",
+            SENTENCES[1],
+            "--out",
+            str(out),
+            "--no-overlays",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0 and (out / "predictions.json").is_file()
     assert main(["eval", str(path), "--text-model", str(tiny_bert_dir), "--device", "cpu"]) == 2
     assert "pass --data EXPERIMENT" in capsys.readouterr().err

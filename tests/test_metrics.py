@@ -18,7 +18,9 @@ def box(shape, y0, y1, x0, x1):
 def test_hand_made_samples_of_different_sizes():
     metrics = RISMetrics()
     # Sample 1 (4x4): gt 8 px, pred 4 px inside it -> I 4, U 8, IoU 0.5.
-    assert metrics.update(box((4, 4), 0, 2, 0, 4), box((4, 4), 0, 2, 0, 4) & box((4, 4), 0, 4, 0, 2)) == pytest.approx(0.5)
+    assert metrics.update(box((4, 4), 0, 2, 0, 4), box((4, 4), 0, 2, 0, 4) & box((4, 4), 0, 4, 0, 2)) == pytest.approx(
+        0.5
+    )
     # Sample 2 (3x5): perfect, 6 px -> I 6, U 6, IoU 1.
     assert metrics.update(box((3, 5), 0, 2, 0, 3), box((3, 5), 0, 2, 0, 3)) == 1.0
     # Sample 3 (10x2): disjoint, 2 px each -> I 0, U 4, IoU 0.
@@ -72,7 +74,9 @@ def test_bad_inputs():
 
 
 def test_table_has_two_decimals():
-    table = format_table({"val": {"oiou": 12.3456, "miou": 1, "p@0.5": 0, "p@0.6": 0, "p@0.7": 0, "p@0.8": 0, "p@0.9": 0}})
+    table = format_table(
+        {"val": {"oiou": 12.3456, "miou": 1, "p@0.5": 0, "p@0.6": 0, "p@0.7": 0, "p@0.8": 0, "p@0.9": 0}}
+    )
     assert "| val | 12.35 | 1.00 |" in table
 
 

@@ -75,17 +75,25 @@ def test_a_sentence_gives_the_same_mask_alone_or_padded_in_a_batch(tiny_bert_dir
     image = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         alone = model(image, text=["a star"]).logits
-        batched = model(image.expand(2, -1, -1, -1), text=["a star", "the small red circle left of the blue square"]).logits
+        batched = model(
+            image.expand(2, -1, -1, -1), text=["a star", "the small red circle left of the blue square"]
+        ).logits
     torch.testing.assert_close(alone[0], batched[0], atol=1e-5, rtol=1e-5)
 
 
 def test_reference_mode_attends_to_padding(tiny_bert_dir):
     short = make_model(tiny_bert_dir, mask_text_padding=False, text=dict(max_tokens=8))
-    long = DITSam(tiny_config(tiny_bert_dir, injection_options=dict(zero_init=False), mask_text_padding=False, text=dict(max_tokens=16))).eval()
+    long = DITSam(
+        tiny_config(
+            tiny_bert_dir, injection_options=dict(zero_init=False), mask_text_padding=False, text=dict(max_tokens=16)
+        )
+    ).eval()
     long.load_state_dict(short.state_dict())
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        difference = (short(images, text="the red circle").logits - long(images, text="the red circle").logits).abs().max()
+        difference = (
+            (short(images, text="the red circle").logits - long(images, text="the red circle").logits).abs().max()
+        )
     assert difference > 1e-4
 
 
@@ -116,7 +124,8 @@ def test_gradients_reach_exactly_the_trainable_parameters(tiny_bert_dir, variant
     (out.logits.mean() + out.iou_predictions.mean()).backward()
     received = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     unused_by_design = {
-        n for n in expected
+        n
+        for n in expected
         # A single-mask forward with positive points and a box never uses mask tokens 1..3 and their
         # hypernetworks, the negative-point and not-a-point embeddings, or the mask-input branch.
         # (mask_tokens is one tensor: token 0 is used, so it does receive a gradient.)
@@ -161,7 +170,9 @@ def test_bf16_autocast_and_gradient_checkpointing(tiny_bert_dir):
     assert torch.isfinite(low).all()
     assert (low.float() - reference).abs().max() < 0.1 * reference.abs().max() + 0.05
 
-    checkpointed = make_model(tiny_bert_dir, injection="layerwise", gradient_checkpointing=True, injection_options=dict(dropout=0.0))
+    checkpointed = make_model(
+        tiny_bert_dir, injection="layerwise", gradient_checkpointing=True, injection_options=dict(dropout=0.0)
+    )
     plain = make_model(tiny_bert_dir, injection="layerwise", injection_options=dict(dropout=0.0))
     plain.load_state_dict(checkpointed.state_dict())
     for m in (checkpointed, plain):
@@ -169,7 +180,9 @@ def test_bf16_autocast_and_gradient_checkpointing(tiny_bert_dir):
         m.text_encoder.eval()
         m(images, text=text).logits.sum().backward()
     name = "image_encoder.blocks.0.attn.qkv.weight"
-    torch.testing.assert_close(dict(checkpointed.named_parameters())[name].grad, dict(plain.named_parameters())[name].grad)
+    torch.testing.assert_close(
+        dict(checkpointed.named_parameters())[name].grad, dict(plain.named_parameters())[name].grad
+    )
 
 
 def test_reference_preset():
@@ -228,11 +241,21 @@ def test_registry_names_every_configurable_injection(tiny_bert_dir):
 
 
 def test_old_flat_injection_keys_still_load(caplog):
-    old = {"injection": "e2e", "injection_dropout": 0.2, "injection_zero_init": False, "static_tokens": 2,
-           "refine_text_per_layer": True}
+    old = {
+        "injection": "e2e",
+        "injection_dropout": 0.2,
+        "injection_zero_init": False,
+        "static_tokens": 2,
+        "refine_text_per_layer": True,
+    }
     with caplog.at_level(logging.INFO, logger="ditsam.model.config"):
         config = DITSamConfig.from_dict(old, prefix="model.")
     options = config.injection_options
-    assert (options.dropout, options.zero_init, options.static_tokens, options.refine_text_per_layer) == (0.2, False, 2, True)
+    assert (options.dropout, options.zero_init, options.static_tokens, options.refine_text_per_layer) == (
+        0.2,
+        False,
+        2,
+        True,
+    )
     assert sum("injection_options" in record.getMessage() for record in caplog.records) == 1
     assert DITSamConfig.from_dict(config.to_dict()) == config

@@ -18,14 +18,15 @@ METRICS = {"val": {"oiou": 72.346, "miou": 74.1, "p@0.5": 83.0}, "testA": {"oiou
 
 def front_matter(card: str) -> dict:
     assert card.startswith("---\n")
-    header, _ = card[len("---\n"):].split("\n---\n", 1)
+    header, _ = card[len("---\n") :].split("\n---\n", 1)
     return yaml.safe_load(header)
 
 
 def test_save_pretrained_writes_a_card(tiny_bert_dir: Path, tmp_path: Path) -> None:
     model = DITSam(tiny_config(tiny_bert_dir, extra_decoder_layers=2))
-    folder = model.save_pretrained(tmp_path / "ckpt", metrics=METRICS, training_data=["refcoco", "refcoco+"],
-                                   base_model="facebook/sam-vit-base")
+    folder = model.save_pretrained(
+        tmp_path / "ckpt", metrics=METRICS, training_data=["refcoco", "refcoco+"], base_model="facebook/sam-vit-base"
+    )
 
     card = (folder / CARD_FILE).read_text(encoding="utf-8")
     header = front_matter(card)
@@ -45,8 +46,13 @@ def test_save_pretrained_writes_a_card(tiny_bert_dir: Path, tmp_path: Path) -> N
 
 def test_card_without_metrics_or_data_says_so() -> None:
     facts = CardFacts(num_parameters=93_735_472, text_hidden_size=768, text_layers=12)
-    card = build_model_card(reference_config(injection="e2e"), facts=facts, training_data="my scanned forms",
-                            base_model="seg_best.pth", model_id="me/edit-forms")
+    card = build_model_card(
+        reference_config(injection="e2e"),
+        facts=facts,
+        training_data="my scanned forms",
+        base_model="seg_best.pth",
+        model_id="me/edit-forms",
+    )
     header = front_matter(card)
     assert "datasets" not in header and "base_model" not in header  # a sentence and a file name are not Hub ids
     assert "- my scanned forms" in card and "Weights from `seg_best.pth`." in card
@@ -79,8 +85,14 @@ def test_card_header_has_licence_and_model_index(tiny_bert_dir: Path, tmp_path: 
 def test_card_states_the_protocol_of_the_scores() -> None:
     facts = CardFacts(num_parameters=1, text_hidden_size=768, text_layers=12)
     # A row of ditsam eval's results.json: the protocol and bookkeeping beside the scores.
-    row = {"oiou": 70.0, "p@0.5": 80.0, "count": 9, "protocol": "reference", "processes": 1,
-           "versions": {"ditsam": "0.1.0", "torch": "2.13.0"}}
+    row = {
+        "oiou": 70.0,
+        "p@0.5": 80.0,
+        "count": 9,
+        "protocol": "reference",
+        "processes": 1,
+        "versions": {"ditsam": "0.1.0", "torch": "2.13.0"},
+    }
     card = build_model_card(reference_config(), facts=facts, metrics={"val": row})
     assert "share of sentences with IoU > X" in card and "--protocol reference" in card
     assert "| split | oiou | p@0.5 | count |" in card and "| val | 70.00 | 80.00 | 9 |" in card
@@ -116,7 +128,9 @@ class FakeHfApi:
     def upload_folder(self, **kwargs: object) -> object:
         self.calls.append(("upload_folder", kwargs))
         folder = Path(str(kwargs["folder_path"]))
-        type(self).uploaded = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        type(self).uploaded = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        }
 
         class Commit:
             commit_url = f"https://huggingface.co/{kwargs['repo_id']}/commit/abc"
@@ -125,17 +139,16 @@ class FakeHfApi:
         return Commit()
 
 
-def test_push_to_hub_uploads_a_save_pretrained_folder(
-    tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_push_to_hub_uploads_a_save_pretrained_folder(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
     FakeHfApi.calls, FakeHfApi.uploaded = [], {}
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     model = DITSam(tiny_config(tiny_bert_dir))
 
-    url = model.push_to_hub("me/tiny-ldit", private=True, token="hf_test", revision="v1", metrics=METRICS,
-                            training_data="refcoco")
+    url = model.push_to_hub(
+        "me/tiny-ldit", private=True, token="hf_test", revision="v1", metrics=METRICS, training_data="refcoco"
+    )
 
     assert url == "https://huggingface.co/me/tiny-ldit/commit/abc"
     names = [name for name, _ in FakeHfApi.calls]
@@ -144,7 +157,10 @@ def test_push_to_hub_uploads_a_save_pretrained_folder(
     assert FakeHfApi.calls[1][1] == {"repo_id": "me/tiny-ldit", "private": True, "exist_ok": True, "repo_type": "model"}
     upload = FakeHfApi.calls[3][1]
     assert (upload["repo_id"], upload["revision"], upload["repo_type"], upload["create_pr"]) == (
-        "me/tiny-ldit", "v1", "model", False
+        "me/tiny-ldit",
+        "v1",
+        "model",
+        False,
     )
     assert not Path(str(upload["folder_path"])).exists(), "the temporary folder is removed after the upload"
     files = FakeHfApi.uploaded

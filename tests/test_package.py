@@ -42,8 +42,10 @@ def test_licence_is_an_spdx_expression_with_its_files() -> None:
     project = _pyproject()
     assert project["project"]["license"] == "Apache-2.0"
     assert project["project"]["license-files"] == ["LICENSE", "NOTICE"]
-    assert any(re.fullmatch(r"setuptools>=(\d+)", r) and int(r.split(">=")[1]) >= 77
-               for r in project["build-system"]["requires"])
+    assert any(
+        re.fullmatch(r"setuptools>=(\d+)", r) and int(r.split(">=")[1]) >= 77
+        for r in project["build-system"]["requires"]
+    )
     licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     assert "END OF TERMS AND CONDITIONS" in licence  # the full text, not a pointer to it

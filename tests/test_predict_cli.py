@@ -34,7 +34,9 @@ def _check_outputs(out: Path, expected: int) -> list[dict]:
     assert len(records) == expected
     for record in records:
         assert set(record) >= {"image", "sentence", "score", "segmentation", "bbox", "area"}
-        decoded = mask_utils.decode({"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()})
+        decoded = mask_utils.decode(
+            {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
+        )
         saved = np.asarray(Image.open(out / record["mask_file"])) > 0
         height, width = Image.open(record["image"]).size[::-1]
         assert saved.shape == (height, width) == tuple(record["segmentation"]["size"])
@@ -43,14 +45,30 @@ def _check_outputs(out: Path, expected: int) -> list[dict]:
         assert (out / record["overlay_file"]).is_file()
         if record["area"]:
             ys, xs = np.nonzero(saved)
-            assert record["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            assert record["bbox"] == [
+                int(xs.min()),
+                int(ys.min()),
+                int(xs.max() - xs.min() + 1),
+                int(ys.max() - ys.min() + 1),
+            ]
     return records
 
 
 def test_single_image(checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "the red circle",
-                 "--out", str(out)])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(images / "a.png"),
+            "--text",
+            "the red circle",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     records = _check_outputs(out, 1)
     assert records[0]["sentence"] == "the red circle"
@@ -60,8 +78,24 @@ def test_single_image(checkpoint: Path, images: Path, tmp_path: Path, capsys: py
 
 def test_folder_with_one_sentence(checkpoint: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a star",
-                 "--out", str(out), "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--images",
+                str(images),
+                "--text",
+                "a star",
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     records = _check_outputs(out, 3)
     assert [Path(r["image"]).name for r in records] == ["a.png", "b.jpg", "c.png"]
 
@@ -87,14 +121,17 @@ def test_jsonl_bad_lines_are_all_reported_before_running(
 ) -> None:
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
-        "\n".join([
-            json.dumps({"image": str(images / "a.png"), "text": "fine"}),
-            "{not json",
-            json.dumps({"image": str(images / "a.png"), "text": ""}),
-            json.dumps({"image": str(tmp_path / "missing.png"), "text": "a star"}),
-            json.dumps({"image": str(images / "a.png"), "txt": "typo"}),
-            json.dumps(["a", "list"]),
-        ]) + "\n"
+        "\n".join(
+            [
+                json.dumps({"image": str(images / "a.png"), "text": "fine"}),
+                "{not json",
+                json.dumps({"image": str(images / "a.png"), "text": ""}),
+                json.dumps({"image": str(tmp_path / "missing.png"), "text": "a star"}),
+                json.dumps({"image": str(images / "a.png"), "txt": "typo"}),
+                json.dumps(["a", "list"]),
+            ]
+        )
+        + "\n"
     )
     out = tmp_path / "out"
     code = main(["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out)])
@@ -107,13 +144,27 @@ def test_jsonl_bad_lines_are_all_reported_before_running(
     assert not (out / "predictions.json").exists()
 
 
-def test_unreadable_image_is_skipped_and_reported(checkpoint: Path, images: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_unreadable_image_is_skipped_and_reported(
+    checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     broken = tmp_path / "broken.png"
     broken.write_text("not a png")
     out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(checkpoint), "--image", str(broken), "--image", str(images / "c.png"),
-                 "--text", "a", "--out", str(out)])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(broken),
+            "--image",
+            str(images / "c.png"),
+            "--text",
+            "a",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 1
     _check_outputs(out, 1)
     assert "broken.png" in capsys.readouterr().out
@@ -127,8 +178,22 @@ def test_usage_errors(checkpoint: Path, images: Path, tmp_path: Path, capsys: py
     assert "nope.png" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([*base, "--images", str(tmp_path / "empty"), "--text", "a"]) == 2
-    assert main(["predict", "--checkpoint", str(tmp_path / "empty"), "--image", str(images / "a.png"), "--text", "a",
-                 "--out", str(tmp_path / "out2")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "empty"),
+                "--image",
+                str(images / "a.png"),
+                "--text",
+                "a",
+                "--out",
+                str(tmp_path / "out2"),
+            ]
+        )
+        == 2
+    )
     assert "without config" in capsys.readouterr().err
 
 
@@ -138,7 +203,9 @@ def test_usage_errors(checkpoint: Path, images: Path, tmp_path: Path, capsys: py
 def _pairs_file(images: Path, tmp_path: Path, count: int) -> Path:
     names = ["a.png", "b.jpg", "c.png"]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({"image": str(images / names[i % 3]), "text": f"shape {i}"}) for i in range(count)))
+    pairs.write_text(
+        "\n".join(json.dumps({"image": str(images / names[i % 3]), "text": f"shape {i}"}) for i in range(count))
+    )
     return pairs
 
 
@@ -149,8 +216,9 @@ def _one_line_error(capsys: pytest.CaptureFixture) -> str:
     return lines[0]
 
 
-def test_kill_then_resume_predicts_only_what_is_missing(checkpoint: Path, images: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_then_resume_predicts_only_what_is_missing(
+    checkpoint: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ditsam.api import Segmenter
 
     pairs = _pairs_file(images, tmp_path, 7)
@@ -181,17 +249,33 @@ def test_kill_then_resume_predicts_only_what_is_missing(checkpoint: Path, images
     assert [r["sentence"] for r in resumed] == [f"shape {i}" for i in range(7)]
     for a, b in zip(resumed, straight):
         assert a["segmentation"] == b["segmentation"] and a["score"] == pytest.approx(b["score"], abs=1e-6)
-    assert len(journal.read_text().splitlines()) == 7 and all(json.loads(line) for line in journal.read_text().splitlines())
+    assert len(journal.read_text().splitlines()) == 7 and all(
+        json.loads(line) for line in journal.read_text().splitlines()
+    )
     _check_outputs(out, 7)
 
 
-def test_overwrite_removes_the_earlier_outputs_only(checkpoint: Path, images: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_overwrite_removes_the_earlier_outputs_only(
+    checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out)]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out)])
+        == 0
+    )
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
-    again = ["predict", "--checkpoint", str(checkpoint), "--image", str(images / "c.png"), "--text", "b", "--out", str(out)]
+    again = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(images / "c.png"),
+        "--text",
+        "b",
+        "--out",
+        str(out),
+    ]
     assert main(again) == 2
     assert "already holds results" in _one_line_error(capsys)
     assert main([*again, "--overwrite"]) == 0
@@ -201,9 +285,14 @@ def test_overwrite_removes_the_earlier_outputs_only(checkpoint: Path, images: Pa
 
 
 @pytest.mark.parametrize("kind", ["file", "read-only"])
-def test_unusable_out_is_one_line_before_the_model_loads(checkpoint: Path, images: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
-                                                         kind: str) -> None:
+def test_unusable_out_is_one_line_before_the_model_loads(
+    checkpoint: Path,
+    images: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
     import ditsam.api
 
     if kind == "file":
@@ -213,25 +302,56 @@ def test_unusable_out_is_one_line_before_the_model_loads(checkpoint: Path, image
     else:
         pytest.skip("uses Linux /sys as a read-only location")
     monkeypatch.setattr(ditsam.api.Segmenter, "from_pretrained", None)  # loading the model would fail loudly
-    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "a",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--image",
+                str(images / "a.png"),
+                "--text",
+                "a",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert f"--out {out}" in _one_line_error(capsys)
 
 
-def test_device_without_cuda_is_one_line(checkpoint: Path, images: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
+def test_device_without_cuda_is_one_line(
+    checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "a",
-                 "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--image",
+                str(images / "a.png"),
+                "--text",
+                "a",
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 2
+    )
     assert "device 'cuda' asked for" in _one_line_error(capsys)
 
 
-def test_full_disk_keeps_the_journal_and_says_how_to_resume(checkpoint: Path, images: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_keeps_the_journal_and_says_how_to_resume(
+    checkpoint: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import Image as PILImage
 
     real_save, saved = PILImage.Image.save, []
@@ -244,12 +364,45 @@ def test_full_disk_keeps_the_journal_and_says_how_to_resume(checkpoint: Path, im
 
     monkeypatch.setattr(PILImage.Image, "save", fills_the_disk)
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out),
-                 "--batch-size", "1"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--images",
+                str(images),
+                "--text",
+                "a",
+                "--out",
+                str(out),
+                "--batch-size",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = _one_line_error(capsys)
     assert "is full" in err and "predictions.jsonl" in err and "--resume" in err
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 1
     monkeypatch.undo()
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out),
-                 "--batch-size", "1", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--images",
+                str(images),
+                "--text",
+                "a",
+                "--out",
+                str(out),
+                "--batch-size",
+                "1",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     _check_outputs(out, 3)

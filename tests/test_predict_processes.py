@@ -37,15 +37,32 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def one_process(checkpoint: Path, pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: the pairs predicted by one process (in this one), batch 2."""
     out = tmp_path_factory.mktemp("one") / "out"
-    assert main(["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out),
-                 "--batch-size", "2"]) == 1, "two pairs show an unreadable image"
+    assert (
+        main(
+            ["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out), "--batch-size", "2"]
+        )
+        == 1
+    ), "two pairs show an unreadable image"
     return out
 
 
 def _launch(checkpoint: Path, pairs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """2 CPU processes (gloo) of ``ditsam predict``; ``--device cpu`` keeps them on the CPU anywhere."""
-    command = launch_command(2, "predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out),
-                             "--batch-size", "2", "--device", "cpu", *extra)
+    command = launch_command(
+        2,
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--jsonl",
+        str(pairs),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=240)
 
@@ -70,15 +87,21 @@ def _journal_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_processes_write_what_one_process_writes(checkpoint: Path, pairs: Path, one_process: Path,
-                                                     tmp_path: Path) -> None:
+def test_two_processes_write_what_one_process_writes(
+    checkpoint: Path, pairs: Path, one_process: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     completed = _launch(checkpoint, pairs, out, "--workers", "1")
     assert completed.returncode != 0, "an unreadable image makes the exit status non-zero"
     _assert_same_output(out, one_process)
     # Pair i went to rank i % 2; each rank journaled its own, the unreadable pairs 3 and 7 (rank 1) nowhere.
-    assert sorted(p.name for p in out.glob("predictions*.jsonl")) == ["predictions.rank0.jsonl", "predictions.rank1.jsonl"]
-    assert [r["sentence"] for r in _journal_lines(out / "predictions.rank0.jsonl")] == [f"shape {i}" for i in (0, 2, 4, 6, 8)]
+    assert sorted(p.name for p in out.glob("predictions*.jsonl")) == [
+        "predictions.rank0.jsonl",
+        "predictions.rank1.jsonl",
+    ]
+    assert [r["sentence"] for r in _journal_lines(out / "predictions.rank0.jsonl")] == [
+        f"shape {i}" for i in (0, 2, 4, 6, 8)
+    ]
     assert [r["sentence"] for r in _journal_lines(out / "predictions.rank1.jsonl")] == ["shape 1", "shape 5"]
     # Rank 0 reports for every rank, once: the image rank 1 could not read, and the summary.
     assert completed.stdout.count("1 image(s) could not be read") == 1, completed.stdout
@@ -102,11 +125,13 @@ def _killed_run(one_process: Path, out: Path, journals: dict[str, list[int]]) ->
         (out / name).write_text("".join(lines))
 
 
-def test_two_processes_resume_what_three_and_one_left(checkpoint: Path, pairs: Path, one_process: Path,
-                                                      tmp_path: Path) -> None:
+def test_two_processes_resume_what_three_and_one_left(
+    checkpoint: Path, pairs: Path, one_process: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    _killed_run(one_process, out, {"predictions.jsonl": [5], "predictions.rank0.jsonl": [0, 2],
-                                   "predictions.rank2.jsonl": [1]})
+    _killed_run(
+        one_process, out, {"predictions.jsonl": [5], "predictions.rank0.jsonl": [0, 2], "predictions.rank2.jsonl": [1]}
+    )
     with (out / "predictions.rank1.jsonl").open("w") as handle:
         handle.write('{"id": 4, "image": "cut short by the ki')  # rank 1 was killed mid-line
     refused = _launch(checkpoint, pairs, out)
@@ -163,15 +188,31 @@ def test_world_shares_by_rank_and_checks_world_size(monkeypatch: pytest.MonkeyPa
     assert World.from_environment(cpu=True) == World()
 
 
-def test_workers_must_not_be_negative(checkpoint: Path, pairs: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture) -> None:
-    assert main(["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(tmp_path / "o"),
-                 "--workers", "-1"]) == 2
+def test_workers_must_not_be_negative(
+    checkpoint: Path, pairs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--jsonl",
+                str(pairs),
+                "--out",
+                str(tmp_path / "o"),
+                "--workers",
+                "-1",
+            ]
+        )
+        == 2
+    )
     assert "--workers must be >= 0" in capsys.readouterr().err
 
 
-def test_int8_predicts_on_the_cpu_and_refuses_a_gpu(checkpoint: Path, pairs: Path, one_process: Path,
-                                                    tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_int8_predicts_on_the_cpu_and_refuses_a_gpu(
+    checkpoint: Path, pairs: Path, one_process: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     base = ["predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--dtype", "int8", "--no-overlays"]
@@ -184,9 +225,9 @@ def test_int8_predicts_on_the_cpu_and_refuses_a_gpu(checkpoint: Path, pairs: Pat
         assert abs(a["score"] - b["score"]) <= 0.05
 
 
-def test_predictions_missing_from_the_journals_are_one_line(checkpoint: Path, pairs: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predictions_missing_from_the_journals_are_one_line(
+    checkpoint: Path, pairs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ditsam.cli.predict
 
     # As rank 0 sees it when the other processes wrote into a folder of their own node, not a shared one.

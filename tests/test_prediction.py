@@ -51,8 +51,11 @@ def test_three_masks_take_each_samples_highest_predicted_iou():
 
 
 def test_low_precision_outputs_come_back_in_float32():
-    chosen = choose_prediction(_output(_labelled_masks(1, 3).bfloat16(), torch.tensor([[0.1, 0.2, 0.9]]).bfloat16(),
-                                       torch.tensor([1.0]).bfloat16()))
+    chosen = choose_prediction(
+        _output(
+            _labelled_masks(1, 3).bfloat16(), torch.tensor([[0.1, 0.2, 0.9]]).bfloat16(), torch.tensor([1.0]).bfloat16()
+        )
+    )
     assert chosen.logits.dtype == chosen.score.dtype == chosen.presence.dtype == torch.float32
     assert chosen.mask_index.tolist() == [2]
 
@@ -64,11 +67,18 @@ def test_the_presence_head_flags_sentences_below_one_half():
     assert chosen.presence.tolist() == pytest.approx([1 / (1 + math.exp(-3)), 1 / (1 + math.exp(3)), 0.5])
 
 
-@pytest.mark.parametrize("field, output, message", [
-    ("logits", _output(torch.zeros(2, SIDE, SIDE), torch.zeros(2, 1)), r"logits must be \(B, M, S, S\)"),
-    ("iou", _output(torch.zeros(2, 3, SIDE, SIDE), torch.zeros(2, 1)), r"iou_predictions must be \(2, 3\)"),
-    ("presence", _output(torch.zeros(2, 1, SIDE, SIDE), torch.zeros(2, 1), torch.zeros(3)), r"presence_logits must be \(2,\)"),
-])
+@pytest.mark.parametrize(
+    "field, output, message",
+    [
+        ("logits", _output(torch.zeros(2, SIDE, SIDE), torch.zeros(2, 1)), r"logits must be \(B, M, S, S\)"),
+        ("iou", _output(torch.zeros(2, 3, SIDE, SIDE), torch.zeros(2, 1)), r"iou_predictions must be \(2, 3\)"),
+        (
+            "presence",
+            _output(torch.zeros(2, 1, SIDE, SIDE), torch.zeros(2, 1), torch.zeros(3)),
+            r"presence_logits must be \(2,\)",
+        ),
+    ],
+)
 def test_outputs_of_the_wrong_shape_are_named(field, output, message):
     with pytest.raises(ValueError, match=message):
         choose_prediction(output)
@@ -127,7 +137,7 @@ def test_multimask_loss_takes_each_samples_best_mask_and_only_it_learns():
         assert per_mask.argmin(dim=1).tolist() == [2, 0]
         loss = mask_loss(logits, torch.zeros(2, 3), target, dice_weight=dice_weight)
         torch.testing.assert_close(loss, (per_mask[0, 2] + per_mask[1, 0]) / 2)
-        grad, = torch.autograd.grad(loss, logits)
+        (grad,) = torch.autograd.grad(loss, logits)
         learns = grad.flatten(2).abs().sum(2) > 0
         assert learns.tolist() == [[False, False, True], [True, False, False]]
 
@@ -166,8 +176,9 @@ def test_the_iou_head_learns_from_the_multimask_loss_and_from_nothing_else(tiny_
 
 def _trainer_loss(config_overrides: dict, multimask: bool, output: DITSamOutput, target: torch.Tensor) -> torch.Tensor:
     """Trainer._loss for a config, without building a Trainer (it reads only the config)."""
-    config = SimpleNamespace(train=TrainConfig.from_dict(config_overrides),
-                             model=SimpleNamespace(multimask_output=multimask))
+    config = SimpleNamespace(
+        train=TrainConfig.from_dict(config_overrides), model=SimpleNamespace(multimask_output=multimask)
+    )
     micro = MicroBatch(images=torch.zeros(0), masks=target, prompts={})
     return Trainer._loss(SimpleNamespace(config=config), output, micro)  # type: ignore[arg-type]
 
@@ -179,7 +190,9 @@ def test_the_trainer_adds_the_iou_loss_to_multimask_models_only_unless_asked():
     paper = segmentation_loss(one.logits, target, dice_weight=1.0)
     assert torch.equal(_trainer_loss({"dice_weight": 1.0}, False, one, target), paper)
     asked = _trainer_loss({"dice_weight": 1.0, "iou_loss_single_mask": True}, False, one, target)
-    assert float(asked) == pytest.approx(float(paper + iou_head_loss(iou, one.logits, target, threshold=MASK_THRESHOLD)))
+    assert float(asked) == pytest.approx(
+        float(paper + iou_head_loss(iou, one.logits, target, threshold=MASK_THRESHOLD))
+    )
     three = _output(torch.randn(2, 3, SIDE, SIDE), torch.rand(2, 3))
     best = mask_loss(three.logits, three.iou_predictions, target)
     with_iou = _trainer_loss({"iou_loss_weight": 2.0}, True, three, target)
@@ -187,11 +200,14 @@ def test_the_trainer_adds_the_iou_loss_to_multimask_models_only_unless_asked():
     assert float(with_iou) == pytest.approx(float(expected))
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("iou_loss_weight", -1.0, r"train\.iou_loss_weight must be a weight >= 0, got -1\.0"),
-    ("dice_weight", float("nan"), r"train\.dice_weight must be a weight >= 0, got nan"),
-    ("threshold", 1.0, r"train\.threshold must lie strictly between 0 and 1, got 1\.0"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("iou_loss_weight", -1.0, r"train\.iou_loss_weight must be a weight >= 0, got -1\.0"),
+        ("dice_weight", float("nan"), r"train\.dice_weight must be a weight >= 0, got nan"),
+        ("threshold", 1.0, r"train\.threshold must lie strictly between 0 and 1, got 1\.0"),
+    ],
+)
 def test_bad_loss_settings_are_named(key, value, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict({key: value})

@@ -29,15 +29,35 @@ from strategies import (
 
 BASE = read_experiment("refshapes/ldit")
 #: Dotted keys of every field of an experiment, and a few that are not.
-KEYS = sorted({".".join(map(str, path)) for path in paths(ExperimentConfig().to_dict()) if path}
-              | {"model..depth", "train.lr.x", "", "nope", "model.text.nope"})
+KEYS = sorted(
+    {".".join(map(str, path)) for path in paths(ExperimentConfig().to_dict()) if path}
+    | {"model..depth", "train.lr.x", "", "nope", "model.text.nope"}
+)
 #: YAML that PyYAML's safe loader turns into errors of its own (or values of odd types).
 HOSTILE_YAML = [
-    "!!float abc", "a: !!int abc", "!!bool maybe", "a: !!timestamp 2020-13-45", "[" * DEEP_NESTING,
-    "a: &x [*x]", "{1: 2}", "yes: 1", "? [1]\n: 2", "a: !!python/object/apply:os.system [ls]", "\x00",
-    "model: !!set {a}", "train: {lr: " + "9" * HUGE_DIGITS + "}", "train:\n  lr: 1" + "0" * 400,
-    "model: {patch_size: 0}", "model: {static_tokens: 1, injection_options: 5}", "base: 5", "base: missing.yaml",
-    "base: [a]", "model: {text: {max_tokens: .nan}}", "train: {betas: [0.9]}", "model: {no: 1}", "!!binary x",
+    "!!float abc",
+    "a: !!int abc",
+    "!!bool maybe",
+    "a: !!timestamp 2020-13-45",
+    "[" * DEEP_NESTING,
+    "a: &x [*x]",
+    "{1: 2}",
+    "yes: 1",
+    "? [1]\n: 2",
+    "a: !!python/object/apply:os.system [ls]",
+    "\x00",
+    "model: !!set {a}",
+    "train: {lr: " + "9" * HUGE_DIGITS + "}",
+    "train:\n  lr: 1" + "0" * 400,
+    "model: {patch_size: 0}",
+    "model: {static_tokens: 1, injection_options: 5}",
+    "base: 5",
+    "base: missing.yaml",
+    "base: [a]",
+    "model: {text: {max_tokens: .nan}}",
+    "train: {betas: [0.9]}",
+    "model: {no: 1}",
+    "!!binary x",
 ]
 
 
@@ -54,8 +74,11 @@ def _default_overrides(section: dict, prefix: str = "") -> list[str]:
 
 #: Overrides that must apply: each field set to its default.
 DEFAULT_OVERRIDES = _default_overrides(ExperimentConfig().to_dict())
-yaml_values = st.one_of(st.sampled_from(["4", "true", "[1, 2]", "{a: 1}", "", "-1", ".inf", "null", "0x1F", "1e999"]),
-                        st.sampled_from(HOSTILE_YAML), odd_text)
+yaml_values = st.one_of(
+    st.sampled_from(["4", "true", "[1, 2]", "{a: 1}", "", "-1", ".inf", "null", "0x1F", "1e999"]),
+    st.sampled_from(HOSTILE_YAML),
+    odd_text,
+)
 
 
 def _valid_or_config_error(call: Any, *places: Any) -> Any:
@@ -84,8 +107,9 @@ def _check_override(text: str) -> ExperimentConfig | None:
     if parsed is None:
         return None
     key = parsed[0]
-    config = _valid_or_config_error(lambda: ExperimentConfig().with_overrides(dict([parsed])), key or "''",
-                                    key.rsplit(".", 1)[-1] or "''")
+    config = _valid_or_config_error(
+        lambda: ExperimentConfig().with_overrides(dict([parsed])), key or "''", key.rsplit(".", 1)[-1] or "''"
+    )
     event(f"override {'applied' if config is not None else 'refused'}")
     if config is not None:
         _round_trips(config)
@@ -111,21 +135,34 @@ def experiment_files(draw: st.DrawFn) -> tuple[bytes, bytes | None]:
 
 
 @given(files=experiment_files(), overrides=st.lists(st.tuples(st.sampled_from(KEYS), yaml_values), max_size=2))
-def test_any_experiment_file_loads_or_names_the_file_or_key(files: tuple[bytes, bytes | None],
-                                                            overrides: list[tuple[str, str]]) -> None:
+def test_any_experiment_file_loads_or_names_the_file_or_key(
+    files: tuple[bytes, bytes | None], overrides: list[tuple[str, str]]
+) -> None:
     text, base = files
     with example_dir() as folder:
         path = folder / "experiment.yaml"
         path.write_bytes(text)
         if base is not None:
             (folder / "base.yaml").write_bytes(base)
-        parsed = [_valid_or_config_error(lambda: parse_override(f"{key}={value}"), f"{key}={value}")
-                  for key, value in overrides]
+        parsed = [
+            _valid_or_config_error(lambda: parse_override(f"{key}={value}"), f"{key}={value}")
+            for key, value in overrides
+        ]
         # A key is named dotted from the top, or by its own name in a check across fields.
-        keys = [name for data in (text, base or b"") for p in paths(yaml.safe_load(data) if _yaml_ok(data) else None)
-                if p for name in (".".join(map(str, p)), str(p[-1]))]
-        config = _valid_or_config_error(lambda: load_experiment(str(path), dict(p for p in parsed if p)),
-                                        path, folder / "base.yaml", *keys, *(key for key, _ in overrides))
+        keys = [
+            name
+            for data in (text, base or b"")
+            for p in paths(yaml.safe_load(data) if _yaml_ok(data) else None)
+            if p
+            for name in (".".join(map(str, p)), str(p[-1]))
+        ]
+        config = _valid_or_config_error(
+            lambda: load_experiment(str(path), dict(p for p in parsed if p)),
+            path,
+            folder / "base.yaml",
+            *keys,
+            *(key for key, _ in overrides),
+        )
         event(f"experiment {'loaded' if config is not None else 'refused'}")
         if config is not None:
             _round_trips(config)
@@ -146,9 +183,18 @@ def _yaml_ok(text: bytes) -> bool:
 def test_overrides_yaml_cannot_read_are_config_errors_naming_them() -> None:
     """PyYAML's errors (and the ValueError / KeyError / RecursionError of its constructors) escaped:
     a traceback instead of one line."""
-    for text in ("train.lr=[", "train.lr=!!float abc", "train.flag=!!bool maybe", "train.lr=" + "[" * DEEP_NESTING,
-                 "train.lr=\x08", "a=!!python/object/apply:os.system [ls]", "a=="):
-        assert_raises_naming(ConfigError, lambda: parse_override(text), f"override {text[:30]!r}"[:-1], "not valid YAML")
+    for text in (
+        "train.lr=[",
+        "train.lr=!!float abc",
+        "train.flag=!!bool maybe",
+        "train.lr=" + "[" * DEEP_NESTING,
+        "train.lr=\x08",
+        "a=!!python/object/apply:os.system [ls]",
+        "a==",
+    ):
+        assert_raises_naming(
+            ConfigError, lambda: parse_override(text), f"override {text[:30]!r}"[:-1], "not valid YAML"
+        )
 
 
 def _experiment(folder: Path, text: str | bytes, **files: str) -> Path:
@@ -162,8 +208,12 @@ def _experiment(folder: Path, text: str | bytes, **files: str) -> Path:
 def test_experiment_files_yaml_cannot_read_name_the_file(tmp_path: Path) -> None:
     """Not UTF-8 was a bare UnicodeDecodeError, a non-text base a TypeError, a missing base a
     FileNotFoundError naming only the base."""
-    cases = [(b"\x98 name: x", "cannot read config"), ("train: {lr: !!int abc}", "not valid YAML (ValueError"),
-             ("base: [a]", "base ['a'] is not a config file"), ("base: nope.yaml", "base 'nope.yaml' is not a config file")]
+    cases = [
+        (b"\x98 name: x", "cannot read config"),
+        ("train: {lr: !!int abc}", "not valid YAML (ValueError"),
+        ("base: [a]", "base ['a'] is not a config file"),
+        ("base: nope.yaml", "base 'nope.yaml' is not a config file"),
+    ]
     for index, (text, message) in enumerate(cases):
         (tmp_path / str(index)).mkdir()
         path = _experiment(tmp_path / str(index), text)
@@ -174,9 +224,13 @@ def test_config_values_and_keys_checks_did_not_cover_are_config_errors(tmp_path:
     """An integer key (or yes / no, read as booleans) was a TypeError building the message, a 400-digit lr
     an OverflowError, patch_size 0 a ZeroDivisionError, a flat injection key beside a non-mapping
     injection_options a TypeError."""
-    cases = [("model: {1: 2}", "unknown config key(s) model.1"), ("train: {no: 1}", "unknown config key(s) train.False"),
-             ("train: {lr: 1" + "0" * 400 + "}", "train.lr: 1000"), ("model: {patch_size: 0}", "model: patch_size 0"),
-             ("model: {static_tokens: 1, injection_options: 5}", "model.injection_options: expected a mapping")]
+    cases = [
+        ("model: {1: 2}", "unknown config key(s) model.1"),
+        ("train: {no: 1}", "unknown config key(s) train.False"),
+        ("train: {lr: 1" + "0" * 400 + "}", "train.lr: 1000"),
+        ("model: {patch_size: 0}", "model: patch_size 0"),
+        ("model: {static_tokens: 1, injection_options: 5}", "model.injection_options: expected a mapping"),
+    ]
     for index, (text, message) in enumerate(cases):
         (tmp_path / str(index)).mkdir()
         path = _experiment(tmp_path / str(index), text)

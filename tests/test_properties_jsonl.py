@@ -67,9 +67,13 @@ def _assets() -> dict[str, bytes]:
     mask[2:6, 3:7] = 1
     image = _png(Image.new("RGB", (W, H), (40, 80, 120)))
     return {
-        "img.png": image, "mask.png": _png(Image.fromarray(mask)), "empty_mask.png": _png(Image.new("L", (W, H))),
-        "wrong_size.png": _png(Image.new("L", (W + 1, H))), "noise.png": PNG_SIGNATURE + b"not a png",
-        "truncated.png": image[: len(image) // 2], "bomb.png": bomb_png(),
+        "img.png": image,
+        "mask.png": _png(Image.fromarray(mask)),
+        "empty_mask.png": _png(Image.new("L", (W, H))),
+        "wrong_size.png": _png(Image.new("L", (W + 1, H))),
+        "noise.png": PNG_SIGNATURE + b"not a png",
+        "truncated.png": image[: len(image) // 2],
+        "bomb.png": bomb_png(),
     }
 
 
@@ -87,8 +91,6 @@ def jsonl_example(name: str, data: bytes) -> Iterator[Path]:
         path = folder / name
         path.write_bytes(data)
         yield path
-
-
 
 
 @st.composite
@@ -130,9 +132,15 @@ def _problems_name_the_file(problems: list[str], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Custom datasets
 # ---------------------------------------------------------------------------------------------------
-@given(data=jsonl_bytes(custom_records().flatmap(mutated)), split=st.sampled_from(SPLITS),
-       mode=st.sampled_from(("train", "eval")), check_pixels=st.booleans())
-def test_any_custom_file_gives_records_or_named_problems(data: bytes, split: str, mode: str, check_pixels: bool) -> None:
+@given(
+    data=jsonl_bytes(custom_records().flatmap(mutated)),
+    split=st.sampled_from(SPLITS),
+    mode=st.sampled_from(("train", "eval")),
+    check_pixels=st.booleans(),
+)
+def test_any_custom_file_gives_records_or_named_problems(
+    data: bytes, split: str, mode: str, check_pixels: bool
+) -> None:
     with jsonl_example("data.jsonl", data) as path:
         records, problems = read_custom(path)
         _problems_name_the_file(problems, path)
@@ -201,7 +209,9 @@ def test_valid_pairs_read_back_unchanged(records: list[dict], data: st.DataObjec
 def _write_lines(folder: Path, name: str, lines: list, *, prefix: bytes = b"") -> Path:
     write_assets(folder)
     path = folder / name
-    path.write_bytes(prefix + b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines))
+    path.write_bytes(
+        prefix + b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines)
+    )
     return path
 
 
@@ -253,7 +263,10 @@ def test_image_over_pils_pixel_limit_is_a_problem_of_its_line(tmp_path: Path) ->
 
 def test_polygon_far_outside_or_not_finite_is_refused_not_rasterised(tmp_path: Path) -> None:
     """pycocotools crashed the process (SIGSEGV) on such polygons, in validation and in training."""
-    lines = [{"image": "img.png", "sentence": "x", "segmentation": [[1, 1, far, 1, 1, 8]]} for far in (1e9, math.nan, 10**400)]
+    lines = [
+        {"image": "img.png", "sentence": "x", "segmentation": [[1, 1, far, 1, 1, 8]]}
+        for far in (1e9, math.nan, 10**400)
+    ]
     path = _write_lines(tmp_path, "data.jsonl", lines)
     problems = validate_custom(path)
     assert len(problems) == 3 and all("far outside the 10x12 image" in problem for problem in problems), problems
@@ -261,8 +274,10 @@ def test_polygon_far_outside_or_not_finite_is_refused_not_rasterised(tmp_path: P
 
 def test_malformed_compressed_rle_is_refused_not_decoded(tmp_path: Path) -> None:
     """pycocotools decoded "0" and "" into 120-pixel masks read from beyond its buffer (7273 and 8486 pixels set)."""
-    lines = [{"image": "img.png", "sentence": "x", "segmentation": {"size": [H, W], "counts": counts}}
-             for counts in ("0", "", "zzzz", "1" * 50)]
+    lines = [
+        {"image": "img.png", "sentence": "x", "segmentation": {"size": [H, W], "counts": counts}}
+        for counts in ("0", "", "zzzz", "1" * 50)
+    ]
     path = _write_lines(tmp_path, "data.jsonl", lines)
     problems = validate_custom(path)
     assert len(problems) == 4 and all("not a run-length encoding of 12x10 pixels" in p for p in problems), problems

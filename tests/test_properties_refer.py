@@ -57,16 +57,26 @@ def instances(draw: st.DrawFn) -> dict:
     annotations = []
     for ann_id in range(1, draw(st.integers(1, 4)) + 1):
         image_id = draw(st.sampled_from(sorted(IMAGE_SIZES)))
-        annotations.append({
-            "id": ann_id, "image_id": image_id, "category_id": draw(st.integers(1, 3)), "iscrowd": draw(st.sampled_from([0, 0, 1])),
-            "bbox": [1.0, 2.0, 3.0, 4.0], "area": 12.0, "segmentation": draw(segmentations(*IMAGE_SIZES[image_id])),
-        })
+        annotations.append(
+            {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": draw(st.integers(1, 3)),
+                "iscrowd": draw(st.sampled_from([0, 0, 1])),
+                "bbox": [1.0, 2.0, 3.0, 4.0],
+                "area": 12.0,
+                "segmentation": draw(segmentations(*IMAGE_SIZES[image_id])),
+            }
+        )
     return {"images": [_image_record(i) for i in IMAGE_SIZES], "annotations": annotations, "categories": [{"id": 1}]}
 
 
 def _sentences(draw: st.DrawFn, ref_id: int) -> list[dict]:
     texts = draw(st.lists(sentences, min_size=1, max_size=2))
-    return [{"sent_id": ref_id * 10 + i, "raw": text, "sent": text.lower(), "tokens": text.split()} for i, text in enumerate(texts)]
+    return [
+        {"sent_id": ref_id * 10 + i, "raw": text, "sent": text.lower(), "tokens": text.split()}
+        for i, text in enumerate(texts)
+    ]
 
 
 @st.composite
@@ -75,9 +85,18 @@ def refer_refs(draw: st.DrawFn, annotations: list[dict]) -> list[dict]:
     refs = []
     for ref_id, ann in enumerate(draw(st.lists(st.sampled_from(annotations), min_size=1, max_size=4)), start=1):
         sents = _sentences(draw, ref_id)
-        refs.append({"ref_id": ref_id, "ann_id": ann["id"], "image_id": ann["image_id"], "category_id": ann["category_id"],
-                     "split": draw(st.sampled_from(SPLITS)), "file_name": f"img_{ann['id']}.png",
-                     "sent_ids": [s["sent_id"] for s in sents], "sentences": sents})
+        refs.append(
+            {
+                "ref_id": ref_id,
+                "ann_id": ann["id"],
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "split": draw(st.sampled_from(SPLITS)),
+                "file_name": f"img_{ann['id']}.png",
+                "sent_ids": [s["sent_id"] for s in sents],
+                "sentences": sents,
+            }
+        )
     return refs
 
 
@@ -88,11 +107,22 @@ def grefcoco_refs(draw: st.DrawFn, annotations: list[dict]) -> list[dict]:
     for ref_id in range(1, draw(st.integers(1, 4)) + 1):
         image_id = draw(st.sampled_from(sorted(IMAGE_SIZES)))
         on_image = [ann["id"] for ann in annotations if ann["image_id"] == image_id]
-        ann_ids = draw(st.lists(st.sampled_from(on_image), min_size=1, unique=True)) if on_image and draw(st.booleans()) else [-1]
+        ann_ids = (
+            draw(st.lists(st.sampled_from(on_image), min_size=1, unique=True))
+            if on_image and draw(st.booleans())
+            else [-1]
+        )
         sents = _sentences(draw, ref_id)
-        ref = {"ref_id": ref_id, "image_id": image_id, "split": draw(st.sampled_from(SPLITS)), "ann_id": ann_ids,
-               "category_id": [1] * len(ann_ids), "sentences": sents, "sent_ids": [s["sent_id"] for s in sents],
-               "file_name": f"img{image_id}.png"}
+        ref = {
+            "ref_id": ref_id,
+            "image_id": image_id,
+            "split": draw(st.sampled_from(SPLITS)),
+            "ann_id": ann_ids,
+            "category_id": [1] * len(ann_ids),
+            "sentences": sents,
+            "sent_ids": [s["sent_id"] for s in sents],
+            "file_name": f"img{image_id}.png",
+        }
         if draw(st.booleans()):
             ref["no_target"] = ann_ids == [-1]
         refs.append(ref)
@@ -152,10 +182,15 @@ def refer_files(draw: st.DrawFn) -> tuple[bytes, bytes]:
     return draw(pickled(draw(refer_refs(coco["annotations"])))), draw(json_file(coco))
 
 
-@given(files=refer_files(), split=st.sampled_from(SPLITS), mode=st.sampled_from(("train", "eval")),
-       text_field=st.sampled_from(("sent", "raw")))
-def test_any_refer_files_give_a_dataset_or_a_named_error(files: tuple[bytes, bytes], split: str, mode: str,
-                                                         text_field: str) -> None:
+@given(
+    files=refer_files(),
+    split=st.sampled_from(SPLITS),
+    mode=st.sampled_from(("train", "eval")),
+    text_field=st.sampled_from(("sent", "raw")),
+)
+def test_any_refer_files_give_a_dataset_or_a_named_error(
+    files: tuple[bytes, bytes], split: str, mode: str, text_field: str
+) -> None:
     with example_dir() as root:
         images = write_images(root)
         (root / "refcoco").mkdir()
@@ -166,11 +201,22 @@ def test_any_refer_files_give_a_dataset_or_a_named_error(files: tuple[bytes, byt
         if refs is None:
             return
         assert all(isinstance(ref, dict) for ref in refs)
-        valid_or_documented(lambda: available_splits(root=root, dataset="refcoco", split_by="unc"), DataError, refs_file)
+        valid_or_documented(
+            lambda: available_splits(root=root, dataset="refcoco", split_by="unc"), DataError, refs_file
+        )
         dataset = valid_or_documented(
-            lambda: ReferDataset(root=root, dataset="refcoco", split_by="unc", split=split, image_dir=images, mode=mode,
-                                 text_field=text_field),
-            DataError, refs_file, instances_file,
+            lambda: ReferDataset(
+                root=root,
+                dataset="refcoco",
+                split_by="unc",
+                split=split,
+                image_dir=images,
+                mode=mode,
+                text_field=text_field,
+            ),
+            DataError,
+            refs_file,
+            instances_file,
         )
         if dataset is not None:
             check_reads(dataset, refs_file)
@@ -189,7 +235,9 @@ def grefcoco_files(draw: st.DrawFn) -> tuple[str, bytes, bytes]:
 
 
 @given(files=grefcoco_files(), split=st.sampled_from(SPLITS), mode=st.sampled_from(("train", "eval")))
-def test_any_grefcoco_files_give_a_dataset_or_a_named_error(files: tuple[str, bytes, bytes], split: str, mode: str) -> None:
+def test_any_grefcoco_files_give_a_dataset_or_a_named_error(
+    files: tuple[str, bytes, bytes], split: str, mode: str
+) -> None:
     name, refs_data, instances_data = files
     with example_dir() as root:
         images = write_images(root)
@@ -200,7 +248,10 @@ def test_any_grefcoco_files_give_a_dataset_or_a_named_error(files: tuple[str, by
         if valid_or_documented(lambda: load_grefs(refs_file), DataError, refs_file) is None:
             return
         dataset = valid_or_documented(
-            lambda: GRefCocoDataset(root=root, split=split, image_dir=images, mode=mode), DataError, refs_file, instances_file,
+            lambda: GRefCocoDataset(root=root, split=split, image_dir=images, mode=mode),
+            DataError,
+            refs_file,
+            instances_file,
         )
         if dataset is not None:
             check_reads(dataset, refs_file)
@@ -238,8 +289,15 @@ def _coco(**image_fields: Any) -> dict:
 
 
 def _refer_ref(**fields: Any) -> dict:
-    return {"ref_id": 1, "ann_id": 1, "image_id": 1, "split": "train", "category_id": 1,
-            "sentences": [{"sent_id": 1, "sent": "the thing", "raw": "The thing"}], **fields}
+    return {
+        "ref_id": 1,
+        "ann_id": 1,
+        "image_id": 1,
+        "split": "train",
+        "category_id": 1,
+        "sentences": [{"sent_id": 1, "sent": "the thing", "raw": "The thing"}],
+        **fields,
+    }
 
 
 def _refer_root(root: Path, refs: Any, coco: dict, *, refs_bytes: bytes | None = None) -> Path:
@@ -254,23 +312,25 @@ def _refer(root: Path) -> ReferDataset:
     return ReferDataset(root=root, dataset="refcoco", split_by="unc", split="train", image_dir=root / "images")
 
 
-
-
 def test_refs_pickle_nested_past_the_stack_or_holding_itself_is_a_data_error(tmp_path: Path) -> None:
     """Turning Python 2 byte strings into text recursed without end: RecursionError escaped."""
     for name, data in (("deep", deep_pickle()), ("cycle", self_referencing_pickle())):
         (tmp_path / name).write_bytes(data)
-        assert_raises_naming(DataError, lambda: load_refs(tmp_path / name), f"cannot read refs file {tmp_path / name}", "RecursionError")
+        assert_raises_naming(
+            DataError, lambda: load_refs(tmp_path / name), f"cannot read refs file {tmp_path / name}", "RecursionError"
+        )
 
 
 def test_ref_fields_of_the_wrong_type_name_the_ref(tmp_path: Path) -> None:
     """A list ann_id was a TypeError (unhashable), a text sentence_id a ValueError, a list sentence was
     read as the text "['the', 'thing']"."""
-    cases = [({"ann_id": [1]}, "ref 1: field 'ann_id' is [1]; expected an integer"),
-             ({"ref_id": "1"}, "ref #0: field 'ref_id' is '1'; expected an integer"),
-             ({"split": ["train"]}, "ref #0: field 'split' is ['train']"),
-             ({"sentences": [{"sent": ["the", "thing"]}]}, "ref 1: sentence #0 has no 'sent' text"),
-             ({"sentences": [{"sent": "x", "sent_id": "7"}]}, "sentence #0: field 'sent_id' is '7'")]
+    cases = [
+        ({"ann_id": [1]}, "ref 1: field 'ann_id' is [1]; expected an integer"),
+        ({"ref_id": "1"}, "ref #0: field 'ref_id' is '1'; expected an integer"),
+        ({"split": ["train"]}, "ref #0: field 'split' is ['train']"),
+        ({"sentences": [{"sent": ["the", "thing"]}]}, "ref 1: sentence #0 has no 'sent' text"),
+        ({"sentences": [{"sent": "x", "sent_id": "7"}]}, "sentence #0: field 'sent_id' is '7'"),
+    ]
     for index, (fields, message) in enumerate(cases):
         root = _refer_root(tmp_path / str(index), [_refer_ref(**fields)], _coco())
         assert_raises_naming(DataError, lambda: _refer(root), message)
@@ -283,12 +343,14 @@ def test_image_sizes_and_annotation_fields_are_checked_before_any_mask_is_decode
     del bad_coco["annotations"][0]["image_id"]
     nan_box = _coco()
     nan_box["annotations"][0]["bbox"] = [1, 1, math.nan, 8]
-    cases = [(_coco(height=-5), "image 1: size 10x-5 (WxH); expected positive sizes"),
-             (_coco(height=10**6, width=10**6), "image 1: size 1000000x1000000"),
-             (_coco(width=2.5), "image 1: field 'width' is 2.5; expected an integer"),
-             (_coco(file_name=None), "image 1: field 'file_name' is None"),
-             (bad_coco, "annotation 1: missing field 'image_id'"),
-             (nan_box, "annotation 1: bbox [1, 1, nan, 8]; expected [x, y, w, h]")]
+    cases = [
+        (_coco(height=-5), "image 1: size 10x-5 (WxH); expected positive sizes"),
+        (_coco(height=10**6, width=10**6), "image 1: size 1000000x1000000"),
+        (_coco(width=2.5), "image 1: field 'width' is 2.5; expected an integer"),
+        (_coco(file_name=None), "image 1: field 'file_name' is None"),
+        (bad_coco, "annotation 1: missing field 'image_id'"),
+        (nan_box, "annotation 1: bbox [1, 1, nan, 8]; expected [x, y, w, h]"),
+    ]
     for index, (coco, message) in enumerate(cases):
         root = _refer_root(tmp_path / str(index), [_refer_ref()], coco)
         assert_raises_naming(DataError, lambda: _refer(root), message)
@@ -309,19 +371,30 @@ def _grefcoco_root(root: Path, refs: list[dict]) -> Path:
 
 
 def _gref(ref_id: int, ann_id: Any, **fields: Any) -> dict:
-    return {"ref_id": ref_id, "image_id": 1, "split": "val", "ann_id": ann_id, "category_id": [1],
-            "sentences": [{"sent_id": ref_id, "sent": "the thing"}], **fields}
+    return {
+        "ref_id": ref_id,
+        "image_id": 1,
+        "split": "val",
+        "ann_id": ann_id,
+        "category_id": [1],
+        "sentences": [{"sent_id": ref_id, "sent": "the thing"}],
+        **fields,
+    }
 
 
 def test_grefcoco_ann_ids_and_flags_of_the_wrong_type_name_the_ref(tmp_path: Path) -> None:
     """A text annotation id was a ValueError, ``"no_target": "false"`` a contradiction (bool("false") is True)."""
-    cases = [(_gref(1, ["1"]), "ref 1: ann_id ['1'] must list annotation ids"),
-             (_gref(1, {"1": 1}), "ref 1: ann_id {'1': 1} must list annotation ids"),
-             (_gref(1, [-1], no_target="false"), "ref 1: no_target is 'false'; expected true or false"),
-             (_gref(1, [1], category_id=["person"]), "ref 1: category_id ['person']; expected an integer")]
+    cases = [
+        (_gref(1, ["1"]), "ref 1: ann_id ['1'] must list annotation ids"),
+        (_gref(1, {"1": 1}), "ref 1: ann_id {'1': 1} must list annotation ids"),
+        (_gref(1, [-1], no_target="false"), "ref 1: no_target is 'false'; expected true or false"),
+        (_gref(1, [1], category_id=["person"]), "ref 1: category_id ['person']; expected an integer"),
+    ]
     for index, (ref, message) in enumerate(cases):
         root = _grefcoco_root(tmp_path / str(index), [ref])
-        assert_raises_naming(DataError, lambda: GRefCocoDataset(root=root, split="val", image_dir=root / "images"), message)
+        assert_raises_naming(
+            DataError, lambda: GRefCocoDataset(root=root, split="val", image_dir=root / "images"), message
+        )
 
 
 def test_grefcoco_refs_sharing_an_id_keep_their_own_targets(tmp_path: Path) -> None:

@@ -72,8 +72,13 @@ def simrec_entries(draw: st.DrawFn) -> dict:
         entries = []
         for _ in range(draw(st.integers(1, 3))):
             mask_id += 1
-            entry = {"iid": draw(st.sampled_from(IMAGE_IDS)), "bbox": [2, 1, 5, 3], "cat_id": draw(st.integers(1, 9)),
-                     "refs": draw(st.lists(sentences, min_size=1, max_size=2)), "mask_id": mask_id}
+            entry = {
+                "iid": draw(st.sampled_from(IMAGE_IDS)),
+                "bbox": [2, 1, 5, 3],
+                "cat_id": draw(st.integers(1, 9)),
+                "refs": draw(st.lists(sentences, min_size=1, max_size=2)),
+                "mask_id": mask_id,
+            }
             entries += [entry] if split == "train" else [{**entry, "refs": [text]} for text in entry["refs"]]
         data[split] = entries
     return data
@@ -94,12 +99,18 @@ def simrec_files(draw: st.DrawFn) -> tuple[bytes, dict[int, bytes]]:
     for mask_id in mask_ids:
         kind = draw(st.sampled_from(["uint8", "uint8", "missing", *MASK_FILES]))
         if kind != "missing":
-            masks[mask_id] = MASK_FILES[kind]() if kind != "uint8" or draw(st.booleans()) else draw(broken_bytes(_npy(_object_mask())))
+            masks[mask_id] = (
+                MASK_FILES[kind]()
+                if kind != "uint8" or draw(st.booleans())
+                else draw(broken_bytes(_npy(_object_mask())))
+            )
     return ann, masks
 
 
 @given(files=simrec_files(), split=st.sampled_from(SPLITS), mode=st.sampled_from(("train", "eval")))
-def test_any_simrec_files_give_a_dataset_or_a_named_error(files: tuple[bytes, dict[int, bytes]], split: str, mode: str) -> None:
+def test_any_simrec_files_give_a_dataset_or_a_named_error(
+    files: tuple[bytes, dict[int, bytes]], split: str, mode: str
+) -> None:
     ann_data, masks = files
     with example_dir() as root:
         ann_file, mask_dir, image_dir = root / "anns" / "refcoco.json", root / "masks" / "refcoco", root / "images"
@@ -112,9 +123,11 @@ def test_any_simrec_files_give_a_dataset_or_a_named_error(files: tuple[bytes, di
             Image.new("RGB", (W, H), (5, 50, 150)).save(image_dir / (PATTERN % iid))
         valid_or_documented(lambda: available_splits(ann_file), DataError, ann_file)
         dataset = valid_or_documented(
-            lambda: SimRecDataset(ann_file=ann_file, mask_dir=mask_dir, image_dir=image_dir, split=split, mode=mode,
-                                  image_pattern=PATTERN),
-            DataError, ann_file,
+            lambda: SimRecDataset(
+                ann_file=ann_file, mask_dir=mask_dir, image_dir=image_dir, split=split, mode=mode, image_pattern=PATTERN
+            ),
+            DataError,
+            ann_file,
         )
         if dataset is None:
             return
@@ -140,14 +153,13 @@ def _root(root: Path, entries: Any, masks: dict[int, bytes] | None = None) -> Si
         (root / "masks" / "refcoco" / f"{mask_id}.npy").write_bytes(data)
     (root / "images").mkdir()
     Image.new("RGB", (W, H)).save(root / "images" / (PATTERN % 5))
-    return SimRecDataset.from_root(root=root, dataset="refcoco", image_dir=root / "images", split="train",
-                                   image_pattern=PATTERN)
+    return SimRecDataset.from_root(
+        root=root, dataset="refcoco", image_dir=root / "images", split="train", image_pattern=PATTERN
+    )
 
 
 def _entry(**fields: Any) -> dict:
     return {"iid": 5, "bbox": [2, 1, 5, 3], "cat_id": 1, "refs": ["a dog"], "mask_id": 1, **fields}
-
-
 
 
 def test_mask_file_of_a_non_numeric_dtype_is_a_problem_of_its_entry(tmp_path: Path) -> None:
@@ -161,16 +173,22 @@ def test_mask_file_of_a_non_numeric_dtype_is_a_problem_of_its_entry(tmp_path: Pa
 def test_annotation_file_nested_past_the_stack_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "anns").mkdir()
     (tmp_path / "anns" / "refcoco.json").write_text("[" * 100_000 + "]" * 100_000)
-    assert_raises_naming(DataError, lambda: available_splits(tmp_path / "anns" / "refcoco.json"),
-                         "cannot read annotation file", "recursion")
+    assert_raises_naming(
+        DataError,
+        lambda: available_splits(tmp_path / "anns" / "refcoco.json"),
+        "cannot read annotation file",
+        "recursion",
+    )
 
 
 def test_entry_category_and_box_of_the_wrong_type_name_the_entry(tmp_path: Path) -> None:
     """A text cat_id was int()'s ValueError, None a TypeError; a NaN or negative box reached the box prompts."""
-    cases = [(_entry(cat_id="dog"), "train[0]: field 'cat_id' is 'dog'; expected an integer"),
-             (_entry(cat_id=None), "train[0]: field 'cat_id' is None"),
-             (_entry(bbox=[1, 1, math.nan, 2]), "train[0]: bbox [1, 1, nan, 2]; expected [x, y, w, h]"),
-             (_entry(bbox=[1, 1, -3, 2]), "train[0]: bbox [1, 1, -3, 2]"),
-             (_entry(bbox=["1", 1, 2, 2]), "train[0]: bbox ['1', 1, 2, 2]")]
+    cases = [
+        (_entry(cat_id="dog"), "train[0]: field 'cat_id' is 'dog'; expected an integer"),
+        (_entry(cat_id=None), "train[0]: field 'cat_id' is None"),
+        (_entry(bbox=[1, 1, math.nan, 2]), "train[0]: bbox [1, 1, nan, 2]; expected [x, y, w, h]"),
+        (_entry(bbox=[1, 1, -3, 2]), "train[0]: bbox [1, 1, -3, 2]"),
+        (_entry(bbox=["1", 1, 2, 2]), "train[0]: bbox ['1', 1, 2, 2]"),
+    ]
     for index, (entry, message) in enumerate(cases):
         assert_raises_naming(DataError, lambda: _root(tmp_path / str(index), {"train": [entry]}), message)

@@ -43,7 +43,9 @@ def test_the_stream_gives_fresh_deterministic_scenes_and_groups_them() -> None:
     stream = RefShapesStream(seed=5, preset="tiny", samples_per_epoch=8, items_per_scene=4)
     first = [stream[i] for i in range(8)]
     again = RefShapesStream(seed=5, preset="tiny", samples_per_epoch=8, items_per_scene=4)
-    assert all((a.pixels == b.pixels).all() and (a.mask == b.mask).all() for a, b in zip(first, (again[i] for i in range(8))))
+    assert all(
+        (a.pixels == b.pixels).all() and (a.mask == b.mask).all() for a, b in zip(first, (again[i] for i in range(8)))
+    )
     # One picture per group of four, different pictures across groups.
     assert all(first[i].pixels is first[0].pixels for i in range(4))
     assert first[4].pixels.shape != first[0].pixels.shape or (first[4].pixels != first[0].pixels).any()

@@ -55,8 +55,12 @@ def cache_of(tmp_path: Path, name: str = NAME) -> Path:
 
 
 def test_a_name_downloads_with_progress_converts_once_and_loads_offline(
-    server: FileServer, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest,
+    server: FileServer,
+    tiny_bert_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     source = authors_file(tiny_bert_dir, server.root / f"{NAME}.pth", monkeypatch)
 
@@ -67,7 +71,10 @@ def test_a_name_downloads_with_progress_converts_once_and_loads_offline(
     assert f"{NAME}.pth" in progress and "100%" in progress, "a progress bar on stderr"
     cache = cache_of(tmp_path)
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
-        f"{NAME}.pth", released.FOLDER_NAME, released.MANIFEST_FILE]
+        f"{NAME}.pth",
+        released.FOLDER_NAME,
+        released.MANIFEST_FILE,
+    ]
     assert (cache / released.FOLDER_NAME / "config.json").is_file()
     expected = logits(source)
     torch.testing.assert_close(logits(segmenter.model), expected)
@@ -127,8 +134,11 @@ def test_offline_with_an_empty_cache_is_a_clear_error(
     no_network: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.raises(FileNotFoundError, match=rf"dit-refcocog: the released checkpoint is not in the cache "
-                                                rf"{cache_of(tmp_path, 'dit-refcocog')} and HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"dit-refcocog: the released checkpoint is not in the cache "
+        rf"{cache_of(tmp_path, 'dit-refcocog')} and HF_HUB_OFFLINE=1",
+    ):
         Segmenter.from_pretrained("dit-refcocog")
     assert main(["convert", "dit-refcocog", str(tmp_path / "out")]) == 2
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err, "one line, not a traceback"

@@ -109,15 +109,26 @@ def test_demo_refuses_to_replace_an_earlier_demo(tmp_path, capsys):
 def test_kill_between_the_two_renames_then_resume(refshapes_root, tiny_bert_dir, tmp_path):
     """SIGKILL while ``last`` is renamed away and its replacement not yet in place: no ``last`` on disk,
     two complete copies. The resume takes the newer one, and the run ends as an uninterrupted one."""
-    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, save_every_steps=1, log_every_steps=1,
-                             eval_every_epochs=100)
+    config = tiny_experiment(
+        refshapes_root, tiny_bert_dir, max_steps=4, save_every_steps=1, log_every_steps=1, eval_every_epochs=100
+    )
     run = tmp_path / "run"
     env = {**os.environ, PAUSE_BETWEEN_RENAMES_ENV: "600", "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "train.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ditsam.cli.main", "train", "--run-dir", str(run), str(_yaml(config, tmp_path / "t.yaml"))],
-            env=env, stdout=output, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "ditsam.cli.main",
+                "train",
+                "--run-dir",
+                str(run),
+                str(_yaml(config, tmp_path / "t.yaml")),
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     checkpoints = run / "checkpoints"
     try:
@@ -192,8 +203,9 @@ def test_resumed_run_does_not_repeat_metrics_records(refshapes_root, tiny_bert_d
 # ---------------------------------------------------------------------------------------------------
 # Full disk, changed architecture, NaN loss
 # ---------------------------------------------------------------------------------------------------
-def test_full_disk_says_so_and_keeps_the_previous_checkpoint(refshapes_root, tiny_bert_dir, tmp_path, monkeypatch,
-                                                             capsys):
+def test_full_disk_says_so_and_keeps_the_previous_checkpoint(
+    refshapes_root, tiny_bert_dir, tmp_path, monkeypatch, capsys
+):
     import ditsam.engine.train as train_module
 
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=3, save_every_steps=1, eval_every_epochs=100)
@@ -224,12 +236,17 @@ def test_resume_with_a_changed_architecture_is_one_sentence(refshapes_root, tiny
     with pytest.raises(ConfigError, match=r"cannot resume .*model\.depth: 2 in the checkpoint, 3 now.*--overwrite"):
         Trainer(deeper, run_dir=tmp_path / "run", resume=True, progress=False)
     # A setting that changes neither the weights nor what trains may change.
-    Trainer(config.with_overrides({"model.gradient_checkpointing": True, "train.max_steps": 2}), run_dir=tmp_path / "run",
-            resume=True, progress=False)
+    Trainer(
+        config.with_overrides({"model.gradient_checkpointing": True, "train.max_steps": 2}),
+        run_dir=tmp_path / "run",
+        resume=True,
+        progress=False,
+    )
 
 
-def test_nan_loss_right_after_init_checkpoint_claims_no_checkpoint(refshapes_root, tiny_bert_dir, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_nan_loss_right_after_init_checkpoint_claims_no_checkpoint(
+    refshapes_root, tiny_bert_dir, tmp_path, monkeypatch, capsys
+):
     import ditsam.engine.train as train_module
 
     start = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100)
@@ -272,10 +289,16 @@ def broken_refer(refshapes_root: Path, tmp_path: Path) -> tuple[Path, list[int]]
 
 
 def _refer_experiment(root: Path, tiny_bert_dir: Path, **train):
-    return tiny_experiment(root, tiny_bert_dir, eval_every_epochs=100, **train).with_overrides({
-        "data.format": "refer", "data.root": str(root), "data.dataset": "refshapes", "data.split_by": "unc",
-        "data.image_dir": str(root / "images"), "data.eval_splits": ["val"],
-    })
+    return tiny_experiment(root, tiny_bert_dir, eval_every_epochs=100, **train).with_overrides(
+        {
+            "data.format": "refer",
+            "data.root": str(root),
+            "data.dataset": "refshapes",
+            "data.split_by": "unc",
+            "data.image_dir": str(root / "images"),
+            "data.eval_splits": ["val"],
+        }
+    )
 
 
 def test_bad_data_is_reported_at_once_before_the_first_step(broken_refer, tiny_bert_dir, tmp_path, capsys):
@@ -292,8 +315,20 @@ def test_bad_data_is_reported_at_once_before_the_first_step(broken_refer, tiny_b
     assert not (run / "checkpoints").exists()
     assert len((run / "bad_records.txt").read_text().splitlines()) == len(bad)
 
-    argv = ["data", "validate", "--format", "refer", "--root", str(root), "--dataset", "refshapes", "--split-by", "unc",
-            "--image-dir", str(root / "images")]
+    argv = [
+        "data",
+        "validate",
+        "--format",
+        "refer",
+        "--root",
+        str(root),
+        "--dataset",
+        "refshapes",
+        "--split-by",
+        "unc",
+        "--image-dir",
+        str(root / "images"),
+    ]
     assert main(argv) == 1
     printed = capsys.readouterr().out
     assert all(f"ref {ref_id} (train)" in printed for ref_id in bad) and f"{len(bad)} bad record(s)" in printed
@@ -318,14 +353,24 @@ def test_generated_text_encoder_on_custom_data(tiny_bert_dir, tmp_path):
     lines = []
     for index in range(4):
         Image.fromarray(np.full((24, 32, 3), 50 * index, np.uint8)).save(tmp_path / "img" / f"{index}.png")
-        lines.append({"image": f"img/{index}.png", "sentence": f"the zebra number {index}",
-                      "segmentation": [[2, 2, 20, 2, 20, 15]], "split": "val" if index == 3 else "train"})
+        lines.append(
+            {
+                "image": f"img/{index}.png",
+                "sentence": f"the zebra number {index}",
+                "segmentation": [[2, 2, 20, 2, 20, 15]],
+                "split": "val" if index == 3 else "train",
+            }
+        )
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(line) for line in lines))
-    config = tiny_experiment(tmp_path, tiny_bert_dir, max_steps=1, eval_every_epochs=100).with_overrides({
-        "data.format": "custom", "data.root": str(data), "data.eval_splits": ["val"],
-        "model.text.name_or_path": "generated:refshapes",
-    })
+    config = tiny_experiment(tmp_path, tiny_bert_dir, max_steps=1, eval_every_epochs=100).with_overrides(
+        {
+            "data.format": "custom",
+            "data.root": str(data),
+            "data.eval_splits": ["val"],
+            "model.text.name_or_path": "generated:refshapes",
+        }
+    )
     final, encoder = resolve_text_encoder(config, run_dir=tmp_path / "run")
     assert final.model.text.name_or_path == str(tmp_path / "run" / "tiny_bert") and encoder is not None
     assert not (tmp_path / "run").exists(), "resolving the config writes nothing"

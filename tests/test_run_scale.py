@@ -36,8 +36,18 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _torchrun(processes: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_port", str(free_port()), "-m", "ditsam.cli.main", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "ditsam.cli.main",
+        *args,
+    ]
 
 
 def _experiment_file(tmp_path: Path, refshapes_root: Path, bert: Path, **train) -> Path:
@@ -93,8 +103,19 @@ def test_resume_with_another_number_of_processes(refshapes_root, tiny_bert_dir, 
     run = tmp_path / "run"
     completed = _run(_torchrun(2, "train", "--run-dir", str(run), str(experiment)))
     assert completed.returncode == 0, completed.stderr[-3000:]
-    completed = _run([sys.executable, "-m", "ditsam.cli.main", "train", "--resume", "--run-dir", str(run),
-                      str(experiment), "train.max_steps=4"])
+    completed = _run(
+        [
+            sys.executable,
+            "-m",
+            "ditsam.cli.main",
+            "train",
+            "--resume",
+            "--run-dir",
+            str(run),
+            str(experiment),
+            "train.max_steps=4",
+        ]
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resumed from" in completed.stderr and _last(run)["progress"]["global_step"] == 4
 
@@ -106,26 +127,46 @@ def test_eval_and_predict_with_two_processes_into_new_folders(refshapes_root, ti
 
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"image": str(tmp_path / "a.png"), "text": f"the red {w}"}) + "\n"
-                             for w in ("square", "circle", "star")))
+    pairs.write_text(
+        "".join(
+            json.dumps({"image": str(tmp_path / "a.png"), "text": f"the red {w}"}) + "\n"
+            for w in ("square", "circle", "star")
+        )
+    )
     scores = tmp_path / "new" / "scores"
     completed = _run(_torchrun(2, "eval", str(checkpoint), "--data", str(experiment), "--out", str(scores)))
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads((scores / "results.json").read_text())["val"]["processes"] == 2
     out = tmp_path / "new" / "labels"
-    completed = _run(_torchrun(2, "predict", "--checkpoint", str(checkpoint), "--jsonl", str(pairs), "--out", str(out),
-                               "--no-overlays", "--workers", "0"))
+    completed = _run(
+        _torchrun(
+            2,
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--jsonl",
+            str(pairs),
+            "--out",
+            str(out),
+            "--no-overlays",
+            "--workers",
+            "0",
+        )
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(json.loads((out / "predictions.json").read_text())) == 3
-    assert sorted(p.name for p in out.glob("predictions.rank*.jsonl")) == ["predictions.rank0.jsonl",
-                                                                          "predictions.rank1.jsonl"]
+    assert sorted(p.name for p in out.glob("predictions.rank*.jsonl")) == [
+        "predictions.rank0.jsonl",
+        "predictions.rank1.jsonl",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Preemption
 # ---------------------------------------------------------------------------------------------------
-def test_sigterm_finishes_the_step_writes_last_and_resumes_bit_exact(refshapes_root, tiny_bert_dir, tmp_path,
-                                                                     monkeypatch):
+def test_sigterm_finishes_the_step_writes_last_and_resumes_bit_exact(
+    refshapes_root, tiny_bert_dir, tmp_path, monkeypatch
+):
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=7, log_every_steps=1, eval_every_epochs=100)
     straight = tmp_path / "straight"
     Trainer(config, run_dir=straight, progress=False).fit()
@@ -157,8 +198,12 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(refshapes_root, tin
 
     log = tmp_path / "stopped.log"
     with log.open("w") as output:
-        launcher = subprocess.Popen(_torchrun(2, "train", "--run-dir", str(stopped), str(experiment)),
-                                    env=_env(**{PAUSE_PER_STEP_ENV: "0.5"}), stdout=output, stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen(
+            _torchrun(2, "train", "--run-dir", str(stopped), str(experiment)),
+            env=_env(**{PAUSE_PER_STEP_ENV: "0.5"}),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
         metrics = stopped / "metrics.jsonl"
@@ -199,8 +244,10 @@ def run_with_two_copies(refshapes_root, tiny_bert_dir, tmp_path):
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=6, eval_every_epochs=1)
     run = tmp_path / "run"
     Trainer(config, run_dir=run, progress=False).fit()
-    steps = {name: torch.load(run / "checkpoints" / name / TRAINING_STATE_FILE, weights_only=True)["progress"]
-             ["global_step"] for name in ("last", "best")}
+    steps = {
+        name: torch.load(run / "checkpoints" / name / TRAINING_STATE_FILE, weights_only=True)["progress"]["global_step"]
+        for name in ("last", "best")
+    }
     assert steps["last"] == 6 and steps["best"] in (3, 6)
     return config, run
 
@@ -213,8 +260,10 @@ def test_resume_falls_back_to_the_newest_copy_that_loads(run_with_two_copies, ca
     config, run = run_with_two_copies
     last = run / "checkpoints" / "last"
     _truncate(last / TRAINING_STATE_FILE)
-    assert checkpoint_problem(last) == (f"{last / TRAINING_STATE_FILE} differs from the sha256 in {COMPLETE_MARKER} "
-                                        f"(truncated or changed since it was written)")
+    assert checkpoint_problem(last) == (
+        f"{last / TRAINING_STATE_FILE} differs from the sha256 in {COMPLETE_MARKER} "
+        f"(truncated or changed since it was written)"
+    )
     with caplog.at_level("WARNING"):
         trainer = Trainer(config.with_overrides({"train.max_steps": 8}), run_dir=run, resume=True, progress=False)
     best_step = torch.load(run / "checkpoints/best" / TRAINING_STATE_FILE, weights_only=True)["progress"]["global_step"]
@@ -259,10 +308,21 @@ def test_commands_name_the_damaged_file(run_with_two_copies, tmp_path, capsys, c
     weights = run / "checkpoints/best" / "model.safetensors"
     _truncate(weights)
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
-    argv = {"eval": ["eval", str(run / "checkpoints/best"), "--out", str(tmp_path / "e")],
-            "predict": ["predict", "--checkpoint", str(run / "checkpoints/best"), "--image", str(tmp_path / "a.png"),
-                        "--text", "the red square", "--out", str(tmp_path / "p")],
-            "convert": ["convert", str(run / "checkpoints/best"), str(tmp_path / "c")]}[command]
+    argv = {
+        "eval": ["eval", str(run / "checkpoints/best"), "--out", str(tmp_path / "e")],
+        "predict": [
+            "predict",
+            "--checkpoint",
+            str(run / "checkpoints/best"),
+            "--image",
+            str(tmp_path / "a.png"),
+            "--text",
+            "the red square",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        "convert": ["convert", str(run / "checkpoints/best"), str(tmp_path / "c")],
+    }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(weights) in err, err[-2000:]
@@ -288,7 +348,9 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(refshapes_root,
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], env=_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunFolderLockedError, match=rf"in use by another trainer, PID {holder.pid} on host .*--run-dir"):
+        with pytest.raises(
+            RunFolderLockedError, match=rf"in use by another trainer, PID {holder.pid} on host .*--run-dir"
+        ):
             Trainer(config, run_dir=run, progress=False)
         assert not (run / "checkpoints").exists(), "refused before anything is written"
     finally:
@@ -345,9 +407,22 @@ def test_an_error_on_one_rank_ends_every_rank_printed_once(refshapes_root, tiny_
     experiment = _experiment_file(tmp_path, refshapes_root, tiny_bert_dir, max_steps=6)
     script = tmp_path / "faulty.py"
     script.write_text(_FAULTY_RUN)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), where, str(failing), "train", "--run-dir", str(tmp_path / "run"),
-               str(experiment)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        where,
+        str(failing),
+        "train",
+        "--run-dir",
+        str(tmp_path / "run"),
+        str(experiment),
+    ]
     began = time.monotonic()
     completed = _run(command)
     seconds = time.monotonic() - began

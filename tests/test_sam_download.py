@@ -49,13 +49,17 @@ def serve_sam_file(server: FileServer, state: dict[str, torch.Tensor], *, stem: 
 
 def sam_part(model: DITSam) -> dict[str, torch.Tensor]:
     """The SAM-named tensors of a model (an official SAM file holds exactly these names)."""
-    return {k: v.clone() for k, v in model.state_dict().items()
-            if k.startswith(SAM_PREFIXES) and not k.startswith("image_encoder.injection.")}
+    return {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(SAM_PREFIXES) and not k.startswith("image_encoder.injection.")
+    }
 
 
 def experiment(bert_dir: Path, init_checkpoint: str) -> ExperimentConfig:
-    return ExperimentConfig.from_dict({"model": tiny_config(bert_dir).to_dict(),
-                                       "train": {"init_checkpoint": init_checkpoint}})
+    return ExperimentConfig.from_dict(
+        {"model": tiny_config(bert_dir).to_dict(), "train": {"init_checkpoint": init_checkpoint}}
+    )
 
 
 def test_official_names_and_urls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,8 +102,11 @@ def test_a_file_failing_the_hash_check_is_discarded(
     name = serve_sam_file(sam_server, weights, stem="sam_vit_l", prefix="000000")
     monkeypatch.setitem(sam_files.SAM_CHECKPOINTS, "sam_vit_l", name)
 
-    with pytest.raises(SamDownloadError, match=rf"sam_vit_l: the file downloaded from http://127\.0\.0\.1.*{name}: its "
-                                               rf"SHA-256 does not start with 000000.*discarded"):
+    with pytest.raises(
+        SamDownloadError,
+        match=rf"sam_vit_l: the file downloaded from http://127\.0\.0\.1.*{name}: its "
+        rf"SHA-256 does not start with 000000.*discarded",
+    ):
         build_model(experiment(tiny_bert_dir, "sam_vit_l"))
 
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"
@@ -112,15 +119,16 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
         port = probe.getsockname()[1]
     monkeypatch.setenv(sam_files.BASE_URL_ENV, f"http://127.0.0.1:{port}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(SamDownloadError, match=rf"sam_vit_h: cannot download http://127\.0\.0\.1:{port}/sam_vit_h_4b8939"
-                                               rf"\.pth.*DITSAM_SAM_BASE_URL"):
+    with pytest.raises(
+        SamDownloadError,
+        match=rf"sam_vit_h: cannot download http://127\.0\.0\.1:{port}/sam_vit_h_4b8939"
+        rf"\.pth.*DITSAM_SAM_BASE_URL",
+    ):
         fetch_sam_checkpoint("sam_vit_h", cache_dir=tmp_path / "cache", progress=False)
     assert not any((tmp_path / "cache").iterdir())
 
 
-def test_init_checkpoint_takes_a_hub_id_and_a_folder(
-    hub_cache: Path, checkpoint: Path, tiny_bert_dir: Path
-) -> None:
+def test_init_checkpoint_takes_a_hub_id_and_a_folder(hub_cache: Path, checkpoint: Path, tiny_bert_dir: Path) -> None:
     snapshot = publish(hub_cache, REPO, {".": checkpoint}, commit=COMMIT_MAIN, ref="main")
     assert resolve_init_checkpoint(REPO) == snapshot
     expected = DITSam.from_pretrained(checkpoint).state_dict()

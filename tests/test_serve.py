@@ -57,8 +57,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     scene[...] = (30 + yy * 2)[..., None].astype(np.uint8)
     scene[(yy - 20) ** 2 + (xx - 22) ** 2 < 90] = (220, 40, 40)
     scene[30:44, 40:58] = (40, 80, 220)
-    out = {"scene": folder / "scene.png", "huge": folder / "huge.png", "text": folder / "notes.txt",
-           "fake": folder / "fake.png"}
+    out = {
+        "scene": folder / "scene.png",
+        "huge": folder / "huge.png",
+        "text": folder / "notes.txt",
+        "fake": folder / "fake.png",
+    }
     Image.fromarray(scene).save(out["scene"])
     Image.new("RGB", (200, 200), (90, 90, 90)).save(out["huge"])  # 40,000 px > MAX_PIXELS
     out["text"].write_text("these are notes, not a picture\n", encoding="utf-8")
@@ -80,7 +84,13 @@ def test_handler_predicts_like_the_segmenter(segmenter: Segmenter, files: dict[s
     expected = segmenter.predict(files["scene"], SENTENCE)
     assert 0 < expected.area < 64 * 48, "the test model should give a partial mask"
     payload = {"path": str(files["scene"]), "orig_name": "my photo.png", "meta": {"_type": "gradio.FileData"}}
-    for image in (files["scene"], str(files["scene"]), payload, Image.open(files["scene"]), np.asarray(Image.open(files["scene"]))):
+    for image in (
+        files["scene"],
+        str(files["scene"]),
+        payload,
+        Image.open(files["scene"]),
+        np.asarray(Image.open(files["scene"])),
+    ):
         out = predict_handler(segmenter, image=image, sentence=f"  {SENTENCE} ")
         assert out.ok and out.result is not None
         np.testing.assert_array_equal(out.result.mask, expected.mask)
@@ -144,7 +154,9 @@ def test_handler_passes_clicks_as_points_and_box(segmenter: Segmenter, files: di
         clicks = clicks.add(mode=mode, x=x, y=y)
     out = predict_handler(segmenter, image=files["scene"], sentence=SENTENCE, clicks=clicks)
     expected = segmenter.predict(
-        files["scene"], SENTENCE, points=(np.array([[20.0, 18.0], [5.0, 40.0]]), np.array([1, 0])),
+        files["scene"],
+        SENTENCE,
+        points=(np.array([[20.0, 18.0], [5.0, 40.0]]), np.array([1, 0])),
         boxes=np.array([38.0, 28.0, 50.0, 44.0]),
     )
     assert out.ok
@@ -264,11 +276,22 @@ def test_serve_command_builds_the_segmenter_and_examples(
     calls: list[dict[str, Any]] = []
 
     def fake_serve(segmenter: Segmenter, *, host: str, port: int, examples: Any, **options: Any) -> None:
-        calls.append({"segmenter": segmenter, "host": host, "port": port, "examples": list(examples),
-                      "exist": all(Path(p).is_file() for p, _ in examples), **options})
+        calls.append(
+            {
+                "segmenter": segmenter,
+                "host": host,
+                "port": port,
+                "examples": list(examples),
+                "exist": all(Path(p).is_file() for p, _ in examples),
+                **options,
+            }
+        )
 
     monkeypatch.setattr(ditsam.serve, "serve", fake_serve)
-    assert main(["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--max-pixels", "1234", "--port", "7999"]) == 0
+    assert (
+        main(["serve", "--checkpoint", str(checkpoint), "--device", "cpu", "--max-pixels", "1234", "--port", "7999"])
+        == 0
+    )
     call = calls.pop()
     assert call["segmenter"].max_pixels == 1234 and (call["host"], call["port"]) == ("127.0.0.1", 7999)
     assert len(call["examples"]) == 4 and call["exist"], "generated RefShapes examples exist while serving"
@@ -294,25 +317,31 @@ def test_serve_command_builds_the_segmenter_and_examples(
     assert calls.pop()["auth"] == [("ann", "right")]
 
 
-def test_serve_command_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_serve_command_errors(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[demo]')")
     assert main(["serve", "--checkpoint", str(checkpoint), "--examples", str(tmp_path / "missing")]) == 2
     assert "examples folder" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
     base = ["serve", "--checkpoint", str(checkpoint), "--no-examples"]
-    for option, message in [(["--auth", "ann-hunter2"], "--auth: expected user:password"),
-                            (["--auth", ":hunter2"], "an empty user name"),
-                            (["--auth", "ann:"], "an empty password"),
-                            (["--auth-file", str(tmp_path / "missing.txt")], "missing.txt does not exist")]:
+    for option, message in [
+        (["--auth", "ann-hunter2"], "--auth: expected user:password"),
+        (["--auth", ":hunter2"], "an empty user name"),
+        (["--auth", "ann:"], "an empty password"),
+        (["--auth-file", str(tmp_path / "missing.txt")], "missing.txt does not exist"),
+    ]:
         assert main([*base, *option]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert "hunter2" not in err, "a password is never echoed"
     bad_file = tmp_path / "auth.txt"
-    for text, message in [("ann:one\nann:two\n", "line 2: user 'ann' appears twice"),
-                          ("ann:ok\nbob hunter2\n", "line 2: expected user:password"),
-                          ("# nobody\n\n", "holds no user:password line")]:
+    for text, message in [
+        ("ann:one\nann:two\n", "line 2: user 'ann' appears twice"),
+        ("ann:ok\nbob hunter2\n", "line 2: expected user:password"),
+        ("# nobody\n\n", "holds no user:password line"),
+    ]:
         bad_file.write_text(text, encoding="utf-8")
         assert main([*base, "--auth-file", str(bad_file)]) == 2
         err = capsys.readouterr().err
@@ -320,8 +349,12 @@ def test_serve_command_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pyt
     with pytest.raises(SystemExit):  # argparse: one or the other
         main([*base, "--auth", "ann:x", "--auth-file", str(bad_file)])
     assert "not allowed with argument" in capsys.readouterr().err
-    for option, value in [("--max-queue", "0"), ("--request-timeout", "0"), ("--request-timeout", "inf"),
-                          ("--request-timeout", "soon")]:
+    for option, value in [
+        ("--max-queue", "0"),
+        ("--request-timeout", "0"),
+        ("--request-timeout", "inf"),
+        ("--request-timeout", "soon"),
+    ]:
         with pytest.raises(SystemExit):
             main([*base, option, value])
         assert option in capsys.readouterr().err
@@ -330,10 +363,20 @@ def test_serve_command_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pyt
     assert "pip install 'ditsam[demo]'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("host, loopback", [
-    ("127.0.0.1", True), ("127.0.1.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
-    ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("demo.example.org", False),
-])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.1.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("demo.example.org", False),
+    ],
+)
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
@@ -445,9 +488,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1600", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1600",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_page_load_timeout(30)
@@ -484,17 +536,24 @@ class Page:
         try:
             return self.wait.until(lambda d: condition())
         except TimeoutException:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}; status: {self.text('#status')!r}; "
-                                 f"clicks: {self.text('#clicks')!r}") from None
+            raise AssertionError(
+                f"timed out after {WAIT_S} s waiting for {what}; status: {self.text('#status')!r}; "
+                f"clicks: {self.text('#clicks')!r}"
+            ) from None
 
     def upload(self, path: Path, *, expect_image: bool = True) -> None:
         self.find("#image input[type=file]").send_keys(str(path))
         if expect_image:  # the upload is done once the picture shows; pressing Segment earlier sends no image
-            self.until(lambda: self.driver.find_elements(self.by.CSS_SELECTOR, "#image img[src*='file=']"), f"{path.name} to show")
+            self.until(
+                lambda: self.driver.find_elements(self.by.CSS_SELECTOR, "#image img[src*='file=']"),
+                f"{path.name} to show",
+            )
 
     def remove_image(self) -> None:
         self.find("#image button[aria-label='Remove Image']").click()
-        self.until(lambda: not self.driver.find_elements(self.by.CSS_SELECTOR, "#image img[src*='file=']"), "the image to go")
+        self.until(
+            lambda: not self.driver.find_elements(self.by.CSS_SELECTOR, "#image img[src*='file=']"), "the image to go"
+        )
 
     def type(self, sentence: str) -> None:
         box = self.find("#sentence textarea")
@@ -519,8 +578,12 @@ class Page:
         ActionChains(self.driver).move_to_element_with_offset(self.find("#image img"), dx, dy).click().perform()
 
     def image_bytes(self, css: str) -> bytes:
-        src = self.until(lambda: self.find(css).get_attribute("src") if self.driver.find_elements(self.by.CSS_SELECTOR, css) else None,
-                         f"an image in {css}")
+        src = self.until(
+            lambda: (
+                self.find(css).get_attribute("src") if self.driver.find_elements(self.by.CSS_SELECTOR, css) else None
+            ),
+            f"an image in {css}",
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(src, timeout=10) as response:
             return response.read()
@@ -550,7 +613,9 @@ class TestPage:
         overlay = Image.open(io.BytesIO(page.image_bytes("#overlay img")))
         assert overlay.size == (64, 48)
 
-    def test_enter_in_the_sentence_box_segments_too(self, page: Page, segmenter: Segmenter, files: dict[str, Path]) -> None:
+    def test_enter_in_the_sentence_box_segments_too(
+        self, page: Page, segmenter: Segmenter, files: dict[str, Path]
+    ) -> None:
         from selenium.webdriver.common.keys import Keys
 
         page.upload(files["scene"])
@@ -576,8 +641,10 @@ class TestPage:
         page.upload(files["text"], expect_image=False)
         page.type(SENTENCE)
         page.find("#segment").click()
-        page.until(lambda: "notes.txt" in page.text("body") and re.search("no image|cannot read", page.text("#status")),
-                   "a message about notes.txt")
+        page.until(
+            lambda: "notes.txt" in page.text("body") and re.search("no image|cannot read", page.text("#status")),
+            "a message about notes.txt",
+        )
         # A text file named .png passes that check and reaches the server, which says what is wrong.
         page.upload(files["fake"])
         status = page.segment(expect="cannot read")
@@ -594,15 +661,19 @@ class TestPage:
         assert "huge.png is 200x200 pixels" in status and "--max-pixels" in status
         assert not page.driver.find_elements(page.by.CSS_SELECTOR, "#mask img"), "no stale mask after a problem"
 
-    def test_clicks_refine_with_points_and_a_box(self, page: Page, segmenter: Segmenter, files: dict[str, Path]) -> None:
+    def test_clicks_refine_with_points_and_a_box(
+        self, page: Page, segmenter: Segmenter, files: dict[str, Path]
+    ) -> None:
         page.upload(files["scene"])
         page.type(SENTENCE)
         page.click_image(0, 0)  # mode "off": nothing is added
         page.until(lambda: "Choose a click mode" in page.text("#clicks"), "the click-mode hint")
         page.click_mode(CLICK_FOREGROUND)
         page.click_image(-10, -6)
-        status = page.until(lambda: "Clicks: foreground" in page.text("#status") and page.text("#status"), "a point result")
-        (px, py), = [tuple(map(int, xy)) for xy in re.findall(r"foreground \((\d+), (\d+)\)", status)]
+        status = page.until(
+            lambda: "Clicks: foreground" in page.text("#status") and page.text("#status"), "a point result"
+        )
+        ((px, py),) = [tuple(map(int, xy)) for xy in re.findall(r"foreground \((\d+), (\d+)\)", status)]
         assert abs(px - 22) <= 2 and abs(py - 18) <= 2, status  # centre (32, 24) + offset
         page.click_mode(CLICK_BOX)
         page.click_image(20, 16)
@@ -612,7 +683,9 @@ class TestPage:
         x1, y1, x2, y2 = map(int, re.search(r"box \((\d+), (\d+)\) to \((\d+), (\d+)\)", status).groups())
         assert abs(x1 - 38) <= 2 and abs(y1 - 26) <= 2 and abs(x2 - 52) <= 2 and abs(y2 - 40) <= 2, status
         expected = segmenter.predict(
-            files["scene"], SENTENCE, points=(np.array([[px, py]], np.float64), np.array([1])),
+            files["scene"],
+            SENTENCE,
+            points=(np.array([[px, py]], np.float64), np.array([1])),
             boxes=np.array([x1, y1, x2, y2], np.float64),
         )
         assert _area_and_score(status) == (expected.area, pytest.approx(expected.score, abs=6e-5))
@@ -625,7 +698,9 @@ class TestPage:
         assert len(rows) == len(server["examples"])
         rows[0].click()
         page.until(lambda: page.find("#sentence textarea").get_attribute("value") == sentence, "the example sentence")
-        page.until(lambda: page.driver.find_elements(page.by.CSS_SELECTOR, "#image img[src*='file=']"), "the example image")
+        page.until(
+            lambda: page.driver.find_elements(page.by.CSS_SELECTOR, "#image img[src*='file=']"), "the example image"
+        )
         status = page.segment(expect="area")
         expected = segmenter.predict(path, sentence)
         assert _area_and_score(status) == (expected.area, pytest.approx(expected.score, abs=6e-5))
@@ -688,8 +763,12 @@ def test_login_refuses_a_wrong_password_and_accepts_the_right_one(
     segmenter: Segmenter, files: dict[str, Path], tmp_path: Path
 ) -> None:
     with _launched(segmenter, tmp_path, auth=[("ann", "right"), ("bob", "other")]) as url:
-        request = urllib.request.Request(f"{url}gradio_api/call/segment", data=b'{"data": []}', method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{url}gradio_api/call/segment",
+            data=b'{"data": []}',
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=WAIT_S)
         assert refused.value.code == 401, "the API refuses a caller who has not logged in"

@@ -32,7 +32,9 @@ def _step(model: DITSam, loss_fn) -> TrainingStep:
     optimizer = build_adam(model.parameters(), TrainConfig(lr=1e-2), device=accelerator.device)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     ema = EMA(model, decay=0.5, warmup=False)
-    return TrainingStep(accelerator=accelerator, model=prepared, optimizer=optimizer, loss_fn=loss_fn, ema=ema, grad_clip=0.15)
+    return TrainingStep(
+        accelerator=accelerator, model=prepared, optimizer=optimizer, loss_fn=loss_fn, ema=ema, grad_clip=0.15
+    )
 
 
 def test_step_updates_weights_and_ema_and_returns_device_tensors(tiny_bert_dir: Path) -> None:
@@ -84,10 +86,17 @@ def test_the_trainer_reads_the_loss_only_at_log_steps_and_checkpoints(tmp_path: 
     from ditsam.engine.config import load_experiment
     from ditsam.engine.train import Trainer
 
-    config = load_experiment("refshapes/ldit", {
-        "data.root": str(tmp_path / "data"), "data.eval_splits": [], "data.num_workers": 0,
-        "train.max_steps": 7, "train.log_every_steps": 3, "train.epochs": 1,
-    })
+    config = load_experiment(
+        "refshapes/ldit",
+        {
+            "data.root": str(tmp_path / "data"),
+            "data.eval_splits": [],
+            "data.num_workers": 0,
+            "train.max_steps": 7,
+            "train.log_every_steps": 3,
+            "train.epochs": 1,
+        },
+    )
     trainer = Trainer(config, run_dir=tmp_path / "run", progress=False)
     checked_at: list[int] = []
     real_check = Trainer._check_finite

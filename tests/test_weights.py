@@ -295,6 +295,7 @@ def test_wrapped_state_dicts_are_unwrapped_preferring_ema(bert_dir: Path, tmp_pa
 # Reference DIT checkpoints
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "overrides",
     [{"injection": "layerwise"}, {"injection": "e2e", "injection_options": {"refine_text_per_layer": True}}],
@@ -333,7 +334,9 @@ def test_reference_checkpoint_reproduces_logits(bert_dir: Path, tmp_path: Path, 
 
 
 def test_reference_e2e_checkpoint_needs_per_layer_refresh(bert_dir: Path) -> None:
-    source = randomise(DITSam(tiny_config(bert_dir, injection="e2e", injection_options=dict(refine_text_per_layer=True))), seed=1)
+    source = randomise(
+        DITSam(tiny_config(bert_dir, injection="e2e", injection_options=dict(refine_text_per_layer=True))), seed=1
+    )
     state = to_reference_state_dict(source.state_dict(), source.config)
     plain = DITSam(tiny_config(bert_dir, injection="e2e", injection_options=dict(refine_text_per_layer=False)))
     with pytest.raises(CheckpointError, match="refine_text_per_layer: true"):
@@ -510,8 +513,9 @@ def test_transformers_sam_state_dict_is_renamed_and_loaded(bert_dir: Path, tmp_p
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_weights_are_refused_naming_the_tensor(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                           value: float) -> None:
+def test_non_finite_weights_are_refused_naming_the_tensor(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, value: float
+) -> None:
     """Loaded silently, such weights predicted empty masks for every input."""
     import shutil
 
@@ -533,7 +537,21 @@ def test_non_finite_weights_are_refused_naming_the_tensor(checkpoint: Path, tmp_
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    assert main(["predict", "--checkpoint", str(damaged), "--image", str(tmp_path / "a.png"), "--text", "a",
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(damaged),
+                "--image",
+                str(tmp_path / "a.png"),
+                "--text",
+                "a",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"tensor {key}" in err and f"3 {kind}" in err, err

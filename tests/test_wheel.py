@@ -36,8 +36,11 @@ def _fresh_venv(folder: Path, env: dict[str, str]) -> Path:
     """A venv (no pip: the project's pip installs into it) whose path ends with the project's packages."""
     _run([sys.executable, "-m", "venv", "--without-pip", str(folder)], cwd=folder.parent, env=env)
     python = folder / "bin" / "python"
-    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        cwd=folder.parent, env=env).strip())
+    purelib = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=folder.parent, env=env
+        ).strip()
+    )
     # A plain path line: appended after the venv's own site-packages, its .pth files (editable installs) not run.
     (purelib / "project-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     return python
@@ -47,8 +50,7 @@ def _copy_sources(destination: Path) -> Path:
     destination.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, destination / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(ROOT / name, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(ROOT / name, destination / name)
     return destination
@@ -59,13 +61,30 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     dist = tmp_path / "dist"
     # The project environment's setuptools builds it (no isolated build environment to download).
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-          str(_copy_sources(tmp_path / "source"))], cwd=tmp_path, env=env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(_copy_sources(tmp_path / "source")),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     (wheel,) = dist.glob("ditsam-*.whl")
     assert wheel.name.startswith(f"ditsam-{ditsam.__version__}-")
     python = _fresh_venv(tmp_path / "venv", env)
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-         cwd=tmp_path, env=env)
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        cwd=tmp_path,
+        env=env,
+    )
     bin_dir = python.parent
     work = tmp_path / "outside"
     work.mkdir()
@@ -80,8 +99,24 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (48, 32), (200, 30, 30)).save(work / "photo.png")
-    _run([str(bin_dir / "ditsam"), "predict", "--checkpoint", str(work / "model"), "--image", str(work / "photo.png"),
-          "--text", "the red square", "--out", str(work / "predicted"), "--device", "cpu"], cwd=work, env=env)
+    _run(
+        [
+            str(bin_dir / "ditsam"),
+            "predict",
+            "--checkpoint",
+            str(work / "model"),
+            "--image",
+            str(work / "photo.png"),
+            "--text",
+            "the red square",
+            "--out",
+            str(work / "predicted"),
+            "--device",
+            "cpu",
+        ],
+        cwd=work,
+        env=env,
+    )
     predictions = json.loads((work / "predicted" / "predictions.json").read_text())
     assert len(predictions) == 1 and predictions[0]["sentence"] == "the red square"
     assert predictions[0]["segmentation"]["size"] == [32, 48]  # COCO RLE at the image size

@@ -59,12 +59,18 @@ if TYPE_CHECKING:  # heavy imports stay out of `import ditsam.api`
     from ditsam.model.dit import DITSam
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "BoxInput", "ImageInput", "PointsInput", "SegmentationResult",
-    "Segmenter", "read_image", "resolve_device", "resolve_dtype",
+    "DEFAULT_MAX_PIXELS",
+    "BoxInput",
+    "ImageInput",
+    "PointsInput",
+    "SegmentationResult",
+    "Segmenter",
+    "read_image",
+    "resolve_device",
+    "resolve_dtype",
 ]
 
 logger = logging.getLogger(__name__)
-
 
 
 class Segmenter:
@@ -162,9 +168,15 @@ class Segmenter:
 
         resolve_device_for(device, dtype)  # an unusable device fails before loading
         model = DITSam.from_pretrained(
-            source, revision=revision, injection=injection, config=config,  # type: ignore[arg-type]
-            text_name_or_path=text_name_or_path, cache_dir=cache_dir, token=token,
-            local_files_only=local_files_only, force_download=force_download,
+            source,
+            revision=revision,
+            injection=injection,
+            config=config,  # type: ignore[arg-type]
+            text_name_or_path=text_name_or_path,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
         )
         return cls(model, device=device, dtype=dtype, threshold=threshold, max_pixels=max_pixels, batch_size=batch_size)
 
@@ -274,8 +286,10 @@ class Segmenter:
             mask, present = final_mask(restored, threshold=threshold, no_target=no_target)
             results.append(
                 SegmentationResult(
-                    mask=mask.cpu().numpy(), score=float(chosen.score[row]),
-                    logits=restored.cpu().numpy().astype(np.float32, copy=False), present=present,
+                    mask=mask.cpu().numpy(),
+                    score=float(chosen.score[row]),
+                    logits=restored.cpu().numpy().astype(np.float32, copy=False),
+                    present=present,
                     presence=None if chosen.presence is None else float(chosen.presence[row]),
                 )
             )

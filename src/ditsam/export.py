@@ -104,7 +104,11 @@ class ExportReport:
     checked_with: str
 
     def __str__(self) -> str:
-        check = f"max |onnxruntime - torch| = {self.max_abs_diff:.2e}" if self.max_abs_diff is not None else self.checked_with
+        check = (
+            f"max |onnxruntime - torch| = {self.max_abs_diff:.2e}"
+            if self.max_abs_diff is not None
+            else self.checked_with
+        )
         return f"{self.path} (opset {self.opset}, {self.size_bytes / 1e6:.1f} MB): {check}"
 
 
@@ -147,8 +151,15 @@ def export_onnx(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         torch.onnx.export(
-            wrapper, inputs, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
-            output_names=list(names), dynamic_axes=dynamic_axes, do_constant_folding=True,
+            wrapper,
+            inputs,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=list(names),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
         )
     size = path.stat().st_size  # without external data files (models over 2 GB)
     report = ExportReport(path=path, opset=opset, size_bytes=size, max_abs_diff=None, checked_with="not checked")
@@ -160,7 +171,9 @@ def export_onnx(
     return report
 
 
-def run_onnx(path: str | os.PathLike, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, ...]:
+def run_onnx(
+    path: str | os.PathLike, image: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Run an exported file with onnxruntime on the CPU: returns (masks (B,M,S,S), iou (B,M)), plus
     presence logits (B,) for a model with a no-target head."""
     import onnxruntime
@@ -170,7 +183,11 @@ def run_onnx(path: str | os.PathLike, image: np.ndarray, input_ids: np.ndarray, 
 
 
 def check_onnx(
-    model: DITSam, path: str | os.PathLike, *, attention_mask_dtype: Literal["int64", "bool"] = "int64", batch_size: int = 3
+    model: DITSam,
+    path: str | os.PathLike,
+    *,
+    attention_mask_dtype: Literal["int64", "bool"] = "int64",
+    batch_size: int = 3,
 ) -> tuple[float | None, str]:
     """Compare onnxruntime with PyTorch on fresh inputs (batch ``batch_size``).
 

@@ -52,7 +52,10 @@ def quantize_model(model: DITSam, path: str | os.PathLike, *, per_channel: bool 
         export_onnx(model, float_path, verify=False)
         logger.info("quantising %s to int8 (%s)", float_path.name, path)
         quantize_dynamic(
-            str(float_path), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+            str(float_path),
+            str(path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS),
             per_channel=per_channel,
             # Only products with a constant weight: attention's activation-by-activation products stay float.
             extra_options={"MatMulConstBOnly": True},
@@ -84,14 +87,22 @@ class OnnxRunner:
     def int8(cls, model: DITSam, *, threads: int | None = None, per_channel: bool = False) -> "OnnxRunner":
         """Quantise ``model`` (see :func:`quantize_model`) into a temporary file and load it."""
         with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
-            return cls(quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads)
+            return cls(
+                quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads
+            )
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
         if any(value is not None for value in prompts.values()):
-            raise ValueError(f"the ONNX model (int8 inference) takes text prompts only, got {', '.join(sorted(prompts))}")
+            raise ValueError(
+                f"the ONNX model (int8 inference) takes text prompts only, got {', '.join(sorted(prompts))}"
+            )
         mask = text.attention_mask.bool() if self.mask_is_bool else text.attention_mask.long()
         arrays = (images.detach().float().contiguous(), text.input_ids, mask)
         outputs = self.session.run(None, {n: a.cpu().numpy() for n, a in zip(INPUT_NAMES, arrays)})
         presence = torch.from_numpy(outputs[2]) if len(outputs) > len(OUTPUT_NAMES) else None  # a no-target head's
-        return DITSamOutput(logits=torch.from_numpy(outputs[0]), low_res_logits=None,  # type: ignore[arg-type]
-                            iou_predictions=torch.from_numpy(outputs[1]), presence_logits=presence)
+        return DITSamOutput(
+            logits=torch.from_numpy(outputs[0]),
+            low_res_logits=None,  # type: ignore[arg-type]
+            iou_predictions=torch.from_numpy(outputs[1]),
+            presence_logits=presence,
+        )

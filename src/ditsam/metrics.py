@@ -143,7 +143,9 @@ class GRESMetrics:
         self.target_kept = 0
         self.hits = [0] * len(GRES_THRESHOLDS)
 
-    def update(self, pred: Any, gt: Any, pred_no_target: bool | None = None, *, gt_no_target: bool | None = None) -> float:
+    def update(
+        self, pred: Any, gt: Any, pred_no_target: bool | None = None, *, gt_no_target: bool | None = None
+    ) -> float:
         """Add one sample; returns its IoU.
 
         ``pred``, ``gt``: boolean (H, W) masks at the original size; an all-False ``gt`` is a
@@ -184,8 +186,17 @@ class GRESMetrics:
         """The sums as a float64 tensor [I, U, count, sum IoU, no-target count, flagged, target count,
         kept, hits...] (exact for counts < 2**53)."""
         return torch.tensor(
-            [self.intersection, self.union, self.count, self.iou_sum, self.no_target_count, self.no_target_flagged,
-             self.target_count, self.target_kept, *self.hits],
+            [
+                self.intersection,
+                self.union,
+                self.count,
+                self.iou_sum,
+                self.no_target_count,
+                self.no_target_flagged,
+                self.target_count,
+                self.target_kept,
+                *self.hits,
+            ],
             dtype=torch.float64,
         )
 

@@ -105,8 +105,9 @@ def prepare_output_folder(
 ) -> Path:
     """:func:`ensure_writable_folder`, then :func:`refuse_earlier_results`; returns the folder."""
     folder = ensure_writable_folder(folder, what=what)
-    refuse_earlier_results(folder, what=what, holds_results=holds_results, resume=resume, overwrite=overwrite,
-                           resume_flag=resume_flag)
+    refuse_earlier_results(
+        folder, what=what, holds_results=holds_results, resume=resume, overwrite=overwrite, resume_flag=resume_flag
+    )
     return folder
 
 

@@ -79,9 +79,13 @@ with point and box prompts ("Mix", `refcoco/mix`); a text-only model ignores or 
 
 def _model_line(segmenter: "Segmenter") -> str:
     config = segmenter.model.config
-    limit = "no size limit" if segmenter.max_pixels is None else f"images up to {segmenter.max_pixels / 1e6:g} megapixels"
-    return (f"Model: injection `{config.injection}`, input {config.image_size} px, device `{segmenter.device}`; {limit}; "
-            f"sentences up to {MAX_SENTENCE_CHARS} characters.")
+    limit = (
+        "no size limit" if segmenter.max_pixels is None else f"images up to {segmenter.max_pixels / 1e6:g} megapixels"
+    )
+    return (
+        f"Model: injection `{config.injection}`, input {config.image_size} px, device `{segmenter.device}`; {limit}; "
+        f"sentences up to {MAX_SENTENCE_CHARS} characters."
+    )
 
 
 def build_app(
@@ -144,27 +148,46 @@ def build_app(
         with gr.Row():
             with gr.Column():
                 image_in = gr.Image(
-                    label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=IMAGE_HEIGHT,
+                    label="Image",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=IMAGE_HEIGHT,
                     elem_id="image",
                 )
                 sentence_in = gr.Textbox(
-                    label="Sentence", placeholder="the small red circle on the left", lines=1, elem_id="sentence",
+                    label="Sentence",
+                    placeholder="the small red circle on the left",
+                    lines=1,
+                    elem_id="sentence",
                     max_length=MAX_SENTENCE_CHARS,
                 )
                 with gr.Row():
                     segment = gr.Button("Segment", variant="primary", elem_id="segment")
                 click_mode = gr.Radio(
-                    list(CLICK_MODES), value=CLICK_OFF, label="Clicks on the image add (Mix-trained models only)",
+                    list(CLICK_MODES),
+                    value=CLICK_OFF,
+                    label="Clicks on the image add (Mix-trained models only)",
                     elem_id="click-mode",
                 )
                 clicks_md = gr.Markdown(Clicks().describe(), elem_id="clicks")
                 clear_clicks = gr.Button("Clear clicks", size="sm", elem_id="clear-clicks")
             with gr.Column():
                 overlay_out = gr.Image(
-                    label="Prediction (red)", type="pil", format="png", interactive=False, height=IMAGE_HEIGHT, elem_id="overlay"
+                    label="Prediction (red)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=IMAGE_HEIGHT,
+                    elem_id="overlay",
                 )
                 mask_out = gr.Image(
-                    label="Mask", type="pil", format="png", image_mode="L", interactive=False, height=IMAGE_HEIGHT // 2,
+                    label="Mask",
+                    type="pil",
+                    format="png",
+                    image_mode="L",
+                    interactive=False,
+                    height=IMAGE_HEIGHT // 2,
                     elem_id="mask",
                 )
                 status = gr.Markdown("Upload an image and type a sentence.", elem_id="status")
@@ -172,7 +195,9 @@ def build_app(
         if examples:
             gr.Examples(
                 examples=[[os.fspath(path), sentence] for path, sentence in examples],
-                inputs=[image_in, sentence_in], label="Examples", elem_id="examples",
+                inputs=[image_in, sentence_in],
+                label="Examples",
+                elem_id="examples",
             )
 
         model_event = dict(preprocess=False, concurrency_limit=1, concurrency_id="model")
@@ -180,8 +205,11 @@ def build_app(
         segment.click(run, api_name="segment", **predict_io, **model_event)
         sentence_in.submit(run, api_visibility="private", **predict_io, **model_event)
         image_in.select(
-            on_click, inputs=[image_in, sentence_in, clicks_state, click_mode],
-            outputs=[clicks_state, clicks_md, overlay_out, mask_out, status], api_visibility="private", **model_event,
+            on_click,
+            inputs=[image_in, sentence_in, clicks_state, click_mode],
+            outputs=[clicks_state, clicks_md, overlay_out, mask_out, status],
+            api_visibility="private",
+            **model_event,
         )
         # Resetting the clicks costs nothing: it skips the queue, so a busy model never refuses it.
         reset_event = dict(outputs=[clicks_state, clicks_md], api_visibility="private", queue=False)
@@ -210,13 +238,21 @@ def serve(
     if not auth and not is_loopback(host):
         logger.warning(
             "serving on %s without a login: anyone who can reach this machine can use the demo and its model; "
-            "add --auth-file FILE (user:password lines) or --auth user:password", host,
+            "add --auth-file FILE (user:password lines) or --auth user:password",
+            host,
         )
     app = build_app(  # example files are copied into Gradio's cache here
-        segmenter, examples=examples, max_queue=max_queue, request_timeout_s=request_timeout_s,
+        segmenter,
+        examples=examples,
+        max_queue=max_queue,
+        request_timeout_s=request_timeout_s,
     )
     logger.info(
         "serving the demo on http://%s:%d (%s; at most %d waiting requests, %g s per request; Ctrl-C stops it)",
-        host, port, "login required" if auth else "no login", max_queue, request_timeout_s,
+        host,
+        port,
+        "login required" if auth else "no login",
+        max_queue,
+        request_timeout_s,
     )
     app.launch(server_name=host, server_port=port, auth=list(auth) if auth else None)

@@ -18,7 +18,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def overlay(image: Image.Image, pred: np.ndarray | None, gt: np.ndarray | None = None, *, alpha: float = 0.45) -> Image.Image:
+def overlay(
+    image: Image.Image, pred: np.ndarray | None, gt: np.ndarray | None = None, *, alpha: float = 0.45
+) -> Image.Image:
     """The image with the prediction filled in red and the ground truth outlined in green."""
     canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
     if pred is not None:
@@ -73,7 +75,9 @@ def fit_within(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
 
 
-def prediction_card(image: Image.Image, sentence: str, pred: np.ndarray, gt: np.ndarray | None, iou: float | None = None) -> Image.Image:
+def prediction_card(
+    image: Image.Image, sentence: str, pred: np.ndarray, gt: np.ndarray | None, iou: float | None = None
+) -> Image.Image:
     """Prediction (red) and ground truth (green outline) on the image, captioned with the sentence."""
     caption = f'"{sentence}"' + (f"  IoU {100 * iou:.1f}" if iou is not None else "")
     return captioned(overlay(image, pred, gt), caption)

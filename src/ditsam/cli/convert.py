@@ -36,20 +36,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert",
         help="turn the authors' .pth (or a Hub id / folder) into a self-contained save_pretrained folder",
         description="Load SRC (the authors' DIT .pth with no config, a Hugging Face Hub id or a save_pretrained folder) "
-                    "and write it as a save_pretrained folder DST (config, safetensors, BERT config + tokenizer, model "
-                    "card) that loads without network. Prints what was loaded, resized and ignored. An official SAM "
-                    ".pth (or sam_vit_b / sam_vit_l / sam_vit_h by name) plus --text-model BERT gives an untrained "
-                    "starting point for `ditsam train ... train.init_checkpoint=DST` (text injection and W_o fresh).",
+        "and write it as a save_pretrained folder DST (config, safetensors, BERT config + tokenizer, model "
+        "card) that loads without network. Prints what was loaded, resized and ignored. An official SAM "
+        ".pth (or sam_vit_b / sam_vit_l / sam_vit_h by name) plus --text-model BERT gives an untrained "
+        "starting point for `ditsam train ... train.init_checkpoint=DST` (text injection and W_o fresh).",
     )
     parser.add_argument(
-        "source", metavar="SRC",
+        "source",
+        metavar="SRC",
         help=SOURCE_HELP + "; or an official SAM .pth / sam_vit_b|sam_vit_l|sam_vit_h together with --text-model",
     )
     parser.add_argument("destination", metavar="DST", help="the folder to write (must not exist or be empty)")
     add_source_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace DST when it exists and is not empty")
     parser.add_argument(
-        "--training-data", action="append", default=None, metavar="NAME",
+        "--training-data",
+        action="append",
+        default=None,
+        metavar="NAME",
         help="dataset the weights were trained on, for the model card (repeatable, e.g. refcoco)",
     )
     parser.set_defaults(func=run)
@@ -106,14 +110,22 @@ def convert(
     destination = Path(destination).expanduser()
     _check_destination(destination, source, overwrite=overwrite)
     model, report = load_pretrained_with_report(
-        DITSam, source, revision=revision, injection=injection,  # type: ignore[arg-type]
-        text_name_or_path=text_name_or_path, sam_start=True,
+        DITSam,
+        source,
+        revision=revision,
+        injection=injection,  # type: ignore[arg-type]
+        text_name_or_path=text_name_or_path,
+        sam_start=True,
     )
     origin = _origin(source, revision)
-    notes = [f"Converted with `ditsam convert` from `{origin}` ({report.kind} checkpoint): "
-             f"{len(report.loaded)} tensors loaded, {len(report.resized)} resized, {len(report.ignored)} ignored."]
+    notes = [
+        f"Converted with `ditsam convert` from `{origin}` ({report.kind} checkpoint): "
+        f"{len(report.loaded)} tensors loaded, {len(report.resized)} resized, {len(report.ignored)} ignored."
+    ]
     if report.kind == "sam":
-        untrained = "W_o (`text_proj`)" if model.config.injection == "none" else "the text injection and W_o (`text_proj`)"
+        untrained = (
+            "W_o (`text_proj`)" if model.config.injection == "none" else "the text injection and W_o (`text_proj`)"
+        )
         notes.append(
             f"**Untrained starting point, not a text-prompted model yet.** The SAM weights come from `{origin}`, the "
             f"BERT weights from `{model.config.text.name_or_path}`; {untrained} are freshly initialised "
@@ -146,15 +158,23 @@ def convert(
 def run(args: argparse.Namespace) -> int:
     options = source_options(args)
     report = convert(
-        args.source, args.destination, overwrite=args.overwrite, revision=options["revision"],
-        injection=options["injection"], text_name_or_path=options["text_name_or_path"],
+        args.source,
+        args.destination,
+        overwrite=args.overwrite,
+        revision=options["revision"],
+        injection=options["injection"],
+        text_name_or_path=options["text_name_or_path"],
         training_data=args.training_data,
     )
     print(report)
     if report.startswith("sam checkpoint"):
-        print(f"wrote {args.destination}: an UNTRAINED starting point (text injection and W_o fresh); train it with "
-              f"ditsam train EXPERIMENT train.init_checkpoint={args.destination}")
+        print(
+            f"wrote {args.destination}: an UNTRAINED starting point (text injection and W_o fresh); train it with "
+            f"ditsam train EXPERIMENT train.init_checkpoint={args.destination}"
+        )
         return 0
-    print(f"wrote {args.destination}: load it with DITSam.from_pretrained({str(args.destination)!r}) or "
-          f"ditsam predict --checkpoint {args.destination} (no network needed)")
+    print(
+        f"wrote {args.destination}: load it with DITSam.from_pretrained({str(args.destination)!r}) or "
+        f"ditsam predict --checkpoint {args.destination} (no network needed)"
+    )
     return 0

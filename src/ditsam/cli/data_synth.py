@@ -30,15 +30,24 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed: byte-identical files)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="dataset size (default: tiny)")
     parser.add_argument(
-        "--images", type=_split_count, action="append", default=[], metavar="SPLIT=N",
+        "--images",
+        type=_split_count,
+        action="append",
+        default=[],
+        metavar="SPLIT=N",
         help=f"override the preset's image count of one split ({', '.join(SPLITS)}); repeatable",
     )
     parser.add_argument(
-        "--workers", type=int, default=None,
+        "--workers",
+        type=int,
+        default=None,
         help="processes rendering images (default: the CPU count); the output does not depend on it",
     )
-    parser.add_argument("--generalized", action="store_true",
-                        help="gRefShapes: also sentences naming several shapes or none (gRefCOCO layout)")
+    parser.add_argument(
+        "--generalized",
+        action="store_true",
+        help="gRefShapes: also sentences naming several shapes or none (gRefCOCO layout)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace RefShapes files already in --out")
     parser.set_defaults(func=run)
 
@@ -51,14 +60,29 @@ def run(args: argparse.Namespace) -> int:
     if args.generalized:
         from ditsam.data.grefshapes import DATASET_NAME, generate_grefshapes
 
-        generate, name, dataset, read_hint = generate_grefshapes, "gRefShapes", DATASET_NAME, "format=grefcoco dataset=grefshapes"
+        generate, name, dataset, read_hint = (
+            generate_grefshapes,
+            "gRefShapes",
+            DATASET_NAME,
+            "format=grefcoco dataset=grefshapes",
+        )
     else:
-        generate, name, dataset, read_hint = generate_refshapes, "RefShapes", "refshapes", "dataset=refshapes split_by=unc"
+        generate, name, dataset, read_hint = (
+            generate_refshapes,
+            "RefShapes",
+            "refshapes",
+            "dataset=refshapes split_by=unc",
+        )
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     try:
         root = generate(
-            args.out, seed=args.seed, preset=args.preset, num_images=dict(args.images),
-            workers=workers, overwrite=args.overwrite, progress=True,
+            args.out,
+            seed=args.seed,
+            preset=args.preset,
+            num_images=dict(args.images),
+            workers=workers,
+            overwrite=args.overwrite,
+            progress=True,
         )
     except FileExistsError as error:
         # A ValueError: reported as one line by ditsam.cli.main, however it was started.

@@ -41,14 +41,17 @@ _SAMPLE_MAX_SIDE = 640
 def register(data_subparsers: argparse._SubParsersAction) -> None:
     """Add ``validate`` and ``stats`` to the ``ditsam data`` sub-commands."""
     validate = data_subparsers.add_parser(
-        "validate", help="list every bad record of a dataset (custom JSONL, REFER, SimREC), as `ditsam train` checks it",
+        "validate",
+        help="list every bad record of a dataset (custom JSONL, REFER, SimREC), as `ditsam train` checks it",
         description="Check a dataset the way `ditsam train` does before its first step and list every bad record: "
-                    "a custom JSONL file (PATH), or any format with --format and its options.",
+        "a custom JSONL file (PATH), or any format with --format and its options.",
     )
-    validate.add_argument("jsonl", nargs="?", type=Path, metavar="PATH",
-                          help="a custom JSONL file (or give --format and its options)")
-    validate.add_argument("--quick", action="store_true",
-                          help="PATH only: read image headers only (misses truncated files)")
+    validate.add_argument(
+        "jsonl", nargs="?", type=Path, metavar="PATH", help="a custom JSONL file (or give --format and its options)"
+    )
+    validate.add_argument(
+        "--quick", action="store_true", help="PATH only: read image headers only (misses truncated files)"
+    )
     validate.add_argument("--format", choices=sorted(FORMAT_OPTIONS), help="dataset format (instead of PATH)")
     validate.add_argument("--split", action="append", help="--format only: a split to check (repeat; default: all)")
     _add_format_options(validate)
@@ -67,7 +70,10 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
 def _add_format_options(parser: argparse.ArgumentParser) -> None:
     """The options of every format (:data:`FORMAT_OPTIONS`); :func:`dataset_spec` takes those of one."""
     group = parser.add_argument_group("format options (see `ditsam.data` readers)")
-    group.add_argument("--root", help="refer: folder of <dataset>/refs(<split_by>).p; grefcoco: folder of <dataset>/grefs(<split_by>).json; simrec: folder of anns/ and masks/")
+    group.add_argument(
+        "--root",
+        help="refer: folder of <dataset>/refs(<split_by>).p; grefcoco: folder of <dataset>/grefs(<split_by>).json; simrec: folder of anns/ and masks/",
+    )
     group.add_argument("--dataset", help="refer/simrec: dataset name, e.g. refcocog")
     group.add_argument("--split-by", dest="split_by", help="refer: unc, umd, google or berkeley")
     group.add_argument("--image-dir", dest="image_dir", help="refer/simrec: folder of the images")
@@ -98,7 +104,9 @@ def run_validate(args: argparse.Namespace) -> int:
         return 1
     records, _ = read_custom(args.jsonl)
     splits = Counter(record.split for record in records)
-    print(f"{args.jsonl}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}")
+    print(
+        f"{args.jsonl}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}"
+    )
     return 0
 
 

@@ -32,9 +32,10 @@ EXAMPLE_SENTENCE = "the leftmost red shape"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the main job: train and compare L-DIT and the SAM baseline on RefShapes (CPU, minutes)",
+        "demo",
+        help="the main job: train and compare L-DIT and the SAM baseline on RefShapes (CPU, minutes)",
         description="Generate RefShapes, train a tiny L-DIT and the decoder-only baseline, evaluate both and "
-                    "write a results table (results.md, results.json) and prediction pictures.",
+        "write a results table (results.md, results.json) and prediction pictures.",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out")
@@ -84,14 +85,18 @@ def run(args: argparse.Namespace) -> int:
     for label, config in configs.items():
         run_dir = out / config.name
         checkpoint = run_dir / "checkpoints" / "best"
-        print(f"{label}: checkpoint {checkpoint}, pictures {run_dir / 'predictions'}; try it with "
-              f"`ditsam predict --checkpoint {checkpoint} --image {_example_image(config)} --text \"{EXAMPLE_SENTENCE}\"` "
-              f"or `ditsam serve --checkpoint {checkpoint}`")
+        print(
+            f"{label}: checkpoint {checkpoint}, pictures {run_dir / 'predictions'}; try it with "
+            f'`ditsam predict --checkpoint {checkpoint} --image {_example_image(config)} --text "{EXAMPLE_SENTENCE}"` '
+            f"or `ditsam serve --checkpoint {checkpoint}`"
+        )
     if args.epochs is None:
         long_epochs = next(iter(configs.values())).train.epochs * PLATEAU_ESCAPE_MULTIPLE
-        print(f"At this 10-minute budget the models sit on a learning plateau: L-DIT reads colours and sizes, "
-              f"hardly yet the spatial words. {PLATEAU_ESCAPE_MULTIPLE}x longer (`ditsam demo --epochs {long_epochs}`, "
-              f"over an hour on 2 CPU cores) it gets past it: benchmarks/README.md, \"The plateau and the step\".")
+        print(
+            f"At this 10-minute budget the models sit on a learning plateau: L-DIT reads colours and sizes, "
+            f"hardly yet the spatial words. {PLATEAU_ESCAPE_MULTIPLE}x longer (`ditsam demo --epochs {long_epochs}`, "
+            f'over an hour on 2 CPU cores) it gets past it: benchmarks/README.md, "The plateau and the step".'
+        )
     return 0
 
 

@@ -22,17 +22,22 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export-onnx", help="export a checkpoint to ONNX (image + tokens -> mask logits, IoU)",
+        "export-onnx",
+        help="export a checkpoint to ONNX (image + tokens -> mask logits, IoU)",
         description="Export a model (a checkpoint folder, a Hub id or the authors' .pth) to one ONNX model and check "
-                    "it against PyTorch with onnxruntime.",
+        "it against PyTorch with onnxruntime.",
     )
     parser.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
     add_source_arguments(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    parser.add_argument("--mask-dtype", default="int64", choices=("int64", "bool"), help="type of the attention_mask input")
+    parser.add_argument(
+        "--mask-dtype", default="int64", choices=("int64", "bool"), help="type of the attention_mask input"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
-    parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted |onnxruntime - torch| (default 1e-3)")
+    parser.add_argument(
+        "--atol", type=float, default=1e-3, help="largest accepted |onnxruntime - torch| (default 1e-3)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -48,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
     model = DITSam.from_pretrained(args.checkpoint, **source_options(args))
     try:
         report = export_onnx(
-            model, out, opset=args.opset, attention_mask_dtype=args.mask_dtype, verify=not args.no_verify, atol=args.atol
+            model,
+            out,
+            opset=args.opset,
+            attention_mask_dtype=args.mask_dtype,
+            verify=not args.no_verify,
+            atol=args.atol,
         )
     except OSError as error:  # a full disk, or the folder went away meanwhile
         raise CLIError(f"cannot write {out}: {describe_write_failure(error, out.parent)}") from error

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except (CLIError, FileNotFoundError, ValueError) as error:
@@ -46,8 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as error:
         if args.verbose or not _peer_failed(error):
             raise
-        print(f"ditsam {args.command}: error: another process of this run stopped (its connection closed); its "
-              f"own error, above, says why", file=sys.stderr)
+        print(
+            f"ditsam {args.command}: error: another process of this run stopped (its connection closed); its "
+            f"own error, above, says why",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -56,6 +61,7 @@ def _peer_failed(error: RuntimeError) -> bool:
     import torch.distributed as dist
 
     return isinstance(error, getattr(dist, "DistBackendError", ())) or "Connection closed by peer" in str(error)
+
 
 if __name__ == "__main__":
     sys.exit(main())

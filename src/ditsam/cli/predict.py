@@ -75,9 +75,10 @@ PREDICT_OUTPUTS = (PREDICTIONS_FILE, JOURNAL_FILE, "masks", "overlays")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "predict", help="segment what a sentence describes in your images",
+        "predict",
+        help="segment what a sentence describes in your images",
         description="Predict masks for (image, sentence) pairs with a trained model (a checkpoint folder, a Hub id or "
-                    "the authors' .pth); writes overlay pictures, mask PNGs and one COCO-RLE predictions.json.",
+        "the authors' .pth); writes overlay pictures, mask PNGs and one COCO-RLE predictions.json.",
     )
     parser.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
     add_source_arguments(parser)
@@ -87,22 +88,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--jsonl", metavar="FILE", help='pairs, one per line: {"image": path, "text": sentence}')
     parser.add_argument("--text", help="the sentence (with --image / --images)")
     parser.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
-    parser.add_argument("--threshold", type=float, default=MASK_THRESHOLD, help=f"sigmoid threshold (default {MASK_THRESHOLD})")
+    parser.add_argument(
+        "--threshold", type=float, default=MASK_THRESHOLD, help=f"sigmoid threshold (default {MASK_THRESHOLD})"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_dtype_argument(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="DataLoader workers per process decoding images ahead of the model (0: decode in the "
-                             "process; default: the cores left per process, at most 4)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="DataLoader workers per process decoding images ahead of the model (0: decode in the "
+        "process; default: the cores left per process, at most 4)",
+    )
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default 40 MP)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay pictures")
     parser.add_argument("--no-masks", action="store_true", help="skip the mask PNGs (predictions.json still has them)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run into --out: pairs already in its journals (predictions.jsonl, "
-                             "predictions.rank*.jsonl, from any number of processes) are skipped")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete this command's earlier outputs in --out and start again (a non-empty --out is "
-                             "refused without --resume or --overwrite)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into --out: pairs already in its journals (predictions.jsonl, "
+        "predictions.rank*.jsonl, from any number of processes) are skipped",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete this command's earlier outputs in --out and start again (a non-empty --out is "
+        "refused without --resume or --overwrite)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -192,8 +206,10 @@ def _write_failure(error: OSError, out: Path, kept: str) -> str:
     from ditsam.outputs import describe_write_failure, is_disk_full
 
     advice = "free some space" if is_disk_full(error) else "fix that"
-    return (f"{describe_write_failure(error, out)}; every prediction made so far is in {kept}: {advice}, then run "
-            f"the same command with --resume")
+    return (
+        f"{describe_write_failure(error, out)}; every prediction made so far is in {kept}: {advice}, then run "
+        f"the same command with --resume"
+    )
 
 
 def _predict(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[int], out: Path, world: World) -> int:
@@ -247,8 +263,13 @@ def _segmenter(args: argparse.Namespace, world: World) -> Any:
     if device is None and args.dtype != "int8":
         device = world.device
     return Segmenter.from_pretrained(
-        args.checkpoint, **source_options(args), device=device, dtype=args.dtype, threshold=args.threshold,
-        max_pixels=args.max_pixels, batch_size=args.batch_size,
+        args.checkpoint,
+        **source_options(args),
+        device=device,
+        dtype=args.dtype,
+        threshold=args.threshold,
+        max_pixels=args.max_pixels,
+        batch_size=args.batch_size,
     )
 
 
@@ -262,8 +283,17 @@ def _progress_bar(world: World, *, total: int, done: int, share: int) -> Any:
     return tqdm(total=total, initial=done, desc="predict", unit="pair")
 
 
-def _finish(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[int], out: Path,
-            failures: dict[Path, str], world: World, *, made: int, seconds: float) -> None:
+def _finish(
+    args: argparse.Namespace,
+    pairs: list[dict[str, Any]],
+    todo: list[int],
+    out: Path,
+    failures: dict[Path, str],
+    world: World,
+    *,
+    made: int,
+    seconds: float,
+) -> None:
     """Rank 0, once every process is done: merge the journals into predictions.json (input order,
     written atomically) and print the summary. Raises CLIError when a prediction some process made
     is not in the journals (an --out not shared by all processes), OSError when the write fails."""
@@ -283,8 +313,10 @@ def _finish(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[in
     mean = sum(r["score"] for r in records) / len(records) if records else float("nan")
     print(f"{len(records)} prediction(s) for {len(pairs)} pair(s); mean score {mean:.3f}")
     if made:
-        print(f"this run: {made} prediction(s) in {seconds:.1f} s, {made / seconds:.2f} pairs/s "
-              f"({world.size} process(es))")
+        print(
+            f"this run: {made} prediction(s) in {seconds:.1f} s, {made / seconds:.2f} pairs/s "
+            f"({world.size} process(es))"
+        )
     print(f"predictions (COCO RLE): {predictions}")
     if not args.no_masks:
         print(f"masks: {out / 'masks'}/")
@@ -300,7 +332,13 @@ def _finish(args: argparse.Namespace, pairs: list[dict[str, Any]], todo: list[in
 
 
 def _predict_share(
-    args: argparse.Namespace, share: list[IndexedPair], out: Path, segmenter: Any, world: World, *, workers: int,
+    args: argparse.Namespace,
+    share: list[IndexedPair],
+    out: Path,
+    segmenter: Any,
+    world: World,
+    *,
+    workers: int,
     bar: Any,
 ) -> tuple[dict[Path, str], int]:
     """Predict this process's ``share`` (pairs with their input indices), DataLoader workers decoding
@@ -325,8 +363,15 @@ def _predict_share(
             if ready:
                 results = segmenter.predict([chunk.images[p["image"]] for _, p in ready], [p["text"] for _, p in ready])
                 for (index, pair), result in zip(ready, results):
-                    record = save_prediction(out, index, pair, chunk.images[pair["image"]], result,
-                                             masks=not args.no_masks, overlays=not args.no_overlays)
+                    record = save_prediction(
+                        out,
+                        index,
+                        pair,
+                        chunk.images[pair["image"]],
+                        result,
+                        masks=not args.no_masks,
+                        overlays=not args.no_overlays,
+                    )
                     journal.write(json.dumps(record) + "\n")
                     journal.flush()  # a kill after this line loses nothing made before it
                     made += 1

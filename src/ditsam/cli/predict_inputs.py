@@ -33,11 +33,13 @@ def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
             problems.append(f"{where}: {problem}")
             continue
         if not isinstance(obj, dict):
-            problems.append(f"{where}: expected an object {{\"image\": ..., \"text\": ...}}, got {type(obj).__name__}")
+            problems.append(f'{where}: expected an object {{"image": ..., "text": ...}}, got {type(obj).__name__}')
             continue
         unknown = sorted(set(obj) - set(JSONL_KEYS))
         if unknown:
-            problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id")
+            problems.append(
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id"
+            )
         image = obj.get("image")
         if not isinstance(image, str) or not image.strip():
             problems.append(f"{where}: 'image' must be a file path (a non-empty string), got {image!r}")
@@ -70,7 +72,7 @@ def collect_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise CLIError("--text is not used with --jsonl (each line carries its sentence)")
         return read_pairs_jsonl(Path(args.jsonl))
     if args.text is None or not args.text.strip():
-        raise CLIError("--text \"SENTENCE\" is required with --image / --images (and must not be empty)")
+        raise CLIError('--text "SENTENCE" is required with --image / --images (and must not be empty)')
     if args.images:
         folder = Path(args.images)
         if not folder.is_dir():

@@ -38,7 +38,8 @@ def journal_paths(out: Path) -> list[Path]:
     """Every journal in ``out``, whatever number of processes wrote it: ``predictions.jsonl``, then
     ``predictions.rank{r}.jsonl`` by rank."""
     ranked = sorted(
-        (int(match.group(1)), path) for path in out.glob(RANK_JOURNAL_GLOB)
+        (int(match.group(1)), path)
+        for path in out.glob(RANK_JOURNAL_GLOB)
         if (match := RANK_JOURNAL_PATTERN.fullmatch(path.name)) and path.is_file()
     )
     single = out / JOURNAL_FILE

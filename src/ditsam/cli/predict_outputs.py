@@ -38,16 +38,23 @@ def record(pair: dict[str, Any], result, *, mask_file: str | None, overlay_file:
 
     rle = mask_utils.encode(np.asfortranarray(result.mask.astype(np.uint8)))
     return {
-        "id": pair["id"], "image": str(pair["image"]), "sentence": pair["text"], "score": round(result.score, 6),
+        "id": pair["id"],
+        "image": str(pair["image"]),
+        "sentence": pair["text"],
+        "score": round(result.score, 6),
         "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "bbox": list(result.bbox), "area": result.area, "mask_file": mask_file, "overlay_file": overlay_file,
+        "bbox": list(result.bbox),
+        "area": result.area,
+        "mask_file": mask_file,
+        "overlay_file": overlay_file,
         # False (with an empty mask) when the sentence names nothing in the image (see SegmentationResult.present).
         "present": result.present,
     }
 
 
-def save_prediction(out: Path, index: int, pair: dict[str, Any], image: Any, result: Any, *, masks: bool,
-                    overlays: bool) -> dict[str, Any]:
+def save_prediction(
+    out: Path, index: int, pair: dict[str, Any], image: Any, result: Any, *, masks: bool, overlays: bool
+) -> dict[str, Any]:
     """Write the mask PNG and the overlay of one prediction (unless turned off); its record."""
     from PIL import Image
 

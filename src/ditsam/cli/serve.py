@@ -46,34 +46,55 @@ def _positive_seconds(text: str) -> float:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", help="the web demo: upload an image, type a sentence, see the mask",
+        "serve",
+        help="the web demo: upload an image, type a sentence, see the mask",
         description="Serve a Gradio page for a model (a checkpoint folder, a Hub id or the authors' .pth): image + "
-                    "sentence -> overlay, mask and score; optional point / box clicks for Mix-trained models.",
+        "sentence -> overlay, mask and score; optional point / box clicks for Mix-trained models.",
     )
     parser.add_argument("--checkpoint", required=True, help=SOURCE_HELP)
     add_source_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--examples", metavar="DIR", help="example images: a RefShapes root or a folder of images "
-                                                          "(default: a few generated RefShapes images)")
+    parser.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="example images: a RefShapes root or a folder of images (default: a few generated RefShapes images)",
+    )
     parser.add_argument("--no-examples", action="store_true", help="show no examples")
-    parser.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
-                        help="refuse larger images with a message in the page (default 40 MP)")
-    parser.add_argument("--threshold", type=float, default=MASK_THRESHOLD,
-                        help=f"sigmoid threshold (default {MASK_THRESHOLD})")
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=40_000_000,
+        help="refuse larger images with a message in the page (default 40 MP)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=MASK_THRESHOLD, help=f"sigmoid threshold (default {MASK_THRESHOLD})"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_dtype_argument(parser)
     login = parser.add_mutually_exclusive_group()
-    login.add_argument("--auth", metavar="USER:PASSWORD",
-                       help="require this login (visible to other users of this machine in the process list: "
-                            "prefer --auth-file)")
+    login.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="require this login (visible to other users of this machine in the process list: prefer --auth-file)",
+    )
     login.add_argument("--auth-file", metavar="FILE", help="require a login from FILE: user:password lines")
-    parser.add_argument("--max-queue", type=_positive_int, default=DEFAULT_MAX_QUEUE, metavar="N",
-                        help=f"requests that may wait for the model; more are told the demo is busy "
-                             f"(default {DEFAULT_MAX_QUEUE})")
-    parser.add_argument("--request-timeout", type=_positive_seconds, default=DEFAULT_REQUEST_TIMEOUT_S,
-                        metavar="SECONDS", help=f"answer a request that takes longer with a message "
-                                                f"(default {DEFAULT_REQUEST_TIMEOUT_S:g})")
+    parser.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=DEFAULT_MAX_QUEUE,
+        metavar="N",
+        help=f"requests that may wait for the model; more are told the demo is busy (default {DEFAULT_MAX_QUEUE})",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"answer a request that takes longer with a message (default {DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
     parser.set_defaults(func=run)
 
 
@@ -103,13 +124,18 @@ def run(args: argparse.Namespace) -> int:
         if not examples:
             logger.warning("no images found in %s: the page shows no examples", args.examples)
     segmenter = Segmenter.from_pretrained(
-        args.checkpoint, **source_options(args), device=args.device, dtype=args.dtype, threshold=args.threshold,
+        args.checkpoint,
+        **source_options(args),
+        device=args.device,
+        dtype=args.dtype,
+        threshold=args.threshold,
         max_pixels=args.max_pixels,
     )
     logger.info("%r", segmenter)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests, one INFO line each
-    options = dict(host=args.host, port=args.port, auth=auth, max_queue=args.max_queue,
-                   request_timeout_s=args.request_timeout)
+    options = dict(
+        host=args.host, port=args.port, auth=auth, max_queue=args.max_queue, request_timeout_s=args.request_timeout
+    )
     try:
         if args.examples or args.no_examples:
             serve(segmenter, examples=examples, **options)

@@ -22,14 +22,18 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """``--revision``, ``--injection`` and ``--text-model``; the source itself is the command's own argument."""
     parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub id (default: main)")
     parser.add_argument(
-        "--injection", default=None, choices=INJECTION_CHOICES,
+        "--injection",
+        default=None,
+        choices=INJECTION_CHOICES,
         help="for an authors' .pth: how its text enters the ViT (default layerwise = L-DIT, the released weights; "
-             "e2e for an E-DIT file, whose keys are the same; none for decoder-only)",
+        "e2e for an E-DIT file, whose keys are the same; none for decoder-only)",
     )
     parser.add_argument(
-        "--text-model", default=None, metavar="NAME_OR_DIR",
+        "--text-model",
+        default=None,
+        metavar="NAME_OR_DIR",
         help="for an authors' .pth: the BERT whose config and tokenizer go with it (default: bert-base-uncased, "
-             "from the Hugging Face cache or downloaded; HF_HUB_OFFLINE=1 allows the cache only)",
+        "from the Hugging Face cache or downloaded; HF_HUB_OFFLINE=1 allows the cache only)",
     )
 
 
@@ -45,9 +49,11 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """``--dtype``: the Segmenter's precision (see :class:`ditsam.api.Segmenter`)."""
     parser.add_argument(
-        "--dtype", default="auto", choices=DTYPE_CHOICES,
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
         help="auto (default): bf16 autocast on a GPU with bf16 and on a CPU with AMX-BF16 / AVX512-BF16, fp32 "
-             "elsewhere (the choice is logged); fp32; bf16: autocast (GPU, also CPU); fp16: autocast (GPU); int8: "
-             "the CPU only, text prompts only, through ONNX Runtime (the model is quantised at start, ~1 minute "
-             "for ViT-B; pip install 'ditsam[int8]')",
+        "elsewhere (the choice is logged); fp32; bf16: autocast (GPU, also CPU); fp16: autocast (GPU); int8: "
+        "the CPU only, text prompts only, through ONNX Runtime (the model is quantised at start, ~1 minute "
+        "for ViT-B; pip install 'ditsam[int8]')",
     )

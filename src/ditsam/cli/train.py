@@ -12,22 +12,35 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train an experiment (a packaged name such as refshapes/ldit, or a YAML file)",
+        "train",
+        help="train an experiment (a packaged name such as refshapes/ldit, or a YAML file)",
         description="Train an experiment. Runs as is on one CPU/GPU; for several GPUs or nodes start it with "
-                    "`accelerate launch -m ditsam.cli.main train ...` or torchrun.",
+        "`accelerate launch -m ditsam.cli.main train ...` or torchrun.",
     )
-    parser.add_argument("experiment", nargs="?", help="packaged experiment name (see `ditsam train --list`) or a .yaml path")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 model.injection=e2e")
+    parser.add_argument(
+        "experiment", nargs="?", help="packaged experiment name (see `ditsam train --list`) or a .yaml path"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2 model.injection=e2e"
+    )
     parser.add_argument("--run-dir", default=None, help="run folder (default: <output_dir>/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run in <run-dir> (its checkpoints, logs and results are deleted); a run "
-                             "folder holding checkpoints is refused without --resume or --overwrite")
-    parser.add_argument("--skip-bad-data", action="store_true",
-                        help="train on the records that pass the data check instead of stopping (how many were "
-                             "dropped is logged, the list written to <run-dir>/bad_records.txt)")
-    parser.epilog = ("SIGTERM, SIGINT or SIGUSR1 (a scheduler preempting the job) finish the current step, write "
-                     "<run-dir>/checkpoints/last and exit with status 75; --resume continues from there.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in <run-dir> (its checkpoints, logs and results are deleted); a run "
+        "folder holding checkpoints is refused without --resume or --overwrite",
+    )
+    parser.add_argument(
+        "--skip-bad-data",
+        action="store_true",
+        help="train on the records that pass the data check instead of stopping (how many were "
+        "dropped is logged, the list written to <run-dir>/bad_records.txt)",
+    )
+    parser.epilog = (
+        "SIGTERM, SIGINT or SIGUSR1 (a scheduler preempting the job) finish the current step, write "
+        "<run-dir>/checkpoints/last and exit with status 75; --resume continues from there."
+    )
     parser.add_argument("--list", action="store_true", help="list the packaged experiments and exit")
     parser.set_defaults(func=run)
 
@@ -48,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from ditsam.metrics import format_table
 
     try:
-        results = train_reporting_errors(config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                                         skip_bad_data=args.skip_bad_data)
+        results = train_reporting_errors(
+            config, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, skip_bad_data=args.skip_bad_data
+        )
     except TrainingStopped as stopped:
         first = rank() == 0
         leave_process_group()  # every process stopped after the same step

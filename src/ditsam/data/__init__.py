@@ -100,7 +100,8 @@ def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., Any], dict[str, Any
     builder = cls.from_root if fmt == "simrec" and "root" in kwargs else cls
     parameters = inspect.signature(builder).parameters
     missing, unknown = key_problems(
-        kwargs, required=sorted(name for name, p in parameters.items() if p.default is inspect.Parameter.empty),
+        kwargs,
+        required=sorted(name for name, p in parameters.items() if p.default is inspect.Parameter.empty),
         allowed=parameters,
     )
     unknown = sorted(unknown)
@@ -108,7 +109,9 @@ def _builder(spec: Mapping[str, Any]) -> tuple[Callable[..., Any], dict[str, Any
         parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + (
             [f"missing key(s) {', '.join(missing)}"] if missing else []
         )
-        raise DataError(f"dataset spec for format {fmt!r}: {'; '.join(parts)}; accepted keys: format, {', '.join(parameters)}")
+        raise DataError(
+            f"dataset spec for format {fmt!r}: {'; '.join(parts)}; accepted keys: format, {', '.join(parameters)}"
+        )
     return builder, kwargs
 
 

@@ -57,7 +57,13 @@ class RISDataset(Dataset):
     """
 
     def __init__(
-        self, base_dataset: SampleReader, *, transform: RISTransform, train: bool, seed: int = 0, fixed_sentence: str = ""
+        self,
+        base_dataset: SampleReader,
+        *,
+        transform: RISTransform,
+        train: bool,
+        seed: int = 0,
+        fixed_sentence: str = "",
     ) -> None:
         self.base = base_dataset
         self.transform = transform

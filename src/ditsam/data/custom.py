@@ -199,16 +199,20 @@ def _json_lines(path: Path, problems: list[str]) -> Iterator[tuple[int, Any, str
 def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord | None, list[str]]:
     """A record from one decoded line, or None and the problems that prevent it."""
     if not isinstance(obj, dict):
-        return None, [f"{where}: got a JSON {type(obj).__name__}; expected an object {{\"image\": ..., ...}}"]
+        return None, [f'{where}: got a JSON {type(obj).__name__}; expected an object {{"image": ..., ...}}']
     _, unknown = key_problems(obj, allowed=FIELDS)
-    problems = [f"{where}: unknown field {key!r} (value {_short(obj[key])}); expected only {', '.join(FIELDS)}"
-                for key in unknown]
+    problems = [
+        f"{where}: unknown field {key!r} (value {_short(obj[key])}); expected only {', '.join(FIELDS)}"
+        for key in unknown
+    ]
 
     image = _path_field(obj, "image", base, where, problems)
     sentences = _sentences(obj, where, problems)
     mask, segmentation = None, None
     if ("mask" in obj) == ("segmentation" in obj):
-        problems.append(f"{where}: {'both' if 'mask' in obj else 'neither'} 'mask' and 'segmentation' given; expected exactly one")
+        problems.append(
+            f"{where}: {'both' if 'mask' in obj else 'neither'} 'mask' and 'segmentation' given; expected exactly one"
+        )
     elif "mask" in obj:
         mask = _path_field(obj, "mask", base, where, problems)
     else:
@@ -225,8 +229,14 @@ def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord
     if problems:
         return None, problems
     record = CustomRecord(
-        line=line, image=image, sentences=sentences, mask=mask, segmentation=segmentation,  # type: ignore[arg-type]
-        split=split, id=record_id, category_id=category_id,
+        line=line,
+        image=image,
+        sentences=sentences,
+        mask=mask,
+        segmentation=segmentation,  # type: ignore[arg-type]
+        split=split,
+        id=record_id,
+        category_id=category_id,
     )
     return record, []
 

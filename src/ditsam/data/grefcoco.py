@@ -84,7 +84,9 @@ def file_sha256(path: PathLike) -> str:
 
 def available_splits(*, root: PathLike, dataset: str = "grefcoco", split_by: str = "unc") -> list[str]:
     """Names of the splits present in the refs file."""
-    return sorted_splits(str(ref["split"]) for ref in load_grefs(grefs_path(root=root, dataset=dataset, split_by=split_by)))
+    return sorted_splits(
+        str(ref["split"]) for ref in load_grefs(grefs_path(root=root, dataset=dataset, split_by=split_by))
+    )
 
 
 def target_ann_ids(ref: dict, *, where: str) -> list[int]:
@@ -145,16 +147,31 @@ class GRefCocoDataset(RefDatasetBase):
         # The refs file read and its sha256 (the release was renumbered once: results name their file).
         self.source = {"refs_file": os.fspath(path), "sha256": file_sha256(path)}
         objects = [
-            self._ref_object(ref, ann_ids, images, annotations, Path(image_dir), text_field,
-                             where=f"{path}: ref {ref['ref_id']}", instances=instances)
+            self._ref_object(
+                ref,
+                ann_ids,
+                images,
+                annotations,
+                Path(image_dir),
+                text_field,
+                where=f"{path}: ref {ref['ref_id']}",
+                instances=instances,
+            )
             for ref, ann_ids in zip(refs, targets)
         ]
         super().__init__(objects=objects, split=split, mode=mode)
 
     @staticmethod
     def _ref_object(
-        ref: dict, ann_ids: list[int], images: dict, annotations: dict, image_dir: Path, text_field: str, *,
-        where: str, instances: Path,
+        ref: dict,
+        ann_ids: list[int],
+        images: dict,
+        annotations: dict,
+        image_dir: Path,
+        text_field: str,
+        *,
+        where: str,
+        instances: Path,
     ) -> RefObject:
         image = images.get(ref["image_id"])
         if image is None:
@@ -166,7 +183,9 @@ class GRefCocoDataset(RefDatasetBase):
             if ann is None:
                 raise DataError(f"{where}: annotation {ann_id} is not in {instances}")
             if integer_field(ann, "image_id", where=f"{instances}: annotation {ann_id}") != ref["image_id"]:
-                raise DataError(f"{where}: annotation {ann_id} belongs to image {ann['image_id']}, not {ref['image_id']}")
+                raise DataError(
+                    f"{where}: annotation {ann_id} belongs to image {ann['image_id']}, not {ref['image_id']}"
+                )
             if not ann.get("iscrowd", 0):  # crowd regions are not part of the target (gRefCOCO API)
                 if not ann.get("segmentation"):
                     raise DataError(f"{where}: annotation {ann_id} in {instances} has no segmentation")

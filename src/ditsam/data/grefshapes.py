@@ -146,8 +146,13 @@ def render_plural(phrase: NounPhrase, rng: np.random.Generator) -> str:
 def render_group_expression(expression: GroupExpression, rng: np.random.Generator) -> str:
     """One phrasing of ``expression`` (lower case, single spaces)."""
     if not expression.targets:  # no target: RefShapes' singular wording of the same program
-        single = Expression(kind=expression.kind, phrase=expression.phrase, relation=expression.relation,
-                            anchor=expression.anchor, anchor_phrase=expression.anchor_phrase)
+        single = Expression(
+            kind=expression.kind,
+            phrase=expression.phrase,
+            relation=expression.relation,
+            anchor=expression.anchor,
+            anchor_phrase=expression.anchor_phrase,
+        )
         return render_expression(single, rng)
     plural = render_plural(expression.phrase, rng)
     if expression.kind == ATTRIBUTE:
@@ -165,7 +170,9 @@ def render_group_expression(expression: GroupExpression, rng: np.random.Generato
     return template.replace("{pl}", plural).replace("{anchor}", anchor)
 
 
-def _unique_anchors(objects: Sequence[SceneObject], counts: Mapping[NounPhrase, int]) -> Iterator[tuple[int, NounPhrase]]:
+def _unique_anchors(
+    objects: Sequence[SceneObject], counts: Mapping[NounPhrase, int]
+) -> Iterator[tuple[int, NounPhrase]]:
     """(object index, its shortest unique phrase naming the shape) for every object that has one."""
     for index, obj in enumerate(objects):
         unique = [p for p in _noun_phrases(obj) if p.shape is not None and counts.get(p, 0) == 1]
@@ -203,7 +210,9 @@ def find_group_expressions(objects: Sequence[SceneObject], *, height: int, width
                 if count in _COUNT_WORDS:
                     targets = _group_targets(geometry, members, side, count)
                     if targets is not None:
-                        found.append(GroupExpression(kind=GROUP, phrase=phrase, targets=targets, side=side, count=count))
+                        found.append(
+                            GroupExpression(kind=GROUP, phrase=phrase, targets=targets, side=side, count=count)
+                        )
     # No target: attribute combinations absent from the scene whose every word is a near miss.
     values = {name: sorted({getattr(o, name) for o in objects}) for name in ("size", "colour", "shape")}
     for colour in values["colour"]:
@@ -223,8 +232,16 @@ def find_group_expressions(objects: Sequence[SceneObject], *, height: int, width
                     continue
                 targets = tuple(i for i, t in zip(members, truths) if t == TRUE)
                 if len(targets) >= 2 or (not targets and all(t == FALSE for t in truths)):
-                    found.append(GroupExpression(kind=RELATION, phrase=phrase, targets=targets, relation=relation,
-                                                 anchor=anchor, anchor_phrase=anchor_phrase))
+                    found.append(
+                        GroupExpression(
+                            kind=RELATION,
+                            phrase=phrase,
+                            targets=targets,
+                            relation=relation,
+                            anchor=anchor,
+                            anchor_phrase=anchor_phrase,
+                        )
+                    )
     return found
 
 
@@ -232,7 +249,9 @@ def _split_allows(expression: GroupExpression, split: str) -> bool:
     return split in (_ATTRIBUTE_SPLITS if expression.kind == ATTRIBUTE else _SPATIAL_SPLITS)
 
 
-def _phrasings(expressions: Sequence[GroupExpression], *, limit: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+def _phrasings(
+    expressions: Sequence[GroupExpression], *, limit: int, rng: np.random.Generator
+) -> list[tuple[str, str]]:
     """Up to ``limit`` distinct (sentence, kind) phrasings of programs that all name the same targets,
     the kind drawn first: relations to some anchor outnumber the other programs many times over, and
     drawing programs uniformly would leave e.g. almost no "the blue star" among the no-target sentences."""
@@ -287,13 +306,16 @@ def draw_generalized_scene(rng: np.random.Generator, *, preset: str, split: str)
 
 def build_generalized_scene(*, seed: int, preset: str, split: str, image_index: int) -> tuple[Scene, np.ndarray]:
     """Image ``image_index`` of ``split`` exactly as :func:`generate_grefshapes` draws it."""
-    return draw_generalized_scene(scene_rng(seed=seed, split=split, image_index=image_index), preset=preset, split=split)
+    return draw_generalized_scene(
+        scene_rng(seed=seed, split=split, image_index=image_index), preset=preset, split=split
+    )
 
 
 def _build_generalized_image(job: _ImageJob) -> _ImageRecord:
     """A process-pool task: generate, render and save one gRefShapes image."""
-    scene, pixels = build_generalized_scene(seed=job.seed, preset=job.preset_name, split=job.split,
-                                            image_index=job.image_index)
+    scene, pixels = build_generalized_scene(
+        seed=job.seed, preset=job.preset_name, split=job.split, image_index=job.image_index
+    )
     return image_record(job, scene, pixels)
 
 
@@ -322,8 +344,17 @@ def generate_grefshapes(
     ``GRefCocoDataset(..., dataset="grefshapes")``). Arguments as :func:`~ditsam.data.refshapes.generate_refshapes`."""
     files = grefshapes_files(out_dir)
     refs = write_generated(
-        out_dir, files=files, build=_build_generalized_image, ref_fields=_generalized_fields, seed=seed, preset=preset,
-        num_images=num_images, workers=workers, overwrite=overwrite, progress=progress, prefix=DATASET_NAME,
+        out_dir,
+        files=files,
+        build=_build_generalized_image,
+        ref_fields=_generalized_fields,
+        seed=seed,
+        preset=preset,
+        num_images=num_images,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+        prefix=DATASET_NAME,
         description="gRefShapes: synthetic generalized referring segmentation (several or no targets)",
         version=GENERATOR_VERSION,
     )

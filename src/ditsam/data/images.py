@@ -61,8 +61,7 @@ def array_to_pil(array: np.ndarray, what: str) -> "Image.Image":
         low, high = float(array.min()), float(array.max())
         if low < 0.0 or high > 1.0:
             raise ValueError(
-                f"{what}: a float image must hold values in 0..1, got {low:g}..{high:g} "
-                f"(pass uint8 for 0..255 values)"
+                f"{what}: a float image must hold values in 0..1, got {low:g}..{high:g} (pass uint8 for 0..255 values)"
             )
         array = np.rint(array * 255.0).astype(np.uint8)
     elif array.dtype != np.uint8:
@@ -108,6 +107,4 @@ def read_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
         if image.ndim >= 2:
             check_pixels(int(image.shape[1]), int(image.shape[0]), max_pixels, what)
         return array_to_pil(image, what).convert("RGB")
-    raise TypeError(
-        f"{what}: expected a file path, a PIL image or a numpy array, got {type(image).__name__}"
-    )
+    raise TypeError(f"{what}: expected a file path, a PIL image or a numpy array, got {type(image).__name__}")

@@ -33,4 +33,8 @@ def json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         except json.JSONDecodeError as error:
             yield number, None, f"not valid JSON ({error.msg} at column {error.colno}): {clip(text.strip())}"
         except (ValueError, RecursionError) as error:  # integers over Python's digit limit; nesting past the stack
-            yield number, None, f"not valid JSON here ({type(error).__name__}: {clip(str(error))}): {clip(text.strip())}"
+            yield (
+                number,
+                None,
+                f"not valid JSON here ({type(error).__name__}: {clip(str(error))}): {clip(text.strip())}",
+            )

@@ -104,15 +104,21 @@ def check_refs(refs: Any, path: PathLike) -> list[dict]:
         integer_field(ref, "ref_id", where=where)
         integer_field(ref, "image_id", where=where)
         if not isinstance(ref["split"], str):
-            raise DataError(f"{where}: field 'split' is {short_repr(ref['split'])}; expected a split name such as 'train'")
+            raise DataError(
+                f"{where}: field 'split' is {short_repr(ref['split'])}; expected a split name such as 'train'"
+            )
         if not isinstance(ref["sentences"], list):
-            raise DataError(f"{where}: field 'sentences' is {short_repr(ref['sentences'])}; expected a list of sentences")
+            raise DataError(
+                f"{where}: field 'sentences' is {short_repr(ref['sentences'])}; expected a list of sentences"
+            )
     return refs
 
 
 def available_splits(*, root: PathLike, dataset: str, split_by: str) -> list[str]:
     """Names of the splits present in ``refs(<split_by>).p``."""
-    return sorted_splits(str(ref["split"]) for ref in load_refs(refs_path(root=root, dataset=dataset, split_by=split_by)))
+    return sorted_splits(
+        str(ref["split"]) for ref in load_refs(refs_path(root=root, dataset=dataset, split_by=split_by))
+    )
 
 
 class ReferDataset(RefDatasetBase):
@@ -166,8 +172,10 @@ class ReferDataset(RefDatasetBase):
         bounds = polygon_bounds(segmentation)
         if bounds is not None and (bounds[0] >= width or bounds[1] >= height or bounds[2] <= 0 or bounds[3] <= 0):
             x0, y0, x1, y1 = bounds
-            return (f"annotation {obj.ann_id} lies outside its {width}x{height} image (polygon x {x0:g}..{x1:g}, "
-                    f"y {y0:g}..{y1:g}), so its mask is empty")
+            return (
+                f"annotation {obj.ann_id} lies outside its {width}x{height} image (polygon x {x0:g}..{x1:g}, "
+                f"y {y0:g}..{y1:g}), so its mask is empty"
+            )
         return f"annotation {obj.ann_id} has an empty mask; expected the referred object's pixels"
 
     def _load_mask(self, obj: RefObject) -> np.ndarray:
@@ -226,7 +234,9 @@ def image_size_problem(image_path: str, *, width: int, height: int, sizes: list[
     (W, H) ``sizes``; None when it matches."""
     if (width, height) in sizes:
         return None
-    return f"instances.json gives image {image_path} as {width}x{height} (WxH) but the file is {sizes[0][0]}x{sizes[0][1]}"
+    return (
+        f"instances.json gives image {image_path} as {width}x{height} (WxH) but the file is {sizes[0][0]}x{sizes[0][1]}"
+    )
 
 
 def refs_of_split(refs: list[dict], *, split: str, source: PathLike, text_field: str) -> list[dict]:
@@ -273,8 +283,9 @@ def _ref_object(
         ref_id=ref["ref_id"],
         ann_id=ref["ann_id"],
         image_id=image_id,
-        category_id=integer_field(ref, "category_id", where=where,
-                                  default=integer_field(ann, "category_id", where=ann_where, default=-1)),
+        category_id=integer_field(
+            ref, "category_id", where=where, default=integer_field(ann, "category_id", where=ann_where, default=-1)
+        ),
         bbox=bbox_field(ann["bbox"], where=ann_where) if "bbox" in ann else None,
         mask_source=(ann["segmentation"], height, width),
     )

@@ -41,8 +41,13 @@ class RefShapesStream:
     presorted = True
 
     def __init__(
-        self, *, seed: int = 0, preset: str = "tiny", samples_per_epoch: int,
-        items_per_scene: int = DEFAULT_ITEMS_PER_SCENE, generalized: bool = False,
+        self,
+        *,
+        seed: int = 0,
+        preset: str = "tiny",
+        samples_per_epoch: int,
+        items_per_scene: int = DEFAULT_ITEMS_PER_SCENE,
+        generalized: bool = False,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown RefShapes preset {preset!r}; presets are {', '.join(PRESETS)}")

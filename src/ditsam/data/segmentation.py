@@ -105,7 +105,9 @@ def _polygons(parts: list[list], *, height: int, width: int, strict: bool) -> li
     kept = []
     for index, part in enumerate(parts):
         if not all(isinstance(v, Real) and not isinstance(v, bool) for v in part):
-            raise DataError(f"polygon part {index} {short_repr(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]")
+            raise DataError(
+                f"polygon part {index} {short_repr(part)} holds non-numbers; expected [x0, y0, x1, y1, ...]"
+            )
         far = _far_coordinate(part, height=height, width=width)
         if far is not None:
             raise DataError(

@@ -79,7 +79,9 @@ class SimRecDataset(RefDatasetBase):
             raise DataError(f"{ann_path}: split {split!r} is not a list of entries")
         self.mask_dir = Path(mask_dir)
         self.ann_file = ann_path
-        objects = _group_entries(entries, ann_path=ann_path, split=split, image_dir=Path(image_dir), pattern=image_pattern)
+        objects = _group_entries(
+            entries, ann_path=ann_path, split=split, image_dir=Path(image_dir), pattern=image_pattern
+        )
         super().__init__(objects=objects, split=split, mode=mode)
 
     @classmethod
@@ -164,11 +166,19 @@ def _group_entries(entries: list, *, ann_path: Path, split: str, image_dir: Path
             refs = [refs]
         if not isinstance(refs, list) or not all(isinstance(s, str) for s in refs):
             raise DataError(f"{where}: 'refs' must be a list of sentences, got {refs!r}")
-        bbox, category_id = bbox_field(entry["bbox"], where=where), integer_field(entry, "cat_id", where=where, default=-1)
+        bbox, category_id = (
+            bbox_field(entry["bbox"], where=where),
+            integer_field(entry, "cat_id", where=where, default=-1),
+        )
         group = grouped.get(entry["mask_id"])
         if group is None:
-            group = grouped[entry["mask_id"]] = {"entry": entry, "sentences": [], "sent_ids": [], "bbox": bbox,
-                                                 "category_id": category_id}
+            group = grouped[entry["mask_id"]] = {
+                "entry": entry,
+                "sentences": [],
+                "sent_ids": [],
+                "bbox": bbox,
+                "category_id": category_id,
+            }
         elif group["entry"]["iid"] != entry["iid"]:
             raise DataError(f"{where}: mask_id {entry['mask_id']} also used for image {group['entry']['iid']}")
         for sentence in refs:

@@ -141,11 +141,16 @@ class TransformOutput:
 
 # Horizontal words and their mirror images; matched as whole words only ("bright" stays).
 _MIRROR_WORDS = {
-    "left": "right", "right": "left",
-    "leftmost": "rightmost", "rightmost": "leftmost",
-    "lefthand": "righthand", "righthand": "lefthand",
-    "leftward": "rightward", "rightward": "leftward",
-    "leftwards": "rightwards", "rightwards": "leftwards",
+    "left": "right",
+    "right": "left",
+    "leftmost": "rightmost",
+    "rightmost": "leftmost",
+    "lefthand": "righthand",
+    "righthand": "lefthand",
+    "leftward": "rightward",
+    "rightward": "leftward",
+    "leftwards": "rightwards",
+    "rightwards": "leftwards",
 }
 _MIRROR_PATTERN = re.compile(r"\b(" + "|".join(sorted(_MIRROR_WORDS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 
@@ -307,5 +312,9 @@ class RISTransform:
         strength = getattr(cfg, operation)
         factor = float(rng.uniform(max(0.0, 1 - strength), 1 + strength))
         # PIL's enhancers blend with black / the mean grey / the grey image, as the reference does.
-        enhancer = {"brightness": ImageEnhance.Brightness, "contrast": ImageEnhance.Contrast, "saturation": ImageEnhance.Color}
+        enhancer = {
+            "brightness": ImageEnhance.Brightness,
+            "contrast": ImageEnhance.Contrast,
+            "saturation": ImageEnhance.Color,
+        }
         return enhancer[operation](image).enhance(factor)

@@ -91,8 +91,11 @@ def _sha256(path: Path) -> str:
 
 def file_digests(folder: Path) -> dict[str, str]:
     """``{relative posix path: sha256}`` of every file below ``folder`` but the marker."""
-    return {path.relative_to(folder).as_posix(): _sha256(path) for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != COMPLETE_MARKER}
+    return {
+        path.relative_to(folder).as_posix(): _sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != COMPLETE_MARKER
+    }
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -182,7 +185,9 @@ def load_training_state(directory: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip, EOF, pickle and storage errors of a damaged file
         first_line = str(error).splitlines()[0] if str(error) else ""
-        raise CheckpointError(f"{path} does not load (truncated or corrupted): {type(error).__name__}: {first_line}") from error
+        raise CheckpointError(
+            f"{path} does not load (truncated or corrupted): {type(error).__name__}: {first_line}"
+        ) from error
     if not isinstance(state, dict) or not {"progress", "model", "optimizer"} <= set(state):
         raise CheckpointError(f"{path} is not a ditsam training state (no progress / model / optimizer entries)")
     return state
@@ -211,7 +216,10 @@ def load_newest_training_state(folder: Path, names: tuple[str, ...]) -> tuple[Pa
             problems.append(problem)
             continue
         if problems:
-            logger.warning("resuming from %s instead (step %s), the newest copy that loads",
-                           copy, state["progress"].get("global_step"))
+            logger.warning(
+                "resuming from %s instead (step %s), the newest copy that loads",
+                copy,
+                state["progress"].get("global_step"),
+            )
         return copy, state
     raise CheckpointError(f"cannot resume: no checkpoint in {folder} loads ({'; '.join(problems)})")

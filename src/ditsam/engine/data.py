@@ -18,10 +18,13 @@ def _generated_root(data: DataConfig) -> tuple[Path, str]:
 def _stream(data: DataConfig) -> Any:
     from ditsam.data.refshapes_stream import RefShapesStream
 
-    return RefShapesStream(seed=data.refshapes_seed, preset=data.refshapes_preset,
-                           samples_per_epoch=data.train_stream_samples,
-                           items_per_scene=data.train_stream_items_per_scene,
-                           generalized=data.format == "grefshapes")
+    return RefShapesStream(
+        seed=data.refshapes_seed,
+        preset=data.refshapes_preset,
+        samples_per_epoch=data.train_stream_samples,
+        items_per_scene=data.train_stream_items_per_scene,
+        generalized=data.format == "grefshapes",
+    )
 
 
 def _read_refshapes(data: DataConfig, split: str, mode: str) -> Any:
@@ -30,8 +33,9 @@ def _read_refshapes(data: DataConfig, split: str, mode: str) -> Any:
     from ditsam.data.refer import ReferDataset
 
     root, image_dir = _generated_root(data)
-    return ReferDataset(root=str(root), dataset="refshapes", split_by="unc", image_dir=image_dir,
-                        split=split, mode=mode)
+    return ReferDataset(
+        root=str(root), dataset="refshapes", split_by="unc", image_dir=image_dir, split=split, mode=mode
+    )
 
 
 def _read_grefshapes(data: DataConfig, split: str, mode: str) -> Any:
@@ -46,25 +50,29 @@ def _read_grefshapes(data: DataConfig, split: str, mode: str) -> Any:
 def _read_refer(data: DataConfig, split: str, mode: str) -> Any:
     from ditsam.data.refer import ReferDataset
 
-    return ReferDataset(root=data.root, dataset=data.dataset, split_by=data.split_by, image_dir=data.image_dir,
-                        split=split, mode=mode)
+    return ReferDataset(
+        root=data.root, dataset=data.dataset, split_by=data.split_by, image_dir=data.image_dir, split=split, mode=mode
+    )
 
 
 def _read_grefcoco(data: DataConfig, split: str, mode: str) -> Any:
     from ditsam.data.grefcoco import GRefCocoDataset
 
-    return GRefCocoDataset(root=data.root, dataset=data.dataset, split_by=data.split_by, image_dir=data.image_dir,
-                           split=split, mode=mode)
+    return GRefCocoDataset(
+        root=data.root, dataset=data.dataset, split_by=data.split_by, image_dir=data.image_dir, split=split, mode=mode
+    )
 
 
 def _read_simrec(data: DataConfig, split: str, mode: str) -> Any:
     from ditsam.data.simrec import SimRecDataset
 
     if data.mask_dir:  # data.root is the anns JSON
-        return SimRecDataset(ann_file=data.root, mask_dir=data.mask_dir, image_dir=data.image_dir,
-                             split=split, mode=mode)
-    return SimRecDataset.from_root(root=data.root, dataset=data.dataset, image_dir=data.image_dir,
-                                   split=split, mode=mode)
+        return SimRecDataset(
+            ann_file=data.root, mask_dir=data.mask_dir, image_dir=data.image_dir, split=split, mode=mode
+        )
+    return SimRecDataset.from_root(
+        root=data.root, dataset=data.dataset, image_dir=data.image_dir, split=split, mode=mode
+    )
 
 
 def _read_custom(data: DataConfig, split: str, mode: str) -> Any:
@@ -99,8 +107,11 @@ def ris_dataset(config: ExperimentConfig, split: str, *, train: bool) -> Any:
     from ditsam.data.collate import RISDataset
 
     return RISDataset(
-        read_split(config.data, split, mode="train" if train else "eval"), transform=transform_for(config, train=train),
-        train=train, seed=config.train.seed, fixed_sentence=config.data.fixed_sentence,
+        read_split(config.data, split, mode="train" if train else "eval"),
+        transform=transform_for(config, train=train),
+        train=train,
+        seed=config.train.seed,
+        fixed_sentence=config.data.fixed_sentence,
     )
 
 
@@ -118,5 +129,3 @@ def transform_for(config: ExperimentConfig, *, train: bool) -> Any:
         flip_p=data.flip_probability,
     )
     return RISTransform.for_training(transform_config) if train else RISTransform.for_eval(transform_config)
-
-

@@ -47,8 +47,9 @@ PROTOCOLS: tuple[str, ...] = ("exact", "reference")
 GRES_REFERENCE_SIZE = 480
 
 
-def gres_reference_masks(logits: torch.Tensor, meta: TransformMeta, gt: np.ndarray, *,
-                         threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def gres_reference_masks(
+    logits: torch.Tensor, meta: TransformMeta, gt: np.ndarray, *, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, ground truth) at gRefCOCO's reference resolution, 480 x 480 (see the module docstring)."""
     size = (GRES_REFERENCE_SIZE, GRES_REFERENCE_SIZE)
     restored = restore_to_original(logits, meta).float()
@@ -57,8 +58,9 @@ def gres_reference_masks(logits: torch.Tensor, meta: TransformMeta, gt: np.ndarr
     return foreground(pred, threshold=threshold).cpu().numpy(), (target > 0.5).numpy()
 
 
-def predicted_mask(logits: torch.Tensor, meta: TransformMeta, *, threshold: float,
-                   protocol: Protocol = "exact") -> np.ndarray:
+def predicted_mask(
+    logits: torch.Tensor, meta: TransformMeta, *, threshold: float, protocol: Protocol = "exact"
+) -> np.ndarray:
     """(S, S) canvas logits -> boolean (H, W) mask at the original resolution, by ``protocol``
     (see the module docstring)."""
     if protocol == "exact":
@@ -66,7 +68,7 @@ def predicted_mask(logits: torch.Tensor, meta: TransformMeta, *, threshold: floa
     if protocol != "reference":
         raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     binary = foreground(logits, threshold=threshold).float()
-    crop = binary[meta.pad_top:meta.pad_top + meta.resized_h, meta.pad_left:meta.pad_left + meta.resized_w]
+    crop = binary[meta.pad_top : meta.pad_top + meta.resized_h, meta.pad_left : meta.pad_left + meta.resized_w]
     if meta.flipped:
         crop = crop.flip(-1)
     resized = F.interpolate(crop[None, None], size=(meta.orig_h, meta.orig_w), mode="bilinear", align_corners=False)
@@ -134,8 +136,12 @@ def evaluate(
     device = next(model.parameters()).device
     shard = Subset(dataset, range(process_index, len(dataset), num_processes))
     loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=RISCollator(model.tokenizer), pin_memory=device.type == "cuda",
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=RISCollator(model.tokenizer),
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training's dropout) alone
     )
     generalized = bool(getattr(getattr(dataset, "base", dataset), "generalized", False))
@@ -158,11 +164,20 @@ def evaluate(
             else:
                 pred = predicted_mask(logits[row], batch.metas[row], threshold=threshold, protocol=protocol)
                 scored_gt = gt
-            iou = (metrics.update(pred, scored_gt, flag, gt_no_target=bool(batch.no_target[row])) if generalized
-                   else metrics.update(pred, gt))
+            iou = (
+                metrics.update(pred, scored_gt, flag, gt_no_target=bool(batch.no_target[row]))
+                if generalized
+                else metrics.update(pred, gt)
+            )
             sample = SamplePrediction(
-                index=shard.indices[position], ref_id=int(batch.ref_ids[row]), sent_id=int(batch.sent_ids[row]),
-                sentence=batch.sentences[row], iou=iou, pred=pred, gt=scored_gt, no_target=flag,
+                index=shard.indices[position],
+                ref_id=int(batch.ref_ids[row]),
+                sent_id=int(batch.sent_ids[row]),
+                sentence=batch.sentences[row],
+                iou=iou,
+                pred=pred,
+                gt=scored_gt,
+                no_target=flag,
             )
             position += 1
             if len(kept) < keep:

@@ -44,7 +44,9 @@ def prepare_for_finetuning(model: DITSam, train: TrainConfig) -> DITSam:
                 parameter.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    logger.info("finetune=%s: %d of %d parameters train (%.2f%%)", mode, trainable, total, 100.0 * trainable / max(total, 1))
+    logger.info(
+        "finetune=%s: %d of %d parameters train (%.2f%%)", mode, trainable, total, 100.0 * trainable / max(total, 1)
+    )
     return model
 
 

@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 # Data formats generated on first use (RefShapes and its generalized variant).
 GENERATED_FORMATS = ("refshapes", "grefshapes")
+
+
 def _generator(data_format: str) -> tuple[Any, Any, int]:
     """(files of a generated root, generator function, generator version) of a generated format
     (refshapes | grefshapes)."""
@@ -27,6 +29,7 @@ def _generator(data_format: str) -> tuple[Any, Any, int]:
 
     return dataset_files, generate_refshapes, REFSHAPES_VERSION
 
+
 def ensure_refshapes(data: DataConfig) -> Path:
     """Generate RefShapes (or gRefShapes, ``data.format == "grefshapes"``) into ``data.root`` unless it is
     already there; returns the root."""
@@ -34,7 +37,9 @@ def ensure_refshapes(data: DataConfig) -> Path:
     root = Path(data.root)
     files = files_of(root)
     if not files.refs.is_file():
-        logger.info("generating %s (%s, seed %d) into %s", data.format, data.refshapes_preset, data.refshapes_seed, root)
+        logger.info(
+            "generating %s (%s, seed %d) into %s", data.format, data.refshapes_preset, data.refshapes_seed, root
+        )
         generate(root, seed=data.refshapes_seed, preset=data.refshapes_preset, progress=True)
         return root
     try:
@@ -42,9 +47,11 @@ def ensure_refshapes(data: DataConfig) -> Path:
         found = (made["preset"], int(made["seed"]))
         found_version = int(made.get("version", 1))  # folders written before versions were recorded: 1
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{root} holds {data.format} annotations without a readable scenes.json ({error}); "
-                        f"regenerate it with `ditsam data synth --out {root} --preset {data.refshapes_preset} "
-                        f"--seed {data.refshapes_seed} --overwrite`") from error
+        raise DataError(
+            f"{root} holds {data.format} annotations without a readable scenes.json ({error}); "
+            f"regenerate it with `ditsam data synth --out {root} --preset {data.refshapes_preset} "
+            f"--seed {data.refshapes_seed} --overwrite`"
+        ) from error
     if found_version != version:
         raise DataError(
             f"{root} was written by {data.format} generator version {found_version}, this ditsam writes version "

@@ -67,10 +67,16 @@ class RunFolderLock:
             os.close(handle)
         previous = os.pread(handle, 4096, 0).decode("utf-8", "replace").strip()
         if previous:
-            logger.warning("run folder %s: took over the lock left by %s, which is no longer running",
-                           self.path.parent, _holder(previous))
-        record = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            logger.warning(
+                "run folder %s: took over the lock left by %s, which is no longer running",
+                self.path.parent,
+                _holder(previous),
+            )
+        record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.ftruncate(handle, 0)
         os.pwrite(handle, json.dumps(record).encode("utf-8"), 0)
         self._handle = handle

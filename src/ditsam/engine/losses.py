@@ -51,15 +51,23 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor, *, threshold: float) ->
         return torch.where(union > 0, intersection / union.clamp(min=1), torch.full_like(union, EMPTY_IOU))
 
 
-def iou_head_loss(iou_predictions: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, *,
-                  threshold: float) -> torch.Tensor:
+def iou_head_loss(
+    iou_predictions: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, *, threshold: float
+) -> torch.Tensor:
     """SAM's IoU-head loss: mean squared error of the (B,M) predicted IoUs against the actual IoU of each
     of the (B,M,S,S) masks with the (B,1,S,S) target (:func:`mask_iou`) -> scalar."""
     return F.mse_loss(iou_predictions.float(), mask_iou(logits, target, threshold=threshold))
 
 
-def mask_loss(logits: torch.Tensor, iou_predictions: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 0.0,
-              iou_weight: float = 0.0, threshold: float = MASK_THRESHOLD) -> torch.Tensor:
+def mask_loss(
+    logits: torch.Tensor,
+    iou_predictions: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    dice_weight: float = 0.0,
+    iou_weight: float = 0.0,
+    threshold: float = MASK_THRESHOLD,
+) -> torch.Tensor:
     """The mask decoder's training loss: (B,M,S,S) logits, (B,M) predicted IoUs, (B,1,S,S) target -> scalar.
 
     One mask (M = 1): :func:`segmentation_loss`, bit for bit. Several (multimask output, SAM's recipe):

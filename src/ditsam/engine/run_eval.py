@@ -52,14 +52,22 @@ class _MaskDump:
         if self.kind == "png":
             from PIL import Image
 
-            Image.fromarray(sample.pred.astype(np.uint8) * 255).save(self.folder / f"{sample.ref_id}_{sample.sent_id}.png")
+            Image.fromarray(sample.pred.astype(np.uint8) * 255).save(
+                self.folder / f"{sample.ref_id}_{sample.sent_id}.png"
+            )
         elif self.kind == "rle":
             from pycocotools import mask as mask_utils
 
             rle = mask_utils.encode(np.asfortranarray(sample.pred.astype(np.uint8)))
-            self.records.append({"ref_id": sample.ref_id, "sent_id": sample.sent_id, "sentence": sample.sentence,
-                                 "iou": sample.iou, "segmentation": {"size": [int(v) for v in rle["size"]],
-                                                                     "counts": rle["counts"].decode("ascii")}})
+            self.records.append(
+                {
+                    "ref_id": sample.ref_id,
+                    "sent_id": sample.sent_id,
+                    "sentence": sample.sentence,
+                    "iou": sample.iou,
+                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                }
+            )
 
     def close(self, path: Path) -> None:
         if self.kind == "rle":
@@ -77,10 +85,22 @@ def _default_out(source: ResolvedSource) -> Path:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, *, data: str | None = None, overrides: Sequence[str] = (), splits: Sequence[str] | None = None,
-    batch_size: int = 16, threshold: float | None = None, out: Path | None = None, dump_masks: str = "none",
-    device: str | None = None, num_pictures: int = 6, revision: str | None = None, injection: str | None = None,
-    text_name_or_path: str | None = None, protocol: str = "exact", dtype: str = "auto",
+    checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
+    splits: Sequence[str] | None = None,
+    batch_size: int = 16,
+    threshold: float | None = None,
+    out: Path | None = None,
+    dump_masks: str = "none",
+    device: str | None = None,
+    num_pictures: int = 6,
+    revision: str | None = None,
+    injection: str | None = None,
+    text_name_or_path: str | None = None,
+    protocol: str = "exact",
+    dtype: str = "auto",
 ) -> tuple[dict[str, dict[str, Any]], Path]:
     """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.checkpoints.load_pretrained` (a folder,
     a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
@@ -114,7 +134,9 @@ def evaluate_checkpoint(
     out = out or _default_out(source)
     on_main(lambda: ensure_writable_folder(out, what="--out"))  # made before any process writes into it
     model = DITSam.from_pretrained(
-        source.path, injection=injection, text_name_or_path=text_name_or_path  # type: ignore[arg-type]
+        source.path,
+        injection=injection,
+        text_name_or_path=text_name_or_path,  # type: ignore[arg-type]
     ).to(device or accelerator.device)
     import torch
 
@@ -127,18 +149,32 @@ def evaluate_checkpoint(
         dataset = ris_dataset(experiment, split, train=False)
         dump = _MaskDump(dump_masks, out / f"masks_{split}")
         result = evaluate(
-            model, dataset, batch_size=batch_size,
+            model,
+            dataset,
+            batch_size=batch_size,
             threshold=experiment.train.threshold if threshold is None else threshold,
-            num_workers=experiment.data.num_workers, process_index=accelerator.process_index,
-            num_processes=accelerator.num_processes, all_reduce=lambda t: accelerator.reduce(t, reduction="sum"),
-            keep=num_pictures, on_prediction=dump if dump_masks != "none" else None,
-            protocol=protocol, mixed_precision=mixed_precision,  # type: ignore[arg-type]
+            num_workers=experiment.data.num_workers,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            all_reduce=lambda t: accelerator.reduce(t, reduction="sum"),
+            keep=num_pictures,
+            on_prediction=dump if dump_masks != "none" else None,
+            protocol=protocol,
+            mixed_precision=mixed_precision,  # type: ignore[arg-type]
         )
-        dump.close(out / f"masks_{split}.rle.json" if accelerator.num_processes == 1
-                   else out / f"masks_{split}.rank{accelerator.process_index}.rle.json")
-        results[split] = {**result.metrics, "count": result.count, "protocol": protocol,
-                          "processes": accelerator.num_processes, "dtype": mixed_precision,
-                          VERSIONS_KEY: software_versions()}
+        dump.close(
+            out / f"masks_{split}.rle.json"
+            if accelerator.num_processes == 1
+            else out / f"masks_{split}.rank{accelerator.process_index}.rle.json"
+        )
+        results[split] = {
+            **result.metrics,
+            "count": result.count,
+            "protocol": protocol,
+            "processes": accelerator.num_processes,
+            "dtype": mixed_precision,
+            VERSIONS_KEY: software_versions(),
+        }
         source = getattr(dataset.base, "source", None)
         if source is not None:  # gRefCOCO was renumbered once: say which refs file was scored
             results[split]["data_source"] = source

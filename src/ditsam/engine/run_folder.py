@@ -50,8 +50,19 @@ DATA_SOURCES_FILE = "data_sources.json"
 #: The ditsam and torch versions of the run's latest start (:func:`ditsam.versions.software_versions`).
 VERSIONS_FILE = "versions.json"
 #: What a run writes into its folder; ``overwrite=True`` deletes these and nothing else.
-RUN_OUTPUTS = ("checkpoints", METRICS_FILE, "tensorboard", "predictions", "results.json", "results.md",
-               "config.yaml", BAD_RECORDS_FILE, GENERATED_BERT_DIR, DATA_SOURCES_FILE, VERSIONS_FILE)
+RUN_OUTPUTS = (
+    "checkpoints",
+    METRICS_FILE,
+    "tensorboard",
+    "predictions",
+    "results.json",
+    "results.md",
+    "config.yaml",
+    BAD_RECORDS_FILE,
+    GENERATED_BERT_DIR,
+    DATA_SOURCES_FILE,
+    VERSIONS_FILE,
+)
 #: Present when a run folder holds a run that --resume could continue (or --overwrite replace).
 CHECKPOINT_NAMES = ("last", "best")
 #: Model settings a resume may change: they change neither the weights nor what trains (the text
@@ -92,8 +103,9 @@ def default_run_dir(config: ExperimentConfig, run_dir: Path | str | None) -> Pat
     return Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
 
 
-def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume: bool = False,
-                       overwrite: bool = False) -> tuple[Path, RunFolderLock]:
+def prepare_run_folder(
+    config: ExperimentConfig, run_dir: Path | None, *, resume: bool = False, overwrite: bool = False
+) -> tuple[Path, RunFolderLock]:
     """The run folder, writable and locked for this trainer (:class:`~ditsam.engine.lock.RunFolderLock`,
     returned held), with interrupted checkpoint writes finished (see
     :func:`~ditsam.engine.checkpoint.recover_checkpoints`). A folder holding checkpoints is refused
@@ -108,8 +120,13 @@ def prepare_run_folder(config: ExperimentConfig, run_dir: Path | None, *, resume
     lock.acquire()  # before anything is read or changed: recovering checkpoints needs the folder to itself
     try:
         recover_checkpoints(run_dir / "checkpoints")
-        refuse_earlier_results(run_dir, what="run folder", resume=resume, overwrite=overwrite,
-                               holds_results=[f"checkpoints/{name}" for name in CHECKPOINT_NAMES])
+        refuse_earlier_results(
+            run_dir,
+            what="run folder",
+            resume=resume,
+            overwrite=overwrite,
+            holds_results=[f"checkpoints/{name}" for name in CHECKPOINT_NAMES],
+        )
         if overwrite:
             removed = remove_outputs(run_dir, RUN_OUTPUTS)
             if removed:
@@ -133,27 +150,34 @@ def disk_full_error(run_dir: Path, error: OSError) -> RunFolderError:
     )
 
 
-def check_resumed_architecture(last: Path, config: ExperimentConfig, target: dict[str, torch.Tensor],
-                                   weights: dict[str, torch.Tensor]) -> None:
+def check_resumed_architecture(
+    last: Path, config: ExperimentConfig, target: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]
+) -> None:
     """Refuse, in one sentence, to resume a checkpoint into a model of another architecture or with
-    non-finite weights (a state dict that does not fit would fail deep inside torch). ``target``: the
-state dict of the model built now."""
+        non-finite weights (a state dict that does not fit would fail deep inside torch). ``target``: the
+    state dict of the model built now."""
     from ditsam.model.checkpoints import CheckpointError, first_non_finite
 
     stored = last / "experiment.yaml"
     if stored.is_file():
         saved = _flatten((yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("model", {}), "model.")
         current = _flatten(config.model.to_dict(), "model.")
-        changed = [f"{key}: {saved[key]!r} in the checkpoint, {value!r} now" for key, value in current.items()
-                   if key in saved and saved[key] != value and key not in RESUME_MAY_CHANGE]
+        changed = [
+            f"{key}: {saved[key]!r} in the checkpoint, {value!r} now"
+            for key, value in current.items()
+            if key in saved and saved[key] != value and key not in RESUME_MAY_CHANGE
+        ]
         if changed:
             raise ConfigError(
                 f"cannot resume {last}: the experiment's model differs from the one it was trained with "
                 f"({'; '.join(changed)}). Resume with the settings it was trained with, or start again with "
                 f"--overwrite (or another --run-dir)"
             )
-    mismatched = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} now"
-                  for key, value in weights.items() if key in target and value.shape != target[key].shape]
+    mismatched = [
+        f"{key} {tuple(value.shape)} in the checkpoint, {tuple(target[key].shape)} now"
+        for key, value in weights.items()
+        if key in target and value.shape != target[key].shape
+    ]
     missing = sorted(set(target) ^ set(weights))
     if mismatched or missing:
         detail = "; ".join(mismatched[:3]) or f"keys {', '.join(missing[:3])} are not in both"
@@ -165,6 +189,7 @@ state dict of the model built now."""
     if bad is not None:
         raise CheckpointError(f"cannot resume {last / 'training_state.pt'}: {bad}")
 
+
 def drop_metrics_after_checkpoint(path: Path, progress: Progress, *, counted: bool) -> None:
     """Keep the metrics records written up to the resumed checkpoint: the steps after it run again and
     log again. A checkpoint from before the records were counted keeps the file as it is."""
@@ -173,6 +198,7 @@ def drop_metrics_after_checkpoint(path: Path, progress: Progress, *, counted: bo
         progress.metrics_records = len(lines)
         return
     if len(lines) > progress.metrics_records:
-        write_text_atomically(path, "".join(lines[:progress.metrics_records]))
-        logger.info("%s: dropped %d record(s) logged after the resumed checkpoint", path,
-                    len(lines) - progress.metrics_records)
+        write_text_atomically(path, "".join(lines[: progress.metrics_records]))
+        logger.info(
+            "%s: dropped %d record(s) logged after the resumed checkpoint", path, len(lines) - progress.metrics_records
+        )

@@ -63,7 +63,11 @@ def build_adam(parameters: Iterable[nn.Parameter], train: "TrainConfig", *, devi
     """Adam as the config says; on a GPU the fused implementation (one kernel for all parameters,
     no host-side loop over them)."""
     return torch.optim.Adam(
-        list(parameters), lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay,
+        list(parameters),
+        lr=train.lr,
+        betas=train.betas,
+        eps=train.eps,
+        weight_decay=train.weight_decay,
         fused=True if device.type == "cuda" else None,
     )
 
@@ -75,6 +79,7 @@ def _tie_every_output(output: "DITSamOutput") -> torch.Tensor:
     values = (getattr(output, field.name) for field in dataclasses.fields(output))
     return sum(value.sum() for value in values if isinstance(value, torch.Tensor) and value.requires_grad) * 0
 
+
 class TrainingStep:
     """forward + loss + backward per micro-batch (gradients accumulated, DDP synchronised on the last
     one), clipping, ``optimizer.step()``, ``zero_grad``, EMA update.
@@ -84,8 +89,14 @@ class TrainingStep:
     """
 
     def __init__(
-        self, *, accelerator: "Accelerator", model: nn.Module, optimizer: torch.optim.Optimizer,
-        loss_fn: LossFunction, ema: "EMA | None" = None, grad_clip: float = 0.0,
+        self,
+        *,
+        accelerator: "Accelerator",
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFunction,
+        ema: "EMA | None" = None,
+        grad_clip: float = 0.0,
     ) -> None:
         self.accelerator = accelerator
         self.model = model

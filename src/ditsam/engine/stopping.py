@@ -65,5 +65,7 @@ class StopSignals:
             signal.raise_signal(number)
             return
         self.received = signal.Signals(number)
-        logger.warning("%s received: finishing this step, writing checkpoints/last, then stopping "
-                       "(a second signal stops at once)", self.received.name)
+        logger.warning(
+            "%s received: finishing this step, writing checkpoints/last, then stopping (a second signal stops at once)",
+            self.received.name,
+        )

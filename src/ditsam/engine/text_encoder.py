@@ -68,10 +68,12 @@ def resolve_text_encoder(
     name = config.model.text.name_or_path
     if not name.startswith(GENERATED_TEXT_PREFIX):
         return config, None
-    vocabulary = name[len(GENERATED_TEXT_PREFIX):]
+    vocabulary = name[len(GENERATED_TEXT_PREFIX) :]
     if vocabulary not in GENERATED_VOCABULARIES:
-        raise ConfigError(f"model.text.name_or_path {name!r}: generated text encoders are "
-                          f"{', '.join(GENERATED_TEXT_PREFIX + v for v in GENERATED_VOCABULARIES)}")
+        raise ConfigError(
+            f"model.text.name_or_path {name!r}: generated text encoders are "
+            f"{', '.join(GENERATED_TEXT_PREFIX + v for v in GENERATED_VOCABULARIES)}"
+        )
     module, constant = GENERATED_VOCABULARIES[vocabulary]
     words = tuple(getattr(importlib.import_module(module), constant))
     generated_data = config.data.format in GENERATED_FORMATS

@@ -76,8 +76,16 @@ def build_model(config: ExperimentConfig) -> DITSam:
 class Trainer:
     """Builds everything from an :class:`ExperimentConfig` and runs the loop. See :func:`train`."""
 
-    def __init__(self, config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool = False,
-                 overwrite: bool = False, skip_bad_data: bool = False, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        *,
+        run_dir: Path | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        skip_bad_data: bool = False,
+        progress: bool = True,
+    ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -88,8 +96,11 @@ class Trainer:
             mixed = "bf16" if torch.cuda.is_available() else "no"
         # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group. DDP
         # must expect unused parameters: text-only steps leave the point / box embeddings out of the graph.
-        self.accelerator = Accelerator(mixed_precision=mixed, cpu=use_cpu(),
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.accelerator = Accelerator(
+            mixed_precision=mixed,
+            cpu=use_cpu(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
         check_joined(self.accelerator.num_processes)
         self.mixed_precision = mixed
         world = self.accelerator.num_processes
@@ -101,8 +112,14 @@ class Trainer:
         self.accumulation = train.batch_size // (train.micro_batch_size * world)
         self.progress_bars = progress and self.accelerator.is_main_process
         if self.accelerator.is_main_process:
-            logger.info("training on %d process%s (%s): %d micro-batch(es) of %d per process and step", world,
-                        "es" if world > 1 else "", self.accelerator.device, self.accumulation, train.micro_batch_size)
+            logger.info(
+                "training on %d process%s (%s): %d micro-batch(es) of %d per process and step",
+                world,
+                "es" if world > 1 else "",
+                self.accelerator.device,
+                self.accumulation,
+                train.micro_batch_size,
+            )
         self.lock = None
         run_dir = default_run_dir(config, run_dir)
         # The config is final before anything is written: a generated text encoder's folder is known now.
@@ -130,9 +147,12 @@ class Trainer:
         self.train_set = ris_dataset(config, config.data.train_split, train=True)
         self.eval_sets = {split: ris_dataset(config, split, train=False) for split in config.data.eval_splits}
         # Keyed apart from the evaluation splits: one of them may read the training split too.
-        check_data({f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
-                   skip_bad=skip_bad_data, progress=self.progress_bars,
-                   report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None)
+        check_data(
+            {f"{config.data.train_split} (training)": self.train_set, **self.eval_sets},
+            skip_bad=skip_bad_data,
+            progress=self.progress_bars,
+            report=self.run_dir / BAD_RECORDS_FILE if self.accelerator.is_main_process else None,
+        )
         if self._text_encoder is not None:
             base = self.train_set.base
             self._text_encoder.build(base.iter_sentences() if hasattr(base, "iter_sentences") else ())
@@ -153,12 +173,20 @@ class Trainer:
 
         model = prepare_for_finetuning(build_model(config), train)
         self.ema = EMA(model, decay=train.ema_decay, warmup=train.ema_warmup) if train.ema_decay > 0 else None
-        optimizer = build_adam((p for p in model.parameters() if p.requires_grad), train, device=self.accelerator.device)
+        optimizer = build_adam(
+            (p for p in model.parameters() if p.requires_grad), train, device=self.accelerator.device
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
-        self.step = TrainingStep(accelerator=self.accelerator, model=self.model, optimizer=self.optimizer,
-                                 loss_fn=self._loss, ema=self.ema, grad_clip=train.grad_clip)
+        self.step = TrainingStep(
+            accelerator=self.accelerator,
+            model=self.model,
+            optimizer=self.optimizer,
+            loss_fn=self._loss,
+            ema=self.ema,
+            grad_clip=train.grad_clip,
+        )
         # Steps not yet checked for a finite loss: (global step, result, ref_ids per micro-batch).
         self._unchecked: list[tuple[int, StepResult, list[list[int]]]] = []
         self.progress = Progress()
@@ -192,13 +220,17 @@ class Trainer:
             order = torch.randperm(len(self.train_set), generator=generator)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         per_process = len(self.train_set) // world
-        mine = order[rank * per_process:(rank + 1) * per_process]
-        mine = mine[skip_micro_batches * self.config.train.micro_batch_size:]
+        mine = order[rank * per_process : (rank + 1) * per_process]
+        mine = mine[skip_micro_batches * self.config.train.micro_batch_size :]
         self.train_set.set_epoch(epoch)
         return DataLoader(
-            Subset(self.train_set, mine.tolist()), batch_size=self.config.train.micro_batch_size, shuffle=False,
-            num_workers=self.config.data.num_workers, collate_fn=self.collator,
-            pin_memory=self.accelerator.device.type == "cuda", persistent_workers=False,
+            Subset(self.train_set, mine.tolist()),
+            batch_size=self.config.train.micro_batch_size,
+            shuffle=False,
+            num_workers=self.config.data.num_workers,
+            collate_fn=self.collator,
+            pin_memory=self.accelerator.device.type == "cuda",
+            persistent_workers=False,
             # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
             # run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(self.config.train.seed + epoch),
@@ -246,8 +278,11 @@ class Trainer:
         try:
             return write_atomically(target, write)
         except OSError as error:
-            kept = (f"the previous checkpoint {target} is intact" if target.is_dir()
-                    else f"no earlier {name!r} checkpoint existed")
+            kept = (
+                f"the previous checkpoint {target} is intact"
+                if target.is_dir()
+                else f"no earlier {name!r} checkpoint existed"
+            )
             advice = "Free some space" if is_disk_full(error) else "Fix that"
             raise RunFolderError(
                 f"cannot save checkpoint {target} at step {self.progress.global_step}: "
@@ -286,11 +321,16 @@ class Trainer:
         results = {}
         for split, dataset in self.eval_sets.items():
             results[split] = evaluate(
-                self.eval_model, dataset, batch_size=self.config.train.micro_batch_size,
-                threshold=self.config.train.threshold, num_workers=self.config.data.num_workers,
-                mixed_precision=self.mixed_precision, process_index=self.accelerator.process_index,
+                self.eval_model,
+                dataset,
+                batch_size=self.config.train.micro_batch_size,
+                threshold=self.config.train.threshold,
+                num_workers=self.config.data.num_workers,
+                mixed_precision=self.mixed_precision,
+                process_index=self.accelerator.process_index,
                 num_processes=self.accelerator.num_processes,
-                all_reduce=lambda t: self.accelerator.reduce(t, reduction="sum"), keep=keep,
+                all_reduce=lambda t: self.accelerator.reduce(t, reduction="sum"),
+                keep=keep,
                 progress=self.progress_bars,
             )
         return results
@@ -299,20 +339,30 @@ class Trainer:
         from ditsam.engine.pictures import save_prediction_pictures
 
         for split, result in results.items():
-            self._log({"step": self.progress.global_step, "epoch": epoch, "split": split,
-                       **{f"{split}/{k}": v for k, v in result.metrics.items()}})
+            self._log(
+                {
+                    "step": self.progress.global_step,
+                    "epoch": epoch,
+                    "split": split,
+                    **{f"{split}/{k}": v for k, v in result.metrics.items()},
+                }
+            )
         if self.accelerator.is_main_process:
             for split, result in results.items():
                 if result.kept:
                     path = save_prediction_pictures(
-                        result.kept, self.eval_sets[split], self.run_dir / "predictions" / f"epoch{epoch:03d}_{split}.png"
+                        result.kept,
+                        self.eval_sets[split],
+                        self.run_dir / "predictions" / f"epoch{epoch:03d}_{split}.png",
                     )
                     if self.writer is not None:
                         import numpy as np
                         from PIL import Image
 
                         picture = np.asarray(Image.open(path).convert("RGB"))
-                        self.writer.add_image(f"predictions/{split}", picture, self.progress.global_step, dataformats="HWC")
+                        self.writer.add_image(
+                            f"predictions/{split}", picture, self.progress.global_step, dataformats="HWC"
+                        )
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, dict[str, float]]:
@@ -321,8 +371,11 @@ class Trainer:
         if self.accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             (self.run_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
-            sources = {split: dataset.base.source for split, dataset in {"train": self.train_set, **self.eval_sets}.items()
-                       if getattr(dataset.base, "source", None) is not None}
+            sources = {
+                split: dataset.base.source
+                for split, dataset in {"train": self.train_set, **self.eval_sets}.items()
+                if getattr(dataset.base, "source", None) is not None
+            }
             if sources:  # gRefCOCO was renumbered once: a run names the files it read
                 (self.run_dir / DATA_SOURCES_FILE).write_text(json.dumps(sources, indent=2))
             from torch.utils.tensorboard import SummaryWriter
@@ -334,8 +387,14 @@ class Trainer:
         if train.max_steps is not None:
             total_steps = min(total_steps, train.max_steps)
         last_results: dict[str, EvalResult] = {}
-        bar = tqdm(total=total_steps, initial=self.progress.global_step, desc="train", unit="step",
-                   disable=not self.progress_bars, dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=self.progress.global_step,
+            desc="train",
+            unit="step",
+            disable=not self.progress_bars,
+            dynamic_ncols=True,
+        )
         pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
         self.model.train()
         stop = StopSignals()
@@ -363,9 +422,20 @@ class Trainer:
                     if self.progress.global_step % train.log_every_steps == 0:
                         self._check_finite()
                         elapsed = time.perf_counter() - started
-                        bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}", lr=f"{lr:.2e}",
-                                        samples_s=f"{epoch_samples * self.accelerator.num_processes / max(elapsed, 1e-9):.1f}")
-                        self._log({"step": self.progress.global_step, "epoch": epoch, "train/loss": float(loss), "train/lr": lr})
+                        bar.set_postfix(
+                            epoch=epoch,
+                            loss=f"{float(loss):.4f}",
+                            lr=f"{lr:.2e}",
+                            samples_s=f"{epoch_samples * self.accelerator.num_processes / max(elapsed, 1e-9):.1f}",
+                        )
+                        self._log(
+                            {
+                                "step": self.progress.global_step,
+                                "epoch": epoch,
+                                "train/loss": float(loss),
+                                "train/lr": lr,
+                            }
+                        )
                     saved = bool(train.save_every_steps) and self.progress.global_step % train.save_every_steps == 0
                     if saved:
                         self.save("last")
@@ -411,8 +481,10 @@ class Trainer:
         if not saved:
             self.save("last")
         why = stop.received.name if stop.received is not None else "a stop signal to another process"
-        message = (f"stopped after step {self.progress.global_step} ({why}): {self.run_dir / 'checkpoints' / 'last'} "
-                   f"holds it; continue with --resume")
+        message = (
+            f"stopped after step {self.progress.global_step} ({why}): {self.run_dir / 'checkpoints' / 'last'} "
+            f"holds it; continue with --resume"
+        )
         raise TrainingStopped(message)
 
     def _select_best(self, results: dict[str, EvalResult]) -> None:
@@ -422,8 +494,9 @@ class Trainer:
         metrics = results[split].metrics
         name = self.config.train.select_metric
         if name not in metrics:
-            raise ConfigError(f"train.select_metric {name!r} is not a metric of split {split!r}; "
-                              f"its metrics are {', '.join(metrics)}")
+            raise ConfigError(
+                f"train.select_metric {name!r} is not a metric of split {split!r}; its metrics are {', '.join(metrics)}"
+            )
         score = metrics[name]
         if score is None:  # e.g. N-acc of a split without no-target sentences
             return
@@ -446,8 +519,14 @@ class Trainer:
         # Multimask models learn from their best mask and train the IoU head that picks it (SAM's recipe).
         train = self.config.train
         iou_head = self.config.model.multimask_output or train.iou_loss_single_mask
-        loss = mask_loss(output.logits, output.iou_predictions, micro.masks, dice_weight=train.dice_weight,
-                         iou_weight=train.iou_loss_weight if iou_head else 0.0, threshold=train.threshold)
+        loss = mask_loss(
+            output.logits,
+            output.iou_predictions,
+            micro.masks,
+            dice_weight=train.dice_weight,
+            iou_weight=train.iou_loss_weight if iou_head else 0.0,
+            threshold=train.threshold,
+        )
         if output.presence_logits is not None:
             loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, micro.no_target)
         return loss
@@ -457,16 +536,24 @@ class Trainer:
         the device (reading it synchronises: the loop does so at log steps only). Finiteness is checked
         later, by :meth:`_check_finite`."""
         train = self.config.train
-        lr = learning_rate(self.progress.global_step, steps_per_epoch=self.steps_per_epoch, epochs=train.epochs,
-                           base_lr=train.lr, config=train.schedule)
+        lr = learning_rate(
+            self.progress.global_step,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=train.epochs,
+            base_lr=train.lr,
+            config=train.schedule,
+        )
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         micro_batches = []
         for batch in group:
             # Pinned host memory (pin_memory on a GPU) makes the copy asynchronous: no wait for the device.
             batch = batch.to(self.accelerator.device, non_blocking=True)
-            micro_batches.append(MicroBatch(images=batch.images, masks=batch.masks, prompts=self._prompts(batch),
-                                            no_target=batch.no_target))
+            micro_batches.append(
+                MicroBatch(
+                    images=batch.images, masks=batch.masks, prompts=self._prompts(batch), no_target=batch.no_target
+                )
+            )
         result = self.step(micro_batches)
         self._unchecked.append((self.progress.global_step, result, [[int(r) for r in b.ref_ids] for b in group]))
         return result.loss
@@ -492,9 +579,11 @@ class Trainer:
         init = self.config.train.init_checkpoint
         where = f"batch ref_ids {bad_refs}" if bad_refs is not None else "on another process"
         if step == 0 and init:
-            cause = (f"non-finite loss at the first step (step 0), right after loading train.init_checkpoint={init} "
-                     f"({where}): the starting weights give NaN / inf on this data, so suspect them (or the model "
-                     f"config they were loaded into, or train.mixed_precision) before the data")
+            cause = (
+                f"non-finite loss at the first step (step 0), right after loading train.init_checkpoint={init} "
+                f"({where}): the starting weights give NaN / inf on this data, so suspect them (or the model "
+                f"config they were loaded into, or train.mixed_precision) before the data"
+            )
         else:
             cause = f"non-finite loss at step {step} (epoch {self.progress.epoch}), {where}"
         checkpoints = self.run_dir / "checkpoints"
@@ -504,8 +593,15 @@ class Trainer:
         return f"{cause}; no checkpoint has been written yet, so there is nothing to resume from"
 
 
-def train(config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool = False, overwrite: bool = False,
-          skip_bad_data: bool = False, progress: bool = True) -> dict[str, dict[str, float]]:
+def train(
+    config: ExperimentConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    skip_bad_data: bool = False,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
     """Train ``config``; returns the last evaluation's metrics per split.
 
     ``resume``: continue the run in ``run_dir`` from ``checkpoints/last``; ``overwrite``: replace the
@@ -513,5 +609,6 @@ def train(config: ExperimentConfig, *, run_dir: Path | None = None, resume: bool
     ``skip_bad_data``: train on the records that pass the data check, instead of stopping
     (:func:`~ditsam.engine.data.check_data`).
     """
-    return Trainer(config, run_dir=run_dir, resume=resume, overwrite=overwrite, skip_bad_data=skip_bad_data,
-                   progress=progress).fit()
+    return Trainer(
+        config, run_dir=run_dir, resume=resume, overwrite=overwrite, skip_bad_data=skip_bad_data, progress=progress
+    ).fit()

@@ -28,9 +28,14 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 _CPUINFO = "/proc/cpuinfo"
 
 _DTYPE_NAMES = {
-    "fp32": "float32", "float32": "float32", "float": "float32",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
 }
 
 
@@ -82,14 +87,18 @@ def resolve_device(device: "torch.device | str | None") -> "torch.device":
                 f"use --device cpu (device='cpu'), or install the torch build for your CUDA"
             )
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} asked for, but no CUDA GPU is visible; use --device cpu (device='cpu')")
+            raise ValueError(
+                f"device {str(device)!r} asked for, but no CUDA GPU is visible; use --device cpu (device='cpu')"
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(
                 f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
                 f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
             )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but MPS is not available here; use --device cpu (device='cpu')")
+        raise ValueError(
+            f"device {str(device)!r} asked for, but MPS is not available here; use --device cpu (device='cpu')"
+        )
     return resolved
 
 
@@ -110,12 +119,18 @@ def auto_dtype(device_type: str) -> "torch.dtype | None":
     import torch
 
     if device_type == "cuda":
-        chosen, why = (torch.bfloat16, "this GPU supports bf16") if torch.cuda.is_bf16_supported() else (
-            None, "this GPU has no bf16")
+        chosen, why = (
+            (torch.bfloat16, "this GPU supports bf16")
+            if torch.cuda.is_bf16_supported()
+            else (None, "this GPU has no bf16")
+        )
     elif device_type == "cpu":
         flags = cpu_bf16_flags()
-        chosen, why = (torch.bfloat16, f"the CPU has {' and '.join(flags)}") if flags else (
-            None, "the CPU has no bf16 matrix instructions (bf16 would be emulated, slower than float32)")
+        chosen, why = (
+            (torch.bfloat16, f"the CPU has {' and '.join(flags)}")
+            if flags
+            else (None, "the CPU has no bf16 matrix instructions (bf16 would be emulated, slower than float32)")
+        )
     else:
         chosen, why = None, f"bf16 is not used on {device_type}"
     logger.info("dtype='auto' on %s: %s (%s)", device_type, "bf16 autocast" if chosen is not None else "float32", why)

@@ -92,8 +92,13 @@ def make_jobs(image: Any, text: Any, points: Any, boxes: Any) -> tuple[list[Job]
             what = os.fspath(img)
         jobs.append(
             Job(
-                index=index, image_key=image_key(img), image=img, sentence=sentence,
-                points=parse_points(pts, what), box=parse_box(box, what), what=what,
+                index=index,
+                image_key=image_key(img),
+                image=img,
+                sentence=sentence,
+                points=parse_points(pts, what),
+                box=parse_box(box, what),
+                what=what,
             )
         )
     return jobs, not many_images and not many_sentences
@@ -128,7 +133,8 @@ def chunk_jobs(
         while start < len(ordered):
             stop = start + 1
             while (
-                stop < len(ordered) and stop - start < batch_size
+                stop < len(ordered)
+                and stop - start < batch_size
                 and ordered[stop].signature == ordered[start].signature
             ):
                 stop += 1

@@ -160,7 +160,9 @@ class DITSamConfig(ConfigBase):
             return BACKBONES[self.backbone]
         depth = int(self.depth)  # type: ignore[arg-type]
         return BackboneSize(
-            int(self.embed_dim), depth, int(self.num_heads),  # type: ignore[arg-type]
+            int(self.embed_dim),
+            depth,
+            int(self.num_heads),  # type: ignore[arg-type]
             tuple(self.global_attn_indexes) if self.global_attn_indexes is not None else (depth - 1,),
         )
 
@@ -190,7 +192,9 @@ def reference_config(**overrides: object) -> DITSamConfig:
     ``overrides`` are merged into the preset, nested sections key by key:
     ``reference_config(text={"name_or_path": "my-bert"})`` keeps ``text.hidden_layer = 1``.
     """
-    base = DITSamConfig(attention="global", mask_text_padding=False, multimask_output=False, upsample_align_corners=True)
+    base = DITSamConfig(
+        attention="global", mask_text_padding=False, multimask_output=False, upsample_align_corners=True
+    )
     data = base.to_dict()
     data["text"]["hidden_layer"] = 1
     data = nest_legacy_injection_keys(_merge(data, overrides))

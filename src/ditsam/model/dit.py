@@ -48,30 +48,41 @@ class DITSam(nn.Module):
         self.text_encoder = TextEncoder(config=config.text, load_weights=load_text_weights)
         text_dim = self.text_encoder.hidden_size
         self.image_encoder = ImageEncoderViT(
-            img_size=config.image_size, patch_size=config.patch_size, embed_dim=size.embed_dim, depth=size.depth,
-            num_heads=size.num_heads, mlp_ratio=config.mlp_ratio, out_chans=config.prompt_embed_dim,
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=size.embed_dim,
+            depth=size.depth,
+            num_heads=size.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            out_chans=config.prompt_embed_dim,
             window_size=config.window_size if config.attention == "windowed" else 0,
-            global_attn_indexes=size.global_attn_indexes, injection=build_injection(config, text_dim=text_dim),
-            pos_embed_init=config.pos_embed_init, use_rel_pos=config.use_rel_pos,
+            global_attn_indexes=size.global_attn_indexes,
+            injection=build_injection(config, text_dim=text_dim),
+            pos_embed_init=config.pos_embed_init,
+            use_rel_pos=config.use_rel_pos,
         )
         self.image_encoder.gradient_checkpointing = config.gradient_checkpointing
         grid = (config.grid, config.grid)
         self.prompt_encoder = PromptEncoder(
-            embed_dim=config.prompt_embed_dim, image_embedding_size=grid,
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=grid,
             input_image_size=(config.image_size, config.image_size),
         )
         self.mask_decoder = MaskDecoder(
             transformer_dim=config.prompt_embed_dim,
             transformer=TwoWayTransformer(
-                depth=2 + config.extra_decoder_layers, embedding_dim=config.prompt_embed_dim,
-                num_heads=config.decoder_num_heads, mlp_dim=config.decoder_mlp_dim,
+                depth=2 + config.extra_decoder_layers,
+                embedding_dim=config.prompt_embed_dim,
+                num_heads=config.decoder_num_heads,
+                mlp_dim=config.decoder_mlp_dim,
             ),
         )
         # W_o: the words as sparse prompts of the decoder (applied to BERT's features, as the reference).
         self.text_proj = nn.Linear(text_dim, config.prompt_embed_dim)
         self.presence_head = (
             PresenceHead(embed_dim=config.prompt_embed_dim, hidden_dim=config.prompt_embed_dim)
-            if config.no_target_head else nn.Identity()
+            if config.no_target_head
+            else nn.Identity()
         )
         self._tokenizer: TextTokenizer | None = None
         self.apply_freezing()
@@ -129,7 +140,11 @@ class DITSam(nn.Module):
             features = images.new_zeros(batch, 0, self.text_encoder.hidden_size)
             keep = torch.ones(batch, 0, dtype=torch.bool, device=images.device)
         else:
-            if self.config.mask_text_padding and not torch.jit.is_tracing() and text.attention_mask.device.type == "cpu":
+            if (
+                self.config.mask_text_padding
+                and not torch.jit.is_tracing()
+                and text.attention_mask.device.type == "cpu"
+            ):
                 # Columns that are [PAD] in every sentence change nothing once padding is masked
                 # (BERT masks it too): drop them before BERT, the ViT and the decoder see them. Not
                 # while tracing (ONNX export), where the cut would be frozen into the graph, and not on
@@ -146,9 +161,13 @@ class DITSam(nn.Module):
         sparse = torch.cat([self.text_proj(features).to(sparse.dtype), sparse], dim=1)
         token_keep = torch.cat([keep, keep.new_ones(batch, sparse.shape[1] - keep.shape[1])], dim=1)
         low_res, iou, iou_token = self.mask_decoder(
-            image_embeddings=image_embeddings, image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-            multimask_output=self.config.multimask_output, token_key_mask=token_keep, with_iou_token=True,
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.config.multimask_output,
+            token_key_mask=token_keep,
+            with_iou_token=True,
         )
         logits = F.interpolate(
             low_res, size=images.shape[-2:], mode="bilinear", align_corners=self.config.upsample_align_corners
@@ -179,7 +198,12 @@ class DITSam(nn.Module):
             raise ValueError(f"one sentence given for {batch} images: pass a list of {batch} sentences")
         if points is not None:
             coords, labels = points
-            if coords.ndim != 3 or coords.shape[0] != batch or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+            if (
+                coords.ndim != 3
+                or coords.shape[0] != batch
+                or coords.shape[-1] != 2
+                or labels.shape != coords.shape[:2]
+            ):
                 raise ValueError(
                     f"points must be (coords (B,N,2), labels (B,N)) with B={batch}, "
                     f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
@@ -219,8 +243,13 @@ class DITSam(nn.Module):
         from ditsam.model.checkpoints import save_pretrained
 
         return save_pretrained(
-            self, directory, metrics=metrics, training_data=training_data, base_model=base_model,
-            model_id=model_id, card_notes=card_notes,
+            self,
+            directory,
+            metrics=metrics,
+            training_data=training_data,
+            base_model=base_model,
+            model_id=model_id,
+            card_notes=card_notes,
         )
 
     def push_to_hub(
@@ -246,8 +275,16 @@ class DITSam(nn.Module):
         from ditsam.model.checkpoints import push_to_hub
 
         return push_to_hub(
-            self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message,
-            create_pr=create_pr, metrics=metrics, training_data=training_data, base_model=base_model,
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            metrics=metrics,
+            training_data=training_data,
+            base_model=base_model,
         )
 
     @classmethod
@@ -276,7 +313,15 @@ class DITSam(nn.Module):
         from ditsam.model.checkpoints import load_pretrained
 
         return load_pretrained(
-            cls, source, revision=revision, injection=injection, config=config,
-            text_name_or_path=text_name_or_path, cache_dir=cache_dir, token=token,
-            local_files_only=local_files_only, force_download=force_download, map_location=map_location,
+            cls,
+            source,
+            revision=revision,
+            injection=injection,
+            config=config,
+            text_name_or_path=text_name_or_path,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+            map_location=map_location,
         )

@@ -116,7 +116,8 @@ class EndToEndInjection(TokenInjection):
         ]
         super().__init__(
             writers=[ProjectText(text_dim=text_dim, embed_dim=embed_dim), *later],
-            embed_dim=embed_dim, static_tokens=static_tokens,
+            embed_dim=embed_dim,
+            static_tokens=static_tokens,
         )
 
 
@@ -124,7 +125,13 @@ class LayerwiseInjection(TokenInjection):
     """L-DIT: a fresh, separately learned projection of the text replaces the text tokens before each block."""
 
     def __init__(
-        self, *, text_dim: int, embed_dim: int, depth: int, static_tokens: int = 0, dropout: float = 0.1,
+        self,
+        *,
+        text_dim: int,
+        embed_dim: int,
+        depth: int,
+        static_tokens: int = 0,
+        dropout: float = 0.1,
         zero_init: bool = True,
     ) -> None:
         super().__init__(
@@ -132,7 +139,8 @@ class LayerwiseInjection(TokenInjection):
                 ProjectText(text_dim=text_dim, embed_dim=embed_dim, dropout=dropout, zero_init=zero_init)
                 for _ in range(depth)
             ],
-            embed_dim=embed_dim, static_tokens=static_tokens,
+            embed_dim=embed_dim,
+            static_tokens=static_tokens,
         )
 
 
@@ -206,7 +214,10 @@ def _end_to_end(config: DITSamConfig, *, text_dim: int) -> EndToEndInjection:
     options, size = config.injection_options, config.size
     refine = config.freeze_image_encoder if options.refine_text_per_layer is None else options.refine_text_per_layer
     return EndToEndInjection(
-        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=options.static_tokens,
+        text_dim=text_dim,
+        embed_dim=size.embed_dim,
+        depth=size.depth,
+        static_tokens=options.static_tokens,
         refine_per_layer=refine,
     )
 
@@ -214,15 +225,23 @@ def _end_to_end(config: DITSamConfig, *, text_dim: int) -> EndToEndInjection:
 def _layerwise(config: DITSamConfig, *, text_dim: int) -> LayerwiseInjection:
     options, size = config.injection_options, config.size
     return LayerwiseInjection(
-        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, static_tokens=options.static_tokens,
-        dropout=options.dropout, zero_init=options.zero_init,
+        text_dim=text_dim,
+        embed_dim=size.embed_dim,
+        depth=size.depth,
+        static_tokens=options.static_tokens,
+        dropout=options.dropout,
+        zero_init=options.zero_init,
     )
 
 
 def _cross_attention(config: DITSamConfig, *, text_dim: int, with_ffn: bool) -> CrossAttentionInjection:
     size = config.size
     return CrossAttentionInjection(
-        text_dim=text_dim, embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads, with_ffn=with_ffn,
+        text_dim=text_dim,
+        embed_dim=size.embed_dim,
+        depth=size.depth,
+        num_heads=size.num_heads,
+        with_ffn=with_ffn,
     )
 
 

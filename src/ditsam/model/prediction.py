@@ -53,8 +53,9 @@ def choose_prediction(output: "DITSamOutput") -> Prediction:
         raise ValueError(f"logits must be (B, M, S, S), got shape {tuple(logits.shape)}")
     batch, masks = logits.shape[:2]
     if tuple(iou.shape) != (batch, masks):
-        raise ValueError(f"iou_predictions must be ({batch}, {masks}) for logits {tuple(logits.shape)}, "
-                         f"got {tuple(iou.shape)}")
+        raise ValueError(
+            f"iou_predictions must be ({batch}, {masks}) for logits {tuple(logits.shape)}, got {tuple(iou.shape)}"
+        )
     if presence_logits is not None and tuple(presence_logits.shape) != (batch,):
         raise ValueError(f"presence_logits must be ({batch},), got {tuple(presence_logits.shape)}")
     iou = iou.float()
@@ -62,7 +63,10 @@ def choose_prediction(output: "DITSamOutput") -> Prediction:
     rows = torch.arange(batch, device=logits.device)
     presence = None if presence_logits is None else torch.sigmoid(presence_logits.float())
     return Prediction(
-        logits=logits[rows, best].float(), score=iou[rows, best], mask_index=best, presence=presence,
+        logits=logits[rows, best].float(),
+        score=iou[rows, best],
+        mask_index=best,
+        presence=presence,
         no_target=None if presence_logits is None else no_target_from_logits(presence_logits),
     )
 
@@ -80,4 +84,3 @@ def final_mask(logits: torch.Tensor, *, threshold: float, no_target: bool | None
         return torch.zeros_like(logits, dtype=torch.bool), False
     mask = foreground(logits, threshold=threshold)
     return mask, no_target is not None or bool(mask.any())
-

@@ -75,7 +75,9 @@ class TextTokenizer:
         if max_tokens < 3:
             raise ValueError(f"max_tokens must be >= 3 ([CLS], one word, [SEP]), got {max_tokens}")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only, use_fast=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                name_or_path, local_files_only=local_files_only, use_fast=True
+            )
         except OSError as error:
             raise FileNotFoundError(
                 f"no tokenizer found at {name_or_path!r}: give a local BERT directory (config.json, vocab.txt) "
@@ -101,7 +103,10 @@ class TextTokenizer:
             self._warned = True
             log(
                 "%d sentence(s) exceed %d tokens and are truncated (first: %r, %d tokens); later truncations are logged at DEBUG",
-                len(too_long), self.max_tokens, sentences[too_long[0]], len(full[too_long[0]]),
+                len(too_long),
+                self.max_tokens,
+                sentences[too_long[0]],
+                len(full[too_long[0]]),
             )
         encoded = self.tokenizer(
             list(sentences), padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
@@ -175,7 +180,9 @@ def build_tiny_bert(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-    vocabulary = list(dict.fromkeys([*SPECIAL_TOKENS, *(w.lower() for w in words), *letters, *(f"##{c}" for c in letters)]))
+    vocabulary = list(
+        dict.fromkeys([*SPECIAL_TOKENS, *(w.lower() for w in words), *letters, *(f"##{c}" for c in letters)])
+    )
     # vocab.txt + a tokenizer_config naming BertTokenizer is the layout every transformers version
     # reads; AutoTokenizer then builds the fast tokenizer from it.
     (directory / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")

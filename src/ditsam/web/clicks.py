@@ -95,7 +95,9 @@ def as_clicks(value: Any) -> Clicks:
     if isinstance(value, Clicks):
         return value
     if isinstance(value, Mapping):
-        return Clicks(points=[list(p) for p in value.get("points", [])], box=value.get("box"), corner=value.get("corner"))
+        return Clicks(
+            points=[list(p) for p in value.get("points", [])], box=value.get("box"), corner=value.get("corner")
+        )
     return Clicks()
 
 

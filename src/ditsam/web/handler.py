@@ -188,8 +188,10 @@ def _result_output(rgb: "Image.Image", sentence: str, result: "SegmentationResul
         f"score {result.score:.4f} (the model's IoU prediction)"
     )
     if result.presence is not None and not result.present:  # the no-target head: nothing is named here
-        status = (f"**Nothing matches this sentence** in this {width}x{height} image (the model is "
-                  f"{100.0 * (1.0 - result.presence):.0f}% sure nothing is referred)")
+        status = (
+            f"**Nothing matches this sentence** in this {width}x{height} image (the model is "
+            f"{100.0 * (1.0 - result.presence):.0f}% sure nothing is referred)"
+        )
     elif area:
         x, y, w, h = result.bbox
         status += f", bounding box x={x} y={y} w={w} h={h}"

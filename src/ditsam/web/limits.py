@@ -45,6 +45,7 @@ class TimeLimit:
             started = not future.cancel()  # a call still waiting for the model thread is dropped
             logger.warning(
                 "a request took more than %g s (--request-timeout) and was answered with a message%s",
-                self.seconds, "; the model finishes it in the background" if started else "",
+                self.seconds,
+                "; the model finishes it in the background" if started else "",
             )
             raise RequestTimeout(f"no answer within {self.seconds:g} s") from None

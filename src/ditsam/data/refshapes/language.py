@@ -84,7 +84,10 @@ class _Geometry:
         self.margin = max(6.0, 0.08 * min(height, width))
         # Per side, a key that grows away from that side.
         self._keys = {
-            "left": self.cx, "right": [-v for v in self.cx], "top": self.cy, "bottom": [-v for v in self.cy],
+            "left": self.cx,
+            "right": [-v for v in self.cx],
+            "top": self.cy,
+            "bottom": [-v for v in self.cy],
         }
 
     def key(self, index: int, side: str) -> float:
@@ -107,7 +110,9 @@ class _Geometry:
         dy = self.cy[target] - self.cy[anchor]
         if relation == "closest":
             d = math.hypot(dx, dy)
-            others = [math.hypot(self.cx[o] - self.cx[anchor], self.cy[o] - self.cy[anchor]) for o in members if o != target]
+            others = [
+                math.hypot(self.cx[o] - self.cx[anchor], self.cy[o] - self.cy[anchor]) for o in members if o != target
+            ]
             if all(o >= 1.4 * d for o in others):
                 return TRUE
             return FALSE if any(d >= 1.4 * o for o in others) else UNSURE
@@ -173,7 +178,9 @@ def referent(truths: Sequence[int] | None) -> int | None:
 def _noun_phrases(obj: SceneObject) -> list[NounPhrase]:
     return [
         NounPhrase(size=s, colour=c, shape=h)
-        for s in (None, obj.size) for c in (None, obj.colour) for h in (None, obj.shape)
+        for s in (None, obj.size)
+        for c in (None, obj.colour)
+        for h in (None, obj.shape)
     ]
 
 
@@ -205,7 +212,9 @@ def _candidate_expressions(objects: Sequence[SceneObject]) -> Iterator[Expressio
             if counts[phrase] - int(phrase.matches(obj)) < 2:
                 continue
             for relation in _RELATION_TEMPLATES:
-                yield Expression(kind=RELATION, phrase=phrase, relation=relation, anchor=anchor, anchor_phrase=anchor_phrase)
+                yield Expression(
+                    kind=RELATION, phrase=phrase, relation=relation, anchor=anchor, anchor_phrase=anchor_phrase
+                )
 
 
 def find_expressions(objects: Sequence[SceneObject], *, height: int, width: int) -> dict[int, list[Expression]]:
@@ -224,8 +233,12 @@ def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
 
 
 def render_phrase(
-    phrase: NounPhrase, rng: np.random.Generator, *, shape_words: Mapping[str, str] | None = None,
-    generic_nouns: Sequence[str] = _GENERIC_NOUNS, pronoun: str = "one",
+    phrase: NounPhrase,
+    rng: np.random.Generator,
+    *,
+    shape_words: Mapping[str, str] | None = None,
+    generic_nouns: Sequence[str] = _GENERIC_NOUNS,
+    pronoun: str = "one",
 ) -> str:
     """Words of a noun phrase, e.g. "small red triangle", "big one", "object". ``shape_words`` (shape ->
     word), ``generic_nouns`` and ``pronoun`` replace the singular nouns (plurals: "red triangles", "big ones")."""

@@ -57,7 +57,9 @@ def _polygon_vertices(shape: str, r: float, rng: np.random.Generator) -> np.ndar
         return _regular_polygon(6, rng.uniform(0, 2 * math.pi), [r])
     if shape == "cross":
         a, b = 0.34 * r, r
-        arms = np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a], [-b, a], [-b, -a], [-a, -a]])
+        arms = np.array(
+            [[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a], [-b, a], [-b, -a], [-a, -a]]
+        )
         return _rotate(arms, rng.uniform(-0.25, 0.25))
     raise ValueError(f"{shape!r} is not a polygonal shape")
 
@@ -86,7 +88,15 @@ def _raster_mask(shape: str, r: float, cx: float, cy: float, height: int, width:
 
 
 def _make_object(
-    shape: str, colour: str, size: str, cx: float, cy: float, r: float, height: int, width: int, rng: np.random.Generator
+    shape: str,
+    colour: str,
+    size: str,
+    cx: float,
+    cy: float,
+    r: float,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
 ) -> SceneObject | None:
     polygon = None
     if shape in POLYGON_SHAPES:
@@ -116,9 +126,7 @@ def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     return out
 
 
-def _sample_objects(
-    rng: np.random.Generator, *, height: int, width: int, count: int, split: str
-) -> list[SceneObject]:
+def _sample_objects(rng: np.random.Generator, *, height: int, width: int, count: int, split: str) -> list[SceneObject]:
     """Place up to ``count`` shapes with disjoint masks (2 px apart); boxes may overlap slightly."""
     p_shape, p_colour = _REPEAT_PROBABILITY[split]
     short = min(height, width)

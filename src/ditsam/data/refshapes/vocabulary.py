@@ -62,10 +62,34 @@ _SIDE_WORDS: dict[str, str] = {"left": "left", "right": "right", "top": "top", "
 _ATTRIBUTE_TEMPLATES = ("the {np}", "{np}", "the {np} in the picture", "the {np} in the image")
 # Extreme position; the "pair" phrasings read naturally only when two objects fit the noun phrase.
 _POSITION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "left": ("the leftmost {np}", "leftmost {np}", "the {np} furthest to the left", "the {np} on the far left", "the first {np} from the left"),
-    "right": ("the rightmost {np}", "rightmost {np}", "the {np} furthest to the right", "the {np} on the far right", "the first {np} from the right"),
-    "top": ("the topmost {np}", "the highest {np}", "the {np} nearest the top", "the {np} at the very top", "the first {np} from the top"),
-    "bottom": ("the bottommost {np}", "the lowest {np}", "the {np} nearest the bottom", "the {np} at the very bottom", "the first {np} from the bottom"),
+    "left": (
+        "the leftmost {np}",
+        "leftmost {np}",
+        "the {np} furthest to the left",
+        "the {np} on the far left",
+        "the first {np} from the left",
+    ),
+    "right": (
+        "the rightmost {np}",
+        "rightmost {np}",
+        "the {np} furthest to the right",
+        "the {np} on the far right",
+        "the first {np} from the right",
+    ),
+    "top": (
+        "the topmost {np}",
+        "the highest {np}",
+        "the {np} nearest the top",
+        "the {np} at the very top",
+        "the first {np} from the top",
+    ),
+    "bottom": (
+        "the bottommost {np}",
+        "the lowest {np}",
+        "the {np} nearest the bottom",
+        "the {np} at the very bottom",
+        "the first {np} from the bottom",
+    ),
 }
 _PAIR_TEMPLATES: dict[str, tuple[str, ...]] = {
     "left": ("the {np} on the left", "the left {np}", "left {np}"),
@@ -80,14 +104,25 @@ _RELATION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "right": ("the {np} right of the {anchor}", "the {np} to the right of the {anchor}", "{np} right of {anchor}"),
     "above": ("the {np} above the {anchor}", "the {np} higher than the {anchor}", "{np} above {anchor}"),
     "below": ("the {np} below the {anchor}", "the {np} under the {anchor}", "the {np} beneath the {anchor}"),
-    "closest": ("the {np} closest to the {anchor}", "the {np} nearest to the {anchor}", "the {np} nearest the {anchor}"),
+    "closest": (
+        "the {np} closest to the {anchor}",
+        "the {np} nearest to the {anchor}",
+        "the {np} nearest the {anchor}",
+    ),
 }
 
 
 def _vocabulary() -> tuple[str, ...]:
     templates = [
-        *_ATTRIBUTE_TEMPLATES, *_ORDINAL_TEMPLATES, *_MIDDLE_TEMPLATES,
-        *(t for table in (_POSITION_TEMPLATES, _PAIR_TEMPLATES, _RELATION_TEMPLATES) for ts in table.values() for t in ts),
+        *_ATTRIBUTE_TEMPLATES,
+        *_ORDINAL_TEMPLATES,
+        *_MIDDLE_TEMPLATES,
+        *(
+            t
+            for table in (_POSITION_TEMPLATES, _PAIR_TEMPLATES, _RELATION_TEMPLATES)
+            for ts in table.values()
+            for t in ts
+        ),
     ]
     words = {w for t in templates for w in t.split() if not w.startswith("{")}
     words.update(SHAPES, COLOURS, _GENERIC_NOUNS, ("one",), _ORDINAL_WORDS, _SIDE_WORDS.values())
@@ -123,27 +158,39 @@ class RefShapesPreset:
 PRESETS: dict[str, RefShapesPreset] = {
     # ~650 train objects, ~150 objects (= sentences) per eval split, 96..160 px: a CPU job of minutes.
     "tiny": RefShapesPreset(
-        side_range=(96, 160), side_step=16, objects_range=(3, 6),
+        side_range=(96, 160),
+        side_step=16,
+        objects_range=(3, 6),
         images={"train": 150, "val": 32, "testA": 40, "testB": 33},
-        train_sentences_per_ref=3, eval_sentences_per_ref=1,
+        train_sentences_per_ref=3,
+        eval_sentences_per_ref=1,
     ),
     # The CPU demo's evaluation: tiny's scenes, >= 400 sentences per evaluation split (training
     # streams fresh scenes, see ditsam.data.refshapes_stream; the train files are for reference).
     "demo": RefShapesPreset(
-        side_range=(96, 160), side_step=16, objects_range=(3, 6),
+        side_range=(96, 160),
+        side_step=16,
+        objects_range=(3, 6),
         images={"train": 150, "val": 100, "testA": 110, "testB": 95},
-        train_sentences_per_ref=3, eval_sentences_per_ref=1,
+        train_sentences_per_ref=3,
+        eval_sentences_per_ref=1,
     ),
     "small": RefShapesPreset(
-        side_range=(128, 256), side_step=16, objects_range=(3, 7),
+        side_range=(128, 256),
+        side_step=16,
+        objects_range=(3, 7),
         images={"train": 1500, "val": 150, "testA": 180, "testB": 180},
-        train_sentences_per_ref=3, eval_sentences_per_ref=2,
+        train_sentences_per_ref=3,
+        eval_sentences_per_ref=2,
     ),
     # GPU scale, about RefCOCO's size: ~44k train objects at 256..512 px (the reference model's
     # 512 input), ~2.8 GB of PNGs; use workers= to generate it in parallel.
     "large": RefShapesPreset(
-        side_range=(256, 512), side_step=32, objects_range=(3, 8),
+        side_range=(256, 512),
+        side_step=32,
+        objects_range=(3, 8),
         images={"train": 8000, "val": 500, "testA": 500, "testB": 500},
-        train_sentences_per_ref=3, eval_sentences_per_ref=3,
+        train_sentences_per_ref=3,
+        eval_sentences_per_ref=3,
     ),
 }

@@ -48,7 +48,9 @@ def sentence_limit(preset: RefShapesPreset, split: str) -> int:
     return preset.train_sentences_per_ref if split == "train" else preset.eval_sentences_per_ref
 
 
-def sample_scene_objects(rng: np.random.Generator, *, preset: RefShapesPreset, split: str) -> tuple[int, int, list[SceneObject]]:
+def sample_scene_objects(
+    rng: np.random.Generator, *, preset: RefShapesPreset, split: str
+) -> tuple[int, int, list[SceneObject]]:
     """(width, height, objects) of a new layout with at least two objects."""
     sides = np.arange(preset.side_range[0], preset.side_range[1] + 1, preset.side_step)
     while True:
@@ -75,8 +77,9 @@ def single_target_refs(
 def _generate_scene(rng: np.random.Generator, *, preset: RefShapesPreset, split: str) -> Scene:
     while True:  # redraw the (rare) scenes where nothing can be referred to
         width, height, objects = sample_scene_objects(rng, preset=preset, split=split)
-        refs = single_target_refs(objects, height=height, width=width, split=split,
-                                  limit=sentence_limit(preset, split), rng=rng)
+        refs = single_target_refs(
+            objects, height=height, width=width, split=split, limit=sentence_limit(preset, split), rng=rng
+        )
         if refs:
             return Scene(width, height, objects, refs)
 
@@ -143,11 +146,16 @@ def image_record(job: _ImageJob, scene: Scene, pixels: np.ndarray) -> _ImageReco
     objects = []
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.bbox
-        objects.append({
-            "shape": obj.shape, "colour": obj.colour, "size": obj.size,
-            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-            "area": float(obj.mask.sum()), "segmentation": _segmentation(obj),
-        })
+        objects.append(
+            {
+                "shape": obj.shape,
+                "colour": obj.colour,
+                "size": obj.size,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": float(obj.mask.sum()),
+                "segmentation": _segmentation(obj),
+            }
+        )
     return _ImageRecord(job, file_name, scene.width, scene.height, objects, scene.refs)
 
 
@@ -178,11 +186,15 @@ class DatasetFiles:
     images: Path
 
 
-def dataset_files(out_dir: str | Path, *, dataset: str = DATASET_NAME, refs_name: str = f"refs({SPLIT_BY}).p") -> DatasetFiles:
+def dataset_files(
+    out_dir: str | Path, *, dataset: str = DATASET_NAME, refs_name: str = f"refs({SPLIT_BY}).p"
+) -> DatasetFiles:
     """The files of generated ``dataset`` under ``out_dir``: ``<dataset>/<refs_name>``,
     ``<dataset>/instances.json``, ``<dataset>/scenes.json`` and the ``images`` folder."""
     out = Path(out_dir)
-    return DatasetFiles(out / dataset / refs_name, out / dataset / "instances.json", out / dataset / "scenes.json", out / "images")
+    return DatasetFiles(
+        out / dataset / refs_name, out / dataset / "instances.json", out / dataset / "scenes.json", out / "images"
+    )
 
 
 def refshapes_files(out_dir: str | Path) -> tuple[Path, Path, Path, Path]:
@@ -195,15 +207,18 @@ def _prepare_output(out_dir: str | Path, files: DatasetFiles, *, prefix: str, ov
     old = [p for p in (files.refs, files.instances, files.scenes) if p.exists()]
     old += sorted(files.images.glob(f"{prefix}_*.png")) if files.images.is_dir() else []
     if old and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds generated files ({old[0]}); pass overwrite=True to replace them")
+        raise FileExistsError(
+            f"{out_dir} already holds generated files ({old[0]}); pass overwrite=True to replace them"
+        )
     for path in old:
         path.unlink()
     files.refs.parent.mkdir(parents=True, exist_ok=True)
     files.images.mkdir(parents=True, exist_ok=True)
 
 
-def _run_jobs(jobs: Sequence[_ImageJob], *, build: Callable[[_ImageJob], _ImageRecord], workers: int,
-              progress: bool) -> Iterator[_ImageRecord]:
+def _run_jobs(
+    jobs: Sequence[_ImageJob], *, build: Callable[[_ImageJob], _ImageRecord], workers: int, progress: bool
+) -> Iterator[_ImageRecord]:
     """Records in job order, whatever the number of worker processes (``build`` must be a module-level function)."""
     bar = _progress(len(jobs), enabled=progress)
     try:
@@ -261,11 +276,20 @@ def write_generated(
         for obj in record.objects:
             ann_id += 1
             ann_ids.append(ann_id)
-            annotations.append({
-                "id": ann_id, "image_id": image_id, "segmentation": obj["segmentation"], "bbox": obj["bbox"],
-                "area": obj["area"], "iscrowd": 0, "category_id": SHAPES.index(obj["shape"]) + 1,
-            })
-            scene_objects.append({"ann_id": ann_id, "shape": obj["shape"], "colour": obj["colour"], "size": obj["size"]})
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "segmentation": obj["segmentation"],
+                    "bbox": obj["bbox"],
+                    "area": obj["area"],
+                    "iscrowd": 0,
+                    "category_id": SHAPES.index(obj["shape"]) + 1,
+                }
+            )
+            scene_objects.append(
+                {"ann_id": ann_id, "shape": obj["shape"], "colour": obj["colour"], "size": obj["size"]}
+            )
         scene_images.append({"image_id": image_id, "split": split, "objects": scene_objects})
         for targets, sentences in record.refs:
             ref_id += 1
@@ -275,21 +299,33 @@ def write_generated(
                 sent_dicts.append({"raw": sentence, "sent": sentence, "sent_id": sent_id, "tokens": sentence.split()})
                 sentence_kinds[str(sent_id)] = kind
             categories = [SHAPES.index(record.objects[i]["shape"]) + 1 for i in targets]
-            refs.append({
-                "ref_id": ref_id, **ref_fields([ann_ids[i] for i in targets], categories), "image_id": image_id,
-                "split": split, "file_name": record.file_name, "sent_ids": [s["sent_id"] for s in sent_dicts],
-                "sentences": sent_dicts,
-            })
+            refs.append(
+                {
+                    "ref_id": ref_id,
+                    **ref_fields([ann_ids[i] for i in targets], categories),
+                    "image_id": image_id,
+                    "split": split,
+                    "file_name": record.file_name,
+                    "sent_ids": [s["sent_id"] for s in sent_dicts],
+                    "sentences": sent_dicts,
+                }
+            )
 
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
     instances = {
         "info": {"description": description, "seed": seed, "preset": preset},
-        "images": images, "annotations": annotations, "categories": categories,
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
     }
     files.instances.write_text(json.dumps(instances), encoding="utf-8")
     scenes = {
-        "seed": seed, "preset": preset, "version": version, "splits": split_counts(refs),
-        "images": scene_images, "sentence_kinds": sentence_kinds,
+        "seed": seed,
+        "preset": preset,
+        "version": version,
+        "splits": split_counts(refs),
+        "images": scene_images,
+        "sentence_kinds": sentence_kinds,
     }
     files.scenes.write_text(json.dumps(scenes), encoding="utf-8")
     return refs
@@ -318,8 +354,16 @@ def generate_refshapes(
     """
     files = dataset_files(out_dir)
     refs = write_generated(
-        out_dir, files=files, build=_build_image, ref_fields=_single_target_fields, seed=seed, preset=preset,
-        num_images=num_images, workers=workers, overwrite=overwrite, progress=progress,
+        out_dir,
+        files=files,
+        build=_build_image,
+        ref_fields=_single_target_fields,
+        seed=seed,
+        preset=preset,
+        num_images=num_images,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
     )
     with files.refs.open("wb") as handle:
         # Pickle memoises by object identity, which differs between in-process and pooled runs;

@@ -55,11 +55,11 @@ PAPER_ARXIV = "2404.00650"
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _INJECTIONS = {
     "none": "none: SAM with a text baseline; the BERT words enter the mask decoder only (projected by W_o as "
-            "sparse prompts)",
+    "sparse prompts)",
     "e2e": "E-DIT (end-to-end): the projected BERT tokens are prepended to the image tokens once and run through "
-           "every ViT block",
+    "every ViT block",
     "layerwise": "L-DIT (layer-wise): before every ViT block the text positions are replaced by a fresh, "
-                 "per-layer projection of the BERT features",
+    "per-layer projection of the BERT features",
     "crossattn": "per-layer cross-attention from the image tokens to the text (Table 3, CrossAtt)",
     "crossattn_ffn": "per-layer cross-attention + FFN from the image tokens to the text (Table 3)",
 }
@@ -110,7 +110,9 @@ def _is_dataset_id(name: str) -> bool:
 
 
 def _is_score(name: str, value: object) -> bool:
-    return name not in NOT_SCORES and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)))
+    return name not in NOT_SCORES and (
+        value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    )
 
 
 def _model_index(
@@ -121,22 +123,30 @@ def _model_index(
     for split, values in metrics.items():
         scores = [
             {"type": metric, "name": COLUMN_TITLES.get(metric, metric.replace("p@", "P@")), "value": value}
-            for metric, value in values.items() if _is_score(metric, value) and metric != "count" and value is not None
+            for metric, value in values.items()
+            if _is_score(metric, value) and metric != "count" and value is not None
         ]
-        results.append({
-            "task": {"type": PIPELINE_TAG, "name": "Referring image segmentation"},
-            "dataset": {"type": dataset, "name": dataset, "split": str(split)},
-            "metrics": scores,
-            "source": {"name": f"ditsam eval ({protocol} protocol)", "url": f"https://arxiv.org/abs/{PAPER_ARXIV}"},
-        })
+        results.append(
+            {
+                "task": {"type": PIPELINE_TAG, "name": "Referring image segmentation"},
+                "dataset": {"type": dataset, "name": dataset, "split": str(split)},
+                "metrics": scores,
+                "source": {"name": f"ditsam eval ({protocol} protocol)", "url": f"https://arxiv.org/abs/{PAPER_ARXIV}"},
+            }
+        )
     return [{"name": name, "results": results}]
 
 
 def _front_matter(
     *, datasets: Sequence[str], base_model: str | None, model_index: list[dict[str, object]] | None = None
 ) -> str:
-    lines = ["---", f"library_name: {LIBRARY_NAME}", f"license: {CARD_LICENSE}", f"pipeline_tag: {PIPELINE_TAG}",
-             "tags:"]
+    lines = [
+        "---",
+        f"library_name: {LIBRARY_NAME}",
+        f"license: {CARD_LICENSE}",
+        f"pipeline_tag: {PIPELINE_TAG}",
+        "tags:",
+    ]
     lines += [f"  - {tag}" for tag in CARD_TAGS]
     if datasets:
         lines.append("datasets:")
@@ -167,8 +177,10 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
             f"{', '.join(str(index) for index in size.global_attn_indexes)}"
         )
     layer = config.text.hidden_layer
-    which = "the first layer's output (as the authors' code)" if layer == 1 else (
-        "the last layer's output" if layer == -1 else f"hidden state {layer}"
+    which = (
+        "the first layer's output (as the authors' code)"
+        if layer == 1
+        else ("the last layer's output" if layer == -1 else f"hidden state {layer}")
     )
     padding = (
         "[PAD] positions masked" if config.mask_text_padding else "[PAD] positions attended (as the authors' code)"
@@ -181,13 +193,21 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
     if config.injection_options.static_tokens:
         injection += f", plus {config.injection_options.static_tokens} learnable static prompt tokens"
     rows = [
-        ("Image encoder", f"{name}: width {size.embed_dim}, {size.depth} blocks, {size.num_heads} heads, patch "
-                          f"{config.patch_size}, {config.image_size} px input; {attention}"),
+        (
+            "Image encoder",
+            f"{name}: width {size.embed_dim}, {size.depth} blocks, {size.num_heads} heads, patch "
+            f"{config.patch_size}, {config.image_size} px input; {attention}",
+        ),
         ("Text injection", injection),
-        ("Text encoder", f"BERT (hidden {facts.text_hidden_size}, {facts.text_layers} layers), features from {which}; "
-                         f"at most {config.text.max_tokens} tokens; {padding}"),
-        ("Mask decoder", f"SAM's two-way transformer, depth {decoder_depth}, width {config.prompt_embed_dim}; "
-                         f"{outputs}"),
+        (
+            "Text encoder",
+            f"BERT (hidden {facts.text_hidden_size}, {facts.text_layers} layers), features from {which}; "
+            f"at most {config.text.max_tokens} tokens; {padding}",
+        ),
+        (
+            "Mask decoder",
+            f"SAM's two-way transformer, depth {decoder_depth}, width {config.prompt_embed_dim}; {outputs}",
+        ),
         ("Parameters", f"{facts.num_parameters:,}"),
     ]
     table = ["| part | |", "|---|---|"] + [f"| {part} | {text} |" for part, text in rows]
@@ -273,10 +293,16 @@ def build_model_card(
     title = {"layerwise": "L-DIT", "e2e": "E-DIT", "none": "SAM text baseline"}.get(config.injection, "DIT-SAM")
     backbone = _backbone_name(config)
     dataset_ids = [name for name in datasets if _is_dataset_id(name)]
-    model_index = _model_index(
-        model_id or f"DIT-SAM {title}", metrics, dataset=dataset_ids[0] if len(dataset_ids) == 1 else UNNAMED_DATASET,
-        protocol=protocol,
-    ) if metrics else None
+    model_index = (
+        _model_index(
+            model_id or f"DIT-SAM {title}",
+            metrics,
+            dataset=dataset_ids[0] if len(dataset_ids) == 1 else UNNAMED_DATASET,
+            protocol=protocol,
+        )
+        if metrics
+        else None
+    )
     lines = [
         _front_matter(datasets=dataset_ids, base_model=base_model, model_index=model_index),
         "",
@@ -310,8 +336,10 @@ def build_model_card(
     if base_model:
         lines.append(f"Weights from `{base_model}`.")
     else:
-        lines.append(f"Not recorded with this checkpoint. DIT-SAM models start from an official SAM {backbone} "
-                     "checkpoint (`train.init_checkpoint=sam_vit_b`) and a BERT (`bert-base-uncased`).")
+        lines.append(
+            f"Not recorded with this checkpoint. DIT-SAM models start from an official SAM {backbone} "
+            "checkpoint (`train.init_checkpoint=sam_vit_b`) and a BERT (`bert-base-uncased`)."
+        )
     lines += [
         "",
         "## How to load",
@@ -343,11 +371,15 @@ def build_model_card(
 def _by_name(model_id: str | None) -> str:
     """How to load the model by its Hub name, with the keywords transformers users type."""
     if model_id and _HUB_ID.fullmatch(model_id):
-        return (f'By name, `DITSam.from_pretrained("{model_id}", revision="main")` downloads it once into the '
-                "Hugging Face cache; `token=`, `cache_dir=`, `local_files_only=True` and `force_download=True` work "
-                "as in transformers, and `HF_HUB_OFFLINE=1` uses the cache only.")
-    return ('Uploaded with `model.push_to_hub("owner/name")`, it loads by that name: '
-            '`DITSam.from_pretrained("owner/name")` (`revision=`, `token=`, `cache_dir=`, `local_files_only=True`).')
+        return (
+            f'By name, `DITSam.from_pretrained("{model_id}", revision="main")` downloads it once into the '
+            "Hugging Face cache; `token=`, `cache_dir=`, `local_files_only=True` and `force_download=True` work "
+            "as in transformers, and `HF_HUB_OFFLINE=1` uses the cache only."
+        )
+    return (
+        'Uploaded with `model.push_to_hub("owner/name")`, it loads by that name: '
+        '`DITSam.from_pretrained("owner/name")` (`revision=`, `token=`, `cache_dir=`, `local_files_only=True`).'
+    )
 
 
 def write_model_card(directory: str | Path, text: str) -> Path:

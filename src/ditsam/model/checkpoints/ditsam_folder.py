@@ -85,7 +85,11 @@ def load_ditsam_state_dict(
 ) -> LoadReport:
     """Load a state dict in our own names into ``model``, strictly (no key may be missing, extra or resized)."""
     return apply_state_dict(
-        model, strip_module_prefix(state_dict), kind="ditsam", source=source, classify_missing=lambda key: None,
+        model,
+        strip_module_prefix(state_dict),
+        kind="ditsam",
+        source=source,
+        classify_missing=lambda key: None,
         allow_resize=False,
     )
 
@@ -131,8 +135,13 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     card = build_model_card(
-        model.config, facts=facts_of(model), metrics=metrics, training_data=training_data, base_model=base_model,
-        model_id=model_id, notes=card_notes,
+        model.config,
+        facts=facts_of(model),
+        metrics=metrics,
+        training_data=training_data,
+        base_model=base_model,
+        model_id=model_id,
+        notes=card_notes,
     )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -182,8 +182,9 @@ def _download_http(url: str, partial: Path, *, progress: bool) -> None:
     bar = functools.partial(tqdm, disable=not progress)  # vanilla tqdm: huggingface_hub leaves it as configured
     try:
         with partial.open("ab") as out:
-            http_get(url, out, resume_size=done, displayed_filename=partial.name.removesuffix(PARTIAL_SUFFIX),
-                     tqdm_class=bar)  # type: ignore[arg-type]
+            http_get(
+                url, out, resume_size=done, displayed_filename=partial.name.removesuffix(PARTIAL_SUFFIX), tqdm_class=bar
+            )  # type: ignore[arg-type]
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         if done and status == HTTP_RANGE_NOT_SATISFIABLE:  # the partial file is not a prefix of this one

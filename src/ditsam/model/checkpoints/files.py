@@ -144,4 +144,3 @@ def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             raise CheckpointError(f"key {key!r} collides with another key once the 'module.' prefix is removed")
         stripped[name] = value
     return stripped
-

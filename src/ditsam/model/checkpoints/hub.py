@@ -114,21 +114,31 @@ def _snapshot_entry(folder: Path, repo_id: str) -> Path:
             f"({', '.join(CHECKPOINT_SUFFIXES)}); its files: {listing or 'none'}"
         )
     names = ", ".join(p.relative_to(folder).as_posix() for p in files)
-    raise CheckpointError(
-        f"Hub repo {repo_id} holds several checkpoint files ({names}): name one as {repo_id}/FILE"
-    )
+    raise CheckpointError(f"Hub repo {repo_id} holds several checkpoint files ({names}): name one as {repo_id}/FILE")
 
 
 def _from_hub(
-    source: str, repo_id: str, filename: str | None, *, revision: str | None, cache_dir: str | Path | None,
-    token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False,
+    source: str,
+    repo_id: str,
+    filename: str | None,
+    *,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
 ) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 
     # The keywords huggingface_hub users type, passed on as they are.
-    options = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
-                   force_download=force_download)
+    options = dict(
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+    )
     try:
         if filename is not None:
             return Path(hf_hub_download(repo_id, filename, **options))
@@ -139,8 +149,13 @@ def _from_hub(
 
 
 def resolve_source(
-    source: str | os.PathLike[str], *, revision: str | None = None, cache_dir: str | Path | None = None,
-    token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False,
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
 ) -> ResolvedSource:
     """A local folder or file as it is; otherwise a string that reads as a Hub id (:func:`hub_reference`)
     fetched into the Hub cache (``cache_dir``: another cache folder; ``token``, ``local_files_only`` and
@@ -164,8 +179,14 @@ def resolve_source(
         )
     repo_id, filename = hub
     local = _from_hub(
-        source, repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
-        local_files_only=local_files_only, force_download=force_download,
+        source,
+        repo_id,
+        filename,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
     )
     logger.info("%s resolved to %s", source, local)
     return ResolvedSource(path=local, repo_id=repo_id, revision=revision)
@@ -218,8 +239,12 @@ def push_to_hub(
             model, folder, metrics=metrics, training_data=training_data, base_model=base_model, model_id=repo_id
         )
         commit = api.upload_folder(
-            repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
-            commit_message=commit_message, create_pr=create_pr,
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
         )
     url = getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)
     logger.info("uploaded %s to %s", type(model).__name__, url)

@@ -123,16 +123,18 @@ def _load_sam_start(
     if config is None:
         if text_name_or_path is None:
             raise _sam_needs_text(str(path))
-        config = sam_start_config(state_dict, text_name_or_path=text_name_or_path, injection=injection, source=str(path))
+        config = sam_start_config(
+            state_dict, text_name_or_path=text_name_or_path, injection=injection, source=str(path)
+        )
         logger.info("%s: SAM %s, injection %s, BERT %s", path, config.backbone, config.injection, text_name_or_path)
     elif injection is not None or text_name_or_path is not None:
-        raise ValueError("injection= and text_name_or_path= describe a file without config; with config= set them there")
+        raise ValueError(
+            "injection= and text_name_or_path= describe a file without config; with config= set them there"
+        )
     model = cls(config, load_text_weights=True)  # BERT's weights from config.text.name_or_path
     report = sam_weights_into(model, state_dict, source=str(path))
     bert = config.text.name_or_path
-    report.notes.append(
-        f"BERT weights ({len(report.kept)} text_encoder.* tensors, listed as kept) loaded from {bert}"
-    )
+    report.notes.append(f"BERT weights ({len(report.kept)} text_encoder.* tensors, listed as kept) loaded from {bert}")
     untrained = "W_o (text_proj)" if config.injection == "none" else "the text injection and W_o (text_proj)"
     report.notes.append(
         f"{untrained} freshly initialised (listed as fresh): UNTRAINED, the model does not follow "
@@ -178,7 +180,9 @@ def _load_file(
         )
         logger.info("%s: detected %s, injection %s", path, config.backbone, config.injection)
     elif injection is not None or text_name_or_path is not None:
-        raise ValueError("injection= and text_name_or_path= describe a file without config; with config= set them there")
+        raise ValueError(
+            "injection= and text_name_or_path= describe a file without config; with config= set them there"
+        )
     model = cls(config, load_text_weights=False)
     report = _load_as(model, state_dict, kind, source=str(path))
     del state_dict
@@ -202,12 +206,22 @@ def _released_source(
     entry = released_checkpoint(name)
 
     def convert(file: Path, folder: Path) -> None:
-        model, report = _load_file(cls, file, injection=entry.injection, config=None,  # type: ignore[arg-type]
-                                   text_name_or_path=text_name_or_path)
+        model, report = _load_file(
+            cls,
+            file,
+            injection=entry.injection,
+            config=None,  # type: ignore[arg-type]
+            text_name_or_path=text_name_or_path,
+        )
         logger.info("%s: %s", name, report)
-        save_pretrained(model, folder, metrics=entry.scores, training_data=entry.dataset, model_id=name,
-                        card_notes=(f"The authors' released `{name}` ({entry.filename}), converted by ditsam.",
-                                    entry.licence))
+        save_pretrained(
+            model,
+            folder,
+            metrics=entry.scores,
+            training_data=entry.dataset,
+            model_id=name,
+            card_notes=(f"The authors' released `{name}` ({entry.filename}), converted by ditsam.", entry.licence),
+        )
 
     return ResolvedSource(path=released_folder(name, convert=convert, cache_dir=cache_dir), released=name)
 
@@ -257,8 +271,16 @@ def load_pretrained(
     :class:`~ditsam.model.checkpoints.CheckpointError` for a file that cannot serve (a SAM file, no config).
     """
     model, _ = load_pretrained_with_report(
-        cls, source, revision=revision, injection=injection, config=config, text_name_or_path=text_name_or_path,
-        cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download,
+        cls,
+        source,
+        revision=revision,
+        injection=injection,
+        config=config,
+        text_name_or_path=text_name_or_path,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
         map_location=map_location,
     )
     return model
@@ -304,12 +326,19 @@ def load_pretrained_with_report(
         text_name_or_path = None  # it served the conversion; the folder carries its text model
     else:
         resolved = resolve_source(
-            source, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+            source,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
             force_download=force_download,
         )
     if resolved.path.is_dir():
-        given = [name for name, value in (("config", config), ("injection", injection),
-                                          ("text_name_or_path", text_name_or_path)) if value is not None]
+        given = [
+            name
+            for name, value in (("config", config), ("injection", injection), ("text_name_or_path", text_name_or_path))
+            if value is not None
+        ]
         if given:
             raise ValueError(
                 f"{', '.join(name + '=' for name in given)} only apply to a checkpoint file; {resolved} is a "
@@ -318,7 +347,11 @@ def load_pretrained_with_report(
         model, report = load_folder_with_report(cls, resolved.path)
     else:
         model, report = _load_file(
-            cls, resolved.path, injection=injection, config=config, text_name_or_path=text_name_or_path,
+            cls,
+            resolved.path,
+            injection=injection,
+            config=config,
+            text_name_or_path=text_name_or_path,
             sam_start=sam_start,
         )
     return model.to(map_location).eval(), report

@@ -212,4 +212,3 @@ def apply_state_dict(
         )
     logger.info("%s", report)
     return report
-

@@ -261,5 +261,3 @@ def to_reference_state_dict(
             name = key
         result[prefix + name] = tensor
     return result
-
-

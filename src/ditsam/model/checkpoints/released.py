@@ -78,27 +78,57 @@ PUBLISHED_SCORE = "published"
 _DRIVE_FILE = "https://drive.google.com/file/d/{id}/view?usp=sharing"
 
 
-def _entry(name: str, dataset: str, eval_args: str, *, drive_id: str, scores: Mapping[str, float]) -> ReleasedCheckpoint:
+def _entry(
+    name: str, dataset: str, eval_args: str, *, drive_id: str, scores: Mapping[str, float]
+) -> ReleasedCheckpoint:
     # The files' hashes are not published: the first download's SHA-256 is recorded and later uses are checked.
-    return ReleasedCheckpoint(name=name, dataset=dataset, eval_args=eval_args, filename=f"{name}.pth",
-                              url=_DRIVE_FILE.format(id=drive_id), sha256=None,
-                              scores={split: {PUBLISHED_SCORE: value} for split, value in scores.items()})
+    return ReleasedCheckpoint(
+        name=name,
+        dataset=dataset,
+        eval_args=eval_args,
+        filename=f"{name}.pth",
+        url=_DRIVE_FILE.format(id=drive_id),
+        sha256=None,
+        scores={split: {PUBLISHED_SCORE: value} for split, value in scores.items()},
+    )
 
 
 #: Name -> what is known of the authors' released checkpoint (the one table; README's numbers come from it).
-RELEASED_CHECKPOINTS: Mapping[str, ReleasedCheckpoint] = MappingProxyType({
-    entry.name: entry for entry in (
-        _entry("dit-refcoco", "refcoco", "--data refcoco/ldit", drive_id="11gVgwnWI8c0m54gZFJIEcyYMzN7u9lmF",
-               scores={"val": 76.2, "testA": 77.85, "testB": 73.53}),
-        _entry("dit-refcoco+", "refcoco+", "--data refcoco/ldit data.dataset=refcoco+",
-               drive_id="1T3jYiR9BLDJxvThYulySrDv0S2qonq1Z", scores={"val": 65.94, "testA": 69.78, "testB": 58.89}),
-        _entry("dit-refcocog", "refcocog", "--data refcoco/ldit data.dataset=refcocog data.split_by=umd "
-                                           "data.eval_splits=[val,test]",
-               drive_id="1HObuOQLv97NB3eD2X4ss2XsBlAifTc_L", scores={"val": 67.4, "test": 68.07}),
-        _entry("dit-grefcoco", "grefcoco", "--data grefcoco/ldit", drive_id="1v9dcxKwOQM8i2NKXi4YfITJ9ZO00XVur",
-               scores={"val": 63.76, "testA": 67.19, "testB": 61.85}),
-    )
-})
+RELEASED_CHECKPOINTS: Mapping[str, ReleasedCheckpoint] = MappingProxyType(
+    {
+        entry.name: entry
+        for entry in (
+            _entry(
+                "dit-refcoco",
+                "refcoco",
+                "--data refcoco/ldit",
+                drive_id="11gVgwnWI8c0m54gZFJIEcyYMzN7u9lmF",
+                scores={"val": 76.2, "testA": 77.85, "testB": 73.53},
+            ),
+            _entry(
+                "dit-refcoco+",
+                "refcoco+",
+                "--data refcoco/ldit data.dataset=refcoco+",
+                drive_id="1T3jYiR9BLDJxvThYulySrDv0S2qonq1Z",
+                scores={"val": 65.94, "testA": 69.78, "testB": 58.89},
+            ),
+            _entry(
+                "dit-refcocog",
+                "refcocog",
+                "--data refcoco/ldit data.dataset=refcocog data.split_by=umd data.eval_splits=[val,test]",
+                drive_id="1HObuOQLv97NB3eD2X4ss2XsBlAifTc_L",
+                scores={"val": 67.4, "test": 68.07},
+            ),
+            _entry(
+                "dit-grefcoco",
+                "grefcoco",
+                "--data grefcoco/ldit",
+                drive_id="1v9dcxKwOQM8i2NKXi4YfITJ9ZO00XVur",
+                scores={"val": 63.76, "testA": 67.19, "testB": 61.85},
+            ),
+        )
+    }
+)
 
 
 def is_released_name(value: object) -> bool:
@@ -161,7 +191,9 @@ class _Cache:
         try:
             files = json.loads(path.read_text(encoding="utf-8"))["files"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{path} is not a ditsam manifest ({error}): delete {self.root} to start again") from error
+            raise CheckpointError(
+                f"{path} is not a ditsam manifest ({error}): delete {self.root} to start again"
+            ) from error
         return dict(files)
 
     def record(self, digests: Mapping[str, str]) -> None:
@@ -175,8 +207,10 @@ class _Cache:
         relative = path.relative_to(self.root).as_posix()
         expected = self.recorded().get(relative)
         if expected is None:
-            raise CheckpointError(f"{self.name}: {path} has no recorded SHA-256 in {self.root / MANIFEST_FILE}; "
-                                  f"delete {self.root} to download it again")
+            raise CheckpointError(
+                f"{self.name}: {path} has no recorded SHA-256 in {self.root / MANIFEST_FILE}; "
+                f"delete {self.root} to download it again"
+            )
         actual = _sha256(path)
         if actual != expected:
             raise CheckpointError(
@@ -218,8 +252,10 @@ def _fetch(cache: _Cache, *, progress: bool) -> Path:
     expected = released_checkpoint(cache.name).sha256
     if expected is not None and digest != expected:
         cache.file.unlink()
-        raise DownloadError(f"{cache.name}: the file downloaded from {url} has SHA-256 {digest}, not the published "
-                            f"{expected}; it was discarded")
+        raise DownloadError(
+            f"{cache.name}: the file downloaded from {url} has SHA-256 {digest}, not the published "
+            f"{expected}; it was discarded"
+        )
     cache.record({cache.file.name: digest})
     return cache.file
 
@@ -251,7 +287,12 @@ def released_folder(
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted conversion left
         logger.info("%s: converting %s once into %s", name, source, cache.folder)
         convert(source, staging)
-        cache.record({f"{FOLDER_NAME}/{p.relative_to(staging).as_posix()}": _sha256(p)
-                      for p in sorted(staging.rglob("*")) if p.is_file()})
+        cache.record(
+            {
+                f"{FOLDER_NAME}/{p.relative_to(staging).as_posix()}": _sha256(p)
+                for p in sorted(staging.rglob("*"))
+                if p.is_file()
+            }
+        )
         staging.replace(cache.folder)
     return cache.folder

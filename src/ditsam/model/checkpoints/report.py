@@ -87,4 +87,3 @@ class LoadReport:
         lines += [f"  ignored: {entry}" for entry in _summarise(self.ignored)]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
-

@@ -83,4 +83,3 @@ def load_sam_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     """
     state_dict, _ = read_checkpoint_file(path)
     return load_sam_state_dict(model, state_dict, source=str(path))
-

@@ -77,7 +77,11 @@ def reference_config_from_state_dict(
                 f"injection={injection!r}: an authors' checkpoint holds one of {', '.join(REFERENCE_INJECTIONS)}"
             )
         if (injection == "none") != (found == "none"):
-            holds = "no text projections (visual_encoder.probs*)" if found == "none" else "text projections (visual_encoder.probs*)"
+            holds = (
+                "no text projections (visual_encoder.probs*)"
+                if found == "none"
+                else "text projections (visual_encoder.probs*)"
+            )
             raise CheckpointError(
                 f"{source} has {holds}, so it cannot be loaded with injection={injection!r}"
                 + ("; it is a decoder-only model (injection='none')" if found == "none" else "")
@@ -85,10 +89,13 @@ def reference_config_from_state_dict(
     chosen = injection or found
 
     settings.update(
-        injection=chosen, text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
+        injection=chosen,
+        text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
     )
     if single and chosen == "e2e":
-        settings["injection_options"] = {"refine_text_per_layer": False}  # image_encoder_e2e_token.py: one projection, no refresh
+        settings["injection_options"] = {
+            "refine_text_per_layer": False
+        }  # image_encoder_e2e_token.py: one projection, no refresh
     return reference_config(**settings)
 
 
@@ -130,7 +137,11 @@ def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, s
         decoder_mlp_dim=decoder_mlp,
         decoder_num_heads=SAM_DECODER_HEADS,
     )
-    named = [name for name, size in BACKBONES.items() if (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)]
+    named = [
+        name
+        for name, size in BACKBONES.items()
+        if (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)
+    ]
     if named:
         settings["backbone"] = named[0]
     else:

@@ -148,8 +148,14 @@ class Attention(nn.Module):
     """
 
     def __init__(
-        self, *, dim: int, num_heads: int, qkv_bias: bool = True, use_rel_pos: bool = True,
-        rel_pos_grid: tuple[int, int] | None = None, text_padding: TextPadding = "folded",
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        rel_pos_grid: tuple[int, int] | None = None,
+        text_padding: TextPadding = "folded",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -164,7 +170,9 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_grid[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_grid[1] - 1, self.head_dim))
 
-    def forward(self, x: torch.Tensor, *, num_text: int, grid: tuple[int, int], text_bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, num_text: int, grid: tuple[int, int], text_bias: torch.Tensor
+    ) -> torch.Tensor:
         """x: (B, T + h*w, C), the first ``num_text`` tokens being text; text_bias: (B, 1, 1, T)
         additive key mask (0 = attend, negative = padding). Returns (B, T + h*w, C)."""
         batch, length, dim = x.shape
@@ -273,13 +281,23 @@ class Block(nn.Module):
     """Pre-norm transformer block over text + image tokens, windowed (window_size > 0) or global."""
 
     def __init__(
-        self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-        use_rel_pos: bool = True, window_size: int = 0, grid: tuple[int, int],
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        grid: tuple[int, int],
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(
-            dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos,
+            dim=dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
             rel_pos_grid=grid if window_size == 0 else (window_size, window_size),
         )
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
@@ -350,10 +368,21 @@ class ImageEncoderViT(nn.Module):
     """
 
     def __init__(
-        self, *, img_size: int = 1024, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
-        depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, out_chans: int = 256,
-        qkv_bias: bool = True, use_rel_pos: bool = True, window_size: int = 0,
-        global_attn_indexes: tuple[int, ...] = (), injection: TextInjection | None = None,
+        self,
+        *,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        global_attn_indexes: tuple[int, ...] = (),
+        injection: TextInjection | None = None,
         pos_embed_init: str = "zeros",
     ) -> None:
         super().__init__()
@@ -365,12 +394,21 @@ class ImageEncoderViT(nn.Module):
         # SAM's checkpoints overwrite a zero init; a model trained from scratch needs positions from the start.
         if pos_embed_init not in ("zeros", "sincos"):
             raise ValueError(f"pos_embed_init must be 'zeros' or 'sincos', got {pos_embed_init!r}")
-        initial = sincos_position_embedding(self.grid, embed_dim) if pos_embed_init == "sincos" else torch.zeros(1, *self.grid, embed_dim)
+        initial = (
+            sincos_position_embedding(self.grid, embed_dim)
+            if pos_embed_init == "sincos"
+            else torch.zeros(1, *self.grid, embed_dim)
+        )
         self.pos_embed = nn.Parameter(initial)
         self.blocks = nn.ModuleList(
             Block(
-                dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos,
-                window_size=0 if i in global_attn_indexes else window_size, grid=self.grid,
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                use_rel_pos=use_rel_pos,
+                window_size=0 if i in global_attn_indexes else window_size,
+                grid=self.grid,
             )
             for i in range(depth)
         )
@@ -403,5 +441,3 @@ class ImageEncoderViT(nn.Module):
                 x, text = block(x, text, text_bias)
             x = self.injection.leave_block(index, x, text_features, text_mask)
         return self.neck(x.permute(0, 3, 1, 2))
-
-
