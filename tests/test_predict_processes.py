@@ -47,7 +47,7 @@ def one_process(checkpoint: Path, pairs: Path, tmp_path_factory: pytest.TempPath
 
 
 def _launch(checkpoint: Path, pairs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """2 CPU processes (gloo) of ``ditsam predict``; ``--device cpu`` keeps them on the CPU anywhere."""
+    """2 CPU processes (gloo) of ``ditsam predict``; ``--device cpu`` keeps them on the CPU anywhere, in fp32."""
     command = launch_command(
         2,
         "predict",
@@ -61,6 +61,8 @@ def _launch(checkpoint: Path, pairs: Path, out: Path, *extra: str) -> subprocess
         "2",
         "--device",
         "cpu",
+        "--dtype",
+        "fp32",  # as the in-process reference: dtype auto would follow this machine's CPU flags
         *extra,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
