@@ -22,7 +22,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Property tests (test_properties_*.py): "ci" keeps the whole property suite near a minute on one core (a few
 # hundred examples per reader); HYPOTHESIS_PROFILE=long runs thousands per test. No deadline: the machines are
 # shared and timings vary; readers write and read files, which hypothesis would call too slow.
-PROPERTY_EXAMPLES = {"ci": 60, "long": 2000}
+PROPERTY_EXAMPLES = {"ci": 200, "long": 2000}
 
 
 def pytest_configure(config: pytest.Config) -> None:
