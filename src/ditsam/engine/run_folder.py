@@ -202,3 +202,26 @@ def drop_metrics_after_checkpoint(path: Path, progress: Progress, *, counted: bo
         logger.info(
             "%s: dropped %d record(s) logged after the resumed checkpoint", path, len(lines) - progress.metrics_records
         )
+
+
+def non_finite_message(
+    run_dir: Path, *, step: int, epoch: int, bad_refs: list[int] | None, init_checkpoint: str | None
+) -> str:
+    """Why training stops at a NaN / inf loss at optimiser step ``step``, which checkpoints of ``run_dir`` are
+    kept, and where to look (the starting weights, when it happens at the first step after loading them)."""
+    where = f"batch ref_ids {bad_refs}" if bad_refs is not None else "on another process"
+    if step == 0 and init_checkpoint:
+        cause = (
+            f"non-finite loss at the first step (step 0), right after loading train.init_checkpoint={init_checkpoint} "
+            f"({where}): the starting weights give NaN / inf on this data, so suspect them (or the model "
+            f"config they were loaded into, or train.mixed_precision) before the data"
+        )
+    else:
+        cause = f"non-finite loss at step {step} (epoch {epoch}), {where}"
+    checkpoints = run_dir / "checkpoints"
+    written = [name for name in CHECKPOINT_NAMES if (checkpoints / name).is_dir()]
+    if written:
+        return (
+            f"{cause}; the checkpoints written before it are kept ({', '.join(str(checkpoints / n) for n in written)})"
+        )
+    return f"{cause}; no checkpoint has been written yet, so there is nothing to resume from"

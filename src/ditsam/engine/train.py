@@ -45,6 +45,7 @@ from ditsam.engine.run_folder import (
     default_run_dir,
     disk_full_error,
     drop_metrics_after_checkpoint,
+    non_finite_message,
     prepare_run_folder,
 )
 from ditsam.engine.schedule import learning_rate
@@ -289,14 +290,10 @@ class Trainer:
                 f"{describe_write_failure(error, target.parent)}; {kept}. {advice}, then continue with --resume"
             ) from error
 
-    def _disk_full(self, error: OSError) -> RunFolderError:
-        """The error to raise when a write other than a checkpoint's finds the disk full."""
-        return disk_full_error(self.run_dir, error)
-
     def _resume(self) -> None:
         """Continue from the newest checkpoint copy that is whole and loads (``last``, else ``best``)."""
         copy, state = load_newest_training_state(self.run_dir / "checkpoints", CHECKPOINT_NAMES)
-        self._check_resumed_architecture(copy, state["model"])
+        check_resumed_architecture(copy, self.config, self.unwrapped.state_dict(), state["model"])
         self.unwrapped.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
@@ -307,14 +304,10 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.progress = Progress(**state["progress"])
         if self.accelerator.is_main_process:
-            self._drop_metrics_after_checkpoint(counted="metrics_records" in state["progress"])
+            drop_metrics_after_checkpoint(
+                self.run_dir / METRICS_FILE, self.progress, counted="metrics_records" in state["progress"]
+            )
         logger.info("resumed from %s at epoch %d, step %d", copy, self.progress.epoch, self.progress.global_step)
-
-    def _check_resumed_architecture(self, last: Path, weights: dict[str, torch.Tensor]) -> None:
-        check_resumed_architecture(last, self.config, self.unwrapped.state_dict(), weights)
-
-    def _drop_metrics_after_checkpoint(self, *, counted: bool) -> None:
-        drop_metrics_after_checkpoint(self.run_dir / METRICS_FILE, self.progress, counted=counted)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_all(self, *, keep: int = 0) -> dict[str, EvalResult]:
@@ -462,7 +455,7 @@ class Trainer:
                     self._stop(stop, saved=True)
         except OSError as error:
             if is_disk_full(error):
-                raise self._disk_full(error) from error
+                raise disk_full_error(self.run_dir, error) from error
             raise
         finally:
             stop.restore()
@@ -572,25 +565,15 @@ class Trainer:
         step, result, ref_ids = unchecked[first]
         finite = result.finite.cpu()
         bad_refs = None if bool(finite.all()) else ref_ids[int((~finite).nonzero()[0])]
-        raise NonFiniteLossError(self._non_finite_message(bad_refs, step=step))
-
-    def _non_finite_message(self, bad_refs: list[int] | None, *, step: int) -> str:
-        """Why training stops at a NaN / inf loss at optimiser step ``step``, what is kept, and where to look."""
-        init = self.config.train.init_checkpoint
-        where = f"batch ref_ids {bad_refs}" if bad_refs is not None else "on another process"
-        if step == 0 and init:
-            cause = (
-                f"non-finite loss at the first step (step 0), right after loading train.init_checkpoint={init} "
-                f"({where}): the starting weights give NaN / inf on this data, so suspect them (or the model "
-                f"config they were loaded into, or train.mixed_precision) before the data"
+        raise NonFiniteLossError(
+            non_finite_message(
+                self.run_dir,
+                step=step,
+                epoch=self.progress.epoch,
+                bad_refs=bad_refs,
+                init_checkpoint=self.config.train.init_checkpoint,
             )
-        else:
-            cause = f"non-finite loss at step {step} (epoch {self.progress.epoch}), {where}"
-        checkpoints = self.run_dir / "checkpoints"
-        written = [name for name in CHECKPOINT_NAMES if (checkpoints / name).is_dir()]
-        if written:
-            return f"{cause}; the checkpoints written before it are kept ({', '.join(str(checkpoints / n) for n in written)})"
-        return f"{cause}; no checkpoint has been written yet, so there is nothing to resume from"
+        )
 
 
 def train(
@@ -607,7 +590,7 @@ def train(
     ``resume``: continue the run in ``run_dir`` from ``checkpoints/last``; ``overwrite``: replace the
     run there. A run folder holding checkpoints needs one of the two (:class:`RunFolderError`).
     ``skip_bad_data``: train on the records that pass the data check, instead of stopping
-    (:func:`~ditsam.engine.data.check_data`).
+    (:func:`~ditsam.engine.data_check.check_data`).
     """
     return Trainer(
         config, run_dir=run_dir, resume=resume, overwrite=overwrite, skip_bad_data=skip_bad_data, progress=progress
