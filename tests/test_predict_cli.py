@@ -364,45 +364,12 @@ def test_full_disk_keeps_the_journal_and_says_how_to_resume(
 
     monkeypatch.setattr(PILImage.Image, "save", fills_the_disk)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "--images",
-                str(images),
-                "--text",
-                "a",
-                "--out",
-                str(out),
-                "--batch-size",
-                "1",
-            ]
-        )
-        == 2
-    )
+    argv = ["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--text", "a", "--out", str(out)]
+    argv += ["--batch-size", "1"]
+    assert main(argv) == 2
     err = _one_line_error(capsys)
     assert "is full" in err and "predictions.jsonl" in err and "--resume" in err
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 1
     monkeypatch.undo()
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "--images",
-                str(images),
-                "--text",
-                "a",
-                "--out",
-                str(out),
-                "--batch-size",
-                "1",
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert main([*argv, "--resume"]) == 0
     _check_outputs(out, 3)
