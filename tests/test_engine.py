@@ -135,20 +135,6 @@ def test_two_process_evaluation_matches_one_process(refshapes_root, tiny_bert_di
     evaluation_by_process_count(tmp_path / "run" / "checkpoints" / "last", tmp_path)
 
 
-def test_point_and_box_prompts_from_masks():
-    from ditsam.engine.prompts import prompts_from_masks
-
-    masks = torch.zeros(2, 1, 8, 8)
-    masks[0, 0, 2:4, 1:6] = 1
-    masks[1, 0, 7, 7] = 1
-    boxes = prompts_from_masks(masks, "box")["boxes"]
-    assert boxes.tolist() == [[1.0, 2.0, 6.0, 4.0], [7.0, 7.0, 8.0, 8.0]]
-    coords, labels = prompts_from_masks(masks, "point", torch.Generator().manual_seed(0))["points"]
-    assert labels.tolist() == [[1.0], [1.0]] and coords[1, 0].tolist() == [7.5, 7.5]
-    x, y = coords[0, 0].tolist()
-    assert masks[0, 0, int(y), int(x)] == 1
-
-
 def test_mix_training_step_runs(refshapes_root, tiny_bert_dir, tmp_path):
     config = tiny_experiment(
         refshapes_root, tiny_bert_dir, max_steps=3, prompt_mix=[0.0, 0.5, 0.5], eval_every_epochs=100

@@ -208,7 +208,7 @@ class Segmenter:
     def predict(
         self,
         image: ImageInput | Sequence[ImageInput],
-        text: str | Sequence[str],
+        text: str | Sequence[str] | None = None,
         *,
         points: PointsInput | Sequence[PointsInput | None] | None = None,
         boxes: BoxInput | Sequence[BoxInput | None] | None = None,
@@ -228,7 +228,8 @@ class Segmenter:
         (continuous: pixel column i spans [i, i + 1)), labels 1 = foreground, 0 = background.
         ``boxes``: ``(x1, y1, x2, y2)`` in original pixels. With one image they apply to every
         sentence; with a list of images give a list with one entry (or None) per image. Only a
-        model trained with point / box prompts ("Mix") uses them meaningfully.
+        model trained with point / box prompts ("Mix", or a SAM such as ``"refshapes-sam"``) uses them
+        meaningfully; ``text=None`` prompts with them alone, as SAM is prompted.
 
         ``threshold`` overrides the segmenter's for this call; ``progress`` shows a tqdm bar.
         Raises ValueError for an empty sentence or mismatched lengths, DataError naming the path for
@@ -248,7 +249,7 @@ class Segmenter:
 
     def _prepare(self, job: Job) -> Prepared:
         rgb = self.read_image(job.image, what=job.what)
-        out = self.transform(rgb, sentence=job.sentence)
+        out = self.transform(rgb, sentence=job.sentence or "")
         return Prepared(canvas=out.image, meta=out.meta)
 
     def _run(self, chunk: list[Job], prepared: dict[Hashable, Prepared], threshold: float) -> list[SegmentationResult]:
@@ -275,7 +276,12 @@ class Segmenter:
         if chunk[0].box is not None:
             canvas_boxes = np.stack([meta.box_to_canvas(job.box) for job, meta in zip(chunk, metas)])
             kwargs["boxes"] = torch.as_tensor(canvas_boxes, dtype=torch.float32, device=device)
-        text = self.model.tokenize([job.sentence for job in chunk])
+        text = None if chunk[0].sentence is None else self.model.tokenize([job.sentence for job in chunk])
+        if text is None and self.onnx is not None:
+            raise ValueError(
+                "the ONNX / int8 model is exported for text prompts: prompt it with text, or build the Segmenter "
+                "with dtype='fp32' / 'bf16' for points / boxes alone"
+            )
         with torch.inference_mode(), self._autocast():
             output = self.model(images, text=text, **kwargs) if self.onnx is None else self.onnx(images, text, **kwargs)
         chosen = choose_prediction(output)

@@ -52,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reference: as the authors' test code (threshold on the canvas, the binary mask resized "
         "bilinearly, any value > 0 foreground, P@X with a strict >) to compare with the paper",
     )
+    parser.add_argument(
+        "--prompt",
+        choices=("text", "points", "box"),
+        default="text",
+        help="text (default): the sentences; box: the ground-truth box; points: 5 random clicks on the "
+        "ground-truth mask (Table 4 of the paper; seeded per sentence, so reruns score the same clicks)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument(
         "--dtype",
@@ -79,12 +86,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         protocol=args.protocol,
         dtype=args.dtype,
+        prompt=args.prompt,
     )
     from ditsam.distributed import leave_process_group
 
     leave_process_group()  # under a launcher every process gets here; gloo aborts one whose peer left first
     from ditsam.metrics import format_table
 
-    print(format_table(results, title=f"## {args.checkpoint} ({args.protocol} protocol)"))
+    print(format_table(results, title=f"## {args.checkpoint} ({args.protocol} protocol, {args.prompt} prompts)"))
     print(f"results written to {out}")
     return 0 if results else 1

@@ -20,7 +20,6 @@ read and its sha256; evaluation results carry it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,11 +39,11 @@ from ditsam.data.refer import (
 )
 from ditsam.data.sample import DataError, PathLike, short_repr
 from ditsam.data.segmentation import decode_segmentation, segmentation_area
+from ditsam.digest import file_sha256
 from ditsam.schema import is_integer
 
 # ann_id of a ref whose sentences name nothing in the image.
 NO_TARGET_ANN_IDS = [-1]
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 def grefs_path(*, root: PathLike, dataset: str = "grefcoco", split_by: str = "unc") -> Path:
@@ -71,15 +70,6 @@ def load_grefs(path: PathLike) -> list[dict]:
     except (OSError, ValueError, RecursionError) as error:
         raise DataError(f"cannot read gRefCOCO refs file {path}: {type(error).__name__}: {error}") from error
     return check_refs(refs, path)
-
-
-def file_sha256(path: PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def available_splits(*, root: PathLike, dataset: str = "grefcoco", split_by: str = "unc") -> list[str]:

@@ -19,7 +19,6 @@ between machines, a garbled disk) is told apart from a complete one before it is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from ditsam.digest import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ _PENDING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 # Rank of a pending ".old" folder written before checkpoints carried the marker: complete, but older
 # than anything that carries one.
 _UNMARKED_RANK = -1
-#: Bytes read at a time when hashing a checkpoint file.
-_HASH_CHUNK = 1 << 22
 
 
 def _pending_path(target: Path, kind: str) -> Path:
@@ -81,18 +80,10 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_digests(folder: Path) -> dict[str, str]:
     """``{relative posix path: sha256}`` of every file below ``folder`` but the marker."""
     return {
-        path.relative_to(folder).as_posix(): _sha256(path)
+        path.relative_to(folder).as_posix(): file_sha256(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != COMPLETE_MARKER
     }
@@ -116,7 +107,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{path} is missing (listed in {COMPLETE_MARKER})"
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             return f"{path} differs from the sha256 in {COMPLETE_MARKER} (truncated or changed since it was written)"
     return None
 

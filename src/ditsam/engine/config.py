@@ -40,6 +40,28 @@ class ScheduleConfig(ConfigBase):
 
 
 @dataclasses.dataclass
+class PromptSamplingConfig(ConfigBase):
+    """How point and box prompts are drawn from the target masks in training (``train.prompt_mix``)."""
+
+    # Positive clicks per point prompt: uniform in 1..max_points (1: Table 4's Mix, one click).
+    max_points: int = 1
+    # Background clicks per point prompt: uniform in 0..max_negatives (SAM's negative clicks).
+    max_negatives: int = 0
+    # Box jitter: each side moves by N(0, box_noise x the side's length) pixels (0: the exact box).
+    box_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_points, int) and self.max_points >= 1):
+            raise ConfigError(f"train.prompt_sampling.max_points must be an integer >= 1, got {self.max_points!r}")
+        if not (isinstance(self.max_negatives, int) and self.max_negatives >= 0):
+            raise ConfigError(
+                f"train.prompt_sampling.max_negatives must be an integer >= 0, got {self.max_negatives!r}"
+            )
+        if not self.box_noise >= 0:
+            raise ConfigError(f"train.prompt_sampling.box_noise must be >= 0, got {self.box_noise!r}")
+
+
+@dataclasses.dataclass
 class DataConfig(ConfigBase):
     """Where the data is and which splits to use."""
 
@@ -143,6 +165,11 @@ class TrainConfig(ConfigBase):
     # Table 4 "Mix": probabilities that a micro-batch is prompted by (text, a point, a box); points
     # and boxes are drawn from the ground-truth masks. (1, 0, 0) = text only.
     prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    # How the point and box prompts of prompt_mix are drawn.
+    prompt_sampling: PromptSamplingConfig = dataclasses.field(default_factory=PromptSamplingConfig)
+    # Prompt of training's evaluations (and so of the "best" checkpoint): "text", "box" (the ground-truth
+    # box) or "points" (5 clicks on the ground-truth mask), as `ditsam eval --prompt`.
+    eval_prompt: Literal["text", "points", "box"] = "text"
     # Weights to start from (empty = random init): official SAM by name (sam_vit_b / sam_vit_l / sam_vit_h,
     # downloaded once into torch's hub cache, hash-checked), the authors' released DIT by name (dit-refcoco,
     # dit-refcoco+, dit-refcocog, dit-grefcoco: downloaded once, SHA-256 checked), an official SAM or
@@ -163,6 +190,10 @@ class TrainConfig(ConfigBase):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"train.{name} must be a weight >= 0, got {getattr(self, name)}")
         check_threshold(self.threshold, name="train.threshold", error=ConfigError)
+        if len(self.prompt_mix) != 3 or min(self.prompt_mix) < 0 or not sum(self.prompt_mix) > 0:
+            raise ConfigError(
+                f"train.prompt_mix must be 3 weights >= 0 (text, point, box) with a positive sum, got {self.prompt_mix!r}"
+            )
 
 
 @dataclasses.dataclass

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ditsam.data.collate import RISCollator
 from ditsam.data.transforms import TransformMeta, restore_to_original
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
+from ditsam.engine.prompts import EVAL_PROMPTS, evaluation_prompts
 from ditsam.metrics import GRESMetrics, RISMetrics
 from ditsam.model.prediction import choose_prediction, foreground
 
@@ -120,13 +121,16 @@ def evaluate(
     on_prediction: Callable[[SamplePrediction], None] | None = None,
     progress: bool = True,
     protocol: Protocol = "exact",
+    prompt: str = "text",
 ) -> EvalResult:
     """Score ``model`` on an evaluation :class:`~ditsam.data.collate.RISDataset`.
 
     ``all_reduce`` sums a tensor over processes (e.g. ``accelerator.reduce(t, "sum")``); ``keep``
     predictions of the first samples are returned for pictures; ``on_prediction`` sees every
     sample of this process (mask dumps); ``protocol`` is ``"exact"`` or ``"reference"`` (the
-    authors' test code: threshold on the canvas, binary mask resized, > 0 foreground, P@X strict).
+    authors' test code: threshold on the canvas, binary mask resized, > 0 foreground, P@X strict);
+    ``prompt`` is ``"text"`` (the sentences) or Table 4's ``"box"`` / ``"points"`` drawn from the ground
+    truth (:func:`~ditsam.engine.prompts.evaluation_prompts`).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
@@ -145,14 +149,25 @@ def evaluate(
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG (training's dropout) alone
     )
     generalized = bool(getattr(getattr(dataset, "base", dataset), "generalized", False))
+    if prompt not in EVAL_PROMPTS:
+        raise ValueError(f"unknown evaluation prompt {prompt!r}: use one of {', '.join(EVAL_PROMPTS)}")
+    if generalized and prompt != "text":
+        raise ValueError(
+            f"{prompt} prompts are drawn from the target, and generalized data has sentences with no target: "
+            "score it with text prompts"
+        )
     metrics = GRESMetrics() if generalized else RISMetrics(strict=protocol == "reference")
     kept: list[SamplePrediction] = []
     position = 0
     bar = tqdm(loader, desc="eval", unit="batch", disable=not progress or process_index != 0, leave=False)
     for batch in bar:
         batch = batch.to(device)
+        if prompt == "text":
+            prompts = {"text": batch.text}
+        else:
+            prompts = evaluation_prompts(batch.masks, prompt, shard.indices[position : position + len(batch)])
         with _autocast(device, mixed_precision):
-            output = model(batch.images, text=batch.text)
+            output = model(batch.images, **prompts)
         chosen = choose_prediction(output)
         logits = chosen.logits
         flags = None if chosen.no_target is None else chosen.no_target.tolist()

@@ -101,6 +101,7 @@ def evaluate_checkpoint(
     text_name_or_path: str | None = None,
     protocol: str = "exact",
     dtype: str = "auto",
+    prompt: str = "text",
 ) -> tuple[dict[str, dict[str, Any]], Path]:
     """Evaluate ``checkpoint`` -- any model source of :func:`ditsam.model.checkpoints.load_pretrained` (a folder,
     a Hub id with ``revision``, the authors' ``.pth`` with ``injection`` / ``text_name_or_path``) -- and
@@ -108,11 +109,15 @@ def evaluate_checkpoint(
     experiment; other sources need ``data``. ``protocol``: "exact" (ours) or "reference" (the authors' test
     code, see :mod:`ditsam.engine.evaluate`); results.json records it per split, with the process count, the
     precision (``dtype``: "auto", as :func:`ditsam.inference.devices.resolve_dtype`) and the ditsam and torch
-    versions."""
+    versions. ``prompt``: "text", or Table 4's "box" / "points" drawn from the ground truth (the default
+    ``out`` then ends in ``-box`` / ``-points``)."""
     from ditsam.engine.evaluate import PROTOCOLS
+    from ditsam.engine.prompts import EVAL_PROMPTS
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    if prompt not in EVAL_PROMPTS:
+        raise ValueError(f"unknown evaluation prompt {prompt!r}: use one of {', '.join(EVAL_PROMPTS)}")
     from accelerate import Accelerator
 
     from ditsam.api import resolve_device
@@ -131,7 +136,10 @@ def evaluate_checkpoint(
     # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group.
     accelerator = Accelerator(cpu=use_cpu(device))
     check_joined(accelerator.num_processes)
-    out = out or _default_out(source)
+    if out is None:
+        out = _default_out(source)
+        if prompt != "text":
+            out = out.with_name(f"{out.name}-{prompt}")
     on_main(lambda: ensure_writable_folder(out, what="--out"))  # made before any process writes into it
     model = DITSam.from_pretrained(
         source.path,
@@ -161,6 +169,7 @@ def evaluate_checkpoint(
             on_prediction=dump if dump_masks != "none" else None,
             protocol=protocol,
             mixed_precision=mixed_precision,  # type: ignore[arg-type]
+            prompt=prompt,
         )
         dump.close(
             out / f"masks_{split}.rle.json"
@@ -171,6 +180,7 @@ def evaluate_checkpoint(
             **result.metrics,
             "count": result.count,
             "protocol": protocol,
+            "prompt": prompt,
             "processes": accelerator.num_processes,
             "dtype": mixed_precision,
             VERSIONS_KEY: software_versions(),
@@ -183,5 +193,7 @@ def evaluate_checkpoint(
         logger.info("%s: %d sentences, %s", split, result.count, summarize(result.metrics))
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(format_table(results, title=f"## {checkpoint} ({protocol} protocol)") + "\n")
+        (out / "results.md").write_text(
+            format_table(results, title=f"## {checkpoint} ({protocol} protocol, {prompt} prompts)") + "\n"
+        )
     return results, out

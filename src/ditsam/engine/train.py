@@ -32,7 +32,7 @@ from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.losses import mask_loss, presence_loss
-from ditsam.engine.prompts import prompts_from_masks
+from ditsam.engine.prompts import training_prompts
 from ditsam.engine.run_folder import (
     BAD_RECORDS_FILE,
     CHECKPOINT_NAMES,
@@ -325,6 +325,7 @@ class Trainer:
                 all_reduce=lambda t: self.accelerator.reduce(t, reduction="sum"),
                 keep=keep,
                 progress=self.progress_bars,
+                prompt=self.config.train.eval_prompt,
             )
         return results
 
@@ -505,7 +506,14 @@ class Trainer:
         kind = ("text", "point", "box")[int(torch.multinomial(torch.tensor(mix, dtype=torch.float), 1))]
         if kind == "text" or not bool((batch.masks.flatten(1) > 0.5).any(1).all()):
             return {"text": batch.text}
-        return prompts_from_masks(batch.masks, kind)
+        sampling = self.config.train.prompt_sampling
+        return training_prompts(
+            batch.masks,
+            kind,
+            max_points=sampling.max_points,
+            max_negatives=sampling.max_negatives,
+            box_noise=sampling.box_noise,
+        )
 
     def _loss(self, output: Any, micro: MicroBatch) -> torch.Tensor:
         # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.

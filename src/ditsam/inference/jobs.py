@@ -25,7 +25,8 @@ class Job:
     index: int
     image_key: Hashable
     image: Any
-    sentence: str
+    # None: no text, the job is prompted by its points / box only (a SAM such as refshapes-sam).
+    sentence: str | None
     points: tuple[np.ndarray, np.ndarray] | None
     box: np.ndarray | None
     what: str
@@ -55,15 +56,23 @@ def make_jobs(image: Any, text: Any, points: Any, boxes: Any) -> tuple[list[Job]
     """Validate the inputs (types, sentences, prompt shapes) and pair them up, before any work.
     Returns the jobs and whether the call asked for one result (not a list)."""
     many_images = isinstance(image, (list, tuple))
-    if isinstance(text, str):
+    if text is None:
+        if points is None and boxes is None:
+            raise ValueError(
+                "give text, or points= / boxes= without text for a model trained with them (e.g. refshapes-sam)"
+            )
+        sentences, many_sentences = [None], False
+    elif isinstance(text, str):
         sentences, many_sentences = [text], False
     elif isinstance(text, (list, tuple)):
         sentences, many_sentences = list(text), True
     else:
-        raise TypeError(f"text must be a sentence (str) or a list of sentences, got {type(text).__name__}")
+        raise TypeError(
+            f"text must be a sentence (str), a list of sentences or None (points / boxes only), got {type(text).__name__}"
+        )
     if many_sentences and not sentences:
         raise ValueError("text is an empty list: give at least one sentence")
-    for index, sentence in enumerate(sentences):
+    for index, sentence in enumerate(sentences if text is not None else ()):
         if not isinstance(sentence, str):
             raise TypeError(f"sentence {index} must be a str, got {type(sentence).__name__}")
         if not sentence.strip():

@@ -121,6 +121,13 @@ def draw_scene(rng: np.random.Generator, *, preset: str, split: str) -> tuple[Sc
     return scene, render_scene(rng, scene)
 
 
+def scene_sentences(rng: np.random.Generator, *, preset: str, split: str = "train") -> list[str]:
+    """Every sentence of a new scene of ``split``'s kind drawn from ``rng``, without drawing its pixels (for
+    text-only uses such as pretraining the text encoder)."""
+    scene = _generate_scene(rng, preset=PRESETS[preset], split=split)
+    return [sentence for _, sentences in scene.refs for sentence, _ in sentences]
+
+
 def render_scene(rng: np.random.Generator, scene: Scene) -> np.ndarray:
     """The pixels of ``scene``, uint8 (H, W, 3), drawn with ``rng``."""
     return _render(rng, scene.height, scene.width, scene.objects)

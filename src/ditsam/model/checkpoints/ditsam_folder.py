@@ -5,8 +5,11 @@ A folder holds ``config.json`` (``{"format_version", "model": config, "versions"
 folders written before ``versions`` was recorded load too), ``model.safetensors``,
 ``text_encoder/`` (BERT config + tokenizer) and a model card. :func:`read_pretrained_folder` validates one and
 returns the config and the paths; :func:`load_folder_with_report` builds a model from it and
-:func:`load_folder_into` loads it into a built one, both strictly. A flat state dict of ours (a ``.pth`` of
-``DITSam.state_dict()``) loads strictly too (:func:`load_ditsam_state_dict`).
+:func:`load_folder_into` loads it into a built one, both strictly -- except that a folder of another
+variant of the same SAM (e.g. the decoder-only ``refshapes-sam`` under an L-DIT) is a training start: its
+weights load into the shared parts and the parts only the new variant has (text injection, decoder layers
+beyond SAM's two, the presence head) stay fresh, as from a SAM checkpoint. A flat state dict of ours (a
+``.pth`` of ``DITSam.state_dict()``) loads strictly too (:func:`load_ditsam_state_dict`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from ditsam.config import ConfigError
 from ditsam.model.checkpoints.card import build_model_card, facts_of, write_model_card
 from ditsam.model.checkpoints.files import safetensors_load, strip_module_prefix
+from ditsam.model.checkpoints.keys import DECODER_LAYER, INJECTION_PREFIX, SAM_DECODER_LAYERS, SAM_PREFIXES, TEXT_PREFIX
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.checkpoints.matching import apply_state_dict
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
@@ -101,8 +105,49 @@ def load_folder_with_report(cls: type[LoadableModel], directory: Path) -> tuple[
     return model, load_ditsam_state_dict(model, safetensors_load(weights), source=str(weights))
 
 
+#: Config fields in which a training start may differ from the folder it starts from (the DIT parts a
+#: variant adds on the same SAM; see the module docstring).
+#: What trains and how much memory it takes may differ too (Table 1's frozen rows, the frozen-text table).
+VARIANT_FIELDS = frozenset(
+    {
+        "injection",
+        "injection_options",
+        "extra_decoder_layers",
+        "no_target_head",
+        "multimask_output",
+        "freeze_image_encoder",
+        "gradient_checkpointing",
+        "text.trainable",
+        "text.local_files_only",
+    }
+)
+
+
+def _start_missing(key: str) -> str | None:
+    """A model key absent from a folder of another variant: fresh if only a variant has it, else an error."""
+    if key.startswith(TEXT_PREFIX):
+        return None
+    if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
+        return "fresh"
+    layer = DECODER_LAYER.match(key)
+    if layer is not None and int(layer.group(1)) >= SAM_DECODER_LAYERS:
+        return "fresh"
+    return None
+
+
+def _variant_start(model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str) -> LoadReport:
+    """The shared weights of a folder of another variant; its injection the model lacks is ignored."""
+    own = model.state_dict()
+    ignored = sorted(key for key in state_dict if key.startswith(INJECTION_PREFIX) and key not in own)
+    kept = {key: value for key, value in state_dict.items() if key not in ignored}
+    return apply_state_dict(
+        model, kept, kind="ditsam", source=source, classify_missing=_start_missing, allow_resize=False, ignored=ignored
+    )
+
+
 def load_folder_into(model: LoadableModel, directory: Path) -> LoadReport:
-    """A save_pretrained folder's weights loaded strictly into a built ``model``; config differences are noted."""
+    """A save_pretrained folder's weights loaded strictly into a built ``model`` (or, from a folder of another
+    variant, into the shared parts: see the module docstring); config differences are noted."""
     config, _, weights = read_pretrained_folder(directory)
     saved, current = config.to_dict(), model.config.to_dict()
     saved["text"].pop("name_or_path")
@@ -111,7 +156,12 @@ def load_folder_into(model: LoadableModel, directory: Path) -> LoadReport:
         [k for k in saved if k != "text" and saved[k] != current[k]]
         + [f"text.{k}" for k in saved["text"] if saved["text"][k] != current["text"][k]]
     )
-    report = load_ditsam_state_dict(model, safetensors_load(weights), source=str(weights))
+    state_dict = strip_module_prefix(safetensors_load(weights))
+    variant = [key for key in differences if key not in VARIANT_FIELDS]
+    if differences and not variant:
+        report = _variant_start(model, state_dict, source=str(weights))
+    else:
+        report = load_ditsam_state_dict(model, state_dict, source=str(weights))
     if differences:
         note = f"the model's config differs from the saved one in {', '.join(differences)}"
         logger.warning("%s: %s", directory, note)

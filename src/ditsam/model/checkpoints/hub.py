@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ditsam.model.checkpoints.bundled import bundled_folder, is_bundled_name
 from ditsam.model.checkpoints.ditsam_folder import CONFIG_FILE, save_pretrained
 from ditsam.model.checkpoints.download import fetch_sam_checkpoint, is_sam_name
 from ditsam.model.checkpoints.loadable import LoadableModel
@@ -157,7 +158,8 @@ def resolve_source(
     local_files_only: bool = False,
     force_download: bool = False,
 ) -> ResolvedSource:
-    """A local folder or file as it is; otherwise a string that reads as a Hub id (:func:`hub_reference`)
+    """A local folder or file as it is; a model shipped with ditsam by name (``refshapes-sam``,
+    :mod:`~ditsam.model.checkpoints.bundled`) as its folder; otherwise a string that reads as a Hub id (:func:`hub_reference`)
     fetched into the Hub cache (``cache_dir``: another cache folder; ``token``, ``local_files_only`` and
     ``force_download`` as huggingface_hub takes them). A ``Path`` is always local.
 
@@ -171,6 +173,10 @@ def resolve_source(
         if revision is not None:
             raise ValueError(f"revision={revision!r} only applies to a Hugging Face Hub id; {path} is a local path")
         return ResolvedSource(path=path)
+    if is_bundled_name(source):
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} only applies to a Hugging Face Hub id, not to {source!r}")
+        return ResolvedSource(path=bundled_folder(str(source)))
     hub = hub_reference(source) if isinstance(source, str) else None
     if hub is None:
         raise FileNotFoundError(

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from ditsam.digest import file_sha256
 from ditsam.model.checkpoints.download import OFFLINE_ENV, DownloadError, download_resumable, is_offline, sam_cache_dir
 from ditsam.model.checkpoints.report import CheckpointError
 
@@ -162,13 +163,6 @@ def released_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir is not None else sam_cache_dir() / CACHE_SUBDIR
 
 
-def _sha256(path: Path) -> str:
-    from huggingface_hub.utils.sha import sha_fileobj
-
-    with path.open("rb") as handle:
-        return sha_fileobj(handle).hex()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Cache:
     """One name's cache folder: the authors' file, the converted folder and the recorded SHA-256s."""
@@ -211,7 +205,7 @@ class _Cache:
                 f"{self.name}: {path} has no recorded SHA-256 in {self.root / MANIFEST_FILE}; "
                 f"delete {self.root} to download it again"
             )
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise CheckpointError(
                 f"{self.name}: {path} has changed since it was cached (SHA-256 {actual[:12]}..., recorded "
@@ -248,7 +242,7 @@ def _fetch(cache: _Cache, *, progress: bool) -> Path:
     url = released_url(cache.name)
     logger.info("%s: downloading %s to %s", cache.name, url, cache.file)
     download_resumable(url, cache.file, progress=progress)
-    digest = _sha256(cache.file)
+    digest = file_sha256(cache.file)
     expected = released_checkpoint(cache.name).sha256
     if expected is not None and digest != expected:
         cache.file.unlink()
@@ -289,7 +283,7 @@ def released_folder(
         convert(source, staging)
         cache.record(
             {
-                f"{FOLDER_NAME}/{p.relative_to(staging).as_posix()}": _sha256(p)
+                f"{FOLDER_NAME}/{p.relative_to(staging).as_posix()}": file_sha256(p)
                 for p in sorted(staging.rglob("*"))
                 if p.is_file()
             }

@@ -1,0 +1,425 @@
+"""The paper's experiments at RefShapes scale: Tables 1-4 and the frozen visual / text table, several seeds.
+
+    python benchmarks/refshapes_paper.py [--seeds 0 1 2] [--tables 1 2 frozen 3 4] [--epochs N] [key=value ...]
+
+Every run instruction-tunes the shipped tiny SAM (``refshapes-sam``) as the paper tunes SAM ViT-B, with the
+demo's recipe and budget, once per seed (``train.seed``: initialisation of the new parts, the stream of
+training scenes, dropout); val / testA / testB are fixed by the data seed. A run shared by two tables (L-DIT,
+the frozen rows) trains once. Finished runs are reused by a rerun: each run folder keeps ``paper_result.json``
+(its scores per prompt and its inference time), written last, so an interrupted invocation continues where it
+stopped and more seeds can be added later.
+
+Writes ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
+mIoU per split, P@0.5 on val, training time per run, inference time per sentence at batch 1 on this machine),
+then every claim the paper makes about each table, marked holds / does not hold with its margin in standard
+deviations of the per-seed differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from ditsam.config import parse_override
+from machine import machine_info
+
+# The tiny SAM every run starts from, scored as Table 4's first rows (no training on text).
+TINY_SAM = "refshapes-sam"
+# Splits a claim averages its metric over (mIoU of val, testA and testB: less noise than one split).
+CLAIM_SPLITS = ("val", "testA", "testB")
+CLAIM_METRIC = "miou"
+# Sentences timed at batch 1 for a row's inference time (after one warm-up batch).
+TIMED_SAMPLES = 32
+RESULT_FILE = "paper_result.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training recipe (trained once per seed) and the prompts its best checkpoint is scored with."""
+
+    experiment: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    prompts: tuple[str, ...] = ("text",)
+
+
+# Every training run of every table, once. None: the untuned tiny SAM (scored, not trained).
+RUNS: dict[str, Run | None] = {
+    "sam": None,
+    "default": Run("refshapes/default"),
+    "dec2": Run("refshapes/dec2"),
+    "dec4": Run("refshapes/dec4"),
+    "edit": Run("refshapes/edit"),
+    "ldit": Run("refshapes/ldit"),
+    "default_frozen": Run("refshapes/default_frozen"),
+    "dec2_frozen": Run("refshapes/dec2_frozen"),
+    "dec4_frozen": Run("refshapes/dec4_frozen"),
+    "edit_frozen": Run("refshapes/edit_frozen"),
+    "ldit_frozen": Run("refshapes/ldit_frozen"),
+    "edit_static": Run("refshapes/edit_static"),
+    "ldit_static": Run("refshapes/ldit_static"),
+    "edit_textfrozen": Run("refshapes/edit", (("model.text.trainable", False),)),
+    "ldit_textfrozen": Run("refshapes/ldit", (("model.text.trainable", False),)),
+    "edit_bothfrozen": Run("refshapes/edit_frozen", (("model.text.trainable", False),)),
+    "ldit_bothfrozen": Run("refshapes/ldit_frozen", (("model.text.trainable", False),)),
+    "crossatt": Run("refshapes/crossatt"),
+    "crossatt_ffn": Run("refshapes/crossatt_ffn"),
+    "mix": Run("refshapes/mix", prompts=("text", "points", "box")),
+}
+
+# A table row: (label, run key, prompt scored).
+Row = tuple[str, str, str]
+TABLES: dict[str, tuple[str, tuple[Row, ...]]] = {
+    "1": (
+        "Table 1: where the text enters (* = image encoder frozen)",
+        (
+            ("Default (text in the decoder)", "default", "text"),
+            ("+2 decoder layers", "dec2", "text"),
+            ("+4 decoder layers", "dec4", "text"),
+            ("E-DIT", "edit", "text"),
+            ("L-DIT", "ldit", "text"),
+            ("Default*", "default_frozen", "text"),
+            ("+2 decoder layers*", "dec2_frozen", "text"),
+            ("+4 decoder layers*", "dec4_frozen", "text"),
+            ("E-DIT*", "edit_frozen", "text"),
+            ("L-DIT*", "ldit_frozen", "text"),
+        ),
+    ),
+    "2": (
+        "Table 2: dynamic vs dynamic + static prompt tokens",
+        (
+            ("E-DIT, dynamic", "edit", "text"),
+            ("E-DIT, dynamic + static", "edit_static", "text"),
+            ("L-DIT, dynamic", "ldit", "text"),
+            ("L-DIT, dynamic + static", "ldit_static", "text"),
+        ),
+    ),
+    "frozen": (
+        "Frozen visual / text encoders (arXiv version)",
+        (
+            ("E-DIT, both trained", "edit", "text"),
+            ("E-DIT, visual frozen", "edit_frozen", "text"),
+            ("E-DIT, text frozen", "edit_textfrozen", "text"),
+            ("E-DIT, both frozen", "edit_bothfrozen", "text"),
+            ("L-DIT, both trained", "ldit", "text"),
+            ("L-DIT, visual frozen", "ldit_frozen", "text"),
+            ("L-DIT, text frozen", "ldit_textfrozen", "text"),
+            ("L-DIT, both frozen", "ldit_bothfrozen", "text"),
+        ),
+    ),
+    "3": (
+        "Table 3 (ACM MM): the text injection of L-DIT",
+        (
+            ("Linear projection", "ldit", "text"),
+            ("CrossAtt", "crossatt", "text"),
+            ("CrossAtt + FFN", "crossatt_ffn", "text"),
+        ),
+    ),
+    "4": (
+        "Table 4: prompts",
+        (
+            ("Tiny SAM, not trained on text, points", "sam", "points"),
+            ("Tiny SAM, not trained on text, box", "sam", "box"),
+            ("Decoder-only, trained on text", "default", "text"),
+            ("L-DIT, trained on text", "ldit", "text"),
+            ("L-DIT, trained on Mix, points", "mix", "points"),
+            ("L-DIT, trained on Mix, box", "mix", "box"),
+            ("L-DIT, trained on Mix, text", "mix", "text"),
+        ),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim of the paper: sum(plus) - sum(minus) > 0, each term a (run key, prompt) score."""
+
+    table: str
+    text: str
+    plus: tuple[tuple[str, str], ...]
+    minus: tuple[tuple[str, str], ...]
+
+
+def _text(key: str) -> tuple[str, str]:
+    return (key, "text")
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("1", "L-DIT > E-DIT", (_text("ldit"),), (_text("edit"),)),
+    Claim("1", "E-DIT > decoder-only (Default)", (_text("edit"),), (_text("default"),)),
+    Claim("1", "L-DIT > the deepest decoder (+4 layers)", (_text("ldit"),), (_text("dec4"),)),
+    Claim("1", "more decoder layers help the decoder-only model (+4 > Default)", (_text("dec4"),), (_text("default"),)),
+    Claim(
+        "1",
+        "L-DIT* > E-DIT* > Default* also with the encoder frozen (L-DIT* > Default*)",
+        (_text("ldit_frozen"),),
+        (_text("default_frozen"),),
+    ),
+    Claim(
+        "1",
+        "the L-DIT advantage over Default is larger with the encoder frozen",
+        (_text("ldit_frozen"), _text("default")),
+        (_text("default_frozen"), _text("ldit")),
+    ),
+    Claim("2", "static tokens help E-DIT", (_text("edit_static"),), (_text("edit"),)),
+    Claim("2", "static tokens hurt L-DIT", (_text("ldit"),), (_text("ldit_static"),)),
+    Claim(
+        "frozen",
+        "L-DIT: training the visual encoder helps (both > visual frozen)",
+        (_text("ldit"),),
+        (_text("ldit_frozen"),),
+    ),
+    Claim(
+        "frozen",
+        "L-DIT: training the text encoder helps (both > text frozen)",
+        (_text("ldit"),),
+        (_text("ldit_textfrozen"),),
+    ),
+    Claim(
+        "frozen",
+        "E-DIT: training the visual encoder helps (both > visual frozen)",
+        (_text("edit"),),
+        (_text("edit_frozen"),),
+    ),
+    Claim(
+        "frozen",
+        "E-DIT: training the text encoder helps (both > text frozen)",
+        (_text("edit"),),
+        (_text("edit_textfrozen"),),
+    ),
+    Claim("3", "linear projection beats CrossAtt", (_text("ldit"),), (_text("crossatt"),)),
+    Claim("3", "linear projection beats CrossAtt + FFN", (_text("ldit"),), (_text("crossatt_ffn"),)),
+    Claim("4", "L-DIT (text) > decoder-only (text)", (_text("ldit"),), (_text("default"),)),
+    Claim("4", "Mix improves points over the untuned SAM", (("mix", "points"),), (("sam", "points"),)),
+    Claim("4", "Mix improves boxes over the untuned SAM", (("mix", "box"),), (("sam", "box"),)),
+)
+
+
+def claim_score(result: dict[str, Any]) -> float:
+    """The number a claim compares: mIoU averaged over :data:`CLAIM_SPLITS` of one scored run."""
+    return statistics.fmean(result[split][CLAIM_METRIC] for split in CLAIM_SPLITS)
+
+
+def judge(claim: Claim, scores: dict[tuple[str, str], list[float]]) -> dict[str, Any]:
+    """Per seed, the claim's difference; holds if the mean is > 0; margin = mean / std of the differences.
+
+    ``scores[(run, prompt)]`` lists one value per seed (the untuned SAM's single value serves every seed).
+    A claim whose runs are not all measured is "not measured"."""
+    terms = [*claim.plus, *claim.minus]
+    if any(not scores.get(term) for term in terms):
+        return {"claim": claim.text, "table": claim.table, "verdict": "not measured"}
+    per_seed = [len(scores[term]) for term in terms if len(scores[term]) > 1]
+    count = min(per_seed) if per_seed else 1
+
+    def value(term: tuple[str, str], seed: int) -> float:
+        values = scores[term]
+        return values[seed] if len(values) > 1 else values[0]
+
+    differences = [
+        sum(value(t, seed) for t in claim.plus) - sum(value(t, seed) for t in claim.minus) for seed in range(count)
+    ]
+    mean = statistics.fmean(differences)
+    spread = statistics.stdev(differences) if len(differences) > 1 else None
+    margin = None if not spread else mean / spread
+    return {
+        "claim": claim.text,
+        "table": claim.table,
+        "verdict": "holds" if mean > 0 else "does not hold",
+        "difference": mean,
+        "std": spread,
+        "margin_in_std": margin,
+        "seeds": len(differences),
+    }
+
+
+def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from ditsam.engine.config import load_experiment
+    from ditsam.engine.run_eval import evaluate_checkpoint
+    from ditsam.engine.train import train
+
+    run_dir = Path(args.runs) / key / f"seed{seed}"
+    done = run_dir / RESULT_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    overrides = {**dict(run.overrides), **args.common, "train.seed": seed}
+    config = load_experiment(run.experiment, overrides)
+    started = time.perf_counter()
+    train(config, run_dir=run_dir, resume=(run_dir / "checkpoints" / "last").is_dir(), progress=False)
+    seconds = time.perf_counter() - started
+    best = run_dir / "checkpoints" / "best"
+    result = {"experiment": run.experiment, "overrides": overrides, "train_seconds": seconds, "scores": {}}
+    for prompt in run.prompts:
+        scores, _ = evaluate_checkpoint(
+            best, prompt=prompt, out=run_dir / f"eval-{prompt}", device="cpu", dtype="fp32", num_pictures=0
+        )
+        result["scores"][prompt] = {split: _metrics(values) for split, values in scores.items()}
+        result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(best, run.experiment, prompt, args)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _score_tiny_sam(args: argparse.Namespace) -> dict[str, Any]:
+    from ditsam.engine.run_eval import evaluate_checkpoint
+
+    out = Path(args.runs) / "sam"
+    done = out / RESULT_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"experiment": "refshapes/sam", "train_seconds": None, "scores": {}}
+    for prompt in ("points", "box"):
+        scores, _ = evaluate_checkpoint(
+            TINY_SAM,
+            data="refshapes/sam",
+            overrides=[f"data.root={args.data}"],
+            prompt=prompt,
+            out=out / f"eval-{prompt}",
+            device="cpu",
+            dtype="fp32",
+            num_pictures=0,
+        )
+        result["scores"][prompt] = {split: _metrics(values) for split, values in scores.items()}
+        result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(TINY_SAM, "refshapes/sam", prompt, args)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _metrics(values: dict[str, Any]) -> dict[str, float]:
+    return {name: float(values[name]) for name in ("miou", "oiou", "p@0.5")}
+
+
+def _inference_ms(checkpoint: str | Path, experiment: str, prompt: str, args: argparse.Namespace) -> float:
+    """Milliseconds per sentence of the model's forward at batch 1 on val (:data:`TIMED_SAMPLES`), fp32."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from ditsam.data.collate import RISCollator
+    from ditsam.engine.config import load_experiment
+    from ditsam.engine.data import ris_dataset
+    from ditsam.engine.prompts import evaluation_prompts
+    from ditsam.model.dit import DITSam
+
+    model = DITSam.from_pretrained(checkpoint).eval()
+    dataset = ris_dataset(load_experiment(experiment, {"data.root": args.data}), "val", train=False)
+    loader = DataLoader(
+        Subset(dataset, range(TIMED_SAMPLES + 1)), batch_size=1, collate_fn=RISCollator(model.tokenizer)
+    )
+    elapsed = 0.0
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            prompts = {"text": batch.text} if prompt == "text" else evaluation_prompts(batch.masks, prompt, [index])
+            started = time.perf_counter()
+            model(batch.images, **prompts)
+            if index:  # the first call warms up
+                elapsed += time.perf_counter() - started
+    return 1000 * elapsed / TIMED_SAMPLES
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], tables: list[str], verdicts: list[dict[str, Any]]) -> str:
+    """One Markdown table per paper table, then its claims (``results[run key]``: one result per seed)."""
+    blocks = []
+    for table in tables:
+        title, rows = TABLES[table]
+        lines = [
+            f"### {title}",
+            "",
+            "| row | seeds | val mIoU | testA mIoU | testB mIoU | val P@0.5 | train s | ms / sentence |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, key, prompt in rows:
+            runs = [r for r in results.get(key, []) if prompt in r["scores"]]
+            cells = [_stat([r["scores"][prompt][s]["miou"] for r in runs]) for s in CLAIM_SPLITS]
+            p50 = _stat([r["scores"][prompt]["val"]["p@0.5"] for r in runs])
+            train_s = _stat([r["train_seconds"] for r in runs if r["train_seconds"] is not None])
+            infer = _stat([r["ms_per_sentence"][prompt] for r in runs])
+            lines.append(f"| {label} | {len(runs)} | {' | '.join(cells)} | {p50} | {train_s} | {infer} |")
+        claims = [v for v in verdicts if v["table"] == table]
+        if claims:
+            lines += [
+                "",
+                "| the paper's claim | here | difference (mIoU, mean of 3 splits) | margin |",
+                "|---|---|---|---|",
+            ]
+            for v in claims:
+                if v["verdict"] == "not measured":
+                    lines.append(f"| {v['claim']} | not measured | - | - |")
+                    continue
+                margin = "n/a (1 seed)" if v["margin_in_std"] is None else f"{v['margin_in_std']:+.1f} std"
+                lines.append(f"| {v['claim']} | **{v['verdict']}** | {v['difference']:+.2f} | {margin} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def collect_scores(results: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[float]]:
+    """``{(run key, prompt): [claim score per seed]}`` of every finished run."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    for key, runs in results.items():
+        for run in runs:
+            for prompt, values in run["scores"].items():
+                scores.setdefault((key, prompt), []).append(claim_score(values))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
+    parser.add_argument("--runs", default="runs/paper", help="run folders (finished runs are reused)")
+    parser.add_argument("--data", default="data/refshapes")
+    parser.add_argument("--out", default="benchmarks/results/refshapes_paper")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.lr=0.0005")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.common = dict(parse_override(o) for o in args.overrides)
+    args.common["data.root"] = args.data
+    if args.epochs is not None:
+        args.common["train.epochs"] = args.epochs
+    keys = list(dict.fromkeys(key for table in args.tables for _, key, _ in TABLES[table][1]))
+    started = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {}
+    for key in keys:
+        run = RUNS[key]
+        if run is None:
+            results[key] = [_score_tiny_sam(args)]
+            continue
+        for seed in args.seeds:
+            result = _train_and_score(key, run, seed, args)
+            results.setdefault(key, []).append(result)
+            print(f"{key} seed {seed}: " + json.dumps(result["scores"]), flush=True)
+    verdicts = [judge(claim, collect_scores(results)) for claim in CLAIMS if claim.table in args.tables]
+    record = {
+        "machine": machine_info(),
+        "seeds": args.seeds,
+        "overrides": args.common,
+        "wall_seconds_this_invocation": time.perf_counter() - started,
+        "train_seconds_all_runs": sum(r["train_seconds"] or 0 for runs in results.values() for r in runs),
+        "results": results,
+        "claims": verdicts,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    body = markdown(results, args.tables, verdicts)
+    out.with_suffix(".md").write_text(
+        f"Machine: {record['machine']['cpu_model']}, {record['machine']['usable_cores']} cores "
+        f"({', '.join(record['machine']['isa'])}); seeds {args.seeds}; mean ± std over seeds.\n\n{body}\n"
+    )
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
