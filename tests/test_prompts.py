@@ -18,10 +18,9 @@ from ditsam.engine.prompts import (
     training_prompts,
 )
 from ditsam.engine.train import train
-from ditsam.model.checkpoints import CheckpointError, load_checkpoint
 from ditsam.model.dit import DITSam
 from ditsam.model.sam.prompt_encoder import PADDING_LABEL
-from helpers import tiny_config, tiny_experiment
+from helpers import tiny_experiment
 
 
 def _masks() -> torch.Tensor:
@@ -117,20 +116,3 @@ def test_scoring_feeds_the_model_the_chosen_prompt(refshapes_root, tiny_bert_dir
     assert coords.shape == (4, EVAL_POINTS, 2) and (labels == POSITIVE_LABEL).all()
     with pytest.raises(ValueError, match="unknown evaluation prompt"):
         evaluate(model, dataset, prompt="scribble", progress=False)
-
-
-def test_an_ldit_starts_from_a_decoder_only_folder(tiny_bert_dir, tmp_path):
-    """A folder of another variant (a decoder-only model, as refshapes-sam) is a training start: the shared
-    weights load, the injection stays fresh and is reported so; a different SAM is still refused."""
-    source = DITSam(tiny_config(tiny_bert_dir, injection="none"))
-    source.save_pretrained(tmp_path / "sam")
-    target = DITSam(tiny_config(tiny_bert_dir, injection="layerwise"), load_text_weights=False)
-    report = load_checkpoint(target, tmp_path / "sam")
-    assert report.fresh and all(key.startswith("image_encoder.injection.") for key in report.fresh)
-    own = target.state_dict()
-    for key, value in source.state_dict().items():
-        assert torch.equal(own[key], value), key
-    assert any("injection" in note for note in report.notes)
-    deeper = DITSam(tiny_config(tiny_bert_dir, injection="layerwise", depth=3), load_text_weights=False)
-    with pytest.raises(CheckpointError):
-        load_checkpoint(deeper, tmp_path / "sam")

@@ -8,7 +8,8 @@ returns the config and the paths; :func:`load_folder_with_report` builds a model
 :func:`load_folder_into` loads it into a built one, both strictly -- except that a folder of another
 variant of the same SAM (e.g. the decoder-only ``refshapes-sam`` under an L-DIT) is a training start: its
 weights load into the shared parts and the parts only the new variant has (text injection, decoder layers
-beyond SAM's two, the presence head) stay fresh, as from a SAM checkpoint. A flat state dict of ours (a
+beyond SAM's two, the presence head) stay fresh, as from a SAM checkpoint; a model whose generated text
+encoder has another vocabulary keeps its own. A flat state dict of ours (a
 ``.pth`` of ``DITSam.state_dict()``) loads strictly too (:func:`load_ditsam_state_dict`).
 """
 
@@ -123,10 +124,11 @@ VARIANT_FIELDS = frozenset(
 )
 
 
-def _start_missing(key: str) -> str | None:
-    """A model key absent from a folder of another variant: fresh if only a variant has it, else an error."""
+def _start_missing(key: str, *, text_kept: bool = False) -> str | None:
+    """A model key absent from a folder of another variant: fresh if only a variant has it, kept for a text
+    encoder not taken from the folder (``text_kept``), else an error."""
     if key.startswith(TEXT_PREFIX):
-        return None
+        return "kept" if text_kept else None
     if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
         return "fresh"
     layer = DECODER_LAYER.match(key)
@@ -135,19 +137,47 @@ def _start_missing(key: str) -> str | None:
     return None
 
 
-def _variant_start(model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str) -> LoadReport:
-    """The shared weights of a folder of another variant; its injection the model lacks is ignored."""
+def _other_vocabulary(model: LoadableModel, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Why the folder's text encoder cannot serve ``model`` (a vocabulary of another size), or None."""
+    key = f"{TEXT_PREFIX}bert.embeddings.word_embeddings.weight"
+    own = model.state_dict().get(key)
+    if own is None or key not in state_dict or state_dict[key].shape == own.shape:
+        return None
+    return (
+        f"the folder's text encoder has a vocabulary of {state_dict[key].shape[0]} tokens, the model's "
+        f"{own.shape[0]} (e.g. a generated BERT that took the training sentences' words): the model keeps its own "
+        f"text encoder (listed as kept), everything else starts from the folder"
+    )
+
+
+def _variant_start(
+    model: LoadableModel, state_dict: Mapping[str, torch.Tensor], *, source: str, text_kept: bool
+) -> LoadReport:
+    """The shared weights of a folder of another variant; its injection the model lacks is ignored, and so is
+    its text encoder when ``text_kept``."""
     own = model.state_dict()
-    ignored = sorted(key for key in state_dict if key.startswith(INJECTION_PREFIX) and key not in own)
-    kept = {key: value for key, value in state_dict.items() if key not in ignored}
+    ignored = sorted(
+        key
+        for key in state_dict
+        if (key.startswith(INJECTION_PREFIX) and key not in own) or (text_kept and key.startswith(TEXT_PREFIX))
+    )
+    taken = {key: value for key, value in state_dict.items() if key not in ignored}
     return apply_state_dict(
-        model, kept, kind="ditsam", source=source, classify_missing=_start_missing, allow_resize=False, ignored=ignored
+        model,
+        taken,
+        kind="ditsam",
+        source=source,
+        classify_missing=lambda key: _start_missing(key, text_kept=text_kept),
+        allow_resize=False,
+        ignored=ignored,
     )
 
 
 def load_folder_into(model: LoadableModel, directory: Path) -> LoadReport:
-    """A save_pretrained folder's weights loaded strictly into a built ``model`` (or, from a folder of another
-    variant, into the shared parts: see the module docstring); config differences are noted."""
+    """A save_pretrained folder's weights loaded into a built ``model`` as a training start: strictly from a
+    folder of the same architecture, into the shared parts from a folder of another variant (see the module
+    docstring), the model's own text encoder kept when the folder's has another vocabulary; config
+    differences are noted."""
     config, _, weights = read_pretrained_folder(directory)
     saved, current = config.to_dict(), model.config.to_dict()
     saved["text"].pop("name_or_path")
@@ -157,11 +187,14 @@ def load_folder_into(model: LoadableModel, directory: Path) -> LoadReport:
         + [f"text.{k}" for k in saved["text"] if saved["text"][k] != current["text"][k]]
     )
     state_dict = strip_module_prefix(safetensors_load(weights))
-    variant = [key for key in differences if key not in VARIANT_FIELDS]
-    if differences and not variant:
-        report = _variant_start(model, state_dict, source=str(weights))
-    else:
+    vocabulary = _other_vocabulary(model, state_dict)
+    if any(key not in VARIANT_FIELDS for key in differences) or not (differences or vocabulary):
         report = load_ditsam_state_dict(model, state_dict, source=str(weights))
+    else:
+        report = _variant_start(model, state_dict, source=str(weights), text_kept=vocabulary is not None)
+    if vocabulary is not None:
+        logger.warning("%s: %s", directory, vocabulary)
+        report.notes.append(vocabulary)
     if differences:
         note = f"the model's config differs from the saved one in {', '.join(differences)}"
         logger.warning("%s: %s", directory, note)
