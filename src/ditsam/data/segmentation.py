@@ -1,4 +1,4 @@
-"""COCO segmentations (polygons or RLE) to boolean masks, and boxes from masks.
+"""COCO segmentations (polygons or RLE) to boolean masks and back (:func:`encode_rle`), and boxes from masks.
 
 Accepted forms of a segmentation, all at an image of ``height`` x ``width`` pixels:
 
@@ -75,6 +75,17 @@ def polygon_bounds(segmentation: Any) -> tuple[float, float, float, float] | Non
     if not xs or not ys:
         return None
     return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A bool / 0-1 (H, W) mask as COCO RLE, JSON-ready: ``{"size": [H, W], "counts": str}`` (compressed
+    counts, as ``pycocotools.mask.encode`` writes them; ``pycocotools.mask.decode`` and
+    :func:`decode_segmentation` read it back). Raises ValueError for a mask that is not 2-D."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask to encode as RLE must be 2-D (H, W), got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8) != 0, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def bbox_from_mask(mask: np.ndarray) -> tuple[float, float, float, float]:
