@@ -12,6 +12,7 @@ updated with ``variants/ldit.yaml``, named ``refshapes-ldit``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -46,7 +47,8 @@ class DataConfig(ConfigBase):
     # "refshapes" / "grefshapes" (generated on first use; grefshapes: sentences naming several objects or
     # none), "refer" (original RefCOCO release), "grefcoco" (generalized), "simrec", "custom" (JSONL).
     format: Literal["refshapes", "grefshapes", "refer", "grefcoco", "simrec", "custom"] = "refshapes"
-    # refer/refshapes: folder holding <dataset>/refs(<split_by>).p; custom: the JSONL file; simrec: the anns JSON.
+    # refer/refshapes: folder holding <dataset>/refs(<split_by>).p; simrec: the anns JSON; custom: a records
+    # file (docs/record.md: JSONL, or a JSON array such as `ditsam predict`'s predictions.json) or a predict --out folder.
     root: str = "data/refshapes"
     # REFER dataset name: refcoco, refcoco+, refcocog, refshapes.
     dataset: str = "refshapes"
@@ -80,9 +82,20 @@ class DataConfig(ConfigBase):
     photometric: bool = True
     # Horizontal flip probability in training (swaps the words left/right).
     flip_probability: float = 0.5
+    # custom only: records with a "score" (a prediction's IoU estimate) below this are left out of every split, so
+    # pseudo-labels train only where the model was confident (None: any score; records without one always train).
+    min_score: float | None = None
     # Control experiment: every sample, in training and evaluation, gets this sentence instead of
     # its own, so the model must guess without words ("" = off, the normal task).
     fixed_sentence: str = ""
+
+    def __post_init__(self) -> None:
+        if self.min_score is None:
+            return
+        if not math.isfinite(self.min_score):
+            raise ConfigError(f"min_score must be a finite number (a score) or null, got {self.min_score}")
+        if self.format != "custom":
+            raise ConfigError(f"min_score applies to data.format=custom (records with scores), not {self.format!r}")
 
 
 @dataclasses.dataclass
