@@ -87,8 +87,11 @@ class Segmenter:
             ``torch.bfloat16`` (autocast on CPU and GPU; weights stay float32); ``torch.float16`` (autocast,
             GPU) also works. ``"int8"``:
             the CPU only, text prompts only: the model is exported and quantised to int8 with ONNX
-            Runtime when the segmenter is built (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs
-            ``pip install ditsam[int8]``).
+            Runtime (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs ``pip install ditsam[int8]``) once,
+            into a cache keyed by the weights, config and export options, and loaded from there afterwards.
+        int8_cache: with ``dtype="int8"``: the cache folder (None: ``$DITSAM_INT8_CACHE``, else
+            ``$TORCH_HOME/hub/ditsam-int8``; see :mod:`ditsam.int8_cache`), or False to quantise afresh
+            without storing anything.
         threshold: a pixel is foreground where ``sigmoid(logit) > threshold`` (paper / reference: 0.35).
         max_pixels: images with more pixels are refused with a clear error before they are decoded
             (``None``: no limit besides PIL's own, about 179 megapixels).
@@ -104,6 +107,7 @@ class Segmenter:
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
+        int8_cache: str | os.PathLike | bool | None = None,
     ) -> None:
         from ditsam.data.transforms import RISTransform, TransformConfig
 
@@ -125,7 +129,7 @@ class Segmenter:
         if int8:
             from ditsam.int8 import OnnxRunner
 
-            self.onnx = OnnxRunner.int8(self.model)
+            self.onnx = OnnxRunner.int8(self.model, cache=int8_cache)
 
     @classmethod
     def from_pretrained(
@@ -145,6 +149,7 @@ class Segmenter:
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
+        int8_cache: str | os.PathLike | bool | None = None,
     ) -> "Segmenter":
         """A segmenter for a model from any source (:meth:`DITSam.from_pretrained
         <ditsam.model.dit.DITSam.from_pretrained>`):
@@ -179,7 +184,15 @@ class Segmenter:
             local_files_only=local_files_only,
             force_download=force_download,
         )
-        return cls(model, device=device, dtype=dtype, threshold=threshold, max_pixels=max_pixels, batch_size=batch_size)
+        return cls(
+            model,
+            device=device,
+            dtype=dtype,
+            threshold=threshold,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+            int8_cache=int8_cache,
+        )
 
     def __repr__(self) -> str:
         config = self.model.config

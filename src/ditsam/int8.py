@@ -84,12 +84,30 @@ class OnnxRunner:
         self.mask_is_bool = inputs.get(INPUT_NAMES[2]) == "tensor(bool)"
 
     @classmethod
-    def int8(cls, model: DITSam, *, threads: int | None = None, per_channel: bool = False) -> "OnnxRunner":
-        """Quantise ``model`` (see :func:`quantize_model`) into a temporary file and load it."""
-        with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
-            return cls(
-                quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads
-            )
+    def int8(
+        cls,
+        model: DITSam,
+        *,
+        threads: int | None = None,
+        per_channel: bool = False,
+        cache: str | os.PathLike | bool | None = None,
+    ) -> "OnnxRunner":
+        """``model`` quantised (see :func:`quantize_model`) and loaded. ``cache``: None or True takes the int8
+        model from the default cache folder, building it there once (:mod:`ditsam.int8_cache`); a path uses
+        that folder; False quantises into a temporary file, every time."""
+        if cache is False:
+            with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
+                return cls(
+                    quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads
+                )
+        from ditsam.int8_cache import cached_int8_model
+
+        loaded: list[OnnxRunner] = []
+        cache_dir = None if cache is None or cache is True else cache
+        path = cached_int8_model(
+            model, cache_dir=cache_dir, per_channel=per_channel, check=lambda p: loaded.append(cls(p, threads=threads))
+        )
+        return loaded[-1] if loaded else cls(path, threads=threads)
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
         if any(value is not None for value in prompts.values()):
