@@ -55,6 +55,7 @@ SLOW_MODULES = frozenset(
         "test_run_scale",
         "test_serve",
         "test_step",
+        "test_trackers",
         "test_wheel",
     }
 )

@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 
 from ditsam.config import ConfigBase, ConfigError, load_yaml
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
+from ditsam.engine.trackers import check_names
 from ditsam.model.config import DITSamConfig
 
 
@@ -151,8 +152,12 @@ class TrainConfig(ConfigBase):
     # Checkpoint-selection metric on data.select_split: "oiou", "miou" or "p@0.5" .. "p@0.9"; for
     # generalized data (grefcoco, grefshapes) "giou", "ciou", "n_acc", "t_acc" or "p@0.7" .. "p@0.9".
     select_metric: str = "oiou"
-    # Prediction pictures written to TensorBoard and the run folder per evaluation.
+    # Prediction pictures written to the trackers that take images and to the run folder per evaluation.
     num_visualizations: int = 6
+    # Experiment trackers, through accelerate's log_with (ditsam.engine.trackers): "tensorboard" (<run>/tensorboard),
+    # "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab" once installed (pip extras of the
+    # same names; comet_ml: comet), configured by their own environment variables; [] = metrics.jsonl only.
+    log_with: tuple[str, ...] = ("tensorboard",)
     # Table 4 "Mix": probabilities that a micro-batch is prompted by (text, a point, a box); points
     # and boxes are drawn from the ground-truth masks. (1, 0, 0) = text only.
     prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
@@ -176,6 +181,7 @@ class TrainConfig(ConfigBase):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"train.{name} must be a weight >= 0, got {getattr(self, name)}")
         check_threshold(self.threshold, name="train.threshold", error=ConfigError)
+        check_names(self.log_with, field="log_with")
 
 
 @dataclasses.dataclass
