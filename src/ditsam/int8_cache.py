@@ -56,7 +56,10 @@ def default_cache_dir() -> Path:
 def export_options(*, per_channel: bool) -> dict[str, Any]:
     """Everything besides the weights and the config that shapes the int8 graph: the quantisation settings,
     the exporter's opset and the versions of the software that writes the graph."""
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(f"int8 inference needs onnx and onnxruntime: pip install 'ditsam[int8]' ({error})") from error
     import torch
 
     from ditsam import __version__

@@ -1,6 +1,8 @@
 """``ditsam data validate`` and ``ditsam data stats``.
 
-- ``validate PATH``: every problem of a custom JSONL file (exit status 1 if there is any).
+- ``validate PATH``: every problem of a custom records file -- JSONL, a JSON array such as ``ditsam predict``'s
+  ``predictions.json``, or a ``predict --out`` folder (docs/record.md) -- (exit status 1 if there is any);
+  ``--min-score X`` checks the records ``data.min_score=X`` trains on.
   ``validate --format refer|grefcoco|simrec|custom [format options] [--split S ...]``: the checks ``ditsam
   train`` runs before its first step, on every split (or the ones named): images exist and their
   headers decode, masks fit their image and are not empty, sentences are not empty. Images are
