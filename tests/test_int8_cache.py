@@ -16,7 +16,8 @@ pytest.importorskip("onnxruntime")
 
 from ditsam import Segmenter  # noqa: E402
 from ditsam.cli.main import main  # noqa: E402
-from ditsam.int8_cache import COMPLETE_MARKER, MODEL_FILE, cache_key  # noqa: E402
+from ditsam.int8 import int8_cache_key as cache_key  # noqa: E402
+from ditsam.int8_cache import COMPLETE_MARKER, MODEL_FILE  # noqa: E402
 from ditsam.model.dit import DITSam  # noqa: E402
 
 IMAGE = np.random.default_rng(0).integers(0, 255, size=(30, 40, 3), dtype=np.uint8)

@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from ditsam.model.dit import DITSam
@@ -53,37 +53,14 @@ def default_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / CACHE_SUBDIR
 
 
-def export_options(*, per_channel: bool) -> dict[str, Any]:
-    """Everything besides the weights and the config that shapes the int8 graph: the quantisation settings,
-    the exporter's opset and the versions of the software that writes the graph."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(f"int8 inference needs onnx and onnxruntime: pip install 'ditsam[int8]' ({error})") from error
-    import torch
-
-    from ditsam import __version__
-    from ditsam.export import DEFAULT_OPSET
-    from ditsam.int8 import QUANTIZED_OPS
-
-    return {
-        "cache_format": CACHE_FORMAT,
-        "per_channel": per_channel,
-        "quantized_ops": list(QUANTIZED_OPS),
-        "opset": DEFAULT_OPSET,
-        "ditsam": __version__,
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-
-
-def cache_key(model: "DITSam", *, per_channel: bool = False) -> str:
+def cache_key(model: "DITSam", options: Mapping[str, Any]) -> str:
     """Hex sha256 of the model's weights (every tensor of its state dict: name, dtype, shape, bytes), its config
-    and :func:`export_options`: the name of its cache entry."""
+    and the export ``options`` (what else shapes the built file: :func:`ditsam.int8.int8_options`): the name of
+    its cache entry."""
     import torch
 
     digest = hashlib.sha256()
-    header = {"config": model.config.to_dict(), "options": export_options(per_channel=per_channel)}
+    header = {"cache_format": CACHE_FORMAT, "config": model.config.to_dict(), "options": dict(options)}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode("utf-8"))
     for name, tensor in sorted(model.state_dict().items()):
         values = tensor.detach().cpu().contiguous().reshape(-1)
@@ -113,21 +90,23 @@ def entry_problem(folder: Path) -> str | None:
     return None
 
 
-def cached_int8_model(
+def cached_model(
     model: "DITSam",
     *,
+    options: Mapping[str, Any],
+    build: Callable[[Path], Any],
     cache_dir: str | os.PathLike | None = None,
-    per_channel: bool = False,
-    check: Callable[[Path], None] | None = None,
+    check: Callable[[Path], Any] | None = None,
 ) -> Path:
-    """The int8 ONNX file of ``model`` from the cache (:func:`default_cache_dir` unless ``cache_dir``), built
-    with :func:`ditsam.int8.quantize_model` and stored there first when no whole entry exists. ``check(path)``
-    (e.g. loading it into ONNX Runtime) runs on a cached file: if it raises, the entry is rebuilt with a
-    warning. Raises OSError when the cache folder cannot be written, ImportError without onnx / onnxruntime."""
+    """The file :data:`MODEL_FILE` of ``model``'s entry in the cache (:func:`default_cache_dir` unless
+    ``cache_dir``), keyed by :func:`cache_key` (``options``: what else shapes the file); ``build(path)`` writes
+    it there first when no whole entry exists. ``check(path)`` (e.g. loading it into ONNX Runtime) runs on a
+    cached file: if it raises, the entry is rebuilt with a warning. Raises OSError when the cache folder cannot
+    be written, and whatever ``build`` raises. (:func:`ditsam.int8.cached_int8_model` is the int8 model's.)"""
     from filelock import FileLock
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = cache_key(model, per_channel=per_channel)
+    key = cache_key(model, options)
     folder = root / key
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{key}.lock")):  # processes started together build one entry, once
@@ -142,23 +121,23 @@ def cached_int8_model(
             return folder / MODEL_FILE
         if problem != "missing":
             logger.warning("int8 cache entry %s is damaged: %s; building it again", folder, problem)
-        _build(model, folder, per_channel=per_channel)
+        _build(folder, build=build, options=options)
     return folder / MODEL_FILE
 
 
-def _build(model: "DITSam", folder: Path, *, per_channel: bool) -> None:
-    """Quantise ``model`` into a temporary folder beside ``folder``, record its files' sha256, rename it into
+def _build(folder: Path, *, build: Callable[[Path], Any], options: Mapping[str, Any]) -> None:
+    """``build`` the file into a temporary folder beside ``folder``, record its files' sha256, rename it into
     place (a damaged entry there is deleted first)."""
     from ditsam.engine.checkpoint import file_digests
-    from ditsam.int8 import quantize_model
     from ditsam.outputs import write_text_atomically
 
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         logger.info("building the int8 model once (cached in %s)", folder)
-        quantize_model(model, tmp / MODEL_FILE, per_channel=per_channel)
-        marker = {"files": file_digests(tmp), "options": export_options(per_channel=per_channel)}
+        tmp.mkdir(parents=True)
+        build(tmp / MODEL_FILE)
+        marker = {"files": file_digests(tmp), "options": dict(options)}
         write_text_atomically(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)

@@ -104,8 +104,8 @@ def _quantized(args: argparse.Namespace, out: Path) -> int:
         raise CLIError("--quantize int8 needs onnxruntime: pip install 'ditsam[int8]' (onnx, onnxruntime)") from None
     if args.mask_dtype != "int64" or args.opset != 17:
         raise CLIError("--quantize int8 writes the int8 model dtype='int8' runs: int64 attention mask, opset 17")
-    from ditsam.int8 import OnnxRunner
-    from ditsam.int8_cache import MODEL_FILE, cached_int8_model
+    from ditsam.int8 import OnnxRunner, cached_int8_model
+    from ditsam.int8_cache import MODEL_FILE
     from ditsam.model.dit import DITSam
 
     model = DITSam.from_pretrained(args.checkpoint, **source_options(args))
