@@ -94,8 +94,10 @@ def test_export_onnx_quantize_writes_the_cached_int8_model(checkpoint: Path, tmp
     assert f"wrote {out} (int8; cached as" in capsys.readouterr().out
     key = cache_key(DITSam.from_pretrained(checkpoint))
     assert out.read_bytes() == (cache / key / MODEL_FILE).read_bytes() and len(builds) == 1
-    Segmenter.from_pretrained(checkpoint, dtype="int8", int8_cache=cache)
+    segmenter = Segmenter.from_pretrained(checkpoint, dtype="int8", int8_cache=cache)
     assert len(builds) == 1, "the segmenter reuses what export-onnx built"
+    with pytest.raises(ValueError, match="multimask=True needs the PyTorch model"):  # the graph has one mask
+        segmenter.predict(IMAGE, "the red circle", multimask=True)
     assert main([*args, "--mask-dtype", "bool"]) == 2
     assert "--quantize int8 writes the int8 model dtype='int8' runs" in capsys.readouterr().err
     assert main([*args[:-2], "--int8-cache", str(cache)]) == 2
