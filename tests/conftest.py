@@ -46,6 +46,7 @@ SLOW_MODULES = frozenset(
         "test_gpu_suite",
         "test_gres",
         "test_int8",
+        "test_int8_cache",
         "test_multimask",
         "test_notebook",
         "test_predict_processes",
@@ -54,6 +55,7 @@ SLOW_MODULES = frozenset(
         "test_run_scale",
         "test_serve",
         "test_step",
+        "test_trackers",
         "test_wheel",
     }
 )
@@ -109,6 +111,17 @@ def _float32_by_default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         devices.auto_dtype.cache_clear()
         yield
     devices.auto_dtype.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _int8_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """dtype="int8" caches the quantised model (ditsam.int8_cache): in the tests, in a session folder, never in
+    the user's torch hub folder."""
+    from ditsam.int8_cache import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("int8_cache")))
+        yield
 
 
 @pytest.fixture

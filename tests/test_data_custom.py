@@ -105,7 +105,7 @@ def test_validate_reports_every_problem_with_line_field_value(folder):
         {"image": "images/a.jpg", "sentence": "x", "segmentation": {"size": [5, 5], "counts": [25]}},  # 10
         {"image": "images/a.jpg", "sentence": "x", "mask": "masks/a.png", "id": 11},  # 11
         {"image": "images/a.jpg", "sentence": "x", "mask": "masks/a.png", "id": 11},  # 12 duplicate id
-        {"image": "images/a.jpg", "sentence": "x", "mask": "masks/a.png", "id": "7"},  # 13
+        {"image": "images/a.jpg", "sentence": "x", "mask": "masks/a.png", "id": 7.5},  # 13
         ["not", "an", "object"],  # 14
         {"image": "images/a.jpg", "sentence": "x", "mask": "masks/lossy.jpg"},  # 15
         {"image": "images/a.jpg", "mask": "masks/a.png"},  # 16
@@ -125,7 +125,7 @@ def test_validate_reports_every_problem_with_line_field_value(folder):
         r"bad\.jsonl:9: field 'segmentation': polygon part 0 has 2 point\(s\); expected at least 3",
         r"bad\.jsonl:10: field 'segmentation': RLE size \[5, 5\] does not match the image's \[height, width\] = \[12, 16\]",
         r"bad\.jsonl:12: field 'id': 11 is already used on line 11; expected a unique integer",
-        r"bad\.jsonl:13: field 'id': \"7\"; expected an integer",
+        r"bad\.jsonl:13: field 'id': 7.5; expected an integer or a string",
         r"bad\.jsonl:14: got a JSON list; expected an object",
         r"bad\.jsonl:15: field 'mask': .*lossy\.jpg is JPEG; expected a PNG",
         r"bad\.jsonl:16: neither 'sentences' and 'sentence' given; expected exactly one",

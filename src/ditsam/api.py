@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import numpy as np
 
-from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, read_image
+from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, bgr_to_rgb, check_image_format, read_image
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
 from ditsam.inference.devices import AUTO_DEVICE, AUTO_DTYPE, is_int8, resolve_device, resolve_device_for, resolve_dtype
 from ditsam.inference.jobs import Job, Prepared, chunk_jobs, make_jobs
@@ -87,8 +87,11 @@ class Segmenter:
             ``torch.bfloat16`` (autocast on CPU and GPU; weights stay float32); ``torch.float16`` (autocast,
             GPU) also works. ``"int8"``:
             the CPU only, text prompts only: the model is exported and quantised to int8 with ONNX
-            Runtime when the segmenter is built (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs
-            ``pip install ditsam[int8]``).
+            Runtime (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs ``pip install ditsam[int8]``) once,
+            into a cache keyed by the weights, config and export options, and loaded from there afterwards.
+        int8_cache: with ``dtype="int8"``: the cache folder (None: ``$DITSAM_INT8_CACHE``, else
+            ``$TORCH_HOME/hub/ditsam-int8``; see :mod:`ditsam.int8_cache`), or False to quantise afresh
+            without storing anything.
         threshold: a pixel is foreground where ``sigmoid(logit) > threshold`` (paper / reference: 0.35).
         max_pixels: images with more pixels are refused with a clear error before they are decoded
             (``None``: no limit besides PIL's own, about 179 megapixels).
@@ -104,6 +107,7 @@ class Segmenter:
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
+        int8_cache: str | os.PathLike | bool | None = None,
     ) -> None:
         from ditsam.data.transforms import RISTransform, TransformConfig
 
@@ -121,10 +125,11 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.transform = RISTransform.for_eval(TransformConfig(input_size=model.config.image_size))
         self.onnx = None  # an OnnxRunner used instead of the PyTorch model (dtype="int8")
+        self._warned_multimask = False  # multimask=True on a one-mask model is said once
         if int8:
             from ditsam.int8 import OnnxRunner
 
-            self.onnx = OnnxRunner.int8(self.model)
+            self.onnx = OnnxRunner.int8(self.model, cache=int8_cache)
 
     @classmethod
     def from_pretrained(
@@ -144,6 +149,7 @@ class Segmenter:
         threshold: float = MASK_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         batch_size: int = 8,
+        int8_cache: str | os.PathLike | bool | None = None,
     ) -> "Segmenter":
         """A segmenter for a model from any source (:meth:`DITSam.from_pretrained
         <ditsam.model.dit.DITSam.from_pretrained>`):
@@ -178,7 +184,15 @@ class Segmenter:
             local_files_only=local_files_only,
             force_download=force_download,
         )
-        return cls(model, device=device, dtype=dtype, threshold=threshold, max_pixels=max_pixels, batch_size=batch_size)
+        return cls(
+            model,
+            device=device,
+            dtype=dtype,
+            threshold=threshold,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+            int8_cache=int8_cache,
+        )
 
     def __repr__(self) -> str:
         config = self.model.config
@@ -213,6 +227,8 @@ class Segmenter:
         points: PointsInput | Sequence[PointsInput | None] | None = None,
         boxes: BoxInput | Sequence[BoxInput | None] | None = None,
         threshold: float | None = None,
+        multimask: bool = False,
+        image_format: str = "RGB",
         progress: bool = False,
     ) -> SegmentationResult | list[SegmentationResult]:
         """Segment what ``text`` describes in ``image``.
@@ -232,27 +248,58 @@ class Segmenter:
         meaningfully; ``text=None`` prompts with them alone, as SAM is prompted.
 
         ``threshold`` overrides the segmenter's for this call; ``progress`` shows a tqdm bar.
+        ``multimask=True`` asks the decoder for SAM's three masks: every result then carries ``masks``
+        (3, H, W) and ``scores`` (3,), and ``mask`` / ``score`` are the one with the highest score (as SAM's
+        ``multimask_output=True``; a model trained with one mask never trained the other three mask tokens,
+        which is logged). ``image_format="BGR"``: numpy arrays hold their channels in BGR(A) order (OpenCV's,
+        as ``SamPredictor.set_image(image, image_format="BGR")``); paths and PIL images are always read as RGB.
+        Box convention: ``boxes`` in and :attr:`SegmentationResult.bbox_xyxy` out are both (x0, y0, x1, y1);
+        :attr:`SegmentationResult.bbox` is COCO's (x, y, w, h) of it.
         Raises ValueError for an empty sentence or mismatched lengths, DataError naming the path for
         unreadable files or images over ``max_pixels``. Sentences longer than the model's token limit
         are truncated, with one warning.
         """
         threshold = self.threshold if threshold is None else check_threshold(threshold)
+        bgr = check_image_format(image_format)
+        self._check_multimask(multimask)
         jobs, single = make_jobs(image, text, points, boxes)
         results: list[SegmentationResult | None] = [None] * len(jobs)
-        chunks = chunk_jobs(jobs, batch_size=self.batch_size, prepare=self._prepare, progress=progress)
+        prepare = self._prepare_bgr if bgr else self._prepare
+        chunks = chunk_jobs(jobs, batch_size=self.batch_size, prepare=prepare, progress=progress)
         for chunk, prepared in chunks:
-            for job, result in zip(chunk, self._run(chunk, prepared, threshold)):
+            for job, result in zip(chunk, self._run(chunk, prepared, threshold, multimask=multimask)):
                 results[job.index] = result
         out = [r for r in results if r is not None]
         assert len(out) == len(jobs)
         return out[0] if single else out
 
-    def _prepare(self, job: Job) -> Prepared:
-        rgb = self.read_image(job.image, what=job.what)
+    def _check_multimask(self, multimask: bool) -> None:
+        if not multimask or self.model.config.multimask_output:
+            return
+        if self.onnx is not None:
+            raise ValueError(
+                "multimask=True needs the PyTorch model or a model trained with multimask_output: the int8 "
+                "(ONNX) model was exported with one mask; use dtype='fp32' / 'auto' for SAM's three masks"
+            )
+        if not self._warned_multimask:
+            self._warned_multimask = True
+            logger.warning(
+                "multimask=True on a model trained with one mask (config.multimask_output false): SAM's three "
+                "mask tokens were not trained with it, their masks and scores are what the starting weights give"
+            )
+
+    def _prepare_bgr(self, job: Job) -> Prepared:
+        return self._prepare(job, bgr=True)
+
+    def _prepare(self, job: Job, *, bgr: bool = False) -> Prepared:
+        image = bgr_to_rgb(job.image) if bgr and isinstance(job.image, np.ndarray) else job.image
+        rgb = self.read_image(image, what=job.what)
         out = self.transform(rgb, sentence=job.sentence or "")
         return Prepared(canvas=out.image, meta=out.meta)
 
-    def _run(self, chunk: list[Job], prepared: dict[Hashable, Prepared], threshold: float) -> list[SegmentationResult]:
+    def _run(
+        self, chunk: list[Job], prepared: dict[Hashable, Prepared], threshold: float, *, multimask: bool = False
+    ) -> list[SegmentationResult]:
         import torch
 
         from ditsam.data.transforms import restore_to_original
@@ -283,13 +330,24 @@ class Segmenter:
                 "with dtype='fp32' / 'bf16' for points / boxes alone"
             )
         with torch.inference_mode(), self._autocast():
-            output = self.model(images, text=text, **kwargs) if self.onnx is None else self.onnx(images, text, **kwargs)
+            if self.onnx is not None:
+                output = self.onnx(images, text, **kwargs)
+            else:
+                if multimask:
+                    kwargs["multimask_output"] = True
+                output = self.model(images, text=text, **kwargs)
         chosen = choose_prediction(output)
         results = []
-        for row, meta in enumerate(metas):
+        for row, (job, meta) in enumerate(zip(chunk, metas)):
             restored = restore_to_original(chosen.logits[row], meta)
             no_target = None if chosen.no_target is None else bool(chosen.no_target[row])
             mask, present = final_mask(restored, threshold=threshold, no_target=no_target)
+            masks = [mask]
+            if output.logits.shape[1] > 1:  # every mask at the original size, thresholded the same way
+                masks = [
+                    final_mask(restore_to_original(logits, meta), threshold=threshold, no_target=no_target)[0]
+                    for logits in output.logits[row].float()
+                ]
             results.append(
                 SegmentationResult(
                     mask=mask.cpu().numpy(),
@@ -297,6 +355,11 @@ class Segmenter:
                     logits=restored.cpu().numpy().astype(np.float32, copy=False),
                     present=present,
                     presence=None if chosen.presence is None else float(chosen.presence[row]),
+                    masks=torch.stack(masks).cpu().numpy(),
+                    scores=output.iou_predictions[row].float().cpu().numpy(),
+                    mask_index=int(chosen.mask_index[row]),
+                    sentence=job.sentence,
+                    image=os.path.abspath(job.image) if isinstance(job.image, (str, os.PathLike)) else None,
                 )
             )
         return results

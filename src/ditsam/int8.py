@@ -63,6 +63,54 @@ def quantize_model(model: DITSam, path: str | os.PathLike, *, per_channel: bool 
     return path
 
 
+def int8_options(*, per_channel: bool = False) -> dict[str, Any]:
+    """Everything besides the weights and the config that shapes the int8 graph (part of its cache key): the
+    quantisation settings, the exporter's opset and the versions of the software that writes the graph."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(f"int8 inference needs onnx and onnxruntime: pip install 'ditsam[int8]' ({error})") from error
+    from ditsam import __version__
+    from ditsam.export import DEFAULT_OPSET
+
+    return {
+        "per_channel": per_channel,
+        "quantized_ops": list(QUANTIZED_OPS),
+        "opset": DEFAULT_OPSET,
+        "ditsam": __version__,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def int8_cache_key(model: DITSam, *, per_channel: bool = False) -> str:
+    """The name of ``model``'s int8 entry in the cache (:func:`ditsam.int8_cache.cache_key`)."""
+    from ditsam.int8_cache import cache_key
+
+    return cache_key(model, int8_options(per_channel=per_channel))
+
+
+def cached_int8_model(
+    model: DITSam,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    per_channel: bool = False,
+    check: Any = None,
+) -> Path:
+    """``model``'s int8 ONNX file from the cache (:mod:`ditsam.int8_cache`; ``cache_dir`` or the default folder),
+    quantised there once with :func:`quantize_model`; ``check(path)`` vets a cached file (see
+    :func:`ditsam.int8_cache.cached_model`)."""
+    from ditsam.int8_cache import cached_model
+
+    return cached_model(
+        model,
+        options=int8_options(per_channel=per_channel),
+        build=lambda path: quantize_model(model, path, per_channel=per_channel),
+        cache_dir=cache_dir,
+        check=check,
+    )
+
+
 class OnnxRunner:
     """An exported ONNX model (int8 from :func:`quantize_model`, or float from :func:`ditsam.export.export_onnx`) on
     ONNX Runtime's CPU provider.
@@ -84,12 +132,28 @@ class OnnxRunner:
         self.mask_is_bool = inputs.get(INPUT_NAMES[2]) == "tensor(bool)"
 
     @classmethod
-    def int8(cls, model: DITSam, *, threads: int | None = None, per_channel: bool = False) -> "OnnxRunner":
-        """Quantise ``model`` (see :func:`quantize_model`) into a temporary file and load it."""
-        with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
-            return cls(
-                quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads
-            )
+    def int8(
+        cls,
+        model: DITSam,
+        *,
+        threads: int | None = None,
+        per_channel: bool = False,
+        cache: str | os.PathLike | bool | None = None,
+    ) -> "OnnxRunner":
+        """``model`` quantised (see :func:`quantize_model`) and loaded. ``cache``: None or True takes the int8
+        model from the default cache folder, building it there once (:mod:`ditsam.int8_cache`); a path uses
+        that folder; False quantises into a temporary file, every time."""
+        if cache is False:
+            with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
+                return cls(
+                    quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads
+                )
+        loaded: list[OnnxRunner] = []
+        cache_dir = None if cache is None or cache is True else cache
+        path = cached_int8_model(
+            model, cache_dir=cache_dir, per_channel=per_channel, check=lambda p: loaded.append(cls(p, threads=threads))
+        )
+        return loaded[-1] if loaded else cls(path, threads=threads)
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
         if any(value is not None for value in prompts.values()):

@@ -1,6 +1,8 @@
 """``ditsam data validate`` and ``ditsam data stats``.
 
-- ``validate PATH``: every problem of a custom JSONL file (exit status 1 if there is any).
+- ``validate PATH``: every problem of a custom records file -- JSONL, a JSON array such as ``ditsam predict``'s
+  ``predictions.json``, or a ``predict --out`` folder (docs/record.md) -- (exit status 1 if there is any);
+  ``--min-score X`` checks the records ``data.min_score=X`` trains on.
   ``validate --format refer|grefcoco|simrec|custom [format options] [--split S ...]``: the checks ``ditsam
   train`` runs before its first step, on every split (or the ones named): images exist and their
   headers decode, masks fit their image and are not empty, sentences are not empty. Images are
@@ -31,7 +33,7 @@ FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "refer": ("root", "dataset", "split_by", "image_dir", "text_field"),
     "grefcoco": ("root", "dataset", "split_by", "image_dir", "text_field"),
     "simrec": ("root", "dataset", "ann_file", "mask_dir", "image_dir", "image_pattern"),
-    "custom": ("path",),
+    "custom": ("path", "min_score"),
 }
 _ALL_OPTIONS = sorted({name for names in FORMAT_OPTIONS.values() for name in names})
 _HISTOGRAM_MAX_WORDS = 30  # longer sentences share the last bin
@@ -47,7 +49,12 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         "a custom JSONL file (PATH), or any format with --format and its options.",
     )
     validate.add_argument(
-        "jsonl", nargs="?", type=Path, metavar="PATH", help="a custom JSONL file (or give --format and its options)"
+        "jsonl",
+        nargs="?",
+        type=Path,
+        metavar="PATH",
+        help="a custom records file (JSONL, or a JSON array such as predictions.json) or a `ditsam predict --out` "
+        "folder (or give --format and its options)",
     )
     validate.add_argument(
         "--quick", action="store_true", help="PATH only: read image headers only (misses truncated files)"
@@ -81,12 +88,21 @@ def _add_format_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ann-file", dest="ann_file", help="simrec: anns/<dataset>.json")
     group.add_argument("--mask-dir", dest="mask_dir", help="simrec: masks/<dataset> folder")
     group.add_argument("--image-pattern", dest="image_pattern", help="simrec: %%-pattern of image names from iid")
-    group.add_argument("--path", help="custom: the JSONL file")
+    group.add_argument(
+        "--path", help="custom: a records file (JSONL or a JSON array) or a `ditsam predict --out` folder"
+    )
+    group.add_argument(
+        "--min-score",
+        dest="min_score",
+        type=float,
+        help="custom: leave out records whose score is below this, as data.min_score does in training",
+    )
 
 
 def run_validate(args: argparse.Namespace) -> int:
     """Print every problem of the dataset; 0 if there is none, else 1."""
     from ditsam.data.custom import read_custom, validate_custom
+    from ditsam.data.records import confident
 
     if (args.jsonl is None) == (args.format is None):
         raise ValueError("give a custom JSONL file (PATH) or --format with its options, not both or neither")
@@ -96,16 +112,19 @@ def run_validate(args: argparse.Namespace) -> int:
         return _validate_format(args)
     if args.split:
         raise ValueError("--split applies with --format; a JSONL PATH is checked whole")
-    problems = validate_custom(args.jsonl, check_pixels=not args.quick)
+    problems = validate_custom(args.jsonl, check_pixels=not args.quick, min_score=args.min_score)
     for problem in problems:
         print(problem)
     if problems:
         print(f"{len(problems)} problem(s) in {args.jsonl}")
         return 1
     records, _ = read_custom(args.jsonl)
-    splits = Counter(record.split for record in records)
+    kept, below, absent = confident(records, min_score=args.min_score)
+    splits = Counter(record.split for record in kept)
+    left_out = f" to train on ({below} below --min-score {args.min_score}, {absent} present: false)"
     print(
-        f"{args.jsonl}: OK, {len(records)} record(s); splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}"
+        f"{args.jsonl}: OK, {len(kept)} record(s){left_out if below or absent else ''}; "
+        f"splits: {', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}"
     )
     return 0
 

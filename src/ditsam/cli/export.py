@@ -4,11 +4,18 @@ Inputs of the graph: ``image`` (B, 3, S, S) normalised canvas, ``input_ids`` (B,
 ``attention_mask`` (B, T) int64 (or bool with ``--mask-dtype bool``); outputs: ``masks``
 (B, 1, S, S) logits and ``iou`` (B, 1). See :mod:`ditsam.export`. After writing, the file is run
 with onnxruntime and compared with PyTorch (``--no-verify`` skips that).
+
+``--quantize int8`` writes ONNX Runtime's int8 model instead (:mod:`ditsam.int8`; inputs int64 attention
+mask): the one ``Segmenter(dtype="int8")`` runs, taken from (or built into) the int8 cache
+(:mod:`ditsam.int8_cache`), so that later int8 segmenters of the same weights load it at once. It is loaded
+with onnxruntime, not compared with PyTorch (int8 differs by design; ``benchmarks/int8_cpu.py`` measures
+how much).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from ditsam.cli.errors import CLIError
@@ -34,6 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mask-dtype", default="int64", choices=("int64", "bool"), help="type of the attention_mask input"
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="write the int8 model of dtype='int8' (ONNX Runtime dynamic quantisation), cached for later use",
+    )
+    parser.add_argument(
+        "--int8-cache",
+        default=None,
+        metavar="DIR",
+        help="with --quantize: the int8 cache folder (default $DITSAM_INT8_CACHE, else $TORCH_HOME/hub/ditsam-int8)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     parser.add_argument(
         "--atol", type=float, default=1e-3, help="largest accepted |onnxruntime - torch| (default 1e-3)"
@@ -50,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from ditsam.model.dit import DITSam
 
     out = _checked_out(Path(args.out))
+    if args.quantize is not None:
+        return _quantized(args, out)
+    if args.int8_cache is not None:
+        raise CLIError("--int8-cache applies with --quantize int8")
     model = DITSam.from_pretrained(args.checkpoint, **source_options(args))
     try:
         report = export_onnx(
@@ -69,6 +92,38 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"inputs: image (B, 3, {size}, {size}) float32 normalised canvas, input_ids (B, T) int64, "
         f"attention_mask (B, T) {args.mask_dtype}; outputs: masks (B, M, {size}, {size}) logits, iou (B, M)"
+    )
+    return 0
+
+
+def _quantized(args: argparse.Namespace, out: Path) -> int:
+    """``--quantize int8``: the cached int8 model (built once) copied to ``--out``, loaded with onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CLIError("--quantize int8 needs onnxruntime: pip install 'ditsam[int8]' (onnx, onnxruntime)") from None
+    if args.mask_dtype != "int64" or args.opset != 17:
+        raise CLIError("--quantize int8 writes the int8 model dtype='int8' runs: int64 attention mask, opset 17")
+    from ditsam.int8 import OnnxRunner, cached_int8_model
+    from ditsam.int8_cache import MODEL_FILE
+    from ditsam.model.dit import DITSam
+
+    model = DITSam.from_pretrained(args.checkpoint, **source_options(args))
+    try:
+        cached = cached_int8_model(model, cache_dir=args.int8_cache, check=OnnxRunner)
+        for part in sorted(cached.parent.iterdir()):  # the model, and any external-data file it names
+            if part.name == MODEL_FILE:
+                shutil.copyfile(part, out)
+            elif part.suffix != ".json":
+                shutil.copyfile(part, out.parent / part.name)
+        OnnxRunner(out)
+    except OSError as error:
+        raise CLIError(f"cannot write {out}: {describe_write_failure(error, out.parent)}") from error
+    size = model.config.image_size
+    print(f"wrote {out} (int8; cached as {cached})")
+    print(
+        f"inputs: image (B, 3, {size}, {size}) float32 normalised canvas, input_ids (B, T) int64, "
+        f"attention_mask (B, T) int64; outputs: masks (B, M, {size}, {size}) logits, iou (B, M)"
     )
     return 0
 

@@ -16,7 +16,7 @@ from typing import Sequence
 from ditsam import __version__
 from ditsam.cli.errors import CLIError
 
-COMMAND_MODULES = ("data", "train", "eval", "demo", "predict", "export", "serve", "convert")
+COMMAND_MODULES = ("data", "config", "train", "eval", "demo", "predict", "export", "serve", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

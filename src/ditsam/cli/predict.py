@@ -5,15 +5,18 @@ Inputs (one of):
 - ``--image a.jpg [--image b.jpg ...] --text "the man on the left"``: those images, one sentence;
 - ``--images DIR --text "..."``: every image file directly in DIR (sorted by name), one sentence;
 - ``--jsonl pairs.jsonl``: one JSON object per line, ``{"image": "a.jpg", "text": "the dog"}``
-  (``"sentence"`` is accepted for ``"text"``; an optional ``"id"`` is copied to the output).
+  (``"sentence"`` is accepted for ``"text"``; optional ``"id"``, ``"split"`` and ``"category_id"`` are
+  copied to the output; a record's label fields -- ``segmentation``, ``score``, ... -- are read past, so a
+  labelled dataset or an earlier ``predictions.jsonl`` is a pairs file as it is).
   Relative image paths are relative to the JSONL file's folder. Every bad line is reported, with
   its number, before anything runs.
 
 Outputs under ``--out`` (default ``runs/predict``): ``overlays/NNNNN_<image>.png`` (the mask in red
 on the image, captioned with the sentence), ``masks/NNNNN_<image>.png`` (0 / 255, the image's
-size) and ``predictions.json``: a list of ``{"id", "image", "sentence", "score", "segmentation":
-{"size": [H, W], "counts": RLE string}, "bbox": [x, y, w, h], "area", "mask_file",
-"overlay_file", "present"}`` -- COCO-style, so the predictions can label a dataset. ``present`` is
+size) and ``predictions.json``: a list of records (``docs/record.schema.json``) ``{"id", "image" (absolute
+path), "sentence", "score", "segmentation": {"size": [H, W], "counts": RLE string}, "bbox": [x, y, w, h],
+"area", "present", "mask_file", "overlay_file"}`` -- COCO-style: ``data.format=custom data.root=OUT`` trains
+on them (``data.min_score`` keeps the confident ones). ``present`` is
 False when the sentence names nothing: a model with a no-target head (generalized RIS) says so, or a
 model without one draws an empty mask; the mask is then empty (an empty COCO RLE is still valid RLE). An image that cannot be
 read is reported and skipped; the exit status is then 1.

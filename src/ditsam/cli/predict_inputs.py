@@ -11,8 +11,23 @@ from typing import Any
 from ditsam.cli.errors import CLIError
 from ditsam.data.images import IMAGE_SUFFIXES
 from ditsam.data.jsonl import json_lines
+from ditsam.schema import is_integer
 
-JSONL_KEYS = ("image", "text", "sentence", "id")
+JSONL_KEYS = ("image", "text", "sentence", "id", "split", "category_id")
+#: Label fields of a record (docs/record.schema.json) that a pairs file may hold: read past, not used (the
+#: model predicts them anew), so a labelled file or an earlier predictions.jsonl is a pairs file as it is.
+LABEL_KEYS = (
+    "segmentation",
+    "mask",
+    "score",
+    "bbox",
+    "area",
+    "present",
+    "presence",
+    "masks",
+    "mask_file",
+    "overlay_file",
+)
 
 
 def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -35,17 +50,29 @@ def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             problems.append(f'{where}: expected an object {{"image": ..., "text": ...}}, got {type(obj).__name__}')
             continue
-        unknown = sorted(set(obj) - set(JSONL_KEYS))
+        if "sentences" in obj:
+            problems.append(
+                f"{where}: 'sentences' (a list) is a training record's; a pairs line takes one sentence: give "
+                f"'sentence' (or 'text'), one line per sentence"
+            )
+        unknown = sorted(set(obj) - set(JSONL_KEYS) - set(LABEL_KEYS) - {"sentences"})
         if unknown:
             problems.append(
-                f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id"
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: image, text (or sentence), id, "
+                f"split, category_id (and a record's label fields, not used: {', '.join(LABEL_KEYS)})"
             )
+        split = obj.get("split", "train")
+        if not isinstance(split, str) or not split.strip():
+            problems.append(f"{where}: 'split' must be a non-empty string such as \"train\", got {split!r}")
+        if "category_id" in obj and not is_integer(obj["category_id"]):
+            problems.append(f"{where}: 'category_id' must be an integer, got {obj['category_id']!r}")
         image = obj.get("image")
         if not isinstance(image, str) or not image.strip():
             problems.append(f"{where}: 'image' must be a file path (a non-empty string), got {image!r}")
             image_path = None
         else:
-            image_path = Path(image) if os.path.isabs(image) else base / image
+            # Absolute: the records name images wherever predictions.json is read from (and resume matches them).
+            image_path = Path(os.path.abspath(Path(image) if os.path.isabs(image) else base / image))
             if not os.path.isfile(image_path):  # never raises: Path.is_file does for a name too long
                 problems.append(f"{where}: image file {image_path} not found")
         if "text" in obj and "sentence" in obj:
@@ -55,7 +82,9 @@ def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
             problems.append(f"{where}: 'text' must be a non-empty sentence, got {text!r}")
         if len(problems) > before:
             continue
-        pairs.append({"image": image_path, "text": text, "id": obj.get("id", len(pairs)), "line": number})
+        pair = {"image": image_path, "text": text, "id": obj.get("id", len(pairs)), "line": number}
+        pair.update({key: obj[key] for key in ("split", "category_id") if key in obj})
+        pairs.append(pair)
     if problems:
         shown = problems[:50]
         more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
@@ -85,4 +114,4 @@ def collect_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
         missing = [str(p) for p in files if not p.is_file()]
         if missing:
             raise CLIError(f"image file(s) not found: {', '.join(missing)}")
-    return [{"image": path, "text": args.text, "id": index} for index, path in enumerate(files)]
+    return [{"image": Path(os.path.abspath(path)), "text": args.text, "id": index} for index, path in enumerate(files)]

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ditsam.cli.predict_world import World
+from ditsam.data.records import JOURNAL_FILE, PREDICTIONS_FILE
 
 logger = logging.getLogger("ditsam.cli.predict")  # the command's log, under the name it always had
 
-PREDICTIONS_FILE = "predictions.json"
-JOURNAL_FILE = "predictions.jsonl"
+__all__ = ["JOURNAL_FILE", "PREDICTIONS_FILE", "journal_name", "journal_paths", "pair_key", "read_journals"]
 #: The journal of rank r when several processes run (``accelerate launch`` / ``torchrun``).
 RANK_JOURNAL_FORMAT = "predictions.rank{rank}.jsonl"
 RANK_JOURNAL_GLOB = "predictions.rank*.jsonl"

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 OVERLAY_MAX_SIDE = 1024
+#: Fields of a ``--jsonl`` input line copied into its record as they are (a dataset's split and category).
+PASSED_THROUGH = ("split", "category_id")
 
 
 def stem(index: int, image: Path) -> str:
@@ -32,37 +34,25 @@ def overlay(image, mask, sentence: str, score: float):
 
 
 def record(pair: dict[str, Any], result, *, mask_file: str | None, overlay_file: str | None) -> dict[str, Any]:
-    """The line of ``predictions.json`` (and of the journals) for one prediction: COCO RLE and box."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(result.mask.astype(np.uint8)))
-    return {
-        "id": pair["id"],
-        "image": str(pair["image"]),
-        "sentence": pair["text"],
-        "score": round(result.score, 6),
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "bbox": list(result.bbox),
-        "area": result.area,
-        "mask_file": mask_file,
-        "overlay_file": overlay_file,
-        # False (with an empty mask) when the sentence names nothing in the image (see SegmentationResult.present).
-        "present": result.present,
-    }
+    """The line of ``predictions.json`` (and of the journals) for one prediction: a record of
+    ``docs/record.schema.json`` (:meth:`~ditsam.inference.result.SegmentationResult.to_dict`: COCO RLE, box,
+    area, score, present), with the pair's id, image and sentence and the input's split / category_id when given."""
+    line = {"id": pair["id"], "image": str(pair["image"]), "sentence": pair["text"]}
+    line.update(result.to_dict(**line))
+    line.update({key: pair[key] for key in PASSED_THROUGH if key in pair})
+    line.update(mask_file=mask_file, overlay_file=overlay_file)
+    return line
 
 
 def save_prediction(
     out: Path, index: int, pair: dict[str, Any], image: Any, result: Any, *, masks: bool, overlays: bool
 ) -> dict[str, Any]:
     """Write the mask PNG and the overlay of one prediction (unless turned off); its record."""
-    from PIL import Image
-
     name = stem(index, pair["image"])  # the input index: unique across processes, the same in any of them
     mask_file = overlay_file = None
     if masks:
         mask_file = f"masks/{name}.png"
-        Image.fromarray(result.mask.astype("uint8") * 255).save(out / mask_file)
+        result.mask_image().save(out / mask_file)
     if overlays:
         overlay_file = f"overlays/{name}.png"
         overlay(image, result.mask, pair["text"], result.score).save(out / overlay_file)

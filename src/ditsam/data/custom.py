@@ -1,6 +1,8 @@
-"""Reader and validator for users' own data: one JSON object per line (JSONL).
+"""Reader and validator for users' own data: records of ``docs/record.schema.json`` (:mod:`ditsam.data.records`),
+one JSON object per line (JSONL), a JSON array of them (``ditsam predict``'s ``predictions.json``) or a
+``ditsam predict --out`` folder.
 
-Each line describes one referred object::
+Each record describes one referred object::
 
     {"image": "images/cat.jpg", "sentences": ["the cat on the left", "left cat"],
      "mask": "masks/cat_left.png", "split": "train", "id": 7}
@@ -18,20 +20,24 @@ Fields:
   Coordinates refer to the image as viewers show it, i.e. after its EXIF orientation; a mask or
   RLE of the stored (un-rotated) size is accepted too.
 - ``split`` (optional, default ``"train"``): any name; ``CustomDataset(split=...)`` selects one.
-- ``id`` (optional integer, default: the line number): unique over the file; used as ref_id
-  and ann_id.
+- ``id`` (optional integer or string, default: the line number): unique over the file; an integer is
+  used as ref_id and ann_id, a string (``ditsam predict`` copies its input's ids) gets the line number.
 - ``category_id`` (optional integer, default 0).
+- a prediction's fields (``score``, ``bbox``, ``area``, ``present``, ``presence``, ``masks``,
+  ``mask_file``, ``overlay_file``; see :mod:`ditsam.data.records`): checked, not trained on. A record
+  saying ``"present": false`` (nothing found: an empty mask) is left out, and so is one whose ``score``
+  is below ``min_score`` (``data.min_score``): pseudo-labels that train are the confident ones.
 
 Blank lines are ignored; any other key is an error (it is most likely a typo). ``image_id`` is
 the position of the image among the file's distinct images; ``sent_ids`` number the sentences
 in file order. Run ``ditsam data validate FILE`` (:func:`validate_custom`) to list every
-problem of a file at once.
+problem of a file at once. "Line" is a record's position in a JSON array file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,18 +46,22 @@ import numpy as np
 from PIL import Image
 
 from ditsam.data.base import RefDatasetBase, RefObject, check_split, clean_sentence, mask_shape_problem, sorted_splits
-from ditsam.data.jsonl import json_lines
-from ditsam.data.sample import IMAGE_READ_ERRORS, DataError, PathLike, accepted_sizes, clip, load_image
-from ditsam.data.segmentation import decode_segmentation
+from ditsam.data.records import RECORD_FIELDS, confident, label_problems, record_values, records_file, short
+from ditsam.data.sample import IMAGE_READ_ERRORS, DataError, PathLike, accepted_sizes, load_image
+from ditsam.data.segmentation import decode_segmentation, read_mask_png
 from ditsam.schema import is_integer, key_problems
 
-FIELDS = ("image", "sentences", "sentence", "mask", "segmentation", "split", "id", "category_id")
+logger = logging.getLogger(__name__)
+
+FIELDS = RECORD_FIELDS
 DEFAULT_SPLIT = "train"
 
 
 @dataclasses.dataclass(frozen=True)
 class CustomRecord:
-    """One parsed line; paths are resolved against the JSONL file's folder."""
+    """One parsed record; paths are resolved against the file's folder. ``where`` names it (``file:line``,
+    or ``file: record N`` in a JSON array); ``score`` / ``present`` are a prediction's (None / True when the
+    record has none)."""
 
     line: int
     image: Path
@@ -61,49 +71,56 @@ class CustomRecord:
     split: str
     id: int
     category_id: int
+    where: str = ""
+    score: float | None = None
+    present: bool = True
 
 
 def read_custom(path: PathLike) -> tuple[list[CustomRecord], list[str]]:
-    """Parse a JSONL file without touching images or masks.
+    """Parse a records file (JSONL, a JSON array, or a ``ditsam predict --out`` folder: see
+    :func:`ditsam.data.records.records_file`) without touching images or masks.
 
     Returns the records of the well-formed lines and one message per problem found in the
     others (bad JSON, missing / unknown / ill-typed fields, duplicate ids).
     """
-    path = Path(path)
+    path = records_file(path)
     records: list[CustomRecord] = []
     problems: list[str] = []
-    seen_ids: dict[int, int] = {}
-    for line, obj, problem in _json_lines(path, problems):
+    seen_ids: dict[Any, int] = {}
+    for line, where, obj, problem in _values(path, problems):
         if problem:
-            problems.append(problem)
+            problems.append(f"{where}: {problem}")
             continue
-        record, record_problems = _parse(obj, line=line, base=path.parent, where=f"{path}:{line}")
+        record, record_problems = _parse(obj, line=line, base=path.parent, where=where)
         problems.extend(record_problems)
         if record is None:
             continue
-        if record.id in seen_ids:
+        key = obj.get("id", record.id)
+        if (type(key), key) in seen_ids:
             problems.append(
-                f"{path}:{line}: field 'id': {record.id} is already used on line {seen_ids[record.id]}; "
-                "expected a unique integer per line"
+                f"{where}: field 'id': {short(key)} is already used on line {seen_ids[(type(key), key)]}; "
+                "expected a unique integer (or string) per line"
             )
             continue
-        seen_ids[record.id] = line
+        seen_ids[(type(key), key)] = line
         records.append(record)
     if not records and not problems:
         problems.append(f"{path}: no records; expected one JSON object per line")
     return records, problems
 
 
-def validate_custom(path: PathLike, *, check_pixels: bool = True) -> list[str]:
-    """Every problem of a custom JSONL file, each naming line, field, value and expectation.
+def validate_custom(path: PathLike, *, check_pixels: bool = True, min_score: float | None = None) -> list[str]:
+    """Every problem of a custom records file, each naming line, field, value and expectation.
 
-    Beyond :func:`read_custom` this checks that image and mask files exist and can be read,
-    that each mask (or RLE) has the image's size and that polygons are well formed.
+    Beyond :func:`read_custom` this checks, for the records training reads (see ``min_score`` and
+    ``present`` in the module docstring), that image and mask files exist and can be read, that each
+    mask (or RLE) has the image's size and that polygons are well formed.
     ``check_pixels=False`` reads only file headers (fast, but misses truncated files).
     """
     records, problems = read_custom(path)
-    for record in records:
-        problems.extend(_file_problems(record, where=f"{path}:{record.line}", check_pixels=check_pixels))
+    kept, _, _ = confident(records, min_score=min_score)
+    for record in kept:
+        problems.extend(_file_problems(record, where=record.where, check_pixels=check_pixels))
     return problems
 
 
@@ -125,8 +142,10 @@ class CustomDataset(RefDatasetBase):
     unreadable image / mask files raise when the item is read (``validate_custom`` finds all).
     """
 
-    def __init__(self, *, path: PathLike, split: str = DEFAULT_SPLIT, mode: str = "eval") -> None:
-        path = Path(path)
+    def __init__(
+        self, *, path: PathLike, split: str = DEFAULT_SPLIT, mode: str = "eval", min_score: float | None = None
+    ) -> None:
+        path = records_file(path)
         records, problems = read_custom(path)
         if problems:
             shown = "\n  ".join(problems[:5])
@@ -136,6 +155,7 @@ class CustomDataset(RefDatasetBase):
                 f"\n  {shown}{more}"
             )
         check_split(split, (record.split for record in records), source=str(path))
+        records = _confident_split(records, split=split, min_score=min_score, path=path)
         image_ids: dict[Path, int] = {}
         objects, sentence_count = [], 0
         for record in records:
@@ -148,7 +168,7 @@ class CustomDataset(RefDatasetBase):
         super().__init__(objects=objects, split=split, mode=mode)
 
     def _where(self, obj: RefObject) -> str:
-        return f"{self.path}:{obj.mask_source.line}"
+        return obj.mask_source.where
 
     def _mask_problem(self, obj: RefObject, sizes: list[tuple[int, int]]) -> str | None:
         record: CustomRecord = obj.mask_source
@@ -163,37 +183,34 @@ class CustomDataset(RefDatasetBase):
         try:
             return _record_mask(record, strict=False)
         except DataError as error:
-            raise DataError(f"{self.path}:{record.line}: {error}") from None
+            raise DataError(f"{record.where}: {error}") from None
 
 
-def read_mask_png(path: PathLike) -> np.ndarray:
-    """Bool (H, W) mask from an image file: nonzero pixels (palette index, any RGB channel)."""
+def _confident_split(
+    records: list[CustomRecord], *, split: str, min_score: float | None, path: Path
+) -> list[CustomRecord]:
+    """The records to train on (:func:`ditsam.data.records.confident`), saying how many of ``split`` were left
+    out; DataError when that leaves ``split`` empty."""
+    kept, _, _ = confident(records, min_score=min_score)
+    ours = [record for record in records if record.split == split]
+    _, below, absent = confident(ours, min_score=min_score)
+    why = f"{below} with a score below min_score {min_score}, {absent} saying present: false"
+    if ours and below + absent == len(ours):
+        raise DataError(f"{path}: every record of split {split!r} was left out ({why}); lower data.min_score")
+    if below or absent:
+        logger.info("%s split %r: %d of %d record(s) left out (%s)", path, split, below + absent, len(ours), why)
+    return kept
+
+
+def _values(path: Path, problems: list[str]) -> Iterator[tuple[int, str, Any, str | None]]:
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGB", "RGBA", "RGBa", "CMYK", "YCbCr"):
-                values = np.asarray(image)[..., :3]
-                return np.ascontiguousarray(values.any(axis=-1))
-            if image.mode in ("LA", "La", "PA"):
-                return np.ascontiguousarray(np.asarray(image)[..., 0] != 0)
-            return np.ascontiguousarray(np.asarray(image) != 0)
-    except FileNotFoundError:
-        raise DataError(f"mask file not found: {os.fspath(path)}") from None
-    except IMAGE_READ_ERRORS as error:
-        raise DataError(f"cannot read mask file {os.fspath(path)}: {error}") from error
-
-
-def _json_lines(path: Path, problems: list[str]) -> Iterator[tuple[int, Any, str | None]]:
-    try:
-        lines = list(json_lines(path))
+        yield from list(record_values(path))
     except FileNotFoundError:
         problems.append(f"{path}: file not found")
-        return
+    except IsADirectoryError:
+        problems.append(f"{path}: is a folder; expected a records file (JSONL or a JSON array)")
     except OSError as error:
         problems.append(f"{path}: cannot read: {error}")
-        return
-    for line, obj, problem in lines:
-        yield line, obj, problem and f"{path}:{line}: {problem}; expected one JSON object per line"
 
 
 def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord | None, list[str]]:
@@ -205,6 +222,7 @@ def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord
         f"{where}: unknown field {key!r} (value {_short(obj[key])}); expected only {', '.join(FIELDS)}"
         for key in unknown
     ]
+    problems += label_problems(obj, where=where)
 
     image = _path_field(obj, "image", base, where, problems)
     sentences = _sentences(obj, where, problems)
@@ -224,7 +242,9 @@ def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord
     split = obj.get("split", DEFAULT_SPLIT)
     if not isinstance(split, str) or not split.strip():
         problems.append(f"{where}: field 'split': {_short(split)}; expected a non-empty string such as \"train\"")
-    record_id = _int_field(obj, "id", line, where, problems)
+    # A string id (copied by `ditsam predict` from its input) names the record; its ref_id is the line.
+    named = isinstance(obj.get("id"), str) and bool(obj["id"].strip())
+    record_id = line if named else _int_field(obj, "id", line, where, problems, expected="an integer or a string")
     category_id = _int_field(obj, "category_id", 0, where, problems)
     if problems:
         return None, problems
@@ -237,6 +257,9 @@ def _parse(obj: Any, *, line: int, base: Path, where: str) -> tuple[CustomRecord
         split=split,
         id=record_id,
         category_id=category_id,
+        where=where,
+        score=obj.get("score"),
+        present=obj.get("present", True),
     )
     return record, []
 
@@ -279,10 +302,12 @@ def _sentences(obj: dict, where: str, problems: list[str]) -> tuple[str, ...]:
     return tuple(cleaned)
 
 
-def _int_field(obj: dict, field: str, default: int, where: str, problems: list[str]) -> int:
+def _int_field(
+    obj: dict, field: str, default: int, where: str, problems: list[str], *, expected: str = "an integer"
+) -> int:
     value = obj.get(field, default)
     if not is_integer(value):
-        problems.append(f"{where}: field {field!r}: {_short(value)}; expected an integer")
+        problems.append(f"{where}: field {field!r}: {_short(value)}; expected {expected}")
         return default
     return value
 
@@ -369,12 +394,4 @@ def _object(record: CustomRecord, *, image_id: int, sent_ids: tuple[int, ...]) -
 
 def _short(value: Any, limit: int = 60) -> str:
     """A value as it would appear in the file (JSON), clipped."""
-    return clip(json.dumps(value) if _jsonable(value) else repr(value), limit)
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+    return short(value, limit)

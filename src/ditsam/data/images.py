@@ -71,6 +71,28 @@ def array_to_pil(array: np.ndarray, what: str) -> "Image.Image":
     return Image.fromarray(np.ascontiguousarray(array))  # uint8: (H, W) -> "L", (H, W, 3) -> "RGB"
 
 
+#: Channel orders of numpy images (``Segmenter.predict(image_format=...)``), as SamPredictor.set_image takes them.
+IMAGE_FORMATS = ("RGB", "BGR")
+#: Channel counts of colour arrays whose first three channels are reordered for BGR (BGR, BGRA).
+_COLOUR_CHANNELS = (3, 4)
+
+
+def check_image_format(image_format: str) -> bool:
+    """Whether ``image_format`` is "BGR" (False for "RGB"); ValueError naming the accepted values otherwise."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {', '.join(map(repr, IMAGE_FORMATS))}, got {image_format!r}")
+    return image_format == "BGR"
+
+
+def bgr_to_rgb(array: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) BGR or (H, W, 4) BGRA array (OpenCV's order) as RGB(A); grayscale arrays are returned as
+    they are (they have no channel order)."""
+    if array.ndim == 3 and array.shape[2] in _COLOUR_CHANNELS:
+        order = [2, 1, 0, *range(3, array.shape[2])]
+        return np.ascontiguousarray(array[..., order])
+    return array
+
+
 def read_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image") -> "Image.Image":
     """Any accepted image input -> 8-bit RGB ``PIL.Image``, refusing more than ``max_pixels`` pixels.
 

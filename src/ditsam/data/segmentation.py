@@ -1,4 +1,4 @@
-"""COCO segmentations (polygons or RLE) to boolean masks, and boxes from masks.
+"""COCO segmentations (polygons or RLE) to boolean masks and back (:func:`encode_rle`), and boxes from masks.
 
 Accepted forms of a segmentation, all at an image of ``height`` x ``width`` pixels:
 
@@ -13,13 +13,15 @@ The mask of an annotation is the union of its parts, as ``COCO.annToMask`` compu
 from __future__ import annotations
 
 import logging
+import os
 from numbers import Real
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ditsam.data.sample import DataError, short_repr
+from ditsam.data.sample import IMAGE_READ_ERRORS, DataError, PathLike, short_repr
 from ditsam.schema import is_integer
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,34 @@ def polygon_bounds(segmentation: Any) -> tuple[float, float, float, float] | Non
     if not xs or not ys:
         return None
     return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+
+
+def read_mask_png(path: PathLike) -> np.ndarray:
+    """Bool (H, W) mask from an image file: nonzero pixels (palette index, any RGB channel)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGB", "RGBA", "RGBa", "CMYK", "YCbCr"):
+                values = np.asarray(image)[..., :3]
+                return np.ascontiguousarray(values.any(axis=-1))
+            if image.mode in ("LA", "La", "PA"):
+                return np.ascontiguousarray(np.asarray(image)[..., 0] != 0)
+            return np.ascontiguousarray(np.asarray(image) != 0)
+    except FileNotFoundError:
+        raise DataError(f"mask file not found: {os.fspath(path)}") from None
+    except IMAGE_READ_ERRORS as error:
+        raise DataError(f"cannot read mask file {os.fspath(path)}: {error}") from error
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A bool / 0-1 (H, W) mask as COCO RLE, JSON-ready: ``{"size": [H, W], "counts": str}`` (compressed
+    counts, as ``pycocotools.mask.encode`` writes them; ``pycocotools.mask.decode`` and
+    :func:`decode_segmentation` read it back). Raises ValueError for a mask that is not 2-D."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask to encode as RLE must be 2-D (H, W), got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8) != 0, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def bbox_from_mask(mask: np.ndarray) -> tuple[float, float, float, float]:

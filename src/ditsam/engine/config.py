@@ -12,12 +12,14 @@ updated with ``variants/ldit.yaml``, named ``refshapes-ldit``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from ditsam.config import ConfigBase, ConfigError, load_yaml
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
+from ditsam.engine.trackers import check_names
 from ditsam.model.config import DITSamConfig
 
 
@@ -68,7 +70,8 @@ class DataConfig(ConfigBase):
     # "refshapes" / "grefshapes" (generated on first use; grefshapes: sentences naming several objects or
     # none), "refer" (original RefCOCO release), "grefcoco" (generalized), "simrec", "custom" (JSONL).
     format: Literal["refshapes", "grefshapes", "refer", "grefcoco", "simrec", "custom"] = "refshapes"
-    # refer/refshapes: folder holding <dataset>/refs(<split_by>).p; custom: the JSONL file; simrec: the anns JSON.
+    # refer/refshapes: folder holding <dataset>/refs(<split_by>).p; simrec: the anns JSON; custom: a records
+    # file (docs/record.md: JSONL, or a JSON array such as `ditsam predict`'s predictions.json) or a predict --out folder.
     root: str = "data/refshapes"
     # REFER dataset name: refcoco, refcoco+, refcocog, refshapes.
     dataset: str = "refshapes"
@@ -102,9 +105,20 @@ class DataConfig(ConfigBase):
     photometric: bool = True
     # Horizontal flip probability in training (swaps the words left/right).
     flip_probability: float = 0.5
+    # custom only: records with a "score" (a prediction's IoU estimate) below this are left out of every split, so
+    # pseudo-labels train only where the model was confident (None: any score; records without one always train).
+    min_score: float | None = None
     # Control experiment: every sample, in training and evaluation, gets this sentence instead of
     # its own, so the model must guess without words ("" = off, the normal task).
     fixed_sentence: str = ""
+
+    def __post_init__(self) -> None:
+        if self.min_score is None:
+            return
+        if not math.isfinite(self.min_score):
+            raise ConfigError(f"min_score must be a finite number (a score) or null, got {self.min_score}")
+        if self.format != "custom":
+            raise ConfigError(f"min_score applies to data.format=custom (records with scores), not {self.format!r}")
 
 
 @dataclasses.dataclass
@@ -160,8 +174,12 @@ class TrainConfig(ConfigBase):
     # Checkpoint-selection metric on data.select_split: "oiou", "miou" or "p@0.5" .. "p@0.9"; for
     # generalized data (grefcoco, grefshapes) "giou", "ciou", "n_acc", "t_acc" or "p@0.7" .. "p@0.9".
     select_metric: str = "oiou"
-    # Prediction pictures written to TensorBoard and the run folder per evaluation.
+    # Prediction pictures written to the trackers that take images and to the run folder per evaluation.
     num_visualizations: int = 6
+    # Experiment trackers, through accelerate's log_with (ditsam.engine.trackers): "tensorboard" (<run>/tensorboard),
+    # "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab" once installed (pip extras of the
+    # same names; comet_ml: comet), configured by their own environment variables; [] = metrics.jsonl only.
+    log_with: tuple[str, ...] = ("tensorboard",)
     # Table 4 "Mix": probabilities that a micro-batch is prompted by (text, a point, a box); points
     # and boxes are drawn from the ground-truth masks. (1, 0, 0) = text only.
     prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
@@ -194,6 +212,7 @@ class TrainConfig(ConfigBase):
             raise ConfigError(
                 f"train.prompt_mix must be 3 weights >= 0 (text, point, box) with a positive sum, got {self.prompt_mix!r}"
             )
+        check_names(self.log_with, field="log_with")
 
 
 @dataclasses.dataclass

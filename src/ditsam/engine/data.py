@@ -78,7 +78,7 @@ def _read_simrec(data: DataConfig, split: str, mode: str) -> Any:
 def _read_custom(data: DataConfig, split: str, mode: str) -> Any:
     from ditsam.data.custom import CustomDataset
 
-    return CustomDataset(path=data.root, split=split, mode=mode)
+    return CustomDataset(path=data.root, split=split, mode=mode, min_score=data.min_score)
 
 
 #: data.format -> reader(data, split, mode); each reads the typed fields it needs.

@@ -56,16 +56,15 @@ class _MaskDump:
                 self.folder / f"{sample.ref_id}_{sample.sent_id}.png"
             )
         elif self.kind == "rle":
-            from pycocotools import mask as mask_utils
+            from ditsam.data.segmentation import encode_rle
 
-            rle = mask_utils.encode(np.asfortranarray(sample.pred.astype(np.uint8)))
             self.records.append(
                 {
                     "ref_id": sample.ref_id,
                     "sent_id": sample.sent_id,
                     "sentence": sample.sentence,
                     "iou": sample.iou,
-                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "segmentation": encode_rle(sample.pred),
                 }
             )
 

@@ -52,6 +52,7 @@ from ditsam.engine.schedule import learning_rate
 from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
 from ditsam.engine.stopping import PAUSE_PER_STEP_ENV, StopSignals, TrainingStopped
 from ditsam.engine.text_encoder import resolve_text_encoder
+from ditsam.engine.trackers import RunTrackers
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 from ditsam.outputs import describe_write_failure, is_disk_full
@@ -95,12 +96,15 @@ class Trainer:
         mixed = train.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() else "no"
+        run_dir = default_run_dir(config, run_dir)
+        self.trackers = RunTrackers(names=train.log_with, run_dir=run_dir)  # one not installed: stops here
         # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group. DDP
         # must expect unused parameters: text-only steps leave the point / box embeddings out of the graph.
         self.accelerator = Accelerator(
             mixed_precision=mixed,
             cpu=use_cpu(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            log_with=self.trackers.log_with,
         )
         check_joined(self.accelerator.num_processes)
         self.mixed_precision = mixed
@@ -122,7 +126,6 @@ class Trainer:
                 train.micro_batch_size,
             )
         self.lock = None
-        run_dir = default_run_dir(config, run_dir)
         # The config is final before anything is written: a generated text encoder's folder is known now.
         self.config, self._text_encoder = resolve_text_encoder(config, run_dir=run_dir)
         # Rank 0 prepares (and locks) the folder, finishing interrupted checkpoint writes, before any rank reads it.
@@ -243,10 +246,7 @@ class Trainer:
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.progress.metrics_records += 1
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(key, value, record.get("step", self.progress.global_step))
+        self.trackers.log(self.accelerator, record, step=record.get("step", self.progress.global_step))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _training_state(self) -> dict[str, Any]:
@@ -349,19 +349,12 @@ class Trainer:
                         self.eval_sets[split],
                         self.run_dir / "predictions" / f"epoch{epoch:03d}_{split}.png",
                     )
-                    if self.writer is not None:
-                        import numpy as np
-                        from PIL import Image
-
-                        picture = np.asarray(Image.open(path).convert("RGB"))
-                        self.writer.add_image(
-                            f"predictions/{split}", picture, self.progress.global_step, dataformats="HWC"
-                        )
+                    step = self.progress.global_step
+                    self.trackers.log_picture(self.accelerator, f"predictions/{split}", path, step=step)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, dict[str, float]]:
         train = self.config.train
-        self.writer = None
         if self.accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             (self.run_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
@@ -372,11 +365,8 @@ class Trainer:
             }
             if sources:  # gRefCOCO was renumbered once: a run names the files it read
                 (self.run_dir / DATA_SOURCES_FILE).write_text(json.dumps(sources, indent=2))
-            from torch.utils.tensorboard import SummaryWriter
-
-            # After a resume, events past the checkpoint's step are purged: those steps are logged again.
-            purge = self.progress.global_step + 1 if self.progress.global_step else None
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+        step, config = self.progress.global_step, self.config.to_dict()
+        self.trackers.start(self.accelerator, project=self.config.name, config=config, resumed_step=step)
         total_steps = self.steps_per_epoch * train.epochs
         if train.max_steps is not None:
             total_steps = min(total_steps, train.max_steps)
@@ -461,8 +451,7 @@ class Trainer:
         finally:
             stop.restore()
             bar.close()
-            if self.writer is not None:
-                self.writer.close()
+            self.trackers.finish(self.accelerator)
             self.close()
         final = {split: result.metrics for split, result in last_results.items()}
         if self.accelerator.is_main_process and final:

@@ -131,8 +131,13 @@ class DITSam(nn.Module):
         text: TokenizedText | str | Sequence[str] | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
+        multimask_output: bool | None = None,
     ) -> DITSamOutput:
+        """``multimask_output``: True returns SAM's three masks (M = 3), False the single one (M = 1); None
+        (the default) does what ``config.multimask_output`` says (what the model was trained with)."""
         self._check_inputs(images, text, points, boxes)
+        if multimask_output is None:
+            multimask_output = self.config.multimask_output
         batch = images.shape[0]
         if text is not None and not isinstance(text, TokenizedText):
             text = self.tokenize(text)
@@ -165,7 +170,7 @@ class DITSam(nn.Module):
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=self.config.multimask_output,
+            multimask_output=multimask_output,
             token_key_mask=token_keep,
             with_iou_token=True,
         )
