@@ -144,8 +144,9 @@ class TrainConfig(ConfigBase):
     # and boxes are drawn from the ground-truth masks. (1, 0, 0) = text only.
     prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
     # Weights to start from (empty = random init): official SAM by name (sam_vit_b / sam_vit_l / sam_vit_h,
-    # downloaded once into torch's hub cache, hash-checked), the authors' released DIT by name (dit-refcoco,
-    # dit-refcoco+, dit-refcocog, dit-grefcoco: downloaded once, SHA-256 checked), an official SAM or
+    # downloaded once into torch's hub cache, hash-checked), official EfficientSAM by name (efficientsam_ti /
+    # efficientsam_s, downloaded once, content- and SHA-256-checked), the authors' released DIT by name (dit-refcoco,
+    # dit-refcoco+, dit-refcocog, dit-grefcoco: downloaded once, SHA-256 checked), an official SAM / EfficientSAM or
     # reference-DIT .pth, a ditsam folder, or a Hugging Face Hub id owner/name (a save_pretrained folder or one
     # .pth there).
     init_checkpoint: str = ""

@@ -159,11 +159,21 @@ def _front_matter(
     return "\n".join(lines)
 
 
+#: How the card names the named backbones.
+_BACKBONE_NAMES = {
+    "vit_b": "SAM ViT-B",
+    "vit_l": "SAM ViT-L",
+    "vit_h": "SAM ViT-H",
+    "efficientsam_ti": "EfficientSAM-Ti ViT",
+    "efficientsam_s": "EfficientSAM-S ViT",
+}
+
+
 def _backbone_name(config: DITSamConfig) -> str:
-    """``ViT-B`` / ``ViT-L`` / ``ViT-H`` or ``custom ViT``."""
+    """``SAM ViT-B`` / ... / ``EfficientSAM-Ti ViT`` / ..., or ``custom ViT`` (``custom EfficientSAM ViT``)."""
     if config.backbone == "custom":
-        return "custom ViT"
-    return "SAM ViT-" + config.backbone.removeprefix("vit_").upper()
+        return "custom EfficientSAM ViT" if config.model_family == "efficientsam" else "custom ViT"
+    return _BACKBONE_NAMES.get(config.backbone, config.backbone)
 
 
 def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
