@@ -20,6 +20,7 @@ from checkpoint_files import cheap_state_dict as cheap_sam_state_dict
 from checkpoint_files import official_sam_shapes
 from ditsam.config import ConfigError
 from ditsam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ditsam.engine.config import load_experiment
 from ditsam.model.checkpoints import CheckpointError, load_checkpoint, load_pretrained_with_report
 from ditsam.model.checkpoints.efficientsam import efficientsam_weights_into
 from ditsam.model.checkpoints.formats import Format, detect_format
@@ -94,6 +95,17 @@ def test_families_and_backbones() -> None:
 def test_bad_family_settings_are_named(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DITSamConfig.from_dict(overrides)
+
+
+@pytest.mark.parametrize("backbone", ["efficientsam_ti", "efficientsam_s"])
+def test_refcoco_experiments(backbone: str) -> None:
+    config = load_experiment(f"refcoco/ldit_{backbone}")
+    assert (config.model.backbone, config.model.injection, config.train.init_checkpoint) == (
+        backbone,
+        "layerwise",
+        backbone,
+    )
+    assert config.model.image_size == 512 and config.model.rel_pos is False
 
 
 def test_input_normalisation_is_efficientsams() -> None:
