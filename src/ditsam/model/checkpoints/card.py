@@ -159,21 +159,17 @@ def _front_matter(
     return "\n".join(lines)
 
 
-#: How the card names the named backbones.
-_BACKBONE_NAMES = {
-    "vit_b": "SAM ViT-B",
-    "vit_l": "SAM ViT-L",
-    "vit_h": "SAM ViT-H",
-    "efficientsam_ti": "EfficientSAM-Ti ViT",
-    "efficientsam_s": "EfficientSAM-S ViT",
-}
+#: Whose mask decoder each family has, as the card names it.
+_DECODER_OWNERS = {"sam": "SAM's", "efficientsam": "EfficientSAM's"}
+#: How the card names EfficientSAM's backbones (SAM's are "SAM ViT-B", ...).
+_EFFICIENTSAM_NAMES = {"efficientsam_ti": "EfficientSAM-Ti ViT", "efficientsam_s": "EfficientSAM-S ViT"}
 
 
 def _backbone_name(config: DITSamConfig) -> str:
     """``SAM ViT-B`` / ... / ``EfficientSAM-Ti ViT`` / ..., or ``custom ViT`` (``custom EfficientSAM ViT``)."""
     if config.backbone == "custom":
         return "custom EfficientSAM ViT" if config.model_family == "efficientsam" else "custom ViT"
-    return _BACKBONE_NAMES.get(config.backbone, config.backbone)
+    return _EFFICIENTSAM_NAMES.get(config.backbone) or "SAM ViT-" + config.backbone.removeprefix("vit_").upper()
 
 
 def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
@@ -216,7 +212,8 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
         ),
         (
             "Mask decoder",
-            f"SAM's two-way transformer, depth {decoder_depth}, width {config.prompt_embed_dim}; {outputs}",
+            f"{_DECODER_OWNERS[config.model_family]} two-way transformer, depth {decoder_depth}, width "
+            f"{config.prompt_embed_dim}; {outputs}",
         ),
         ("Parameters", f"{facts.num_parameters:,}"),
     ]

@@ -115,7 +115,11 @@ def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, s
             )
         num_heads = width // head_dim
     else:
-        known = [size.num_heads for size in BACKBONES.values() if (size.embed_dim, size.depth) == (width, depth)]
+        known = [
+            size.num_heads
+            for size in BACKBONES.values()
+            if size.family == "sam" and (size.embed_dim, size.depth) == (width, depth)
+        ]
         if not known:
             raise CheckpointError(
                 f"{source}: no relative-position tables to read the attention heads of a width-{width}, "
@@ -137,10 +141,10 @@ def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, s
         decoder_mlp_dim=decoder_mlp,
         decoder_num_heads=SAM_DECODER_HEADS,
     )
-    named = [
+    named = [  # SAM-style files (the authors' DIT, official SAM) name SAM's sizes only
         name
         for name, size in BACKBONES.items()
-        if (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)
+        if size.family == "sam" and (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)
     ]
     if named:
         settings["backbone"] = named[0]
