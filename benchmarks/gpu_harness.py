@@ -80,6 +80,7 @@ class Models:
         self.bert_dir = folder / "bert"
         BertConfig(**bert).save_pretrained(str(self.bert_dir))
         self.vocab = BertConfig(**bert).vocab_size
+        write_vocab(self.bert_dir, self.vocab)
         self._cache: dict[str, Any] = {}
 
     def experiment(self, variant: str, **model_overrides: Any):
@@ -137,6 +138,18 @@ class Models:
         """Random (batch, 3, size, size) canvases, drawn on the device (batch 2048 at 512 px is 6 GB)."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return torch.randn(batch, 3, size, size, generator=generator, device=self.device)
+
+
+# Words of the generated vocabulary (w0, w1, ...) beside BERT's special tokens: enough for a tokenizer to load.
+VOCAB_WORDS = 100
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def write_vocab(folder: Path, vocab_size: int) -> None:
+    """A ``vocab.txt`` (special tokens, then w0, w1, ...) so that ``Segmenter.predict`` can tokenize sentences for
+    the random BERT; its ids stay below ``vocab_size``."""
+    words = [f"w{i}" for i in range(min(VOCAB_WORDS, vocab_size - len(SPECIAL_TOKENS)))]
+    (folder / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, *words]) + "\n", encoding="utf-8")
 
 
 def model_call(model: Any, images: torch.Tensor, tokens: Any) -> Callable[[], Any]:

@@ -23,6 +23,8 @@ its error and the suite goes on; a global deadline, ``--budget``, skips what no 
   backend forced;
 - ``throughput``: images/s of the whole model at the throughput batch (64), bf16, then larger batches
   until memory or time runs out;
+- ``backbones``: SAM ViT-B against EfficientSAM-Ti / -S L-DIT: ``Segmenter.predict`` of a photo with
+  ``dtype="auto"``, batch-1 bf16 latency, images/s at the throughput batch (``gpu_backbones.py``);
 - ``training``: the engine's optimiser step (:class:`ditsam.engine.step.TrainingStep`: bf16 autocast,
   BCE loss, backward, clipping, fused Adam, EMA) at batch 32 and 64, with and without gradient
   checkpointing: samples/s, FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (what the
@@ -60,6 +62,7 @@ from typing import Any, Callable
 
 import torch
 
+from gpu_backbones import section_backbones
 from gpu_harness import MAX_TOKENS, Models, encoder_call, in_precision, measure, model_call, precision, synchronize
 from gpu_report import goals, markdown
 
@@ -100,6 +103,8 @@ class Scale:
     matmul_n: int
     # The "large" section: (name, overrides of the model config, training batch).
     large: tuple[tuple[str, dict[str, Any], int], ...]
+    # The "backbones" section: (name, overrides of the model config); ratios are to the first.
+    backbones: tuple[tuple[str, dict[str, Any]], ...]
     # Global time budget in seconds (--budget overrides).
     budget_s: float
 
@@ -127,6 +132,11 @@ FULL = Scale(
     train_steps=5,
     matmul_n=8192,
     large=(("vit_l", {"backbone": "vit_l"}, 16), ("vit_h", {"backbone": "vit_h"}, 16)),
+    backbones=(
+        ("vit_b", {}),
+        ("efficientsam_ti", {"backbone": "efficientsam_ti"}),
+        ("efficientsam_s", {"backbone": "efficientsam_s"}),
+    ),
     budget_s=420.0,
 )
 SMOKE = Scale(
@@ -148,6 +158,7 @@ SMOKE = Scale(
     train_steps=1,
     matmul_n=128,
     large=(("tiny_wide", {**TINY_BACKBONE, "embed_dim": 48, "num_heads": 3}, 2),),
+    backbones=(("tiny_sam", {}), ("tiny_efficientsam", {"family": "efficientsam"})),
     budget_s=50.0,
 )
 # Section name -> (own time box in seconds at full scale, least time worth starting it with).
@@ -158,6 +169,7 @@ SECTION_BUDGETS = {
     "text_cost": (40, 10),
     "attention": (45, 10),
     "throughput": (60, 10),
+    "backbones": (40, 10),
     "training": (90, 30),
     "compile": (150, 60),
     "large": (120, 30),
@@ -700,6 +712,7 @@ SECTIONS: dict[str, Callable[[Suite, dict[str, Any]], None]] = {
     "text_cost": section_text_cost,
     "attention": section_attention,
     "throughput": section_throughput,
+    "backbones": section_backbones,
     "training": section_training,
     "compile": section_compile,
     "large": section_large,

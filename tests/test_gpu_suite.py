@@ -94,6 +94,7 @@ def test_gpu_suite_smoke_runs_every_section_without_pycocotools(tmp_path: Path) 
         "text_cost",
         "attention",
         "throughput",
+        "backbones",
         "training",
         "compile",
         "large",
@@ -119,6 +120,14 @@ def test_gpu_suite_smoke_runs_every_section_without_pycocotools(tmp_path: Path) 
         assert sum(attention["encoder_ops"].values()) >= 2  # one SDPA call per ViT block
         assert isinstance(attention["encoder_ms_by_backend"]["MATH"], float)
     assert sections["throughput"]["largest_batch_run"] == 8
+    # SAM and EfficientSAM side by side, the whole Segmenter.predict with dtype="auto" (float32 on this CPU
+    # unless it does bf16 in hardware).
+    backbones = sections["backbones"]
+    assert set(backbones) >= {"tiny_sam", "tiny_efficientsam"}
+    for entry in (backbones["tiny_sam"], backbones["tiny_efficientsam"]):
+        assert entry["predict_auto"]["median_ms"] > 0 and entry["bf16_b4"]["images_per_s"] > 0
+        assert entry["auto_dtype"] in ("float32", "bfloat16")
+    assert backbones["tiny_efficientsam"]["predict_speedup_vs_first"] > 0
     training = sections["training"]
     assert set(training) >= {"b2_plain", "b2_checkpointing"}
     for entry in (training["b2_plain"], training["b2_checkpointing"], sections["large"]["tiny_wide"]["training"]):

@@ -13,7 +13,8 @@ by name, fetched into torch's hub cache) *with* ``--text-model NAME_OR_DIR``: th
 SAM's ViT size (``--injection``, default layerwise = L-DIT), SAM's weights loaded strictly, BERT's weights from
 the text model, the text injection and W_o freshly initialised. That folder is an untrained starting point
 for ``ditsam train EXPERIMENT train.init_checkpoint=DST`` (its model card says so), not a model to predict
-with. Without ``--text-model`` a SAM file is refused: it holds no text model.
+with. Without ``--text-model`` a SAM file is refused: it holds no text model. An official EfficientSAM file
+(``efficient_sam_vit{t,s}.pt``, or ``efficientsam_ti`` / ``efficientsam_s`` by name) works the same way.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Load SRC (the authors' DIT .pth with no config, a Hugging Face Hub id or a save_pretrained folder) "
         "and write it as a save_pretrained folder DST (config, safetensors, BERT config + tokenizer, model "
         "card) that loads without network. Prints what was loaded, resized and ignored. An official SAM "
-        ".pth (or sam_vit_b / sam_vit_l / sam_vit_h by name) plus --text-model BERT gives an untrained "
+        ".pth (or sam_vit_b / sam_vit_l / sam_vit_h / efficientsam_ti / efficientsam_s by name) plus --text-model "
+        "BERT gives an untrained "
         "starting point for `ditsam train ... train.init_checkpoint=DST` (text injection and W_o fresh).",
     )
     parser.add_argument(
         "source",
         metavar="SRC",
-        help=SOURCE_HELP + "; or an official SAM .pth / sam_vit_b|sam_vit_l|sam_vit_h together with --text-model",
+        help=SOURCE_HELP
+        + "; or an official SAM / EfficientSAM file / sam_vit_b|sam_vit_l|sam_vit_h|efficientsam_ti|efficientsam_s "
+        "together with --text-model",
     )
     parser.add_argument("destination", metavar="DST", help="the folder to write (must not exist or be empty)")
     add_source_arguments(parser)

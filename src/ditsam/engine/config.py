@@ -189,8 +189,9 @@ class TrainConfig(ConfigBase):
     # box) or "points" (5 clicks on the ground-truth mask), as `ditsam eval --prompt`.
     eval_prompt: Literal["text", "points", "box"] = "text"
     # Weights to start from (empty = random init): official SAM by name (sam_vit_b / sam_vit_l / sam_vit_h,
-    # downloaded once into torch's hub cache, hash-checked), the authors' released DIT by name (dit-refcoco,
-    # dit-refcoco+, dit-refcocog, dit-grefcoco: downloaded once, SHA-256 checked), an official SAM or
+    # downloaded once into torch's hub cache, hash-checked), official EfficientSAM by name (efficientsam_ti /
+    # efficientsam_s, downloaded once, content- and SHA-256-checked), the authors' released DIT by name (dit-refcoco,
+    # dit-refcoco+, dit-refcocog, dit-grefcoco: downloaded once, SHA-256 checked), an official SAM / EfficientSAM or
     # reference-DIT .pth, a ditsam folder, or a Hugging Face Hub id owner/name (a save_pretrained folder or one
     # .pth there).
     init_checkpoint: str = ""

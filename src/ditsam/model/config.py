@@ -15,13 +15,23 @@ class BackboneSize(NamedTuple):
     depth: int
     num_heads: int
     global_attn_indexes: tuple[int, ...]
+    # Whose prompt encoder and mask decoder go with the ViT: one of FAMILIES.
+    family: str = "sam"
 
 
-# SAM's three ViT sizes (segment-anything build_sam.py).
+# The model families (ditsam.model.family builds each one's parts): Meta's SAM, and EfficientSAM
+# (yformer/EfficientSAM: a plain ViT without relative positions, its own prompt encoder and mask decoder).
+FAMILIES = ("sam", "efficientsam")
+Family = Literal["sam", "efficientsam"]
+
+# SAM's three ViT sizes (segment-anything build_sam.py) and EfficientSAM's two (build_efficient_sam.py:
+# 192 / 384 wide, 12 blocks, heads of 64, every block global).
 BACKBONES: dict[str, BackboneSize] = {
     "vit_b": BackboneSize(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": BackboneSize(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": BackboneSize(1280, 32, 16, (7, 15, 23, 31)),
+    "efficientsam_ti": BackboneSize(192, 12, 3, (), "efficientsam"),
+    "efficientsam_s": BackboneSize(384, 12, 6, (), "efficientsam"),
 }
 
 logger = logging.getLogger(__name__)
@@ -74,8 +84,11 @@ def nest_legacy_injection_keys(data: Mapping[str, Any], *, prefix: str = "") -> 
 class DITSamConfig(ConfigBase):
     """Everything needed to rebuild a DITSam model (weights aside)."""
 
-    # SAM image-encoder size: "vit_b" | "vit_l" | "vit_h", or "custom" to use the four fields below.
-    backbone: Literal["vit_b", "vit_l", "vit_h", "custom"] = "vit_b"
+    # Image-encoder size: SAM's "vit_b" | "vit_l" | "vit_h", EfficientSAM's "efficientsam_ti" |
+    # "efficientsam_s", or "custom" to use the four fields below.
+    backbone: Literal["vit_b", "vit_l", "vit_h", "efficientsam_ti", "efficientsam_s", "custom"] = "vit_b"
+    # Whose prompt encoder and mask decoder: "sam" | "efficientsam"; None = the backbone's (custom: "sam").
+    family: Family | None = None
     # Custom backbone width (ignored unless backbone == "custom").
     embed_dim: int | None = None
     # Custom backbone depth, in blocks.
@@ -88,13 +101,15 @@ class DITSamConfig(ConfigBase):
     patch_size: int = 16
     # Square model input in pixels (the reference code trains at 512; SAM at 1024).
     image_size: int = 512
-    # "global": every block attends globally (reference code); "windowed": SAM's window/global layout.
+    # "global": every block attends globally (reference code); "windowed": SAM's window/global layout
+    # (SAM family only: EfficientSAM's ViT has no windows).
     attention: Literal["global", "windowed"] = "global"
     # Initial absolute position embedding: "zeros" (SAM; pretrained weights replace it) or "sincos"
     # (fixed 2-D sine-cosine codes, a learnable start for models trained from scratch).
     pos_embed_init: Literal["zeros", "sincos"] = "zeros"
-    # SAM's decomposed relative-position bias in the ViT's attention (official checkpoints carry it).
-    use_rel_pos: bool = True
+    # SAM's decomposed relative-position bias in the ViT's attention (official SAM checkpoints carry it);
+    # None = the family's: on for SAM, off for EfficientSAM (whose ViT has none).
+    use_rel_pos: bool | None = None
     # Window side, in patches, of the windowed blocks.
     window_size: int = 14
     # MLP hidden width / embed_dim in the ViT blocks.
@@ -145,6 +160,23 @@ class DITSamConfig(ConfigBase):
             raise ConfigError(f"static_tokens need a token injection (e2e or layerwise), not {self.injection!r}")
         if self.global_attn_indexes is not None:
             self.global_attn_indexes = tuple(self.global_attn_indexes)
+        self._check_family()
+
+    def _check_family(self) -> None:
+        """The family fits the backbone, and the EfficientSAM family gets no SAM-only ViT features."""
+        named = BACKBONES[self.backbone].family if self.backbone != "custom" else None
+        if named is not None and self.family is not None and self.family != named:
+            raise ConfigError(f"family {self.family!r} contradicts backbone {self.backbone!r}, a {named!r} backbone")
+        if self.model_family == "efficientsam":
+            if self.attention == "windowed":
+                raise ConfigError(
+                    f"attention 'windowed': EfficientSAM's ViT ({self.backbone}) has no windowed blocks; use 'global'"
+                )
+            if self.use_rel_pos:
+                raise ConfigError(
+                    f"use_rel_pos true: EfficientSAM's ViT ({self.backbone}) has no relative-position tables; "
+                    f"leave it unset (null) or false"
+                )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, prefix: str = "") -> DITSamConfig:
@@ -152,6 +184,18 @@ class DITSamConfig(ConfigBase):
         if isinstance(data, Mapping):
             data = nest_legacy_injection_keys(data, prefix=prefix)
         return super().from_dict(data, prefix=prefix)
+
+    @property
+    def model_family(self) -> Family:
+        """The family whose parts the model is built from: ``family``, else the backbone's."""
+        if self.family is not None:
+            return self.family
+        return BACKBONES[self.backbone].family if self.backbone != "custom" else "sam"  # type: ignore[return-value]
+
+    @property
+    def rel_pos(self) -> bool:
+        """Whether the ViT carries SAM's relative-position bias: ``use_rel_pos``, else the family's default."""
+        return self.use_rel_pos if self.use_rel_pos is not None else self.model_family == "sam"
 
     @property
     def size(self) -> BackboneSize:
@@ -164,6 +208,7 @@ class DITSamConfig(ConfigBase):
             depth,
             int(self.num_heads),  # type: ignore[arg-type]
             tuple(self.global_attn_indexes) if self.global_attn_indexes is not None else (depth - 1,),
+            self.model_family,
         )
 
     @property

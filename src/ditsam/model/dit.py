@@ -12,12 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditsam.model.config import DITSamConfig, Injection
+from ditsam.model.family import build_mask_decoder, build_prompt_encoder
 from ditsam.model.inject import build_injection
 from ditsam.model.presence import PresenceHead
 from ditsam.model.sam.image_encoder import ImageEncoderViT
-from ditsam.model.sam.mask_decoder import MaskDecoder
-from ditsam.model.sam.prompt_encoder import PromptEncoder
-from ditsam.model.sam.transformer import TwoWayTransformer
 from ditsam.model.text import TextEncoder, TextTokenizer, TokenizedText
 
 
@@ -34,7 +32,7 @@ class DITSamOutput:
 
 
 class DITSam(nn.Module):
-    """Text- (and point/box-) prompted SAM.
+    """Text- (and point/box-) prompted SAM (or EfficientSAM: ``config.backbone`` ``efficientsam_ti`` / ``_s``).
 
     forward(images (B,3,S,S), text=TokenizedText | list[str], points=(coords (B,N,2), labels (B,N)),
     boxes (B,4)) -> :class:`DITSamOutput`. Images are normalised and padded to S = config.image_size
@@ -59,24 +57,12 @@ class DITSam(nn.Module):
             global_attn_indexes=size.global_attn_indexes,
             injection=build_injection(config, text_dim=text_dim),
             pos_embed_init=config.pos_embed_init,
-            use_rel_pos=config.use_rel_pos,
+            use_rel_pos=config.rel_pos,
         )
         self.image_encoder.gradient_checkpointing = config.gradient_checkpointing
-        grid = (config.grid, config.grid)
-        self.prompt_encoder = PromptEncoder(
-            embed_dim=config.prompt_embed_dim,
-            image_embedding_size=grid,
-            input_image_size=(config.image_size, config.image_size),
-        )
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=config.prompt_embed_dim,
-            transformer=TwoWayTransformer(
-                depth=2 + config.extra_decoder_layers,
-                embedding_dim=config.prompt_embed_dim,
-                num_heads=config.decoder_num_heads,
-                mlp_dim=config.decoder_mlp_dim,
-            ),
-        )
+        # SAM's or EfficientSAM's prompt encoder and mask decoder (ditsam.model.family).
+        self.prompt_encoder = build_prompt_encoder(config)
+        self.mask_decoder = build_mask_decoder(config)
         # W_o: the words as sparse prompts of the decoder (applied to BERT's features, as the reference).
         self.text_proj = nn.Linear(text_dim, config.prompt_embed_dim)
         self.presence_head = (

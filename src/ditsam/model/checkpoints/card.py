@@ -159,11 +159,17 @@ def _front_matter(
     return "\n".join(lines)
 
 
+#: Whose mask decoder each family has, as the card names it.
+_DECODER_OWNERS = {"sam": "SAM's", "efficientsam": "EfficientSAM's"}
+#: How the card names EfficientSAM's backbones (SAM's are "SAM ViT-B", ...).
+_EFFICIENTSAM_NAMES = {"efficientsam_ti": "EfficientSAM-Ti ViT", "efficientsam_s": "EfficientSAM-S ViT"}
+
+
 def _backbone_name(config: DITSamConfig) -> str:
-    """``ViT-B`` / ``ViT-L`` / ``ViT-H`` or ``custom ViT``."""
+    """``SAM ViT-B`` / ... / ``EfficientSAM-Ti ViT`` / ..., or ``custom ViT`` (``custom EfficientSAM ViT``)."""
     if config.backbone == "custom":
-        return "custom ViT"
-    return "SAM ViT-" + config.backbone.removeprefix("vit_").upper()
+        return "custom EfficientSAM ViT" if config.model_family == "efficientsam" else "custom ViT"
+    return _EFFICIENTSAM_NAMES.get(config.backbone) or "SAM ViT-" + config.backbone.removeprefix("vit_").upper()
 
 
 def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
@@ -206,7 +212,8 @@ def _architecture(config: DITSamConfig, facts: CardFacts) -> list[str]:
         ),
         (
             "Mask decoder",
-            f"SAM's two-way transformer, depth {decoder_depth}, width {config.prompt_embed_dim}; {outputs}",
+            f"{_DECODER_OWNERS[config.model_family]} two-way transformer, depth {decoder_depth}, width "
+            f"{config.prompt_embed_dim}; {outputs}",
         ),
         ("Parameters", f"{facts.num_parameters:,}"),
     ]

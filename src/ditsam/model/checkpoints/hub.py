@@ -15,6 +15,7 @@ from pathlib import Path
 from ditsam.model.checkpoints.bundled import bundled_folder, is_bundled_name
 from ditsam.model.checkpoints.ditsam_folder import CONFIG_FILE, save_pretrained
 from ditsam.model.checkpoints.download import fetch_sam_checkpoint, is_sam_name
+from ditsam.model.checkpoints.efficientsam_download import fetch_efficientsam_checkpoint, is_efficientsam_name
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.checkpoints.released import fetch_released_file, is_released_name
 from ditsam.model.checkpoints.report import CheckpointError
@@ -203,14 +204,17 @@ def resolve_init_checkpoint(
 ) -> Path:
     """What ``train.init_checkpoint`` names, as a local file or folder that
     :func:`~ditsam.model.checkpoints.load_checkpoint` reads: an official SAM checkpoint by name (``sam_vit_b``,
-    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.checkpoints.download`), the
+    ``sam_vit_l``, ``sam_vit_h``: fetched into torch's hub cache, :mod:`ditsam.model.checkpoints.download`), official
+    EfficientSAM by name (``efficientsam_ti``, ``efficientsam_s``: :mod:`~ditsam.model.checkpoints.efficientsam_download`), the
     authors' released DIT file by name (``dit-refcoco``, ...: the checked authors' file, which ``load_checkpoint``
     reads with the reference behaviour, :mod:`ditsam.model.checkpoints.released`), a local file or folder, or a
     Hub id (:func:`resolve_source`; ``revision`` and ``cache_dir`` apply to it).
-    A local path of the same name as a SAM checkpoint or a released name wins over the name."""
+    A local path of the same name as a SAM / EfficientSAM checkpoint or a released name wins over the name."""
     if isinstance(source, str) and not Path(source).exists():
         if is_sam_name(source):
             return fetch_sam_checkpoint(source)
+        if is_efficientsam_name(source):
+            return fetch_efficientsam_checkpoint(source)
         if is_released_name(source):
             return fetch_released_file(source)
     return resolve_source(source, revision=revision, cache_dir=cache_dir).path

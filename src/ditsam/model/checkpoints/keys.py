@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import torch
 
@@ -18,3 +19,12 @@ REL_POS = re.compile(r"image_encoder\.blocks\.(\d+)\.attn\.rel_pos_[hw]")
 DECODER_LAYER = re.compile(r"mask_decoder\.transformer\.layers\.(\d+)\.")
 BLOCK = re.compile(r"image_encoder\.blocks\.(\d+)\.")
 WRITER = re.compile(r"image_encoder\.injection\.writers\.(\d+)\.proj\.(weight|bias)")
+
+#: Keys only an official EfficientSAM state dict has (its prompt encoder's padding embedding, its decoder's
+#: upscaling); a DITSam of the EfficientSAM family has them too, beside its text_encoder.* keys.
+EFFICIENTSAM_MARKERS = ("prompt_encoder.invalid_points.weight", "mask_decoder.final_output_upscaling_layers.")
+
+
+def has_efficientsam_names(keys: Iterable[str]) -> bool:
+    """True when ``keys`` (no ``module.`` prefix) hold EfficientSAM's prompt-encoder or decoder names."""
+    return any(key.startswith(EFFICIENTSAM_MARKERS) for key in keys)

@@ -18,7 +18,7 @@
    :mod:`~ditsam.model.checkpoints.released`): the authors' file is downloaded once and converted once, as in 3
    (``text_name_or_path`` applies to that conversion), into a ``save_pretrained`` folder in the cache, which
    every later use loads as in 1 (:func:`resolve_pretrained`);
-5. an official SAM checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``, where
+5. an official SAM (or EfficientSAM) checkpoint is refused: it holds no text model (use it as ``train.init_checkpoint``, where
    :func:`~ditsam.model.checkpoints.hub.resolve_init_checkpoint` also takes it by name: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``). Only
    :func:`load_pretrained_with_report` with ``sam_start=True`` (``ditsam convert SAM --text-model BERT``)
    pairs it with a BERT into an untrained starting point for training (:func:`~ditsam.model.checkpoints.shapes.sam_start_config`).
@@ -48,6 +48,8 @@ from ditsam.model.checkpoints.ditsam_folder import (
     save_pretrained,
 )
 from ditsam.model.checkpoints.download import fetch_sam_checkpoint, is_sam_name
+from ditsam.model.checkpoints.efficientsam import efficientsam_weights_into
+from ditsam.model.checkpoints.efficientsam_download import fetch_efficientsam_checkpoint, is_efficientsam_name
 from ditsam.model.checkpoints.files import read_checkpoint_file
 from ditsam.model.checkpoints.formats import Format, detect_format
 from ditsam.model.checkpoints.hub import CHECKPOINT_SUFFIXES, ResolvedSource, resolve_source
@@ -57,7 +59,12 @@ from ditsam.model.checkpoints.reference import load_reference_state_dict
 from ditsam.model.checkpoints.released import is_released_name, released_checkpoint, released_folder
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 from ditsam.model.checkpoints.sam import sam_weights_into
-from ditsam.model.checkpoints.shapes import DEFAULT_TEXT_MODEL, reference_config_from_state_dict, sam_start_config
+from ditsam.model.checkpoints.shapes import (
+    DEFAULT_TEXT_MODEL,
+    efficientsam_start_config,
+    reference_config_from_state_dict,
+    sam_start_config,
+)
 from ditsam.model.config import DITSamConfig, Injection
 
 logger = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ logger = logging.getLogger(__name__)
 _LOADERS = {
     Format.REFERENCE: load_reference_state_dict,
     Format.SAM: sam_weights_into,
+    Format.EFFICIENTSAM: efficientsam_weights_into,
     Format.DITSAM: load_ditsam_state_dict,
 }
 
@@ -78,7 +86,8 @@ def _load_as(
     if kind is None:
         raise CheckpointError(
             f"{source}: unknown checkpoint layout (first keys: {listing(list(state_dict), 5)}); expected SAM "
-            f"(image_encoder.*), reference DIT (visual_encoder.*) or DITSam (text_encoder.*) names"
+            f"(image_encoder.*), EfficientSAM (prompt_encoder.invalid_points, ...), reference DIT (visual_encoder.*) "
+            f"or DITSam (text_encoder.*) names"
         )
     return _LOADERS[kind](model, state_dict, source=source)
 
@@ -94,17 +103,24 @@ def load_checkpoint(model: LoadableModel, path: str | Path) -> LoadReport:
     return _load_as(model, state_dict, detect_format(state_dict), source=str(path))
 
 
-def _refuse_sam(source: str) -> CheckpointError:
+#: How messages name the two families of official files without a text model.
+_FAMILY_NAMES = {Format.SAM: "SAM", Format.EFFICIENTSAM: "EfficientSAM"}
+#: The config of a SAM-family file paired with a BERT, by its format.
+_START_CONFIGS = {Format.SAM: sam_start_config, Format.EFFICIENTSAM: efficientsam_start_config}
+
+
+def _refuse_sam(source: str, kind: Format = Format.SAM) -> CheckpointError:
     return CheckpointError(
-        f"{source} is an official SAM checkpoint (image_encoder.*, prompt_encoder.*, mask_decoder.* keys): it "
+        f"{source} is an official {_FAMILY_NAMES[kind]} checkpoint (image_encoder.*, prompt_encoder.*, "
+        f"mask_decoder.* keys): it "
         f"holds no text model (no BERT, no text projection, no text injection), so it does not hold every weight "
         f"a text-prompted model needs. Train from it instead: train.init_checkpoint={source}"
     )
 
 
-def _sam_needs_text(source: str) -> CheckpointError:
+def _sam_needs_text(source: str, kind: Format = Format.SAM) -> CheckpointError:
     return CheckpointError(
-        f"{source} is an official SAM checkpoint: it holds no text model (no BERT, no text projection, no text "
+        f"{source} is an official {_FAMILY_NAMES[kind]} checkpoint: it holds no text model (no BERT, no text projection, no text "
         f"injection). To turn it into a starting point for training, name the BERT to pair it with: "
         f"text_name_or_path= (ditsam convert: --text-model NAME_OR_DIR, e.g. bert-base-uncased)"
     )
@@ -118,12 +134,14 @@ def _load_sam_start(
     injection: Injection | None,
     config: DITSamConfig | None,
     text_name_or_path: str | None,
+    kind: Format = Format.SAM,
 ) -> tuple[LoadableModel, LoadReport]:
-    """SAM's weights (strict, position tables resized) + a BERT's weights, the DIT parts fresh: a start for training."""
+    """SAM's (or EfficientSAM's) weights (strict, position tables resized) + a BERT's weights, the DIT parts
+    fresh: a start for training."""
     if config is None:
         if text_name_or_path is None:
-            raise _sam_needs_text(str(path))
-        config = sam_start_config(
+            raise _sam_needs_text(str(path), kind)
+        config = _START_CONFIGS[kind](
             state_dict, text_name_or_path=text_name_or_path, injection=injection, source=str(path)
         )
         logger.info("%s: SAM %s, injection %s, BERT %s", path, config.backbone, config.injection, text_name_or_path)
@@ -132,7 +150,7 @@ def _load_sam_start(
             "injection= and text_name_or_path= describe a file without config; with config= set them there"
         )
     model = cls(config, load_text_weights=True)  # BERT's weights from config.text.name_or_path
-    report = sam_weights_into(model, state_dict, source=str(path))
+    report = _LOADERS[kind](model, state_dict, source=str(path))
     bert = config.text.name_or_path
     report.notes.append(f"BERT weights ({len(report.kept)} text_encoder.* tensors, listed as kept) loaded from {bert}")
     untrained = "W_o (text_proj)" if config.injection == "none" else "the text injection and W_o (text_proj)"
@@ -162,11 +180,11 @@ def _load_file(
         )
     state_dict, wrapper = read_checkpoint_file(path)  # the wrapper (optimizer, scheduler) is dropped here
     kind = detect_format(state_dict)
-    if kind is Format.SAM:
+    if kind in _START_CONFIGS:
         if not sam_start:
-            raise _refuse_sam(str(path))
+            raise _refuse_sam(str(path), kind)
         return _load_sam_start(
-            cls, path, state_dict, injection=injection, config=config, text_name_or_path=text_name_or_path
+            cls, path, state_dict, injection=injection, config=config, text_name_or_path=text_name_or_path, kind=kind
         )
     if config is None:
         if kind is not Format.REFERENCE:
@@ -306,17 +324,20 @@ def load_pretrained_with_report(
     and errors.
 
     ``sam_start=True`` (``ditsam convert``) accepts an official SAM checkpoint too -- a file, a Hub file id or
-    ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` by name (:func:`~ditsam.model.checkpoints.download.fetch_sam_checkpoint`)
-    -- paired with the BERT ``text_name_or_path`` (required): the reference config of the SAM's ViT size
+    ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h`` by name (:func:`~ditsam.model.checkpoints.download.fetch_sam_checkpoint`),
+    and an official EfficientSAM one (``efficientsam_ti`` / ``efficientsam_s`` by name) -- paired with the BERT ``text_name_or_path`` (required): the reference config of the SAM's ViT size
     (:func:`~ditsam.model.checkpoints.shapes.sam_start_config`, ``injection`` default "layerwise"), SAM's weights loaded strictly, BERT's from
     ``text_name_or_path``, the text injection and W_o fresh (reported): an untrained starting point for
     ``train.init_checkpoint``, not a model for inference."""
     if injection is not None and injection not in get_args(Injection):
         raise ValueError(f"injection={injection!r} is not one of {', '.join(get_args(Injection))}")
-    if sam_start and isinstance(source, str) and is_sam_name(source) and not Path(source).expanduser().exists():
+    named = isinstance(source, str) and (is_sam_name(source) or is_efficientsam_name(source))
+    if sam_start and named and not Path(source).expanduser().exists():
+        kind = Format.SAM if is_sam_name(source) else Format.EFFICIENTSAM
         if config is None and text_name_or_path is None:
-            raise _sam_needs_text(source)  # before any download
-        resolved = ResolvedSource(path=fetch_sam_checkpoint(source))
+            raise _sam_needs_text(source, kind)  # before any download
+        fetch = fetch_sam_checkpoint if kind is Format.SAM else fetch_efficientsam_checkpoint
+        resolved = ResolvedSource(path=fetch(source))
     elif is_released_name(source) and not Path(source).expanduser().exists():
         if config is not None or injection is not None:
             raise ValueError(f"config= and injection= do not apply to {source!r}: the released file's are known")

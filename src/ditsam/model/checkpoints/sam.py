@@ -30,7 +30,9 @@ from ditsam.model.checkpoints.matching import apply_state_dict
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 
 
-def _sam_missing(key: str) -> str | None:
+def classify_sam_missing(key: str) -> str | None:
+    """What a model key absent from a SAM-style checkpoint is: the BERT "kept", the text injection, W_o and
+    decoder layers beyond SAM's two "fresh", a rel-pos table "zero", anything else None (an error)."""
     if key.startswith(TEXT_PREFIX):
         return "kept"
     if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
@@ -53,8 +55,15 @@ def sam_weights_into(
     injection and decoder layers beyond SAM's two (fresh) and rel-pos tables (zeroed = no bias, reported);
     shapes must match except ``pos_embed`` and the rel-pos tables, which are resized. The BERT is kept.
     """
+    if model.config.model_family != "sam":
+        raise CheckpointError(
+            f"{source} is a SAM checkpoint, but the model is EfficientSAM ({model.config.backbone}): build it with "
+            f"model.backbone: vit_b, vit_l or vit_h"
+        )
     state_dict, notes = official_sam_names(strip_module_prefix(state_dict), source=source)
-    return apply_state_dict(model, state_dict, kind="sam", source=source, classify_missing=_sam_missing, notes=notes)
+    return apply_state_dict(
+        model, state_dict, kind="sam", source=source, classify_missing=classify_sam_missing, notes=notes
+    )
 
 
 def load_sam_state_dict(
@@ -71,6 +80,8 @@ def load_sam_state_dict(
         raise CheckpointError(
             f"{source} is a full DITSam state dict (text_encoder.* keys), not a SAM one: use load_checkpoint"
         )
+    if kind is Format.EFFICIENTSAM:
+        raise CheckpointError(f"{source} is an EfficientSAM checkpoint, not a SAM one: use load_checkpoint")
     return sam_weights_into(model, state_dict, source=source)
 
 

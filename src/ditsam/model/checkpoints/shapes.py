@@ -115,7 +115,11 @@ def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, s
             )
         num_heads = width // head_dim
     else:
-        known = [size.num_heads for size in BACKBONES.values() if (size.embed_dim, size.depth) == (width, depth)]
+        known = [
+            size.num_heads
+            for size in BACKBONES.values()
+            if size.family == "sam" and (size.embed_dim, size.depth) == (width, depth)
+        ]
         if not known:
             raise CheckpointError(
                 f"{source}: no relative-position tables to read the attention heads of a width-{width}, "
@@ -137,10 +141,10 @@ def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, s
         decoder_mlp_dim=decoder_mlp,
         decoder_num_heads=SAM_DECODER_HEADS,
     )
-    named = [
+    named = [  # SAM-style files (the authors' DIT, official SAM) name SAM's sizes only
         name
         for name, size in BACKBONES.items()
-        if (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)
+        if size.family == "sam" and (size.embed_dim, size.depth, size.num_heads) == (width, depth, num_heads)
     ]
     if named:
         settings["backbone"] = named[0]
@@ -166,4 +170,58 @@ def sam_start_config(
         raise ValueError(f"injection={chosen!r} is not one of {', '.join(get_args(Injection))}")
     settings = _architecture_settings(state, encoder="image_encoder", source=source)
     settings.update(injection=chosen, text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS})
+    return reference_config(**settings)
+
+
+#: Attention head width of EfficientSAM's ViTs (192 / 3, 384 / 6); its files carry no table that tells it.
+EFFICIENTSAM_HEAD_DIM = 64
+
+
+def efficientsam_start_config(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    text_name_or_path: str,
+    injection: Injection | None = None,
+    source: str = "<state dict>",
+) -> DITSamConfig:
+    """As :func:`sam_start_config`, for an official EfficientSAM state dict (its names): ``efficientsam_ti`` /
+    ``efficientsam_s`` when the width and depth are theirs, else a custom EfficientSAM-family ViT with heads
+    of :data:`EFFICIENTSAM_HEAD_DIM`; decoder width, depth and MLP from the shapes; 512 px. Only shapes are read."""
+    state = strip_module_prefix(state_dict)
+    chosen = injection or "layerwise"
+    if chosen not in get_args(Injection):
+        raise ValueError(f"injection={chosen!r} is not one of {', '.join(get_args(Injection))}")
+    width, _, patch, _ = _shape(state, "image_encoder.patch_embed.proj.weight", source)
+    depth = _layer_count(state, re.compile(r"image_encoder\.blocks\.(\d+)\."), "image_encoder.blocks.N", source)
+    decoder_layers = _layer_count(state, DECODER_LAYER, "mask_decoder.transformer.layers.N", source)
+    if decoder_layers < SAM_DECODER_LAYERS:
+        raise CheckpointError(f"{source}: the mask decoder has {decoder_layers} two-way layers, fewer than 2")
+    settings: dict[str, object] = dict(
+        patch_size=patch,
+        image_size=REFERENCE_IMAGE_SIZE,
+        mlp_ratio=_shape(state, "image_encoder.blocks.0.mlp.fc1.weight", source)[0] / width,
+        prompt_embed_dim=_shape(state, "mask_decoder.iou_token.weight", source)[-1],
+        extra_decoder_layers=decoder_layers - SAM_DECODER_LAYERS,
+        decoder_mlp_dim=_shape(state, "mask_decoder.transformer.layers.0.mlp.layers.0.0.weight", source)[0],
+        decoder_num_heads=SAM_DECODER_HEADS,
+        injection=chosen,
+        text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS},
+    )
+    named = [
+        name
+        for name, size in BACKBONES.items()
+        if size.family == "efficientsam" and (size.embed_dim, size.depth) == (width, depth)
+    ]
+    if named:
+        settings["backbone"] = named[0]
+    else:
+        if width % EFFICIENTSAM_HEAD_DIM:
+            raise CheckpointError(f"{source}: a width-{width} EfficientSAM ViT has no heads of 64; pass config=")
+        settings.update(
+            backbone="custom",
+            family="efficientsam",
+            embed_dim=width,
+            depth=depth,
+            num_heads=width // EFFICIENTSAM_HEAD_DIM,
+        )
     return reference_config(**settings)

@@ -46,52 +46,26 @@ def _output_upscaling(*, transformer_dim: int, activation: type[nn.Module]) -> n
     )
 
 
-class MaskDecoder(nn.Module):
-    """Predict masks from an image embedding and prompt tokens with a two-way transformer.
+class OutputTokenDecoder(nn.Module):
+    """What SAM's and EfficientSAM's mask decoders share: learned output tokens (one IoU token, then
+    ``num_mask_tokens`` mask tokens) in front of the prompt tokens, a two-way transformer, and each mask
+    token mapped by its own MLP to the weights of a dot product with the upscaled image embedding.
 
-    Learned output tokens (one IoU token, 1 + num_multimask_outputs mask tokens) are prepended to
-    the prompt tokens. After the transformer each mask token is mapped by its own MLP to the
-    weights of a dot product with the 4x upscaled image embedding; the IoU token predicts the
-    quality of every mask. Mask token 0 is the single-mask output, tokens 1.. the multimask ones.
+    Subclasses build ``transformer``, ``iou_token``, ``mask_tokens``, ``output_hypernetworks_mlps``,
+    ``iou_prediction_head`` (under their checkpoints' names) and :meth:`upscale`. Mask token 0 is the
+    single-mask output, tokens 1.. the multimask ones.
     """
 
-    def __init__(
-        self,
-        *,
-        transformer_dim: int,
-        transformer: nn.Module,
-        num_multimask_outputs: int = 3,
-        activation: type[nn.Module] = nn.GELU,
-        iou_head_depth: int = 3,
-        iou_head_hidden_dim: int = 256,
-    ) -> None:
-        """
-        Args:
-            transformer_dim: channel width C of image embedding and tokens.
-            transformer: maps (image (B, C, h, w), image_pe, tokens (B, N, C), token_key_mask=...)
-                to (tokens (B, N, C), image (B, h*w, C)); normally a TwoWayTransformer.
-            num_multimask_outputs: masks returned when multimask_output is True.
-            activation: activation of the upscaling network.
-            iou_head_depth, iou_head_hidden_dim: size of the IoU prediction MLP.
-        """
-        super().__init__()
-        self.transformer_dim = transformer_dim
-        self.transformer = transformer
-        self.num_multimask_outputs = num_multimask_outputs
-        self.num_mask_tokens = num_multimask_outputs + 1
-        self.iou_token = nn.Embedding(1, transformer_dim)
-        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
-        self.output_upscaling = _output_upscaling(transformer_dim=transformer_dim, activation=activation)
-        self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(input_dim=transformer_dim, hidden_dim=transformer_dim, output_dim=transformer_dim // 8, num_layers=3)
-            for _ in range(self.num_mask_tokens)
-        )
-        self.iou_prediction_head = MLP(
-            input_dim=transformer_dim,
-            hidden_dim=iou_head_hidden_dim,
-            output_dim=self.num_mask_tokens,
-            num_layers=iou_head_depth,
-        )
+    num_mask_tokens: int
+    iou_token: nn.Embedding
+    mask_tokens: nn.Embedding
+    transformer: nn.Module
+    output_hypernetworks_mlps: nn.ModuleList
+    iou_prediction_head: nn.Module
+
+    def upscale(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) transformer output -> (B, C', 4h, 4w), C' the hypernetworks' output width."""
+        raise NotImplementedError
 
     @property
     def num_output_tokens(self) -> int:
@@ -166,7 +140,7 @@ class MaskDecoder(nn.Module):
         iou_token_out = tokens_out[:, 0]
         mask_tokens_out = tokens_out[:, 1 : self.num_output_tokens]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.upscale(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
@@ -178,3 +152,55 @@ class MaskDecoder(nn.Module):
         if with_iou_token:
             return masks[:, selected], iou_pred[:, selected], iou_token_out
         return masks[:, selected], iou_pred[:, selected]
+
+
+class MaskDecoder(OutputTokenDecoder):
+    """SAM's mask decoder: masks from an image embedding and prompt tokens with a two-way transformer.
+
+    Learned output tokens (one IoU token, 1 + num_multimask_outputs mask tokens) are prepended to
+    the prompt tokens. After the transformer each mask token is mapped by its own MLP to the
+    weights of a dot product with the 4x upscaled image embedding; the IoU token predicts the
+    quality of every mask. Mask token 0 is the single-mask output, tokens 1.. the multimask ones.
+    The forward pass is :class:`OutputTokenDecoder`'s.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        """
+        Args:
+            transformer_dim: channel width C of image embedding and tokens.
+            transformer: maps (image (B, C, h, w), image_pe, tokens (B, N, C), token_key_mask=...)
+                to (tokens (B, N, C), image (B, h*w, C)); normally a TwoWayTransformer.
+            num_multimask_outputs: masks returned when multimask_output is True.
+            activation: activation of the upscaling network.
+            iou_head_depth, iou_head_hidden_dim: size of the IoU prediction MLP.
+        """
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = _output_upscaling(transformer_dim=transformer_dim, activation=activation)
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(input_dim=transformer_dim, hidden_dim=transformer_dim, output_dim=transformer_dim // 8, num_layers=3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            input_dim=transformer_dim,
+            hidden_dim=iou_head_hidden_dim,
+            output_dim=self.num_mask_tokens,
+            num_layers=iou_head_depth,
+        )
+
+    def upscale(self, image: torch.Tensor) -> torch.Tensor:
+        return self.output_upscaling(image)

@@ -3,9 +3,15 @@
 Parameter names follow the official checkpoints (`mask_decoder.transformer.*`). One addition to
 SAM: an optional key mask over the tokens, so that padded text tokens ([PAD]) are never attended
 to. Without it the computation is SAM's.
+
+EfficientSAM's decoder (:mod:`ditsam.model.efficientsam`) uses the same transformer with two
+switches: its own block MLP (``mlp_factory``) and ``tokens_carry_pe`` (see
+:class:`TwoWayAttentionBlock`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,11 +85,19 @@ class TwoWayAttentionBlock(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        mlp: nn.Module | None = None,
+        tokens_carry_pe: bool = False,
     ) -> None:
         """
         Args:
-            skip_first_layer_pe: in SAM's first block the tokens ARE their positional encoding,
-                so self-attention sees them bare and replaces them instead of adding a residual.
+            skip_first_layer_pe: in the first block the tokens ARE their positional encoding, so
+                self-attention sees them without adding it again (SAM also replaces them there
+                instead of adding a residual).
+            mlp: the token MLP, (B, N, C) -> (B, N, C); default SAM's ``MLPBlock`` with ``activation``.
+            tokens_carry_pe: EfficientSAM's self-attention: after the first block the positional
+                encoding is added to the tokens themselves (so it reaches the values and stays in
+                the residual stream), and every block's self-attention is residual. SAM (False)
+                adds it to queries and keys only.
         """
         super().__init__()
         self.self_attn = Attention(embedding_dim=embedding_dim, num_heads=num_heads)
@@ -92,17 +106,22 @@ class TwoWayAttentionBlock(nn.Module):
             embedding_dim=embedding_dim, num_heads=num_heads, downsample_rate=attention_downsample_rate
         )
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim=embedding_dim, mlp_dim=mlp_dim, act=activation)
+        self.mlp = mlp if mlp is not None else MLPBlock(embedding_dim=embedding_dim, mlp_dim=mlp_dim, act=activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = Attention(
             embedding_dim=embedding_dim, num_heads=num_heads, downsample_rate=attention_downsample_rate
         )
         self.skip_first_layer_pe = skip_first_layer_pe
+        self.tokens_carry_pe = tokens_carry_pe
 
     def _token_self_attention(
         self, queries: torch.Tensor, query_pe: torch.Tensor, token_key_mask: torch.Tensor | None
     ) -> torch.Tensor:
+        if self.tokens_carry_pe:
+            if not self.skip_first_layer_pe:
+                queries = queries + query_pe
+            return queries + self.self_attn(queries, queries, queries, key_mask=token_key_mask)
         if self.skip_first_layer_pe:
             return self.self_attn(queries, queries, queries, key_mask=token_key_mask)
         q = queries + query_pe
@@ -152,7 +171,11 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        mlp_factory: Callable[[], nn.Module] | None = None,
+        tokens_carry_pe: bool = False,
     ) -> None:
+        """``mlp_factory`` builds each block's token MLP (default SAM's); ``tokens_carry_pe``: see
+        :class:`TwoWayAttentionBlock`. Both are EfficientSAM's switches."""
         super().__init__()
         self.depth = depth
         self.embedding_dim = embedding_dim
@@ -166,6 +189,8 @@ class TwoWayTransformer(nn.Module):
                 activation=activation,
                 attention_downsample_rate=attention_downsample_rate,
                 skip_first_layer_pe=i == 0,
+                mlp=mlp_factory() if mlp_factory is not None else None,
+                tokens_carry_pe=tokens_carry_pe,
             )
             for i in range(depth)
         )
