@@ -470,9 +470,14 @@ def test_folder_errors(bert_dir: Path, tmp_path: Path) -> None:
         DITSam.from_pretrained(folder)
     weights.write_bytes(intact)
 
+    # Another variant of the same SAM is a training start (Table 1's extra decoder layers stay fresh) ...
     bigger = randomise(DITSam(tiny_config(bert_dir, extra_decoder_layers=1)), seed=1)
-    with pytest.raises(CheckpointError, match=r"lacks .*mask_decoder\.transformer\.layers\.2"):
-        load_checkpoint(bigger, folder)
+    report = load_checkpoint(bigger, folder)
+    assert report.fresh and all(key.startswith("mask_decoder.transformer.layers.2.") for key in report.fresh)
+    # ... another architecture is not.
+    deeper = randomise(DITSam(tiny_config(bert_dir, depth=4)), seed=1)
+    with pytest.raises(CheckpointError, match=r"lacks .*image_encoder\.blocks\.3"):
+        load_checkpoint(deeper, folder)
 
     (folder / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="checkpoint folder without config") as error:
