@@ -3,6 +3,7 @@ ones its card and the name table record, promptable by points as SAM is, and a s
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -99,3 +100,18 @@ def test_an_ldit_built_on_it_gets_its_weights_and_a_fresh_injection(tiny_bert_di
     )
     with pytest.raises(CheckpointError):
         load_checkpoint(DITSam(tiny_config(tiny_bert_dir), load_text_weights=False), bundled_folder(NAME))
+
+
+def test_the_demo_scores_the_start_beside_the_tuned_models(tmp_path, capsys) -> None:
+    from ditsam.cli.main import main
+
+    tiny = ["data.refshapes_preset=tiny", "train.max_steps=2", "train.train_stream_samples=16", "train.epochs=1"]
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--data", str(tmp_path / "data"), *tiny]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["start"]) == {"points", "box"}
+    assert set(results["start"]["box"]) == {"val", "testA", "testB"}
+    assert results["start"]["box"]["val"]["miou"] > 50  # the tiny SAM segments from a box, untrained on text
+    table = (out / "results.md").read_text()
+    assert f"### {NAME}, not trained on text: the target's box" in table
+    assert f"### {NAME}, not trained on text: 5 clicks on the target" in table

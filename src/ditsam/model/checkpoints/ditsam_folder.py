@@ -173,19 +173,26 @@ def _variant_start(
     )
 
 
+def config_differences(saved: DITSamConfig, current: DITSamConfig) -> list[str]:
+    """The fields in which two model configs differ in effect (``model.text.*`` as ``text.<field>``): the text
+    model's path is left out, and fields whose None means "the family's choice" compare as resolved."""
+    old, new = saved.to_dict(), current.to_dict()
+    for values, config in ((old, saved), (new, current)):
+        values["text"].pop("name_or_path")
+        values["family"], values["use_rel_pos"] = config.model_family, config.rel_pos
+    return sorted(
+        [k for k in old if k != "text" and old[k] != new[k]]
+        + [f"text.{k}" for k in old["text"] if old["text"][k] != new["text"][k]]
+    )
+
+
 def load_folder_into(model: LoadableModel, directory: Path) -> LoadReport:
     """A save_pretrained folder's weights loaded into a built ``model`` as a training start: strictly from a
     folder of the same architecture, into the shared parts from a folder of another variant (see the module
     docstring), the model's own text encoder kept when the folder's has another vocabulary; config
     differences are noted."""
     config, _, weights = read_pretrained_folder(directory)
-    saved, current = config.to_dict(), model.config.to_dict()
-    saved["text"].pop("name_or_path")
-    current["text"].pop("name_or_path")
-    differences = sorted(
-        [k for k in saved if k != "text" and saved[k] != current[k]]
-        + [f"text.{k}" for k in saved["text"] if saved["text"][k] != current["text"][k]]
-    )
+    differences = config_differences(config, model.config)
     state_dict = strip_module_prefix(safetensors_load(weights))
     vocabulary = _other_vocabulary(model, state_dict)
     if any(key not in VARIANT_FIELDS for key in differences) or not (differences or vocabulary):
