@@ -1,6 +1,7 @@
 """Checkpoint files as others write them, for the loading tests (shared by test_weights and
-test_loading_sources): official SAM key names and shapes, the authors' trainer's wrapped ``.pth``, and a
-randomiser so that zero-initialised tensors cannot hide mistakes.
+test_loading_sources): official SAM key names and shapes (from pieces that ``efficientsam_files.py`` builds
+EfficientSAM's from too), the authors' trainer's wrapped ``.pth``, and a randomiser so that zero-initialised
+tensors cannot hide mistakes.
 
 Written from an independent table of the official names, not from ditsam's own modules (only
 :func:`~ditsam.model.checkpoints.reference.to_reference_state_dict` renames, and its inverse is what is tested).
@@ -35,6 +36,54 @@ def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+# ---------------------------------------------------------------------------------------------------
+# Pieces the official SAM and EfficientSAM tables share (the same module layout, some names differ)
+# ---------------------------------------------------------------------------------------------------
+def linear_shapes(prefix: str, n_out: int, n_in: int) -> dict[str, tuple[int, ...]]:
+    """An ``nn.Linear(n_in, n_out)`` at ``prefix``."""
+    return {f"{prefix}.weight": (n_out, n_in), f"{prefix}.bias": (n_out,)}
+
+
+def vit_block_shapes(
+    block: str, width: int, *, mlp: tuple[str, str], rel_pos: tuple[int, int] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """One ViT block (``block`` ends in a dot), MLP ratio 4; ``mlp``: its two linears' names (SAM: lin1, lin2;
+    EfficientSAM: fc1, fc2); ``rel_pos``: the shape of SAM's relative-position tables (EfficientSAM has none)."""
+    shapes = {block + "norm1.weight": (width,), block + "norm1.bias": (width,)}
+    if rel_pos is not None:
+        shapes.update({block + "attn.rel_pos_h": rel_pos, block + "attn.rel_pos_w": rel_pos})
+    shapes.update(linear_shapes(block + "attn.qkv", 3 * width, width))
+    shapes.update(linear_shapes(block + "attn.proj", width, width))
+    shapes.update({block + "norm2.weight": (width,), block + "norm2.bias": (width,)})
+    shapes.update(linear_shapes(f"{block}mlp.{mlp[0]}", 4 * width, width))
+    shapes.update(linear_shapes(f"{block}mlp.{mlp[1]}", width, 4 * width))
+    return shapes
+
+
+def attention_shapes(prefix: str, width: int, *, internal: int) -> dict[str, tuple[int, ...]]:
+    """A decoder attention (SAM's ``Attention``): q, k, v projected from ``width`` to ``internal``, and back."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        shapes.update(linear_shapes(f"{prefix}.{proj}", internal, width))
+    shapes.update(linear_shapes(f"{prefix}.out_proj", width, internal))
+    return shapes
+
+
+def two_way_layer_shapes(
+    layer: str, width: int, *, mlp: tuple[str, str], mlp_hidden: int
+) -> dict[str, tuple[int, ...]]:
+    """One two-way transformer layer (cross attention at half width); ``mlp``: its token MLP's two linears'
+    names under ``<layer>.mlp`` (SAM: lin1, lin2; EfficientSAM: layers.0.0, fc)."""
+    shapes = attention_shapes(f"{layer}.self_attn", width, internal=width)
+    shapes.update(attention_shapes(f"{layer}.cross_attn_token_to_image", width, internal=width // 2))
+    shapes.update(attention_shapes(f"{layer}.cross_attn_image_to_token", width, internal=width // 2))
+    for norm in range(1, 5):
+        shapes.update({f"{layer}.norm{norm}.weight": (width,), f"{layer}.norm{norm}.bias": (width,)})
+    shapes.update(linear_shapes(f"{layer}.mlp.{mlp[0]}", mlp_hidden, width))
+    shapes.update(linear_shapes(f"{layer}.mlp.{mlp[1]}", width, mlp_hidden))
+    return shapes
+
+
 def official_sam_shapes(
     *, width: int, depth: int, heads: int, global_blocks: tuple[int, ...]
 ) -> dict[str, tuple[int, ...]]:
@@ -48,24 +97,7 @@ def official_sam_shapes(
     for i in range(depth):
         block = f"image_encoder.blocks.{i}."
         rows = 127 if i in global_blocks else 27
-        shapes.update(
-            {
-                block + "norm1.weight": (width,),
-                block + "norm1.bias": (width,),
-                block + "attn.rel_pos_h": (rows, head_dim),
-                block + "attn.rel_pos_w": (rows, head_dim),
-                block + "attn.qkv.weight": (3 * width, width),
-                block + "attn.qkv.bias": (3 * width,),
-                block + "attn.proj.weight": (width, width),
-                block + "attn.proj.bias": (width,),
-                block + "norm2.weight": (width,),
-                block + "norm2.bias": (width,),
-                block + "mlp.lin1.weight": (4 * width, width),
-                block + "mlp.lin1.bias": (4 * width,),
-                block + "mlp.lin2.weight": (width, 4 * width),
-                block + "mlp.lin2.bias": (width,),
-            }
-        )
+        shapes.update(vit_block_shapes(block, width, mlp=("lin1", "lin2"), rel_pos=(rows, head_dim)))
     shapes.update(
         {
             "image_encoder.neck.0.weight": (256, width, 1, 1),
@@ -91,30 +123,11 @@ def official_sam_shapes(
     )
     shapes.update({f"prompt_encoder.point_embeddings.{i}.weight": (1, 256) for i in range(4)})
 
-    def attention(prefix: str, internal: int) -> None:
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            shapes[f"{prefix}.{proj}.weight"] = (internal, 256)
-            shapes[f"{prefix}.{proj}.bias"] = (internal,)
-        shapes[f"{prefix}.out_proj.weight"] = (256, internal)
-        shapes[f"{prefix}.out_proj.bias"] = (256,)
-
     for i in range(2):
-        layer = f"mask_decoder.transformer.layers.{i}"
-        attention(f"{layer}.self_attn", 256)
-        attention(f"{layer}.cross_attn_token_to_image", 128)
-        attention(f"{layer}.cross_attn_image_to_token", 128)
-        for norm in range(1, 5):
-            shapes[f"{layer}.norm{norm}.weight"] = (256,)
-            shapes[f"{layer}.norm{norm}.bias"] = (256,)
         shapes.update(
-            {
-                f"{layer}.mlp.lin1.weight": (2048, 256),
-                f"{layer}.mlp.lin1.bias": (2048,),
-                f"{layer}.mlp.lin2.weight": (256, 2048),
-                f"{layer}.mlp.lin2.bias": (256,),
-            }
+            two_way_layer_shapes(f"mask_decoder.transformer.layers.{i}", 256, mlp=("lin1", "lin2"), mlp_hidden=2048)
         )
-    attention("mask_decoder.transformer.final_attn_token_to_image", 128)
+    shapes.update(attention_shapes("mask_decoder.transformer.final_attn_token_to_image", 256, internal=128))
     shapes.update(
         {
             "mask_decoder.transformer.norm_final_attn.weight": (256,),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from checkpoint_files import attention_shapes, linear_shapes, two_way_layer_shapes, vit_block_shapes
+
 # EfficientSAM's ViT pos_embed: the 224 px pre-training grid of 16 px patches (14 x 14) plus a class token.
 PRETRAIN_GRID = 14
 CLASS_TOKEN = 1
@@ -24,23 +26,7 @@ def official_efficientsam_shapes(
         "image_encoder.patch_embed.proj.bias": (width,),
     }
     for i in range(depth):
-        block = f"image_encoder.blocks.{i}."
-        shapes.update(
-            {
-                block + "norm1.weight": (width,),
-                block + "norm1.bias": (width,),
-                block + "attn.qkv.weight": (3 * width, width),
-                block + "attn.qkv.bias": (3 * width,),
-                block + "attn.proj.weight": (width, width),
-                block + "attn.proj.bias": (width,),
-                block + "norm2.weight": (width,),
-                block + "norm2.bias": (width,),
-                block + "mlp.fc1.weight": (4 * width, width),
-                block + "mlp.fc1.bias": (4 * width,),
-                block + "mlp.fc2.weight": (width, 4 * width),
-                block + "mlp.fc2.bias": (width,),
-            }
-        )
+        shapes.update(vit_block_shapes(f"image_encoder.blocks.{i}.", width, mlp=("fc1", "fc2")))
     shapes.update(
         {
             "image_encoder.neck.0.weight": (prompt, width, 1, 1),
@@ -58,25 +44,12 @@ def official_efficientsam_shapes(
     )
 
     def linear(prefix: str, n_out: int, n_in: int) -> None:
-        shapes[f"{prefix}.weight"] = (n_out, n_in)
-        shapes[f"{prefix}.bias"] = (n_out,)
-
-    def attention(prefix: str, internal: int) -> None:
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            linear(f"{prefix}.{proj}", internal, prompt)
-        linear(f"{prefix}.out_proj", prompt, internal)
+        shapes.update(linear_shapes(prefix, n_out, n_in))
 
     for i in range(2):
         layer = f"mask_decoder.transformer.layers.{i}"
-        attention(f"{layer}.self_attn", prompt)
-        attention(f"{layer}.cross_attn_token_to_image", prompt // 2)
-        attention(f"{layer}.cross_attn_image_to_token", prompt // 2)
-        for norm in range(1, 5):
-            shapes[f"{layer}.norm{norm}.weight"] = (prompt,)
-            shapes[f"{layer}.norm{norm}.bias"] = (prompt,)
-        linear(f"{layer}.mlp.layers.0.0", decoder_mlp, prompt)
-        linear(f"{layer}.mlp.fc", prompt, decoder_mlp)
-    attention("mask_decoder.transformer.final_attn_token_to_image", prompt // 2)
+        shapes.update(two_way_layer_shapes(layer, prompt, mlp=("layers.0.0", "fc"), mlp_hidden=decoder_mlp))
+    shapes.update(attention_shapes("mask_decoder.transformer.final_attn_token_to_image", prompt, internal=prompt // 2))
     shapes.update(
         {
             "mask_decoder.transformer.norm_final_attn.weight": (prompt,),
@@ -112,11 +85,6 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], *, seed: int = 0) -> d
         is_scale = key.endswith("weight") and ("norm" in key or ".neck.1." in key or ".neck.3." in key)
         state[key] = 1.0 + 0.1 * noise if is_scale or key.endswith("layers.0.1.weight") else 0.1 * noise
     return state
-
-
-def cheap_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """A per-key constant, zero-stride (no memory): full-size checkpoints in tests that only check keys and shapes."""
-    return {key: torch.full((), 0.001 * index).expand(shape) for index, (key, shape) in enumerate(shapes.items())}
 
 
 def save_official(state: dict[str, torch.Tensor], path: Path) -> Path:

@@ -7,15 +7,19 @@ checkpoint files in others' layouts are built by ``checkpoint_files.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import math
 import re
 import shutil
+import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ditsam.data.refshapes import COLOURS
 from ditsam.engine.config import ExperimentConfig
@@ -250,6 +254,34 @@ class FileServer:
 def _range_start(header: str | None) -> int | None:
     match = re.fullmatch(r"bytes=(\d+)-", header or "")
     return int(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def download_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, base_url_env: str, folder: str = ""
+) -> Iterator[FileServer]:
+    """A :class:`FileServer` of ``tmp_path/served`` whose ``folder`` is the base URL in ``base_url_env``, torch's
+    hub folder under ``tmp_path/torch_home``, downloads allowed (``HF_HUB_OFFLINE`` unset)."""
+    root = tmp_path / "served"
+    (root / folder).mkdir(parents=True)
+    server = FileServer(root, prefix=f"{folder}/" if folder else "")
+    monkeypatch.setenv(base_url_env, server.url)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def unreachable_base_url(monkeypatch: pytest.MonkeyPatch, base_url_env: str) -> int:
+    """Point ``base_url_env`` at a port of 127.0.0.1 that nobody listens on, downloads allowed; returns the port."""
+    with socket.socket() as probe:  # bound, then closed: the port is free and nothing answers on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(base_url_env, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return port
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SamConfig, SamModel
 
-from checkpoint_files import cheap_state_dict as cheap_sam_state_dict
-from checkpoint_files import official_sam_shapes
+from checkpoint_files import cheap_state_dict, official_sam_shapes
 from ditsam.config import ConfigError
 from ditsam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ditsam.engine.config import load_experiment
@@ -34,7 +33,6 @@ from ditsam.model.sam.transformer import TwoWayAttentionBlock
 from efficientsam_files import (
     CLASS_TOKEN,
     PRETRAIN_GRID,
-    cheap_state_dict,
     official_efficientsam_shapes,
     random_state_dict,
     save_official,
@@ -170,7 +168,7 @@ def test_families_refuse_each_others_checkpoints(tiny_bert_dir: Path, tmp_path: 
     with pytest.raises(CheckpointError, match="EfficientSAM checkpoint, but the model is SAM.*efficientsam_ti"):
         load_checkpoint(sam_model, save_official(tiny_official(), tmp_path / "e.pt"))
     sam_file = tmp_path / "sam_vit_b.pth"
-    torch.save({k: v.contiguous() for k, v in cheap_sam_state_dict(official_sam_shapes(
+    torch.save({k: v.contiguous() for k, v in cheap_state_dict(official_sam_shapes(
         width=32, depth=2, heads=2, global_blocks=(1,))).items()}, sam_file)  # fmt: skip
     with pytest.raises(CheckpointError, match="SAM checkpoint, but the model is EfficientSAM.*vit_b"):
         load_checkpoint(DITSam(tiny(tiny_bert_dir)), sam_file)

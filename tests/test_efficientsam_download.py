@@ -4,7 +4,6 @@ SHA-256 recorded, later uses checked against it), cached in torch's hub folder."
 
 from __future__ import annotations
 
-import socket
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_files import cheap_state_dict as cheap_sam_state_dict
-from checkpoint_files import official_sam_shapes
+from checkpoint_files import cheap_state_dict, official_sam_shapes
 from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.train import build_model
 from ditsam.model.checkpoints import CheckpointError, resolve_init_checkpoint
@@ -24,7 +22,7 @@ from ditsam.model.checkpoints.efficientsam_download import (
     fetch_efficientsam_checkpoint,
 )
 from efficientsam_files import official_efficientsam_shapes, random_state_dict, save_official
-from helpers import FileServer, tiny_config
+from helpers import FileServer, download_server, tiny_config, unreachable_base_url
 
 WIDTH, PROMPT = 32, 32
 
@@ -32,14 +30,10 @@ WIDTH, PROMPT = 32, 32
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
     """A local server as the base URL, torch's hub folder under tmp, downloads allowed."""
-    served = tmp_path / "served" / "weights"
-    served.mkdir(parents=True)
-    server = FileServer(served.parent, prefix="weights/")
-    monkeypatch.setenv(files.EFFICIENTSAM_BASE_URL_ENV, server.url)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    yield server
-    server.close()
+    with download_server(
+        tmp_path, monkeypatch, base_url_env=files.EFFICIENTSAM_BASE_URL_ENV, folder="weights"
+    ) as server:
+        yield server
 
 
 def cache(tmp_path: Path) -> Path:
@@ -102,7 +96,7 @@ def test_s_is_unpacked_from_the_published_zip(server: FileServer, tiny_bert_dir:
 
 
 def test_a_file_that_is_not_efficientsam_is_discarded(server: FileServer, tmp_path: Path) -> None:
-    sam = cheap_sam_state_dict(official_sam_shapes(width=32, depth=2, heads=2, global_blocks=(1,)))
+    sam = cheap_state_dict(official_sam_shapes(width=32, depth=2, heads=2, global_blocks=(1,)))
     torch.save({k: v.contiguous() for k, v in sam.items()}, server.root / "weights" / "efficient_sam_vitt.pt")
     with pytest.raises(EfficientSamDownloadError, match="holds sam weights, not an EfficientSAM state dict; discarded"):
         fetch_efficientsam_checkpoint("efficientsam_ti", progress=False)
@@ -113,11 +107,7 @@ def test_a_file_that_is_not_efficientsam_is_discarded(server: FileServer, tmp_pa
 
 
 def test_an_unreachable_server_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv(files.EFFICIENTSAM_BASE_URL_ENV, f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    port = unreachable_base_url(monkeypatch, files.EFFICIENTSAM_BASE_URL_ENV)
     with pytest.raises(
         EfficientSamDownloadError,
         match=rf"efficientsam_ti: cannot download http://127\.0\.0\.1:{port}/efficient_sam_vitt\.pt.*"

@@ -29,7 +29,7 @@ from ditsam.model.checkpoints import (
 from ditsam.model.checkpoints import load as loading
 from ditsam.model.checkpoints.download import DownloadError, download_resumable
 from ditsam.model.dit import DITSam
-from helpers import FileServer
+from helpers import FileServer, download_server
 
 NAME = "dit-refcoco"
 
@@ -39,15 +39,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServ
     """A local server as the mirror, torch's hub folder under tmp, downloads allowed."""
     from huggingface_hub import constants
 
-    served = tmp_path / "served"
-    served.mkdir()
-    mirror = FileServer(served, prefix="")
-    monkeypatch.setenv(released.MIRROR_ENV, mirror.url)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    yield mirror
-    mirror.close()
+    with download_server(tmp_path, monkeypatch, base_url_env=released.MIRROR_ENV) as mirror:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        yield mirror
 
 
 def cache_of(tmp_path: Path, name: str = NAME) -> Path:

@@ -4,7 +4,6 @@ hash-checked, cached in torch's hub folder), a Hub id from a local Hub cache, a 
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from ditsam.model.checkpoints import resolve_init_checkpoint
 from ditsam.model.checkpoints.download import SamDownloadError, fetch_sam_checkpoint, hash_prefix_of, sam_checkpoint_url
 from ditsam.model.checkpoints.keys import SAM_PREFIXES
 from ditsam.model.dit import DITSam
-from helpers import COMMIT_MAIN, REPO, FileServer, publish, tiny_config
+from helpers import COMMIT_MAIN, REPO, FileServer, download_server, publish, tiny_config, unreachable_base_url
 
 HASH_DIGITS = 6
 
@@ -27,14 +26,10 @@ HASH_DIGITS = 6
 @pytest.fixture
 def sam_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
     """A local server as the base URL, torch's hub folder under tmp, downloads allowed."""
-    served = tmp_path / "served" / "segment_anything"
-    served.mkdir(parents=True)
-    server = FileServer(served.parent, prefix="segment_anything/")
-    monkeypatch.setenv(sam_files.BASE_URL_ENV, server.url)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    yield server
-    server.close()
+    with download_server(
+        tmp_path, monkeypatch, base_url_env=sam_files.BASE_URL_ENV, folder="segment_anything"
+    ) as server:
+        yield server
 
 
 def serve_sam_file(server: FileServer, state: dict[str, torch.Tensor], *, stem: str, prefix: str | None = None) -> str:
@@ -114,11 +109,7 @@ def test_a_file_failing_the_hash_check_is_discarded(
 
 
 def test_an_unreachable_server_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv(sam_files.BASE_URL_ENV, f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    port = unreachable_base_url(monkeypatch, sam_files.BASE_URL_ENV)
     with pytest.raises(
         SamDownloadError,
         match=rf"sam_vit_h: cannot download http://127\.0\.0\.1:{port}/sam_vit_h_4b8939"

@@ -3,7 +3,7 @@
 Both families share SAM's :class:`~ditsam.model.sam.image_encoder.ImageEncoderViT` (so every text injection
 of :mod:`ditsam.model.inject` hooks into their blocks the same way); they differ in the ViT's features (SAM:
 relative positions, optional windows; EfficientSAM: neither, :attr:`DITSamConfig.rel_pos`) and in the prompt
-encoder and mask decoder, which :data:`FAMILY_PARTS` builds by ``config.model_family``:
+encoder and mask decoder, which :data:`FAMILY_PARTS` names by ``config.model_family``:
 
 - ``"sam"``: :class:`~ditsam.model.sam.prompt_encoder.PromptEncoder`,
   :class:`~ditsam.model.sam.mask_decoder.MaskDecoder` (Meta's segment-anything);
@@ -33,59 +33,40 @@ BASE_DECODER_LAYERS = 2
 
 
 class FamilyParts(NamedTuple):
-    """Builders of one family's prompt encoder and mask decoder."""
+    """One family's classes; :func:`build_prompt_encoder` and :func:`build_mask_decoder` give them the same
+    keywords whatever the family."""
 
-    prompt_encoder: Callable[[DITSamConfig], nn.Module]
-    mask_decoder: Callable[[DITSamConfig], nn.Module]
-
-
-def _grid(config: DITSamConfig) -> dict[str, tuple[int, int]]:
-    return {
-        "image_embedding_size": (config.grid, config.grid),
-        "input_image_size": (config.image_size, config.image_size),
-    }
+    #: Takes ``embed_dim``, ``image_embedding_size``, ``input_image_size``.
+    prompt_encoder: Callable[..., nn.Module]
+    #: The decoder's two-way transformer: takes ``depth``, ``embedding_dim``, ``num_heads``, ``mlp_dim``.
+    transformer: Callable[..., nn.Module]
+    #: Takes ``transformer_dim`` and ``transformer``.
+    mask_decoder: Callable[..., nn.Module]
 
 
-def _sam_prompt_encoder(config: DITSamConfig) -> PromptEncoder:
-    return PromptEncoder(embed_dim=config.prompt_embed_dim, **_grid(config))
-
-
-def _sam_mask_decoder(config: DITSamConfig) -> MaskDecoder:
-    transformer = TwoWayTransformer(
-        depth=BASE_DECODER_LAYERS + config.extra_decoder_layers,
-        embedding_dim=config.prompt_embed_dim,
-        num_heads=config.decoder_num_heads,
-        mlp_dim=config.decoder_mlp_dim,
-    )
-    return MaskDecoder(transformer_dim=config.prompt_embed_dim, transformer=transformer)
-
-
-def _efficientsam_prompt_encoder(config: DITSamConfig) -> EfficientSamPromptEncoder:
-    return EfficientSamPromptEncoder(embed_dim=config.prompt_embed_dim, **_grid(config))
-
-
-def _efficientsam_mask_decoder(config: DITSamConfig) -> EfficientSamMaskDecoder:
-    transformer = efficientsam_transformer(
-        depth=BASE_DECODER_LAYERS + config.extra_decoder_layers,
-        embedding_dim=config.prompt_embed_dim,
-        num_heads=config.decoder_num_heads,
-        mlp_dim=config.decoder_mlp_dim,
-    )
-    return EfficientSamMaskDecoder(transformer_dim=config.prompt_embed_dim, transformer=transformer)
-
-
-#: ``config.model_family`` -> its builders (the keys equal :data:`~ditsam.model.config.FAMILIES`; a test checks).
+#: ``config.model_family`` -> its parts (the keys equal :data:`~ditsam.model.config.FAMILIES`; a test checks).
 FAMILY_PARTS: dict[str, FamilyParts] = {
-    "sam": FamilyParts(_sam_prompt_encoder, _sam_mask_decoder),
-    "efficientsam": FamilyParts(_efficientsam_prompt_encoder, _efficientsam_mask_decoder),
+    "sam": FamilyParts(PromptEncoder, TwoWayTransformer, MaskDecoder),
+    "efficientsam": FamilyParts(EfficientSamPromptEncoder, efficientsam_transformer, EfficientSamMaskDecoder),
 }
 
 
 def build_prompt_encoder(config: DITSamConfig) -> nn.Module:
     """The prompt encoder of ``config``'s family."""
-    return FAMILY_PARTS[config.model_family].prompt_encoder(config)
+    return FAMILY_PARTS[config.model_family].prompt_encoder(
+        embed_dim=config.prompt_embed_dim,
+        image_embedding_size=(config.grid, config.grid),
+        input_image_size=(config.image_size, config.image_size),
+    )
 
 
 def build_mask_decoder(config: DITSamConfig) -> nn.Module:
     """The mask decoder of ``config``'s family."""
-    return FAMILY_PARTS[config.model_family].mask_decoder(config)
+    parts = FAMILY_PARTS[config.model_family]
+    transformer = parts.transformer(
+        depth=BASE_DECODER_LAYERS + config.extra_decoder_layers,
+        embedding_dim=config.prompt_embed_dim,
+        num_heads=config.decoder_num_heads,
+        mlp_dim=config.decoder_mlp_dim,
+    )
+    return parts.mask_decoder(transformer_dim=config.prompt_embed_dim, transformer=transformer)

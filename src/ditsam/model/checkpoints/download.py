@@ -132,12 +132,22 @@ def fetch_sam_checkpoint(name: str, *, cache_dir: str | Path | None = None, prog
             f"({error}); it was discarded, nothing was written to {cache}"
         ) from error
     except OSError as error:  # urllib's URLError / HTTPError, refused connections, a full disk
-        reason = getattr(error, "reason", None) or error
-        raise SamDownloadError(
-            f"{name}: cannot download {url} ({reason}); put {filename} into {cache} yourself, give its path, or "
-            f"set {BASE_URL_ENV} to a mirror"
+        raise cannot_download_error(
+            SamDownloadError, name, url, error, filename=filename, cache=cache, base_url_env=BASE_URL_ENV
         ) from error
     return target
+
+
+def cannot_download_error(
+    kind: type[DownloadError], name: str, url: str, error: OSError, *, filename: str, cache: Path, base_url_env: str
+) -> DownloadError:
+    """A ``kind`` error, to raise from ``error``, for official checkpoint ``name`` whose ``url`` could not be
+    read: what failed and the ways round it (``filename`` put into ``cache`` by hand, or a mirror)."""
+    reason = getattr(error, "reason", None) or error  # urllib's URLError keeps the cause in .reason
+    return kind(
+        f"{name}: cannot download {url} ({reason}); put {filename} into {cache} yourself, give its path, or "
+        f"set {base_url_env} to a mirror"
+    )
 
 
 def is_google_drive(url: str) -> bool:

@@ -24,7 +24,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from ditsam.model.checkpoints.download import OFFLINE_ENV, DownloadError, is_offline, sam_cache_dir
+from ditsam.model.checkpoints.download import (
+    OFFLINE_ENV,
+    DownloadError,
+    cannot_download_error,
+    is_offline,
+    sam_cache_dir,
+)
 from ditsam.model.checkpoints.files import read_checkpoint_file
 from ditsam.model.checkpoints.formats import Format, detect_format
 from ditsam.model.checkpoints.report import CheckpointError
@@ -169,10 +175,14 @@ def fetch_efficientsam_checkpoint(name: str, *, cache_dir: str | Path | None = N
         try:
             torch.hub.download_url_to_file(url, str(downloaded), progress=progress)
         except OSError as error:  # urllib's URLError / HTTPError, refused connections, a full disk
-            reason = getattr(error, "reason", None) or error
-            raise EfficientSamDownloadError(
-                f"{name}: cannot download {url} ({reason}); put {entry.filename} into {cache} yourself, give its "
-                f"path, or set {EFFICIENTSAM_BASE_URL_ENV} to a mirror"
+            raise cannot_download_error(
+                EfficientSamDownloadError,
+                name,
+                url,
+                error,
+                filename=entry.filename,
+                cache=cache,
+                base_url_env=EFFICIENTSAM_BASE_URL_ENV,
             ) from error
         if entry.published != entry.filename:
             downloaded = _unpack(name, downloaded, entry.filename, url)

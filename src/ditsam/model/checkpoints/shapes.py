@@ -153,6 +153,14 @@ def _architecture_settings(state: Mapping[str, torch.Tensor], *, encoder: str, s
     return settings
 
 
+def _start_injection(injection: Injection | None) -> Injection:
+    """The injection of a model started from official SAM / EfficientSAM weights: L-DIT unless named."""
+    chosen = injection or "layerwise"
+    if chosen not in get_args(Injection):
+        raise ValueError(f"injection={chosen!r} is not one of {', '.join(get_args(Injection))}")
+    return chosen
+
+
 def sam_start_config(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -165,9 +173,7 @@ def sam_start_config(
     custom size) and the decoder read from the shapes as in :func:`reference_config_from_state_dict`, at the
     reference's 512 px, with ``injection`` (default "layerwise", L-DIT). Only shapes are read."""
     state, _ = official_sam_names(strip_module_prefix(state_dict), source=source)
-    chosen = injection or "layerwise"
-    if chosen not in get_args(Injection):
-        raise ValueError(f"injection={chosen!r} is not one of {', '.join(get_args(Injection))}")
+    chosen = _start_injection(injection)
     settings = _architecture_settings(state, encoder="image_encoder", source=source)
     settings.update(injection=chosen, text={"name_or_path": text_name_or_path, "max_tokens": REFERENCE_MAX_TOKENS})
     return reference_config(**settings)
@@ -188,9 +194,7 @@ def efficientsam_start_config(
     ``efficientsam_s`` when the width and depth are theirs, else a custom EfficientSAM-family ViT with heads
     of :data:`EFFICIENTSAM_HEAD_DIM`; decoder width, depth and MLP from the shapes; 512 px. Only shapes are read."""
     state = strip_module_prefix(state_dict)
-    chosen = injection or "layerwise"
-    if chosen not in get_args(Injection):
-        raise ValueError(f"injection={chosen!r} is not one of {', '.join(get_args(Injection))}")
+    chosen = _start_injection(injection)
     width, _, patch, _ = _shape(state, "image_encoder.patch_embed.proj.weight", source)
     depth = _layer_count(state, re.compile(r"image_encoder\.blocks\.(\d+)\."), "image_encoder.blocks.N", source)
     decoder_layers = _layer_count(state, DECODER_LAYER, "mask_decoder.transformer.layers.N", source)

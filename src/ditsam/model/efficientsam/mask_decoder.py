@@ -89,15 +89,11 @@ class EfficientSamMaskDecoder(OutputTokenDecoder):
             iou_head_hidden_dim: hidden width of the IoU head.
             upscaling_dims: output widths of the upscaling steps (two steps: 4x).
         """
-        super().__init__()
         if num_multimask_outputs < 2:
             raise ValueError(f"num_multimask_outputs must be >= 2 (EfficientSAM: 3), got {num_multimask_outputs}")
-        self.transformer_dim = transformer_dim
-        self.transformer = transformer
-        self.num_multimask_outputs = num_multimask_outputs
-        self.num_mask_tokens = num_multimask_outputs + 1
-        self.iou_token = nn.Embedding(1, transformer_dim)
-        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        super().__init__(
+            transformer_dim=transformer_dim, transformer=transformer, num_multimask_outputs=num_multimask_outputs
+        )
         self.final_output_upscaling_layers = _upscaling_layers(
             transformer_dim=transformer_dim, dims=tuple(upscaling_dims), activation=activation
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ditsam.model.sam.prompt_encoder import PositionEmbeddingRandom
+from ditsam.model.sam.prompt_encoder import PositionEmbeddingRandom, prompt_batch_size
 
 # Point labels of EfficientSAM.
 PADDING_LABEL, NEGATIVE_LABEL, POSITIVE_LABEL, BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL = -1, 0, 1, 2, 3
@@ -82,18 +82,6 @@ class EfficientSamPromptEncoder(nn.Module):
             embedding = torch.where(labels == label, embedding + kind, embedding)
         return embedding
 
-    def _batch_size(
-        self, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None, batch_size: int | None
-    ) -> int:
-        for prompt in (points[0] if points is not None else None, boxes):
-            if prompt is not None:
-                if batch_size is not None and batch_size != prompt.shape[0]:
-                    raise ValueError(f"batch_size={batch_size} contradicts the prompts' batch {prompt.shape[0]}")
-                return prompt.shape[0]
-        if batch_size is None:
-            raise ValueError("batch_size is required when no prompt is given")
-        return batch_size
-
     def forward(
         self,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -117,7 +105,7 @@ class EfficientSamPromptEncoder(nn.Module):
         """
         if masks is not None:
             raise ValueError("EfficientSAM takes no mask prompt (its prompt encoder embeds points and boxes only)")
-        batch = self._batch_size(points, boxes, batch_size)
+        batch = prompt_batch_size(points, boxes, masks, batch_size)  # masks: None, checked above
         weight = self.invalid_points.weight
         dense = weight.new_zeros(1, self.embed_dim, 1, 1).expand(batch, -1, *self.image_embedding_size)
         if points is None and boxes is None:

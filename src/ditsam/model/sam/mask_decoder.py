@@ -51,17 +51,31 @@ class OutputTokenDecoder(nn.Module):
     ``num_mask_tokens`` mask tokens) in front of the prompt tokens, a two-way transformer, and each mask
     token mapped by its own MLP to the weights of a dot product with the upscaled image embedding.
 
-    Subclasses build ``transformer``, ``iou_token``, ``mask_tokens``, ``output_hypernetworks_mlps``,
-    ``iou_prediction_head`` (under their checkpoints' names) and :meth:`upscale`. Mask token 0 is the
-    single-mask output, tokens 1.. the multimask ones.
+    This class holds ``transformer``, ``iou_token`` and ``mask_tokens``; subclasses build
+    ``output_hypernetworks_mlps``, ``iou_prediction_head`` and the upscaling (under their checkpoints' names)
+    and :meth:`upscale`. Mask token 0 is the single-mask output, tokens 1.. the multimask ones.
     """
 
-    num_mask_tokens: int
-    iou_token: nn.Embedding
-    mask_tokens: nn.Embedding
-    transformer: nn.Module
     output_hypernetworks_mlps: nn.ModuleList
     iou_prediction_head: nn.Module
+
+    def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int) -> None:
+        """
+        Args:
+            transformer_dim: channel width C of image embedding and tokens.
+            transformer: maps (image (B, C, h, w), image_pe, tokens (B, N, C), token_key_mask=...)
+                to (tokens (B, N, C), image (B, h*w, C)); normally a TwoWayTransformer.
+            num_multimask_outputs: masks returned when multimask_output is True.
+        """
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+        # Built before the subclass's heads, in this order: the random initialisation draws from the
+        # generator in construction order, so a seeded model stays the same.
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
 
     def upscale(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) transformer output -> (B, C', 4h, 4w), C' the hypernetworks' output width."""
@@ -176,20 +190,13 @@ class MaskDecoder(OutputTokenDecoder):
     ) -> None:
         """
         Args:
-            transformer_dim: channel width C of image embedding and tokens.
-            transformer: maps (image (B, C, h, w), image_pe, tokens (B, N, C), token_key_mask=...)
-                to (tokens (B, N, C), image (B, h*w, C)); normally a TwoWayTransformer.
-            num_multimask_outputs: masks returned when multimask_output is True.
+            transformer_dim, transformer, num_multimask_outputs: as :class:`OutputTokenDecoder`.
             activation: activation of the upscaling network.
             iou_head_depth, iou_head_hidden_dim: size of the IoU prediction MLP.
         """
-        super().__init__()
-        self.transformer_dim = transformer_dim
-        self.transformer = transformer
-        self.num_multimask_outputs = num_multimask_outputs
-        self.num_mask_tokens = num_multimask_outputs + 1
-        self.iou_token = nn.Embedding(1, transformer_dim)
-        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        super().__init__(
+            transformer_dim=transformer_dim, transformer=transformer, num_multimask_outputs=num_multimask_outputs
+        )
         self.output_upscaling = _output_upscaling(transformer_dim=transformer_dim, activation=activation)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(input_dim=transformer_dim, hidden_dim=transformer_dim, output_dim=transformer_dim // 8, num_layers=3)

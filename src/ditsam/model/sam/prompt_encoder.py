@@ -20,6 +20,24 @@ _NUM_POINT_EMBEDDINGS = 4
 PADDING_LABEL = -1
 
 
+def prompt_batch_size(
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    boxes: torch.Tensor | None,
+    masks: torch.Tensor | None,
+    batch_size: int | None,
+) -> int:
+    """B of a batch of prompts: the first prompt's batch, or ``batch_size`` when every prompt is None (both
+    families' encoders must then size empty outputs); a ``batch_size`` the prompts contradict is an error."""
+    for prompt in (points[0] if points is not None else None, boxes, masks):
+        if prompt is not None:
+            if batch_size is not None and batch_size != prompt.shape[0]:
+                raise ValueError(f"batch_size={batch_size} contradicts the prompts' batch {prompt.shape[0]}")
+            return prompt.shape[0]
+    if batch_size is None:
+        raise ValueError("batch_size is required when no prompt is given")
+    return batch_size
+
+
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of 2-D coordinates (Tancik et al.), as used by SAM.
 
@@ -143,22 +161,6 @@ class PromptEncoder(nn.Module):
         )
         return embedding + corner_kind
 
-    def _batch_size(
-        self,
-        points: tuple[torch.Tensor, torch.Tensor] | None,
-        boxes: torch.Tensor | None,
-        masks: torch.Tensor | None,
-        batch_size: int | None,
-    ) -> int:
-        for prompt in (points[0] if points is not None else None, boxes, masks):
-            if prompt is not None:
-                if batch_size is not None and batch_size != prompt.shape[0]:
-                    raise ValueError(f"batch_size={batch_size} contradicts the prompts' batch {prompt.shape[0]}")
-                return prompt.shape[0]
-        if batch_size is None:
-            raise ValueError("batch_size is required when no prompt is given")
-        return batch_size
-
     def forward(
         self,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -182,7 +184,7 @@ class PromptEncoder(nn.Module):
                 K = 0 without points and boxes.
             dense: (B, embed_dim, h, w).
         """
-        batch = self._batch_size(points, boxes, masks, batch_size)
+        batch = prompt_batch_size(points, boxes, masks, batch_size)
         weight = self.no_mask_embed.weight
         sparse = [weight.new_empty(batch, 0, self.embed_dim)]
         if points is not None:
