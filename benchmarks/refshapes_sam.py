@@ -26,8 +26,7 @@ from ditsam.data.refshapes.writer import scene_sentences
 from ditsam.digest import file_sha256
 from ditsam.engine.run_eval import evaluate_checkpoint
 from ditsam.engine.text_mlm import pretrain_text_encoder
-from ditsam.model.checkpoints.bundled import BUNDLED_DIR
-from ditsam.model.checkpoints.ditsam_folder import WEIGHTS_FILE
+from ditsam.model.checkpoints import BUNDLED_DIR, WEIGHTS_FILE
 from ditsam.model.dit import DITSam
 from machine import machine_info
 

@@ -14,8 +14,7 @@ from ditsam.api import Segmenter
 from ditsam.data.refshapes_stream import RefShapesStream
 from ditsam.digest import file_sha256
 from ditsam.engine.config import load_experiment
-from ditsam.model.checkpoints import CheckpointError, bundled, load_checkpoint
-from ditsam.model.checkpoints.bundled import BUNDLED_MODELS, bundled_folder
+from ditsam.model.checkpoints import BUNDLED_MODELS, CheckpointError, bundled, bundled_folder, load_checkpoint
 from ditsam.model.dit import DITSam
 from helpers import tiny_config
 

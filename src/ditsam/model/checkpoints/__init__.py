@@ -12,14 +12,16 @@ where, and writing our own. The one public face of the room; its modules hold on
   (:mod:`~ditsam.model.checkpoints.sam`) and transformers' SAM names (:mod:`~ditsam.model.checkpoints.hf_sam`);
 - where files come from: the Hub (:mod:`~ditsam.model.checkpoints.hub`), SAM checkpoints by name
   (:mod:`~ditsam.model.checkpoints.download`) and the authors' released DIT checkpoints by name
-  (:mod:`~ditsam.model.checkpoints.released`, its table :data:`RELEASED_CHECKPOINTS`).
+  (:mod:`~ditsam.model.checkpoints.released`, its table :data:`RELEASED_CHECKPOINTS`), and the models shipped
+  inside the package (:mod:`~ditsam.model.checkpoints.bundled`: ``refshapes-sam``).
 
 Models are typed as :class:`~ditsam.model.checkpoints.loadable.LoadableModel`, so the room imports nothing
 of ``dit``; ``DITSam``'s ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` call it lazily. Outside
 ``ditsam.model`` only this module is imported. Nothing happens at import time.
 """
 
-from ditsam.model.checkpoints.ditsam_folder import save_pretrained
+from ditsam.model.checkpoints.bundled import BUNDLED_DIR, BUNDLED_MODELS, BundledModel, bundled_folder
+from ditsam.model.checkpoints.ditsam_folder import WEIGHTS_FILE, save_pretrained
 from ditsam.model.checkpoints.hub import (
     ResolvedSource,
     hub_reference,
@@ -38,6 +40,11 @@ from ditsam.model.checkpoints.released import RELEASED_CHECKPOINTS, ReleasedChec
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 
 __all__ = [
+    "BUNDLED_DIR",
+    "BUNDLED_MODELS",
+    "BundledModel",
+    "WEIGHTS_FILE",
+    "bundled_folder",
     "RELEASED_CHECKPOINTS",
     "CheckpointError",
     "LoadReport",
