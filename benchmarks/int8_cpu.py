@@ -24,9 +24,10 @@ other jobs on a shared machine slow them alike; medians (and mins) per variant a
 
 Agreement (``--checkpoint``, a training run's checkpoint folder, whose ``experiment.yaml`` names the
 data; RefShapes is generated into ``--data-root`` when missing): every sentence of the evaluation
-splits through the fp32 model and the int8 model, masks at the original image size (the Segmenter's
-threshold), IoU of the int8 mask with the fp32 mask per sentence (1 when both are empty), averaged;
-and both models' mIoU against the ground truth. Results: ``benchmarks/results/int8_cpu.json``, each part
+splits through the fp32 model and the ``--agreement-variants`` (``auto``: the default dtype's autocast, bf16
+on an AMX / AVX512-BF16 CPU; ``int8``), masks at the original image size (the Segmenter's threshold), IoU of
+each variant's mask with the fp32 mask per sentence (1 when both are empty), averaged; and every model's mIoU
+against the ground truth. Results: ``benchmarks/results/int8_cpu.json``, each part
 with the machine description (a run of one part keeps the other part of the file).
 """
 
@@ -144,12 +145,16 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[
     return {name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t} for name, t in times.items()}
 
 
-def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit: int | None) -> dict[str, Any]:
-    """Per split: mean IoU(int8 mask, fp32 mask) and both models' mIoU against the ground truth."""
+def agreement(
+    checkpoint: Path, data_root: Path, splits: list[str] | None, limit: int | None, variants: list[str]
+) -> dict[str, Any]:
+    """Per split and variant (``auto``: the default dtype's autocast; ``int8``): mean IoU(variant mask, fp32
+    mask) and each model's mIoU against the ground truth."""
     from ditsam.data.transforms import restore_to_original
     from ditsam.defaults import MASK_THRESHOLD
     from ditsam.engine.config import load_experiment
     from ditsam.engine.data import ris_dataset
+    from ditsam.inference.devices import resolve_dtype
     from ditsam.int8 import OnnxRunner
     from ditsam.model.dit import DITSam
     from ditsam.model.prediction import choose_prediction, foreground
@@ -157,34 +162,45 @@ def agreement(checkpoint: Path, data_root: Path, splits: list[str] | None, limit
     model = DITSam.from_pretrained(checkpoint).eval()
     experiment = load_experiment(str(checkpoint / "experiment.yaml"), {"data.root": str(data_root)})
     experiment = experiment.with_overrides({"model": model.config.to_dict()})
-    runner = OnnxRunner.int8(model)
-    out: dict[str, Any] = {}
+    auto = resolve_dtype("auto", device=torch.device("cpu"))
+
+    def autocast_forward(images: torch.Tensor, tokens: Any) -> Any:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=auto or torch.float32, enabled=auto is not None):
+            return model(images, text=tokens)
+
+    predictors: dict[str, Callable[[torch.Tensor, Any], Any]] = {}
+    if "auto" in variants:
+        predictors["auto"] = autocast_forward
+    if "int8" in variants:
+        predictors["int8"] = OnnxRunner.int8(model)
+    out: dict[str, Any] = {"auto_dtype": str(auto).replace("torch.", "") if auto is not None else "float32"}
     for split in splits or list(experiment.data.eval_splits):
         dataset = ris_dataset(experiment, split, train=False)
         count = len(dataset) if limit is None else min(limit, len(dataset))
-        agree, fp32_iou, int8_iou = [], [], []
+        agree: dict[str, list[float]] = {name: [] for name in predictors}
+        truth: dict[str, list[float]] = {name: [] for name in ("fp32", *predictors)}
         for start in range(0, count, AGREEMENT_BATCH):
             items = [dataset[i] for i in range(start, min(start + AGREEMENT_BATCH, count))]
             images = torch.stack([item.image for item in items])
             tokens = model.tokenize([item.sentence for item in items])
             with torch.inference_mode():
-                reference = choose_prediction(model(images, text=tokens)).logits
-            quantized = choose_prediction(runner(images, tokens)).logits
+                logits = {"fp32": choose_prediction(model(images, text=tokens)).logits}
+            logits.update(
+                {name: choose_prediction(run(images, tokens)).logits.float() for name, run in predictors.items()}
+            )
             for row, item in enumerate(items):
-                masks = [
-                    foreground(restore_to_original(logits[row], item.meta), threshold=MASK_THRESHOLD).numpy()
-                    for logits in (reference, quantized)
-                ]
-                agree.append(iou(masks[1], masks[0]))
-                fp32_iou.append(iou(masks[0], item.gt_mask))
-                int8_iou.append(iou(masks[1], item.gt_mask))
-        out[split] = {
-            "sentences": count,
-            "mask_iou_int8_vs_fp32": float(np.mean(agree)),
-            "min_mask_iou_int8_vs_fp32": float(np.min(agree)),
-            "miou_fp32": 100 * float(np.mean(fp32_iou)),
-            "miou_int8": 100 * float(np.mean(int8_iou)),
-        }
+                masks = {
+                    name: foreground(restore_to_original(values[row], item.meta), threshold=MASK_THRESHOLD).numpy()
+                    for name, values in logits.items()
+                }
+                for name in predictors:
+                    agree[name].append(iou(masks[name], masks["fp32"]))
+                for name, mask in masks.items():
+                    truth[name].append(iou(mask, item.gt_mask))
+        out[split] = {"sentences": count, **{f"miou_{name}": 100 * float(np.mean(v)) for name, v in truth.items()}}
+        for name, values in agree.items():
+            out[split][f"mask_iou_{name}_vs_fp32"] = float(np.mean(values))
+            out[split][f"min_mask_iou_{name}_vs_fp32"] = float(np.min(values))
         print(f"{split}: {out[split]}", flush=True)
     return out
 
@@ -212,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=None, help="its data (default: a temporary RefShapes folder)")
     parser.add_argument("--splits", nargs="+", default=None, help="evaluation splits (default: the experiment's)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many sentences per split")
+    parser.add_argument(
+        "--agreement-variants",
+        nargs="+",
+        choices=("auto", "int8"),
+        default=["auto", "int8"],
+        help="what --checkpoint's masks are compared with fp32 for (default: both)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "int8_cpu.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -252,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             record["agreement"] = {
                 "machine": machine_info(),
                 "checkpoint": str(args.checkpoint),
-                "splits": agreement(args.checkpoint, root, args.splits, args.limit),
+                "splits": agreement(args.checkpoint, root, args.splits, args.limit, args.agreement_variants),
             }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.exists():  # keep the other half of an earlier run (speed vs agreement)
