@@ -244,9 +244,15 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
 
     run_dir = Path(args.runs) / key / f"seed{seed}"
     done = run_dir / RESULT_FILE
-    if done.is_file():
-        return json.loads(done.read_text())
     overrides = {**dict(run.overrides), **args.common, "train.seed": seed}
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result["overrides"] != overrides:
+            raise SystemExit(
+                f"{done} holds a run with other settings ({result['overrides']}, not {overrides}): "
+                "give another --runs folder"
+            )
+        return result
     config = load_experiment(run.experiment, overrides)
     started = time.perf_counter()
     train(config, run_dir=run_dir, resume=(run_dir / "checkpoints" / "last").is_dir(), progress=False)
