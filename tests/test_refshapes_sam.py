@@ -104,7 +104,7 @@ def test_an_ldit_built_on_it_gets_its_weights_and_a_fresh_injection(tiny_bert_di
 def test_the_demo_scores_the_start_beside_the_tuned_models(tmp_path, capsys) -> None:
     from ditsam.cli.main import main
 
-    tiny = ["data.refshapes_preset=tiny", "train.max_steps=2", "train.train_stream_samples=16", "train.epochs=1"]
+    tiny = ["data.refshapes_preset=tiny", "train.max_steps=2", "data.train_stream_samples=16", "train.epochs=1"]
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--data", str(tmp_path / "data"), *tiny]) == 0
     results = json.loads((out / "results.json").read_text())

@@ -42,3 +42,25 @@ def test_a_start_with_another_vocabulary_keeps_its_own_text_encoder(tiny_bert_di
     assert all(torch.equal(after[k], v) for k, v in own_text.items())
     shared = [k for k in source.state_dict() if not k.startswith("text_encoder.")]
     assert all(torch.equal(after[k], source.state_dict()[k]) for k in shared)
+
+
+def test_a_run_saved_before_the_family_defaults_resumes(tmp_path):
+    """A checkpoint whose experiment says use_rel_pos: true (the old default) resumes into today's config, whose
+    None means the same for SAM; a real change is still refused."""
+    import yaml
+
+    from ditsam.config import ConfigError
+    from ditsam.engine.config import load_experiment
+    from ditsam.engine.run_folder import check_resumed_architecture
+
+    config = load_experiment("refshapes/sam")
+    assert config.model.use_rel_pos is None
+    saved = config.to_dict()
+    saved["model"]["use_rel_pos"] = True
+    saved["model"].pop("family")
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(saved))
+    check_resumed_architecture(tmp_path, config, {}, {})
+    saved["model"]["depth"] = 6
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="model.depth: 6 in the checkpoint, 4 now"):
+        check_resumed_architecture(tmp_path, config, {}, {})

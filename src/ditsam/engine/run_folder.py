@@ -150,6 +150,17 @@ def disk_full_error(run_dir: Path, error: OSError) -> RunFolderError:
     )
 
 
+def _resolved(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved experiment's model section as :meth:`DITSamConfig.resolved_dict` gives it (as saved, if it no
+    longer reads as a config: the comparison then names what differs)."""
+    from ditsam.model.config import DITSamConfig
+
+    try:
+        return DITSamConfig.from_dict(model).resolved_dict()
+    except (ConfigError, TypeError, ValueError):
+        return model
+
+
 def check_resumed_architecture(
     last: Path, config: ExperimentConfig, target: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]
 ) -> None:
@@ -160,8 +171,10 @@ def check_resumed_architecture(
 
     stored = last / "experiment.yaml"
     if stored.is_file():
-        saved = _flatten((yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("model", {}), "model.")
-        current = _flatten(config.model.to_dict(), "model.")
+        saved = _flatten(
+            _resolved((yaml.safe_load(stored.read_text(encoding="utf-8")) or {}).get("model", {})), "model."
+        )
+        current = _flatten(config.model.resolved_dict(), "model.")
         changed = [
             f"{key}: {saved[key]!r} in the checkpoint, {value!r} now"
             for key, value in current.items()

@@ -192,6 +192,13 @@ class DITSamConfig(ConfigBase):
             return self.family
         return BACKBONES[self.backbone].family if self.backbone != "custom" else "sam"  # type: ignore[return-value]
 
+    def resolved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the fields whose None means "the family's choice" filled in, for comparing
+        what two configs build (a config saved before such a field existed reads the same)."""
+        values = self.to_dict()
+        values["family"], values["use_rel_pos"] = self.model_family, self.rel_pos
+        return values
+
     @property
     def rel_pos(self) -> bool:
         """Whether the ViT carries SAM's relative-position bias: ``use_rel_pos``, else the family's default."""

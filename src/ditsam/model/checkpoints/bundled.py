@@ -40,7 +40,7 @@ BUNDLED_MODELS: MappingProxyType[str, BundledModel] = MappingProxyType(
         "refshapes-sam": BundledModel(
             name="refshapes-sam",
             experiment="refshapes/sam",
-            sha256="0" * 64,
+            sha256="e583d5826fab96545e9f248d4ef394c188166b35b81b6aaff317785098e2882e",
         ),
     }
 )

@@ -176,10 +176,9 @@ def _variant_start(
 def config_differences(saved: DITSamConfig, current: DITSamConfig) -> list[str]:
     """The fields in which two model configs differ in effect (``model.text.*`` as ``text.<field>``): the text
     model's path is left out, and fields whose None means "the family's choice" compare as resolved."""
-    old, new = saved.to_dict(), current.to_dict()
-    for values, config in ((old, saved), (new, current)):
+    old, new = saved.resolved_dict(), current.resolved_dict()
+    for values in (old, new):
         values["text"].pop("name_or_path")
-        values["family"], values["use_rel_pos"] = config.model_family, config.rel_pos
     return sorted(
         [k for k in old if k != "text" and old[k] != new[k]]
         + [f"text.{k}" for k in old["text"] if old["text"][k] != new["text"][k]]
