@@ -7,7 +7,7 @@ demo's recipe and budget, once per seed (``train.seed``: initialisation of the n
 training scenes, dropout); val / testA / testB are fixed by the data seed. A run shared by two tables (L-DIT,
 the frozen rows) trains once. Finished runs are reused by a rerun: each run folder keeps ``paper_result.json``
 (its scores per prompt and its inference time), written last, so an interrupted invocation continues where it
-stopped and more seeds can be added later.
+stopped and more seeds can be added later; ``--report-only`` writes the tables from the finished runs alone.
 
 Writes ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
 mIoU per split, P@0.5 on val, training time per run, inference time per sentence at batch 1 on this machine),
@@ -387,6 +387,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/paper", help="run folders (finished runs are reused)")
     parser.add_argument("--data", default="data/refshapes")
     parser.add_argument("--out", default="benchmarks/results/refshapes_paper")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: write the tables from the finished runs"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.lr=0.0005")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -400,9 +403,12 @@ def main() -> None:
     for key in keys:
         run = RUNS[key]
         if run is None:
-            results[key] = [_score_tiny_sam(args)]
+            if not args.report_only or (Path(args.runs) / key / RESULT_FILE).is_file():
+                results[key] = [_score_tiny_sam(args)]
             continue
         for seed in args.seeds:
+            if args.report_only and not (Path(args.runs) / key / f"seed{seed}" / RESULT_FILE).is_file():
+                continue
             result = _train_and_score(key, run, seed, args)
             results.setdefault(key, []).append(result)
             print(f"{key} seed {seed}: " + json.dumps(result["scores"]), flush=True)
