@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -260,6 +261,7 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
     best = run_dir / "checkpoints" / "best"
     result = {"experiment": run.experiment, "overrides": overrides, "train_seconds": seconds, "scores": {}}
     for prompt in run.prompts:
+        shutil.rmtree(run_dir / f"eval-{prompt}", ignore_errors=True)  # an interrupted invocation's partial output
         scores, _ = evaluate_checkpoint(
             best, prompt=prompt, out=run_dir / f"eval-{prompt}", device="cpu", dtype="fp32", num_pictures=0
         )
@@ -279,6 +281,7 @@ def _score_tiny_sam(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"experiment": "refshapes/sam", "train_seconds": None, "scores": {}}
     for prompt in ("points", "box"):
+        shutil.rmtree(out / f"eval-{prompt}", ignore_errors=True)  # an interrupted invocation's partial output
         scores, _ = evaluate_checkpoint(
             TINY_SAM,
             data="refshapes/sam",
