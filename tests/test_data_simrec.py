@@ -124,6 +124,12 @@ def test_corrupt_and_pickled_masks(root):
     np.save(root / "masks" / "refcoco" / "2.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match=r"cannot read mask file .*2\.npy"):
         _dataset(root, "train")[2]
+    # A header whose dict literal is cut mid-tuple: numpy's parser raises tokenize.TokenError (found by the
+    # property tests).
+    header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (8, 10(, }".ljust(117) + b"\n"
+    (root / "masks" / "refcoco" / "2.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00" + header + bytes(80))
+    with pytest.raises(DataError, match=r"cannot read mask file .*2\.npy"):
+        _dataset(root, "train")[2]
     np.save(root / "masks" / "refcoco" / "3.npy", np.zeros((2, H, W), np.uint8))
     with pytest.raises(DataError, match=r"has shape \(2, 8, 10\); expected \(H, W\)"):
         _dataset(root, "val")[0]

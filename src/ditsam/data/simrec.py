@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,8 @@ class SimRecDataset(RefDatasetBase):
             mask = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         except FileNotFoundError:
             raise DataError(f"mask file not found: {path} (ref {obj.ref_id})") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, tokenize.TokenError) as error:
+            # numpy parses the .npy header with Python's tokenizer: a garbled header raises its TokenError.
             raise DataError(f"cannot read mask file {path}: {error}") from error
         if mask.ndim != 2:
             raise DataError(f"mask file {path} has shape {mask.shape}; expected (H, W)")
