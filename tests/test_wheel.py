@@ -94,6 +94,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert _run([str(bin_dir / "ditsam"), "--version"], cwd=work, env=env).strip() == f"ditsam {ditsam.__version__}"
     listing = _run([str(bin_dir / "ditsam"), "train", "--list"], cwd=work, env=env)
     assert "refshapes/ldit" in listing and "refcoco/ldit" in listing
+    # The shipped tiny SAM is inside the wheel, whole (its weights match the recorded SHA-256).
+    shipped = "from ditsam.model.checkpoints import bundled_folder; print(bundled_folder('refshapes-sam'))"
+    assert Path(_run([str(python), "-c", shipped], cwd=work, env=env).strip()).is_relative_to(tmp_path / "venv")
 
     _run([str(python), str(ROOT / "tests" / "make_tiny_model.py"), str(work)], cwd=work, env=env)
     from PIL import Image
