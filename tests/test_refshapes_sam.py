@@ -114,3 +114,6 @@ def test_the_demo_scores_the_start_beside_the_tuned_models(tmp_path, capsys) -> 
     table = (out / "results.md").read_text()
     assert f"### {NAME}, not trained on text: the target's box" in table
     assert f"### {NAME}, not trained on text: 5 clicks on the target" in table
+    ldit, default = (results["models"][name] for name in ("refshapes-ldit", "refshapes-default"))
+    gap = ldit["val"]["miou"] - default["val"]["miou"]
+    assert f"L-DIT minus the decoder-only baseline, mIoU: val {gap:+.1f}" in capsys.readouterr().out
