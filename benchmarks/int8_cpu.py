@@ -288,10 +288,18 @@ def main(argv: list[str] | None = None) -> int:
             f"x{timing['speedup_vs_fp32']:.2f} vs fp32"
         )
     for split, entry in record.get("agreement", {}).get("splits", {}).items():
-        print(
-            f"{split}: mask IoU int8 vs fp32 {entry['mask_iou_int8_vs_fp32']:.4f} over {entry['sentences']} sentences; "
-            f"mIoU fp32 {entry['miou_fp32']:.2f}, int8 {entry['miou_int8']:.2f}"
+        if not isinstance(entry, dict):  # "auto_dtype": what auto chose
+            print(f"{split}: {entry}")
+            continue
+        agreeing = ", ".join(
+            f"{key.removeprefix('mask_iou_').removesuffix('_vs_fp32')} {value:.4f}"
+            for key, value in entry.items()
+            if key.startswith("mask_iou_")
         )
+        scores = ", ".join(
+            f"{key.removeprefix('miou_')} {value:.2f}" for key, value in entry.items() if key.startswith("miou_")
+        )
+        print(f"{split}: mask IoU vs fp32: {agreeing} over {entry['sentences']} sentences; mIoU {scores}")
     print(f"wrote {args.out}")
     return 0
 
