@@ -25,7 +25,7 @@ import torch
 from ditsam.config import ConfigError
 from ditsam.model.checkpoints.card import build_model_card, facts_of, write_model_card
 from ditsam.model.checkpoints.files import safetensors_load, strip_module_prefix
-from ditsam.model.checkpoints.keys import DECODER_LAYER, INJECTION_PREFIX, SAM_DECODER_LAYERS, SAM_PREFIXES, TEXT_PREFIX
+from ditsam.model.checkpoints.keys import INJECTION_PREFIX, TEXT_PREFIX, only_in_dit_variants
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.checkpoints.matching import apply_state_dict
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
@@ -129,12 +129,7 @@ def _start_missing(key: str, *, text_kept: bool = False) -> str | None:
     encoder not taken from the folder (``text_kept``), else an error."""
     if key.startswith(TEXT_PREFIX):
         return "kept" if text_kept else None
-    if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
-        return "fresh"
-    layer = DECODER_LAYER.match(key)
-    if layer is not None and int(layer.group(1)) >= SAM_DECODER_LAYERS:
-        return "fresh"
-    return None
+    return "fresh" if only_in_dit_variants(key) else None
 
 
 def _other_vocabulary(model: LoadableModel, state_dict: Mapping[str, torch.Tensor]) -> str | None:

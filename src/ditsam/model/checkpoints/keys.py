@@ -28,3 +28,13 @@ EFFICIENTSAM_MARKERS = ("prompt_encoder.invalid_points.weight", "mask_decoder.fi
 def has_efficientsam_names(keys: Iterable[str]) -> bool:
     """True when ``keys`` (no ``module.`` prefix) hold EfficientSAM's prompt-encoder or decoder names."""
     return any(key.startswith(EFFICIENTSAM_MARKERS) for key in keys)
+
+
+def only_in_dit_variants(key: str) -> bool:
+    """Whether a model key (not the BERT's) belongs to a part that DIT variants add to SAM, which a start from
+    SAM or from another variant leaves fresh: the text injection, W_o and the presence head (outside SAM's
+    modules), and decoder layers beyond SAM's two."""
+    if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
+        return True
+    layer = DECODER_LAYER.match(key)
+    return layer is not None and int(layer.group(1)) >= SAM_DECODER_LAYERS

@@ -17,14 +17,7 @@ import torch
 from ditsam.model.checkpoints.files import read_checkpoint_file, strip_module_prefix
 from ditsam.model.checkpoints.formats import Format, detect_format
 from ditsam.model.checkpoints.hf_sam import official_sam_names
-from ditsam.model.checkpoints.keys import (
-    DECODER_LAYER,
-    INJECTION_PREFIX,
-    REL_POS,
-    SAM_DECODER_LAYERS,
-    SAM_PREFIXES,
-    TEXT_PREFIX,
-)
+from ditsam.model.checkpoints.keys import REL_POS, TEXT_PREFIX, only_in_dit_variants
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.checkpoints.matching import apply_state_dict
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
@@ -35,10 +28,7 @@ def classify_sam_missing(key: str) -> str | None:
     decoder layers beyond SAM's two "fresh", a rel-pos table "zero", anything else None (an error)."""
     if key.startswith(TEXT_PREFIX):
         return "kept"
-    if key.startswith(INJECTION_PREFIX) or not key.startswith(SAM_PREFIXES):
-        return "fresh"
-    layer = DECODER_LAYER.match(key)
-    if layer is not None and int(layer.group(1)) >= SAM_DECODER_LAYERS:
+    if only_in_dit_variants(key):
         return "fresh"
     if REL_POS.fullmatch(key):
         return "zero"
