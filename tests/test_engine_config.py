@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from ditsam.config import ConfigError, parse_override
-from ditsam.engine.config import ExperimentConfig, ScheduleConfig, list_experiments, load_experiment
+from ditsam.engine.config import (
+    ExperimentConfig,
+    ScheduleConfig,
+    list_experiments,
+    load_experiment,
+    packaged_config_dir,
+)
 from ditsam.engine.ema import EMA
 from ditsam.engine.schedule import learning_rate
 
@@ -76,6 +82,38 @@ def test_overrides_and_errors(tmp_path):
         parse_override("train.epochs")
     round_trip = ExperimentConfig.from_dict(config.to_dict())
     assert round_trip == config
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("x=no", "no"),
+        ("x=off", "off"),
+        ("x=true", True),
+        ("x=False", False),
+        ("x=1e-3", 0.001),
+        ("x=-2.5E+2", -250.0),
+        ("x=.inf", float("inf")),
+        ("x=010", 10),
+        ("x=0x1f", 31),
+        ("x=1_000", "1_000"),
+        ("x=[1, no, 5e-4]", [1, "no", 0.0005]),
+    ],
+)
+def test_overrides_read_yaml_12_scalars(text, value):
+    assert parse_override(text)[1] == value
+
+
+def test_no_and_exponent_floats_reach_the_config(tmp_path):
+    """``mixed_precision: no`` and ``lr: 1e-3`` mean what they say, on the command line and in a file."""
+    overrides = dict([parse_override("train.mixed_precision=no"), parse_override("train.lr=1e-3")])
+    config = load_experiment("refshapes/ldit", overrides)
+    assert config.train.mixed_precision == "no" and config.train.lr == 0.001
+    written = tmp_path / "mine.yaml"
+    base = packaged_config_dir() / "refshapes" / "_base.yaml"
+    written.write_text(f"base: {base}\ntrain:\n  mixed_precision: no\n  lr: 5e-4\n")
+    from_file = load_experiment(str(written))
+    assert from_file.train.mixed_precision == "no" and from_file.train.lr == 0.0005
 
 
 def test_cosine_schedule_values():

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from ditsam.config import ConfigError, parse_override
+from ditsam.config import ConfigError, load_yaml, parse_override
 from ditsam.engine.config import ExperimentConfig, load_experiment, read_experiment
 from strategies import (
     DEEP_NESTING,
@@ -152,7 +152,7 @@ def test_any_experiment_file_loads_or_names_the_file_or_key(
         keys = [
             name
             for data in (text, base or b"")
-            for p in paths(yaml.safe_load(data) if _yaml_ok(data) else None)
+            for p in paths(load_yaml(data, where="the test") if _yaml_ok(data) else None)
             if p
             for name in (".".join(map(str, p)), str(p[-1]))
         ]
@@ -161,7 +161,7 @@ def test_any_experiment_file_loads_or_names_the_file_or_key(
             path,
             folder / "base.yaml",
             *keys,
-            *(key for key, _ in overrides),
+            *(name for key, _ in overrides for name in (key, key.rsplit(".", 1)[-1])),
         )
         event(f"experiment {'loaded' if config is not None else 'refused'}")
         if config is not None:
@@ -171,7 +171,7 @@ def test_any_experiment_file_loads_or_names_the_file_or_key(
 def _yaml_ok(text: bytes) -> bool:
     """Whether the test itself can parse ``text`` to list its keys (a failure is the reader's to report)."""
     try:
-        yaml.safe_load(text)
+        load_yaml(text, where="the test")
     except Exception:  # any PyYAML failure: the keys are then not needed to name the place
         return False
     return True
@@ -221,12 +221,13 @@ def test_experiment_files_yaml_cannot_read_name_the_file(tmp_path: Path) -> None
 
 
 def test_config_values_and_keys_checks_did_not_cover_are_config_errors(tmp_path: Path) -> None:
-    """An integer key (or yes / no, read as booleans) was a TypeError building the message, a 400-digit lr
+    """An integer key (or true / false, read as booleans) was a TypeError building the message, a 400-digit lr
     an OverflowError, patch_size 0 a ZeroDivisionError, a flat injection key beside a non-mapping
     injection_options a TypeError."""
     cases = [
         ("model: {1: 2}", "unknown config key(s) model.1"),
-        ("train: {no: 1}", "unknown config key(s) train.False"),
+        ("train: {no: 1}", "unknown config key(s) train.no"),
+        ("train: {false: 1}", "unknown config key(s) train.False"),
         ("train: {lr: 1" + "0" * 400 + "}", "train.lr: 1000"),
         ("model: {patch_size: 0}", "model: patch_size 0"),
         ("model: {static_tokens: 1, injection_options: 5}", "model.injection_options: expected a mapping"),

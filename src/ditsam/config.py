@@ -8,6 +8,7 @@ naming the dotted key, so a typo in a YAML file or on the command line never goe
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Mapping, TypeVar, Union
@@ -20,6 +21,39 @@ C = TypeVar("C", bound="ConfigBase")
 # What PyYAML's safe loader raises for bad text: its own errors, and plain ones from the constructors of bad
 # tagged scalars ("!!int abc", "!!bool maybe", a "!!timestamp" of month 13) and of nesting past the stack.
 _YAML_FAILURES = (yaml.YAMLError, ValueError, LookupError, TypeError, ArithmeticError, RecursionError)
+#: YAML 1.2 (core schema) booleans, integers and floats. PyYAML follows YAML 1.1, where ``no`` / ``on`` are
+#: booleans and ``1e-3`` (no dot) is a string: ``train.mixed_precision=no`` would arrive as ``False`` and
+#: ``train.lr=1e-3`` as ``"1e-3"``, both then refused by the field's type.
+_YAML_12_SCALARS = {
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    "tag:yaml.org,2002:float": (
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+}
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading booleans and numbers as YAML 1.2 does (``no`` is a string, ``1e-3`` a float)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # type: ignore[override]
+        text = str(self.construct_scalar(node))
+        return int(text, 8 if text.startswith("0o") else 16 if text.startswith("0x") else 10)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:  # type: ignore[override]
+        text = str(self.construct_scalar(node)).lower()
+        return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _YAML_12_SCALARS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, (_pattern, _first_characters) in _YAML_12_SCALARS.items():
+    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first_characters))
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _Yaml12Loader.construct_yaml_int)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _Yaml12Loader.construct_yaml_float)
 # Characters of a YAML error quoted in a message.
 _QUOTED_CHARACTERS = 200
 
@@ -131,9 +165,10 @@ class ConfigBase:
 
 
 def load_yaml(text: str, *, where: str) -> Any:
-    """``text`` read by YAML's safe loader; any failure is a one-line :class:`ConfigError` naming ``where``."""
+    """``text`` read by YAML's safe loader with YAML 1.2 booleans (``no`` is a string); any failure is a
+    one-line :class:`ConfigError` naming ``where``."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 -- a SafeLoader subclass
     except _YAML_FAILURES as error:
         reason = " ".join(str(error).split())
         if len(reason) > _QUOTED_CHARACTERS:
