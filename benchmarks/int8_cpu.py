@@ -69,8 +69,8 @@ AGREEMENT_SENTENCES = [
 QUANTIZED_PARTS = ("text_encoder", "image_encoder", "mask_decoder")
 
 
-def speed_model(folder: Path):
-    """The refcoco/ldit model with a BERT-base-sized random text encoder, random weights."""
+def speed_model(folder: Path, backbone: str = "vit_b"):
+    """The refcoco/ldit model (on ``backbone``) with a BERT-base-sized random text encoder, random weights."""
     from ditsam.engine.config import load_experiment
     from ditsam.model.dit import DITSam
     from ditsam.model.text import build_tiny_bert
@@ -79,7 +79,12 @@ def speed_model(folder: Path):
         folder / "bert", words=WORDS, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
     )
     config = load_experiment(
-        "refcoco/ldit", {"model.text.name_or_path": str(bert), "model.injection_options.zero_init": False}
+        "refcoco/ldit",
+        {
+            "model.backbone": backbone,
+            "model.text.name_or_path": str(bert),
+            "model.injection_options.zero_init": False,
+        },
     ).model
     torch.manual_seed(0)
     return DITSam(config).eval()

@@ -69,7 +69,7 @@ def test_built_once_then_reused_and_damage_is_rebuilt(checkpoint: Path, tmp_path
     model_file.write_bytes(model_file.read_bytes()[:1000])  # a truncated copy
     with caplog.at_level(logging.WARNING, logger="ditsam.int8_cache"):
         third = Segmenter.from_pretrained(checkpoint, dtype="int8", int8_cache=cache)
-    assert len(builds) == 2 and f"int8 cache entry {entry} is damaged" in caplog.text
+    assert len(builds) == 2 and f"cache entry {entry} is damaged" in caplog.text
     assert "model_int8.onnx differ from the sha256 recorded" in caplog.text
     np.testing.assert_array_equal(third.predict(IMAGE, "the red circle").logits, expected.logits)
 

@@ -46,7 +46,14 @@ import numpy as np
 
 from ditsam.data.images import DEFAULT_MAX_PIXELS, ImageInput, bgr_to_rgb, check_image_format, read_image
 from ditsam.defaults import MASK_THRESHOLD, check_threshold
-from ditsam.inference.devices import AUTO_DEVICE, AUTO_DTYPE, is_int8, resolve_device, resolve_device_for, resolve_dtype
+from ditsam.inference.devices import (
+    AUTO_DEVICE,
+    AUTO_DTYPE,
+    exported_backend,
+    resolve_device,
+    resolve_device_for,
+    resolve_dtype,
+)
 from ditsam.inference.jobs import Job, Prepared, chunk_jobs, make_jobs
 from ditsam.inference.prompts import BoxInput, PointsInput
 from ditsam.inference.result import SegmentationResult
@@ -89,8 +96,11 @@ class Segmenter:
             the CPU only, text prompts only: the model is exported and quantised to int8 with ONNX
             Runtime (~1 minute for ViT-B; see :mod:`ditsam.int8`; needs ``pip install ditsam[int8]``) once,
             into a cache keyed by the weights, config and export options, and loaded from there afterwards.
-        int8_cache: with ``dtype="int8"``: the cache folder (None: ``$DITSAM_INT8_CACHE``, else
-            ``$TORCH_HOME/hub/ditsam-int8``; see :mod:`ditsam.int8_cache`), or False to quantise afresh
+            ``"openvino"``: the CPU only, text prompts only: the float32 ONNX export (cached the same way) compiled
+            by OpenVINO, in bf16 on a CPU with bf16 hardware (see :mod:`ditsam.openvino_backend`; needs
+            ``pip install ditsam[openvino]``); the fastest path measured for the EfficientSAM backbones there.
+        int8_cache: with ``dtype="int8"`` or ``"openvino"``: the exported model's cache folder (None: ``$DITSAM_INT8_CACHE``, else
+            ``$TORCH_HOME/hub/ditsam-int8``; see :mod:`ditsam.int8_cache`), or False to export afresh
             without storing anything.
         threshold: a pixel is foreground where ``sigmoid(logit) > threshold`` (paper / reference: 0.35).
         max_pixels: images with more pixels are refused with a clear error before they are decoded
@@ -116,20 +126,25 @@ class Segmenter:
             raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        int8 = is_int8(dtype)
+        backend = exported_backend(dtype)
         self.device = resolve_device_for(device, dtype)
-        self.dtype = None if int8 else resolve_dtype(dtype, device=self.device)
+        self.dtype = None if backend is not None else resolve_dtype(dtype, device=self.device)
         self.threshold = float(threshold)
         self.max_pixels = max_pixels
         self.batch_size = int(batch_size)
         self.model = model.to(self.device).eval()
         self.transform = RISTransform.for_eval(TransformConfig(input_size=model.config.image_size))
-        self.onnx = None  # an OnnxRunner used instead of the PyTorch model (dtype="int8")
+        self.backend = backend  # "int8" / "openvino": self.onnx runs the exported graph instead of the model
+        self.onnx: Any = None  # an OnnxRunner (dtype="int8") or an OpenVinoRunner (dtype="openvino")
         self._warned_multimask = False  # multimask=True on a one-mask model is said once
-        if int8:
+        if backend == "int8":
             from ditsam.int8 import OnnxRunner
 
             self.onnx = OnnxRunner.int8(self.model, cache=int8_cache)
+        elif backend == "openvino":
+            from ditsam.openvino_backend import OpenVinoRunner
+
+            self.onnx = OpenVinoRunner.for_model(self.model, cache=int8_cache)
 
     @classmethod
     def from_pretrained(
@@ -198,7 +213,7 @@ class Segmenter:
         config = self.model.config
         return (
             f"Segmenter(injection={config.injection!r}, image_size={config.image_size}, device={str(self.device)!r}, "
-            f"dtype={'int8' if self.onnx is not None else self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
+            f"dtype={self.backend or self.dtype}, threshold={self.threshold}, max_pixels={self.max_pixels})"
         )
 
     @property
@@ -278,8 +293,8 @@ class Segmenter:
             return
         if self.onnx is not None:
             raise ValueError(
-                "multimask=True needs the PyTorch model or a model trained with multimask_output: the int8 "
-                "(ONNX) model was exported with one mask; use dtype='fp32' / 'auto' for SAM's three masks"
+                "multimask=True needs the PyTorch model or a model trained with multimask_output: the "
+                f"{self.backend} model was exported with one mask; use dtype='fp32' / 'auto' for SAM's three masks"
             )
         if not self._warned_multimask:
             self._warned_multimask = True
@@ -326,7 +341,7 @@ class Segmenter:
         text = None if chunk[0].sentence is None else self.model.tokenize([job.sentence for job in chunk])
         if text is None and self.onnx is not None:
             raise ValueError(
-                "the ONNX / int8 model is exported for text prompts: prompt it with text, or build the Segmenter "
+                f"the {self.backend} model is exported for text prompts: prompt it with text, or build the Segmenter "
                 "with dtype='fp32' / 'bf16' for points / boxes alone"
             )
         with torch.inference_mode(), self._autocast():

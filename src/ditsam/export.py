@@ -29,13 +29,13 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ditsam.model.dit import DITSam
+from ditsam.model.dit import DITSam, DITSamOutput
 from ditsam.model.text import TokenizedText
 
 logger = logging.getLogger(__name__)
@@ -210,3 +210,28 @@ def check_onnx(
     got = run_onnx(path, image.numpy(), input_ids.numpy(), attention_mask.numpy())
     diff = max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
     return diff, f"onnxruntime {onnxruntime.__version__}"
+
+
+def exported_inputs(
+    images: torch.Tensor, text: TokenizedText, *, mask_is_bool: bool = False, **prompts: Any
+) -> dict[str, np.ndarray]:
+    """The exported graph's inputs (:data:`INPUT_NAMES`) from ``images`` (B,3,S,S) and ``text`` (B,T) as numpy
+    arrays; ``mask_is_bool``: the graph takes a bool attention mask. Raises ValueError for point / box
+    ``prompts`` (the graph has no inputs for them)."""
+    if any(value is not None for value in prompts.values()):
+        raise ValueError(f"the exported model takes text prompts only, got {', '.join(sorted(prompts))}")
+    mask = text.attention_mask.bool() if mask_is_bool else text.attention_mask.long()
+    arrays = (images.detach().float().contiguous(), text.input_ids, mask)
+    return {name: array.cpu().numpy() for name, array in zip(INPUT_NAMES, arrays)}
+
+
+def exported_output(outputs: Sequence[np.ndarray]) -> DITSamOutput:
+    """:class:`DITSamOutput` from the graph's outputs (:func:`output_names`: masks (B,M,S,S), iou (B,M), and a
+    no-target head's presence (B,)); ``low_res_logits`` is not exported: None."""
+    presence = torch.from_numpy(np.asarray(outputs[2])) if len(outputs) > len(OUTPUT_NAMES) else None
+    return DITSamOutput(
+        logits=torch.from_numpy(np.asarray(outputs[0])),
+        low_res_logits=None,  # type: ignore[arg-type]
+        iou_predictions=torch.from_numpy(np.asarray(outputs[1])),
+        presence_logits=presence,
+    )

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ditsam.export import INPUT_NAMES, OUTPUT_NAMES
+from ditsam.export import INPUT_NAMES, exported_inputs, exported_output
 from ditsam.model.dit import DITSam, DITSamOutput
 from ditsam.model.text import TokenizedText
 
@@ -39,28 +39,41 @@ def quantize_model(model: DITSam, path: str | os.PathLike, *, per_channel: bool 
     ``per_channel``: one scale per output channel of each weight instead of one per tensor.
     Returns ``path``. Raises ImportError naming the extra when onnx / onnxruntime are missing.
     """
+    _quantizer()  # the missing extra is named before the export's minutes
+    from ditsam.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
+        float_path = Path(folder) / "model_fp32.onnx"
+        export_onnx(model, float_path, verify=False)
+        return quantize_onnx(float_path, path, per_channel=per_channel)
+
+
+def quantize_onnx(float_path: str | os.PathLike, path: str | os.PathLike, *, per_channel: bool = False) -> Path:
+    """Quantise an exported float32 ONNX file (:func:`ditsam.export.export_onnx`) to int8 at ``path``: dynamic
+    int8 of every :data:`QUANTIZED_OPS` product with a constant weight. Returns ``path``."""
+    quantize_dynamic, weight_type = _quantizer()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("quantising %s to int8 (%s)", Path(float_path).name, path)
+    quantize_dynamic(
+        str(float_path),
+        str(path),
+        weight_type=weight_type,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+        per_channel=per_channel,
+        # Only products with a constant weight: attention's activation-by-activation products stay float.
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return path
+
+
+def _quantizer() -> tuple[Any, Any]:
+    """ONNX Runtime's ``quantize_dynamic`` and its int8 weight type, or ImportError naming the extra."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as error:
         raise ImportError(f"int8 inference needs onnx and onnxruntime: pip install 'ditsam[int8]' ({error})") from error
-    from ditsam.export import export_onnx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
-        float_path = Path(folder) / "model_fp32.onnx"
-        export_onnx(model, float_path, verify=False)
-        logger.info("quantising %s to int8 (%s)", float_path.name, path)
-        quantize_dynamic(
-            str(float_path),
-            str(path),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            per_channel=per_channel,
-            # Only products with a constant weight: attention's activation-by-activation products stay float.
-            extra_options={"MatMulConstBOnly": True},
-        )
-    return path
+    return quantize_dynamic, QuantType.QInt8
 
 
 def int8_options(*, per_channel: bool = False) -> dict[str, Any]:
@@ -156,17 +169,5 @@ class OnnxRunner:
         return loaded[-1] if loaded else cls(path, threads=threads)
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
-        if any(value is not None for value in prompts.values()):
-            raise ValueError(
-                f"the ONNX model (int8 inference) takes text prompts only, got {', '.join(sorted(prompts))}"
-            )
-        mask = text.attention_mask.bool() if self.mask_is_bool else text.attention_mask.long()
-        arrays = (images.detach().float().contiguous(), text.input_ids, mask)
-        outputs = self.session.run(None, {n: a.cpu().numpy() for n, a in zip(INPUT_NAMES, arrays)})
-        presence = torch.from_numpy(outputs[2]) if len(outputs) > len(OUTPUT_NAMES) else None  # a no-target head's
-        return DITSamOutput(
-            logits=torch.from_numpy(outputs[0]),
-            low_res_logits=None,  # type: ignore[arg-type]
-            iou_predictions=torch.from_numpy(outputs[1]),
-            presence_logits=presence,
-        )
+        inputs = exported_inputs(images, text, mask_is_bool=self.mask_is_bool, **prompts)
+        return exported_output(self.session.run(None, inputs))

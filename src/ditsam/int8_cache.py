@@ -1,14 +1,15 @@
-"""The int8 model built once per model and reused: ``Segmenter(dtype="int8")`` and ``ditsam export-onnx
---quantize int8`` take it from a cache folder instead of exporting and quantising again (about a minute for
-ViT-B, in every process).
+"""Exported models built once per model and reused: ``Segmenter(dtype="int8")`` and ``ditsam export-onnx
+--quantize int8`` take the int8 model, ``Segmenter(dtype="openvino")`` the float32 export, from a cache folder
+instead of exporting (and quantising) again (about a minute for ViT-B, in every process).
 
-The cache is keyed by what the int8 model is made of (:func:`cache_key`): the sha256 of every weight (names,
+The cache is keyed by what the exported model is made of (:func:`cache_key`): the sha256 of every weight (names,
 dtypes, shapes and bytes, whatever file or Hub id they came from), the model config, and the export options and
 software versions that shape the quantised graph. A change to any of them is another key, so a cache entry is
 never stale. Layout, in :func:`default_cache_dir` (``$DITSAM_INT8_CACHE``, else
 ``$TORCH_HOME/hub/ditsam-int8``)::
 
-    <key>/model_int8.onnx      the quantised model (plus any external-data file of a model over 2 GB)
+    <key>/model_int8.onnx      the quantised model (plus any external-data file of a model over 2 GB);
+                               model.onnx for the float32 export of dtype="openvino"
     <key>/complete.json        written last: the sha256 of every file of the entry, and what the key holds
     <key>.lock                 one process builds an entry while the others wait for it (filelock)
 
@@ -69,9 +70,9 @@ def cache_key(model: "DITSam", options: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def entry_problem(folder: Path) -> str | None:
-    """Why the cache entry ``folder`` cannot be used (``"missing"`` when there is none), or None when every
-    file recorded in its marker is there with its sha256."""
+def entry_problem(folder: Path, file_name: str = MODEL_FILE) -> str | None:
+    """Why the cache entry ``folder`` (holding ``file_name``) cannot be used (``"missing"`` when there is none),
+    or None when every file recorded in its marker is there with its sha256."""
     from ditsam.engine.checkpoint import file_digests
 
     marker = folder / COMPLETE_MARKER
@@ -84,9 +85,9 @@ def entry_problem(folder: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"{marker.name} cannot be read ({type(error).__name__}: {error})"
     found = file_digests(folder)
-    if MODEL_FILE not in recorded or recorded != found:
+    if file_name not in recorded or recorded != found:
         changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
-        return f"file(s) {', '.join(changed) or MODEL_FILE} differ from the sha256 recorded when it was built"
+        return f"file(s) {', '.join(changed) or file_name} differ from the sha256 recorded when it was built"
     return None
 
 
@@ -97,8 +98,9 @@ def cached_model(
     build: Callable[[Path], Any],
     cache_dir: str | os.PathLike | None = None,
     check: Callable[[Path], Any] | None = None,
+    file_name: str = MODEL_FILE,
 ) -> Path:
-    """The file :data:`MODEL_FILE` of ``model``'s entry in the cache (:func:`default_cache_dir` unless
+    """The file ``file_name`` (default :data:`MODEL_FILE`) of ``model``'s entry in the cache (:func:`default_cache_dir` unless
     ``cache_dir``), keyed by :func:`cache_key` (``options``: what else shapes the file); ``build(path)`` writes
     it there first when no whole entry exists. ``check(path)`` (e.g. loading it into ONNX Runtime) runs on a
     cached file: if it raises, the entry is rebuilt with a warning. Raises OSError when the cache folder cannot
@@ -110,22 +112,22 @@ def cached_model(
     folder = root / key
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{key}.lock")):  # processes started together build one entry, once
-        problem = entry_problem(folder)
+        problem = entry_problem(folder, file_name)
         if problem is None and check is not None:
             try:
-                check(folder / MODEL_FILE)
-            except Exception as error:  # whatever ONNX Runtime raises for a file it cannot use
-                problem = f"ONNX Runtime cannot load it ({type(error).__name__}: {error})"
+                check(folder / file_name)
+            except Exception as error:  # whatever ONNX Runtime / OpenVINO raise for a file they cannot use
+                problem = f"it cannot be loaded ({type(error).__name__}: {error})"
         if problem is None:
-            logger.info("int8 model from the cache: %s", folder / MODEL_FILE)
-            return folder / MODEL_FILE
+            logger.info("exported model from the cache: %s", folder / file_name)
+            return folder / file_name
         if problem != "missing":
-            logger.warning("int8 cache entry %s is damaged: %s; building it again", folder, problem)
-        _build(folder, build=build, options=options)
-    return folder / MODEL_FILE
+            logger.warning("cache entry %s is damaged: %s; building it again", folder, problem)
+        _build(folder, build=build, options=options, file_name=file_name)
+    return folder / file_name
 
 
-def _build(folder: Path, *, build: Callable[[Path], Any], options: Mapping[str, Any]) -> None:
+def _build(folder: Path, *, build: Callable[[Path], Any], options: Mapping[str, Any], file_name: str) -> None:
     """``build`` the file into a temporary folder beside ``folder``, record its files' sha256, rename it into
     place (a damaged entry there is deleted first)."""
     from ditsam.engine.checkpoint import file_digests
@@ -134,9 +136,9 @@ def _build(folder: Path, *, build: Callable[[Path], Any], options: Mapping[str, 
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        logger.info("building the int8 model once (cached in %s)", folder)
+        logger.info("building the exported model once (cached in %s)", folder)
         tmp.mkdir(parents=True)
-        build(tmp / MODEL_FILE)
+        build(tmp / file_name)
         marker = {"files": file_digests(tmp), "options": dict(options)}
         write_text_atomically(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
         shutil.rmtree(folder, ignore_errors=True)

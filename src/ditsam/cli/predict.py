@@ -65,6 +65,7 @@ from ditsam.cli.predict_outputs import save_prediction
 from ditsam.cli.predict_world import World
 from ditsam.cli.source_args import SOURCE_HELP, add_dtype_argument, add_source_arguments, source_options
 from ditsam.defaults import MASK_THRESHOLD
+from ditsam.inference.devices import exported_backend
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
         raise CLIError(f"--threshold must lie strictly between 0 and 1, got {args.threshold}")
     pairs = collect_pairs(args)
-    world = World.from_environment(cpu=args.device == "cpu" or args.dtype == "int8")
+    world = World.from_environment(cpu=args.device == "cpu" or exported_backend(args.dtype) is not None)
     try:
         todo = _plan(args, pairs, world)  # before the model loads: a wrong --out fails at once
         with logging_redirect_tqdm():
@@ -263,7 +264,7 @@ def _segmenter(args: argparse.Namespace, world: World) -> Any:
     from ditsam.api import Segmenter
 
     device = args.device
-    if device is None and args.dtype != "int8":
+    if device is None and exported_backend(args.dtype) is None:
         device = world.device
     return Segmenter.from_pretrained(
         args.checkpoint,

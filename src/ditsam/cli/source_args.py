@@ -43,7 +43,7 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: ``--dtype`` values of the commands that run a Segmenter (``predict``, ``serve``).
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "openvino")
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
@@ -55,5 +55,6 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
         help="auto (default): bf16 autocast on a GPU with bf16 and on a CPU with AMX-BF16 / AVX512-BF16, fp32 "
         "elsewhere (the choice is logged); fp32; bf16: autocast (GPU, also CPU); fp16: autocast (GPU); int8: "
         "the CPU only, text prompts only, through ONNX Runtime (the model is quantised at start, ~1 minute "
-        "for ViT-B; pip install 'ditsam[int8]')",
+        "for ViT-B; pip install 'ditsam[int8]'); openvino: the CPU only, text prompts only, the exported model "
+        "compiled by OpenVINO (bf16 on CPUs with bf16 hardware; pip install 'ditsam[openvino]')",
     )

@@ -39,15 +39,23 @@ _DTYPE_NAMES = {
 }
 
 
-def is_int8(dtype: object) -> bool:
-    """``dtype="int8"`` (any case): inference with ONNX Runtime on the CPU (:mod:`ditsam.int8`)."""
-    return isinstance(dtype, str) and dtype.lower() == "int8"
+#: ``dtype`` values that run an exported graph on the CPU instead of the PyTorch model: ``"int8"`` (ONNX
+#: Runtime, :mod:`ditsam.int8`) and ``"openvino"`` (:mod:`ditsam.openvino_backend`).
+EXPORTED_BACKENDS = ("int8", "openvino")
 
 
-def int8_device(device: "torch.device | str | None") -> str:
-    """The device of int8 inference: the CPU (ONNX Runtime); any other explicit device is an error."""
+def exported_backend(dtype: object) -> str | None:
+    """``"int8"`` / ``"openvino"`` (any case) for those ``dtype`` values (:data:`EXPORTED_BACKENDS`), else None."""
+    if isinstance(dtype, str) and dtype.lower() in EXPORTED_BACKENDS:
+        return dtype.lower()
+    return None
+
+
+def exported_device(device: "torch.device | str | None", backend: str) -> str:
+    """The device of an exported ``backend`` (:data:`EXPORTED_BACKENDS`): the CPU; any other explicit device is
+    an error."""
     if device not in (None, AUTO_DEVICE) and str(device).split(":")[0] != "cpu":
-        raise ValueError(f"dtype='int8' runs on the CPU (ONNX Runtime), not on {str(device)!r}: pass device='cpu'")
+        raise ValueError(f"dtype={backend!r} runs on the CPU, not on {str(device)!r}: pass device='cpu'")
     return "cpu"
 
 
@@ -159,5 +167,6 @@ def resolve_dtype(dtype: "torch.dtype | str | None", *, device: "torch.device | 
 
 
 def resolve_device_for(device: "torch.device | str | None", dtype: "torch.dtype | str | None") -> "torch.device":
-    """:func:`resolve_device`, the CPU for int8 (:func:`int8_device`)."""
-    return resolve_device(int8_device(device) if is_int8(dtype) else device)
+    """:func:`resolve_device`, the CPU for an exported backend (:func:`exported_device`)."""
+    backend = exported_backend(dtype)
+    return resolve_device(exported_device(device, backend) if backend is not None else device)
