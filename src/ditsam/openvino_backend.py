@@ -4,7 +4,7 @@ The model is exported to ONNX (:func:`ditsam.export.export_onnx`: BERT, the ViT 
 decoder, the upsampling) once, into the exported-model cache (:mod:`ditsam.int8_cache`, keyed by the weights,
 the config, the opset and the software versions), and compiled by OpenVINO for the CPU with its latency hint.
 OpenVINO picks its own inference precision: bf16 on a CPU with AMX-BF16 / AVX512-BF16 (where it runs the
-light EfficientSAM backbones 1.4-2x faster than PyTorch's bf16 autocast, and ViT-B / L about as fast), float32
+light EfficientSAM backbones 1.4-1.6x faster than PyTorch's bf16 autocast, and ViT-B / L about as fast), float32
 elsewhere; ``OpenVinoRunner(precision="f32")`` forces float32. Measured in benchmarks/README.md ("CPU
 backends"). Text prompts only (the exported graph has no point or box inputs). Needs the ``openvino`` extra
 (``pip install 'ditsam[openvino]'``: onnx, openvino).
