@@ -1,13 +1,17 @@
 """The paper's experiments at RefShapes scale: Tables 1-4 and the frozen visual / text table, several seeds.
 
-    python benchmarks/refshapes_paper.py [--seeds 0 1 2] [--tables 1 2 frozen 3 4] [--epochs N] [key=value ...]
+    python benchmarks/refshapes_paper.py [--seeds 0 1 2] [--tables 1 2 frozen 3 4] [--only RUN ...] [--epochs N] \
+        [key=value ...]
 
 Every run instruction-tunes the shipped tiny SAM (``refshapes-sam``) as the paper tunes SAM ViT-B, with the
 demo's recipe and budget, once per seed (``train.seed``: initialisation of the new parts, the stream of
 training scenes, dropout); val / testA / testB are fixed by the data seed. A run shared by two tables (L-DIT,
 the frozen rows) trains once. Finished runs are reused by a rerun: each run folder keeps ``paper_result.json``
-(its scores per prompt and its inference time), written last, so an interrupted invocation continues where it
-stopped and more seeds can be added later; ``--report-only`` writes the tables from the finished runs alone.
+(its scores per prompt and its inference time), written last, and a copy goes to ``--store``
+(``benchmarks/results/refshapes_paper_runs/<run>/seed<N>.json``, committed: run folders do not outlive a
+machine), so an interrupted invocation continues where it stopped, another machine or session carries on
+from the store, and more seeds can be added later. Runs go seed by seed (every run of seed 0 first), and the
+report always holds every table with every finished run; ``--report-only`` trains nothing.
 
 Writes ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
 mIoU per split, P@0.5 on val, training time per run, inference time per sentence at batch 1 on this machine),
@@ -38,6 +42,8 @@ CLAIM_METRIC = "miou"
 # Sentences timed at batch 1 for a row's inference time (after one warm-up batch).
 TIMED_SAMPLES = 32
 RESULT_FILE = "paper_result.json"
+# The untuned tiny SAM's entry in the store (it has no seed).
+TINY_SAM_STORE_FILE = "sam.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,21 +215,23 @@ def claim_score(result: dict[str, Any]) -> float:
 def judge(claim: Claim, scores: dict[tuple[str, str], list[float]]) -> dict[str, Any]:
     """Per seed, the claim's difference; holds if the mean is > 0; margin = mean / std of the differences.
 
-    ``scores[(run, prompt)]`` lists one value per seed (the untuned SAM's single value serves every seed).
-    A claim whose runs are not all measured is "not measured"."""
+    ``scores[(run, prompt)]``: ``{seed: value}`` (seed None: the untuned SAM's single value, serving every seed),
+    or a list of one value per seed 0, 1, ... (one value: serving every seed). The differences are taken over the
+    seeds every trained term has; a claim whose runs are not all measured is "not measured"."""
     terms = [*claim.plus, *claim.minus]
     if any(not scores.get(term) for term in terms):
         return {"claim": claim.text, "table": claim.table, "verdict": "not measured"}
-    per_seed = [len(scores[term]) for term in terms if len(scores[term]) > 1]
-    count = min(per_seed) if per_seed else 1
+    by_seed = {term: _by_seed(scores[term]) for term in terms}
+    seeded = [set(values) for values in by_seed.values() if None not in values]
+    seeds = sorted(set.intersection(*seeded)) if seeded else [None]
+    if not seeds:
+        return {"claim": claim.text, "table": claim.table, "verdict": "not measured"}
 
-    def value(term: tuple[str, str], seed: int) -> float:
-        values = scores[term]
-        return values[seed] if len(values) > 1 else values[0]
+    def value(term: tuple[str, str], seed: int | None) -> float:
+        values = by_seed[term]
+        return values[seed] if seed in values else values[None]
 
-    differences = [
-        sum(value(t, seed) for t in claim.plus) - sum(value(t, seed) for t in claim.minus) for seed in range(count)
-    ]
+    differences = [sum(value(t, seed) for t in claim.plus) - sum(value(t, seed) for t in claim.minus) for seed in seeds]
     mean = statistics.fmean(differences)
     spread = statistics.stdev(differences) if len(differences) > 1 else None
     margin = None if not spread else mean / spread
@@ -246,14 +254,14 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
     run_dir = Path(args.runs) / key / f"seed{seed}"
     done = run_dir / RESULT_FILE
     overrides = {**dict(run.overrides), **args.common, "train.seed": seed}
-    if done.is_file():
-        result = json.loads(done.read_text())
-        if result["overrides"] != overrides:
+    finished = _finished(key, seed, args)
+    if finished is not None:
+        if finished["overrides"] != overrides:
             raise SystemExit(
-                f"{done} holds a run with other settings ({result['overrides']}, not {overrides}): "
-                "give another --runs folder"
+                f"the finished {key} seed {seed} ({_store_path(key, seed, args)} or {done}) has other settings "
+                f"({finished['overrides']}, not {overrides}): give another --runs and --store"
             )
-        return result
+        return finished
     config = load_experiment(run.experiment, overrides)
     started = time.perf_counter()
     train(config, run_dir=run_dir, resume=(run_dir / "checkpoints" / "last").is_dir(), progress=False)
@@ -267,17 +275,37 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
         )
         result["scores"][prompt] = {split: _metrics(values) for split, values in scores.items()}
         result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(best, run.experiment, prompt, args)
-    done.write_text(json.dumps(result, indent=2))
+    _write_result(result, done, _store_path(key, seed, args))
     return result
+
+
+def _store_path(key: str, seed: int | None, args: argparse.Namespace) -> Path:
+    """Where the store keeps a finished run (``seed`` None: the untuned tiny SAM)."""
+    return Path(args.store) / (TINY_SAM_STORE_FILE if seed is None else f"{key}/seed{seed}.json")
+
+
+def _finished(key: str, seed: int | None, args: argparse.Namespace) -> dict[str, Any] | None:
+    """A finished run's result: from its run folder, else from the store; None when neither has it."""
+    folder = Path(args.runs) / key if seed is None else Path(args.runs) / key / f"seed{seed}"
+    for path in (folder / RESULT_FILE, _store_path(key, seed, args)):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def _write_result(result: dict[str, Any], *paths: Path) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _score_tiny_sam(args: argparse.Namespace) -> dict[str, Any]:
     from ditsam.engine.run_eval import evaluate_checkpoint
 
     out = Path(args.runs) / "sam"
-    done = out / RESULT_FILE
-    if done.is_file():
-        return json.loads(done.read_text())
+    finished = _finished("sam", None, args)
+    if finished is not None:
+        return finished
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"experiment": "refshapes/sam", "train_seconds": None, "scores": {}}
     for prompt in ("points", "box"):
@@ -294,7 +322,7 @@ def _score_tiny_sam(args: argparse.Namespace) -> dict[str, Any]:
         )
         result["scores"][prompt] = {split: _metrics(values) for split, values in scores.items()}
         result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(TINY_SAM, "refshapes/sam", prompt, args)
-    done.write_text(json.dumps(result, indent=2))
+    _write_result(result, out / RESULT_FILE, _store_path("sam", None, args))
     return result
 
 
@@ -372,14 +400,20 @@ def markdown(results: dict[str, list[dict[str, Any]]], tables: list[str], verdic
     return "\n\n".join(blocks)
 
 
-def collect_scores(results: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], list[float]]:
-    """``{(run key, prompt): [claim score per seed]}`` of every finished run."""
-    scores: dict[tuple[str, str], list[float]] = {}
+def collect_scores(results: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], dict[int | None, float]]:
+    """``{(run key, prompt): {seed: claim score}}`` of every finished run (``result["seed"]``; None: untrained)."""
+    scores: dict[tuple[str, str], dict[int | None, float]] = {}
     for key, runs in results.items():
         for run in runs:
             for prompt, values in run["scores"].items():
-                scores.setdefault((key, prompt), []).append(claim_score(values))
+                scores.setdefault((key, prompt), {})[run.get("seed")] = claim_score(values)
     return scores
+
+
+def _by_seed(values: list[float] | dict[int | None, float]) -> dict[int | None, float]:
+    if isinstance(values, dict):
+        return values
+    return {None: values[0]} if len(values) == 1 else dict(enumerate(values))
 
 
 def main() -> None:
@@ -388,8 +422,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     parser.add_argument("--runs", default="runs/paper", help="run folders (finished runs are reused)")
+    parser.add_argument(
+        "--store",
+        default="benchmarks/results/refshapes_paper_runs",
+        help="where every finished run's result is kept too (committed; reused like the run folders)",
+    )
     parser.add_argument("--data", default="data/refshapes")
     parser.add_argument("--out", default="benchmarks/results/refshapes_paper")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(RUNS),
+        default=None,
+        help="train only these runs (of --tables), in this order; the report still shows every table",
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: write the tables from the finished runs"
     )
@@ -401,21 +447,25 @@ def main() -> None:
     if args.epochs is not None:
         args.common["train.epochs"] = args.epochs
     keys = list(dict.fromkeys(key for table in args.tables for _, key, _ in TABLES[table][1]))
+    if args.only:
+        keys = [key for key in args.only if key in keys]
     started = time.perf_counter()
+    if not args.report_only:
+        if None in (RUNS[key] for key in keys):
+            _score_tiny_sam(args)
+        for seed in args.seeds:  # seed by seed: a whole picture at one seed comes first
+            for key in keys:
+                run = RUNS[key]
+                if run is not None:
+                    result = _train_and_score(key, run, seed, args)
+                    print(f"{key} seed {seed}: " + json.dumps(result["scores"]), flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
-    for key in keys:
-        run = RUNS[key]
-        if run is None:
-            if not args.report_only or (Path(args.runs) / key / RESULT_FILE).is_file():
-                results[key] = [_score_tiny_sam(args)]
-            continue
-        for seed in args.seeds:
-            if args.report_only and not (Path(args.runs) / key / f"seed{seed}" / RESULT_FILE).is_file():
-                continue
-            result = _train_and_score(key, run, seed, args)
-            results.setdefault(key, []).append(result)
-            print(f"{key} seed {seed}: " + json.dumps(result["scores"]), flush=True)
-    verdicts = [judge(claim, collect_scores(results)) for claim in CLAIMS if claim.table in args.tables]
+    for key, run in RUNS.items():
+        for seed in [None] if run is None else args.seeds:
+            finished = _finished(key, seed, args)
+            if finished is not None:
+                results.setdefault(key, []).append({**finished, "seed": seed})
+    verdicts = [judge(claim, collect_scores(results)) for claim in CLAIMS]
     record = {
         "machine": machine_info(),
         "seeds": args.seeds,
@@ -428,7 +478,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    body = markdown(results, args.tables, verdicts)
+    body = markdown(results, list(TABLES), verdicts)
     out.with_suffix(".md").write_text(
         f"Machine: {record['machine']['cpu_model']}, {record['machine']['usable_cores']} cores "
         f"({', '.join(record['machine']['isa'])}); seeds {args.seeds}; mean ± std over seeds.\n\n{body}\n"

@@ -80,3 +80,33 @@ def test_the_markdown_shows_rows_and_verdicts(paper) -> None:
     )
     assert "| CrossAtt + FFN | 0 | - |" in text
     assert "| linear projection beats CrossAtt + FFN | not measured |" in text
+
+
+def test_claims_pair_the_seeds_both_sides_have(paper) -> None:
+    claim = paper.Claim("1", "a > b", (("a", "text"),), (("b", "text"),))
+    verdict = paper.judge(claim, {("a", "text"): {0: 60.0, 2: 64.0}, ("b", "text"): {0: 59.0, 1: 99.0, 2: 61.0}})
+    # seed 1 of b has no partner: differences 1 (seed 0) and 3 (seed 2)
+    assert verdict["seeds"] == 2 and verdict["difference"] == pytest.approx(2.0)
+    untuned = paper.judge(claim, {("a", "text"): {1: 62.0, 2: 64.0}, ("b", "text"): {None: 60.0}})
+    assert untuned["seeds"] == 2 and untuned["difference"] == pytest.approx(3.0)
+
+
+def test_a_run_finished_in_the_store_is_reused_not_trained(paper, tmp_path: Path, monkeypatch) -> None:
+    import argparse
+    import json
+
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), store=str(tmp_path / "store"), common={"data.root": "d"})
+    run = paper.RUNS["ldit"]
+    stored = {"experiment": run.experiment, "overrides": {"data.root": "d", "train.seed": 1}, "scores": {}}
+    (tmp_path / "store" / "ldit").mkdir(parents=True)
+    (tmp_path / "store" / "ldit" / "seed1.json").write_text(json.dumps(stored))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a run the store holds")
+
+    monkeypatch.setattr("ditsam.engine.train.train", no_training)
+    assert paper._train_and_score("ldit", run, 1, args) == stored
+    args.common = {"data.root": "elsewhere"}
+    with pytest.raises(SystemExit, match="has other settings"):
+        paper._train_and_score("ldit", run, 1, args)
+    assert paper._finished("ldit", 0, args) is None
