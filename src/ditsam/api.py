@@ -99,9 +99,9 @@ class Segmenter:
             ``"openvino"``: the CPU only, text prompts only: the float32 ONNX export (cached the same way) compiled
             by OpenVINO, in bf16 on a CPU with bf16 hardware (see :mod:`ditsam.openvino_backend`; needs
             ``pip install ditsam[openvino]``); the fastest path measured for the EfficientSAM backbones there.
-        int8_cache: with ``dtype="int8"`` or ``"openvino"``: the exported model's cache folder (None: ``$DITSAM_INT8_CACHE``, else
-            ``$TORCH_HOME/hub/ditsam-int8``; see :mod:`ditsam.int8_cache`), or False to export afresh
-            without storing anything.
+        int8_cache: with ``dtype="int8"`` or ``"openvino"``: the exported model's cache folder (None:
+            ``$DITSAM_INT8_CACHE``, else ``$TORCH_HOME/hub/ditsam-int8``; see :mod:`ditsam.int8_cache`), or
+            False to export afresh without storing anything.
         threshold: a pixel is foreground where ``sigmoid(logit) > threshold`` (paper / reference: 0.35).
         max_pixels: images with more pixels are refused with a clear error before they are decoded
             (``None``: no limit besides PIL's own, about 179 megapixels).

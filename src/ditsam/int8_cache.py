@@ -100,9 +100,9 @@ def cached_model(
     check: Callable[[Path], Any] | None = None,
     file_name: str = MODEL_FILE,
 ) -> Path:
-    """The file ``file_name`` (default :data:`MODEL_FILE`) of ``model``'s entry in the cache (:func:`default_cache_dir` unless
-    ``cache_dir``), keyed by :func:`cache_key` (``options``: what else shapes the file); ``build(path)`` writes
-    it there first when no whole entry exists. ``check(path)`` (e.g. loading it into ONNX Runtime) runs on a
+    """The file ``file_name`` (default :data:`MODEL_FILE`) of ``model``'s entry in the cache
+    (:func:`default_cache_dir` unless ``cache_dir``), keyed by :func:`cache_key` (``options``: what else shapes
+    the file); ``build(path)`` writes it there first when no whole entry exists. ``check(path)`` (e.g. loading it into ONNX Runtime) runs on a
     cached file: if it raises, the entry is rebuilt with a warning. Raises OSError when the cache folder cannot
     be written, and whatever ``build`` raises. (:func:`ditsam.int8.cached_int8_model` is the int8 model's.)"""
     from filelock import FileLock
