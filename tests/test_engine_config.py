@@ -114,6 +114,8 @@ def test_no_and_exponent_floats_reach_the_config(tmp_path):
     written.write_text(f"base: {base}\ntrain:\n  mixed_precision: no\n  lr: 5e-4\n")
     from_file = load_experiment(str(written))
     assert from_file.train.mixed_precision == "no" and from_file.train.lr == 0.0005
+    with pytest.raises(ConfigError, match=r"train.ema_warmup: expected true or false, got 'off'"):
+        load_experiment("refshapes/ldit", dict([parse_override("train.ema_warmup=off")]))
 
 
 def test_cosine_schedule_values():

@@ -34,6 +34,10 @@ _YAML_12_SCALARS = {
 }
 
 
+#: YAML 1.1's other boolean words: a bool field given one is told to write true / false.
+_YAML_11_BOOLEAN_WORDS = ("yes", "no", "on", "off", "y", "n")
+
+
 class _Yaml12Loader(yaml.SafeLoader):
     """PyYAML's safe loader reading booleans and numbers as YAML 1.2 does (``no`` is a string, ``1e-3`` a float)."""
 
@@ -104,6 +108,8 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value} is beyond the range of a float") from None
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got {value!r}")
+    if annotation is bool and isinstance(value, str) and value.lower() in _YAML_11_BOOLEAN_WORDS:
+        raise ConfigError(f"{key}: expected true or false, got {value!r} (a word, not a boolean, in YAML 1.2)")
     if isinstance(annotation, type) and not isinstance(value, annotation):
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -120,7 +126,7 @@ class ConfigBase:
             raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         _, unknown = key_problems(data, allowed=fields)
-        # YAML keys need not be text (1, null, and yes / no read as booleans): name them as written.
+        # YAML keys need not be text (1, null, true / false): name them as written.
         unknown = sorted(prefix + (key if isinstance(key, str) else repr(key)) for key in unknown)
         if unknown:
             raise ConfigError(
