@@ -156,17 +156,15 @@ class OnnxRunner:
         """``model`` quantised (see :func:`quantize_model`) and loaded. ``cache``: None or True takes the int8
         model from the default cache folder, building it there once (:mod:`ditsam.int8_cache`); a path uses
         that folder; False quantises into a temporary file, every time."""
-        if cache is False:
-            with tempfile.TemporaryDirectory(prefix="ditsam-int8-") as folder:
-                return cls(
-                    quantize_model(model, Path(folder) / "model_int8.onnx", per_channel=per_channel), threads=threads
-                )
-        loaded: list[OnnxRunner] = []
-        cache_dir = None if cache is None or cache is True else cache
-        path = cached_int8_model(
-            model, cache_dir=cache_dir, per_channel=per_channel, check=lambda p: loaded.append(cls(p, threads=threads))
+        from ditsam.int8_cache import load_cached
+
+        return load_cached(
+            model,
+            options=int8_options(per_channel=per_channel),
+            build=lambda path: quantize_model(model, path, per_channel=per_channel),
+            load=lambda path: cls(path, threads=threads),
+            cache=cache,
         )
-        return loaded[-1] if loaded else cls(path, threads=threads)
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
         inputs = exported_inputs(images, text, mask_is_bool=self.mask_is_bool, **prompts)

@@ -26,12 +26,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 if TYPE_CHECKING:
     from ditsam.model.dit import DITSam
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Environment variable naming the cache folder.
 CACHE_ENV = "DITSAM_INT8_CACHE"
@@ -125,6 +126,38 @@ def cached_model(
             logger.warning("cache entry %s is damaged: %s; building it again", folder, problem)
         _build(folder, build=build, options=options, file_name=file_name)
     return folder / file_name
+
+
+def load_cached(
+    model: "DITSam",
+    *,
+    options: Mapping[str, Any],
+    build: Callable[[Path], Any],
+    load: Callable[[Path], T],
+    cache: str | os.PathLike | bool | None,
+    file_name: str = MODEL_FILE,
+) -> T:
+    """``load(path)`` of ``model``'s exported file: from the cache (``cache`` None or True: the default folder, a
+    path: that folder), built there once by :func:`cached_model` (a cached file ``load`` cannot read is rebuilt);
+    ``cache=False``: built into a temporary folder and loaded from it, every time (the loaded model must not need
+    the file afterwards)."""
+    import tempfile
+
+    if cache is False:
+        with tempfile.TemporaryDirectory(prefix="ditsam-export-") as folder:
+            path = Path(folder) / file_name
+            build(path)
+            return load(path)
+    loaded: list[T] = []
+    path = cached_model(
+        model,
+        options=options,
+        build=build,
+        cache_dir=None if cache is None or cache is True else cache,
+        check=lambda cached: loaded.append(load(cached)),
+        file_name=file_name,
+    )
+    return loaded[-1] if loaded else load(path)
 
 
 def _build(folder: Path, *, build: Callable[[Path], Any], options: Mapping[str, Any], file_name: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ditsam.export import exported_inputs, exported_output
+from ditsam.export import INPUT_NAMES, exported_inputs, exported_output
 from ditsam.model.dit import DITSam, DITSamOutput
 from ditsam.model.text import TokenizedText
 
@@ -64,7 +64,7 @@ class OpenVinoRunner:
         self.compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.request = self.compiled.create_infer_request()
-        self.mask_is_bool = self.compiled.input("attention_mask").get_element_type().get_type_name() == "boolean"
+        self.mask_is_bool = self.compiled.input(INPUT_NAMES[2]).get_element_type().get_type_name() == "boolean"
 
     @classmethod
     def for_model(
@@ -78,26 +78,18 @@ class OpenVinoRunner:
         """``model`` exported (taken from the cache when it is there) and compiled. ``cache``: None or True uses
         the default cache folder (:func:`ditsam.int8_cache.default_cache_dir`), a path that folder, False a
         temporary file exported every time."""
-        import tempfile
-
         from ditsam.export import export_onnx
-        from ditsam.int8_cache import cached_model
+        from ditsam.int8_cache import load_cached
 
         _openvino()  # the missing extra is named before the export's minutes
-        if cache is False:
-            with tempfile.TemporaryDirectory(prefix="ditsam-openvino-") as folder:
-                path = export_onnx(model, Path(folder) / FLOAT_MODEL_FILE, verify=False).path
-                return cls(path, threads=threads, precision=precision)
-        loaded: list[OpenVinoRunner] = []
-        path = cached_model(
+        return load_cached(
             model,
             options=float_export_options(),
-            build=lambda target: export_onnx(model, target, verify=False),
-            cache_dir=None if cache is None or cache is True else cache,
-            check=lambda cached: loaded.append(cls(cached, threads=threads, precision=precision)),
+            build=lambda path: export_onnx(model, path, verify=False),
+            load=lambda path: cls(path, threads=threads, precision=precision),
+            cache=cache,
             file_name=FLOAT_MODEL_FILE,
         )
-        return loaded[-1] if loaded else cls(path, threads=threads, precision=precision)
 
     def __call__(self, images: torch.Tensor, text: TokenizedText, **prompts: Any) -> DITSamOutput:
         inputs = exported_inputs(images, text, mask_is_bool=self.mask_is_bool, **prompts)
