@@ -44,6 +44,10 @@ TIMED_SAMPLES = 32
 RESULT_FILE = "paper_result.json"
 # The untuned tiny SAM's entry in the store (it has no seed).
 TINY_SAM_STORE_FILE = "sam.json"
+# Beside --out: every row's inference time from one sitting (--retime), used by the report when present.
+TIMING_SUFFIX = "_timing.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,7 +335,14 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
 
 
 def _inference_ms(checkpoint: str | Path, experiment: str, prompt: str, args: argparse.Namespace) -> float:
-    """Milliseconds per sentence of the model's forward at batch 1 on val (:data:`TIMED_SAMPLES`), fp32."""
+    """Milliseconds per sentence of the checkpoint's forward at batch 1 on val (:data:`TIMED_SAMPLES`), fp32."""
+    from ditsam.model.dit import DITSam
+
+    return _time_forward(DITSam.from_pretrained(checkpoint), experiment, prompt, args)
+
+
+def _time_forward(model, experiment: str, prompt: str, args: argparse.Namespace) -> float:
+    """Milliseconds per sentence of ``model``'s forward at batch 1 on val (after one warm-up sentence)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -339,9 +350,8 @@ def _inference_ms(checkpoint: str | Path, experiment: str, prompt: str, args: ar
     from ditsam.engine.config import load_experiment
     from ditsam.engine.data import ris_dataset
     from ditsam.engine.prompts import evaluation_prompts
-    from ditsam.model.dit import DITSam
 
-    model = DITSam.from_pretrained(checkpoint).eval()
+    model = model.eval()
     dataset = ris_dataset(load_experiment(experiment, {"data.root": args.data}), "val", train=False)
     loader = DataLoader(
         Subset(dataset, range(TIMED_SAMPLES + 1)), batch_size=1, collate_fn=RISCollator(model.tokenizer)
@@ -357,6 +367,30 @@ def _inference_ms(checkpoint: str | Path, experiment: str, prompt: str, args: ar
     return 1000 * elapsed / TIMED_SAMPLES
 
 
+def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Every row's inference time measured in one sitting, so that the column compares architectures.
+
+    The time of a forward depends on the architecture, not on the weights, so each run's model is built from
+    its recipe (the tiny SAM's weights, fresh new parts) rather than from a checkpoint that may be gone; the
+    times stored with the runs were taken whenever each run finished, on whatever else the machine was doing.
+    """
+    from ditsam.engine.config import load_experiment
+    from ditsam.engine.train import build_model
+    from ditsam.model.dit import DITSam
+
+    times: dict[str, dict[str, float]] = {}
+    for key in keys:
+        run = RUNS[key]
+        if run is None:
+            model, experiment, prompts = DITSam.from_pretrained(TINY_SAM), "refshapes/sam", ("points", "box")
+        else:
+            config = load_experiment(run.experiment, {**dict(run.overrides), **args.common})
+            model, experiment, prompts = build_model(config), run.experiment, run.prompts
+        times[key] = {prompt: _time_forward(model, experiment, prompt, args) for prompt in prompts}
+        logger.info("%s: %s ms / sentence", key, times[key])
+    return {"machine": machine_info(), "timed_samples": TIMED_SAMPLES, "ms_per_sentence": times}
+
+
 def _stat(values: list[float]) -> str:
     if not values:
         return "-"
@@ -365,8 +399,15 @@ def _stat(values: list[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def markdown(results: dict[str, list[dict[str, Any]]], tables: list[str], verdicts: list[dict[str, Any]]) -> str:
-    """One Markdown table per paper table, then its claims (``results[run key]``: one result per seed)."""
+def markdown(
+    results: dict[str, list[dict[str, Any]]],
+    tables: list[str],
+    verdicts: list[dict[str, Any]],
+    timing: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """One Markdown table per paper table, then its claims (``results[run key]``: one result per seed).
+
+    ``timing`` (``{run key: {prompt: ms}}``, from :func:`retime`) replaces the times stored with the runs."""
     blocks = []
     for table in tables:
         title, rows = TABLES[table]
@@ -381,7 +422,10 @@ def markdown(results: dict[str, list[dict[str, Any]]], tables: list[str], verdic
             cells = [_stat([r["scores"][prompt][s]["miou"] for r in runs]) for s in CLAIM_SPLITS]
             p50 = _stat([r["scores"][prompt]["val"]["p@0.5"] for r in runs])
             train_s = _stat([r["train_seconds"] for r in runs if r["train_seconds"] is not None])
-            infer = _stat([r["ms_per_sentence"][prompt] for r in runs])
+            if timing is not None and prompt in timing.get(key, {}):
+                infer = f"{timing[key][prompt]:.1f}"
+            else:
+                infer = _stat([r["ms_per_sentence"][prompt] for r in runs])
             lines.append(f"| {label} | {len(runs)} | {' | '.join(cells)} | {p50} | {train_s} | {infer} |")
         claims = [v for v in verdicts if v["table"] == table]
         if claims:
@@ -439,6 +483,11 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: write the tables from the finished runs"
     )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="train nothing: time every row's model in one sitting (quiet machine) for the report's time column",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.lr=0.0005")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -450,7 +499,12 @@ def main() -> None:
     if args.only:
         keys = [key for key in args.only if key in keys]
     started = time.perf_counter()
-    if not args.report_only:
+    out = Path(args.out)
+    timing_file = out.with_name(out.name + TIMING_SUFFIX)
+    if args.retime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        timing_file.write_text(json.dumps(retime(keys, args), indent=2) + "\n")
+    elif not args.report_only:
         if None in (RUNS[key] for key in keys):
             _score_tiny_sam(args)
         for seed in args.seeds:  # seed by seed: a whole picture at one seed comes first
@@ -475,13 +529,21 @@ def main() -> None:
         "results": results,
         "claims": verdicts,
     }
-    out = Path(args.out)
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+    if timing is not None:
+        record["timing"] = timing
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    body = markdown(results, list(TABLES), verdicts)
+    body = markdown(results, list(TABLES), verdicts, None if timing is None else timing["ms_per_sentence"])
+    times = (
+        "ms / sentence: each run's own, timed when it finished"
+        if timing is None
+        else f"ms / sentence: every row timed in one sitting ({timing_file.name}, {timing['machine']['cpu_model']})"
+    )
     out.with_suffix(".md").write_text(
         f"Machine: {record['machine']['cpu_model']}, {record['machine']['usable_cores']} cores "
-        f"({', '.join(record['machine']['isa'])}); seeds {args.seeds}; mean ± std over seeds.\n\n{body}\n"
+        f"({', '.join(record['machine']['isa'])}); seeds {args.seeds}; mean ± std over seeds; {times}.\n\n"
+        f"{body}\n"
     )
     print(body)
 

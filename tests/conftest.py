@@ -25,7 +25,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 PROPERTY_EXAMPLES = {"ci": 200, "long": 2000}
 
 
+def _share_the_cores_between_workers() -> None:
+    """Each pytest-xdist worker gets its share of the cores: torch's threads spin while they wait, so two workers
+    of two threads each on two cores run every heavy test several times slower than one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _share_the_cores_between_workers()
     for name, examples in PROPERTY_EXAMPLES.items():
         settings.register_profile(
             name,
@@ -61,7 +70,19 @@ SLOW_MODULES = frozenset(
 )
 
 
+# Modules whose tests each launch several processes for tens of seconds. They run first, so that pytest-xdist
+# fills the other worker with short tests around them instead of leaving one of them to finish alone at the end.
+LONG_MODULES = (
+    "test_run_scale",
+    "test_gpu_suite",
+    "test_wheel",
+    "test_finetune_memory_smoke",
+    "test_predict_processes",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.module is None or item.module.__name__ not in LONG_MODULES)
     for item in items:
         if item.module is not None and item.module.__name__ in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

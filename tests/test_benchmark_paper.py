@@ -80,6 +80,11 @@ def test_the_markdown_shows_rows_and_verdicts(paper) -> None:
     )
     assert "| CrossAtt + FFN | 0 | - |" in text
     assert "| linear projection beats CrossAtt + FFN | not measured |" in text
+    # Times from one sitting replace each run's own; a row the sitting did not time keeps its runs' times.
+    retimed = paper.markdown(results, ["3"], verdicts, {"ldit": {"text": 2.5}})
+    assert (
+        "| 100.0 ± 0.0 | 2.5 |" in retimed and "| CrossAtt | 1 | 61.0 | 61.0 | 61.0 | 70.0 | 100.0 | 3.0 |" in retimed
+    )
 
 
 def test_claims_pair_the_seeds_both_sides_have(paper) -> None:

@@ -22,6 +22,8 @@ NAME = "refshapes-sam"
 SCENES = 8
 # Mean IoU of one click per object on the fixed scenes that a working tiny SAM clears (issue 18: 0.7).
 POINT_IOU = 0.7
+# Images per split of the demo test's data (the tiny preset's scenes, a sixth of its evaluation splits).
+DEMO_TEST_IMAGES = {"train": 2, "val": 6, "testA": 6, "testB": 6}
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +105,14 @@ def test_an_ldit_built_on_it_gets_its_weights_and_a_fresh_injection(tiny_bert_di
 
 def test_the_demo_scores_the_start_beside_the_tuned_models(tmp_path, capsys) -> None:
     from ditsam.cli.main import main
+    from ditsam.data.refshapes import generate_refshapes
 
+    # A few evaluation scenes written beforehand (the demo generates its data only where none is): the demo's
+    # whole path, without scoring four models on ~150 sentences per split.
+    data = generate_refshapes(tmp_path / "data", seed=0, num_images=DEMO_TEST_IMAGES)
     tiny = ["data.refshapes_preset=tiny", "train.max_steps=2", "data.train_stream_samples=16", "train.epochs=1"]
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--data", str(tmp_path / "data"), *tiny]) == 0
+    assert main(["demo", "--out", str(out), "--data", str(data), *tiny]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["start"]) == {"points", "box"}
     assert set(results["start"]["box"]) == {"val", "testA", "testB"}
