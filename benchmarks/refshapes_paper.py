@@ -352,7 +352,7 @@ def _time_forward(model, experiment: str, prompt: str, args: argparse.Namespace)
     from ditsam.engine.prompts import evaluation_prompts
 
     model = model.eval()
-    dataset = ris_dataset(load_experiment(experiment, {"data.root": args.data}), "val", train=False)
+    dataset = ris_dataset(load_experiment(experiment, args.common), "val", train=False)
     loader = DataLoader(
         Subset(dataset, range(TIMED_SAMPLES + 1)), batch_size=1, collate_fn=RISCollator(model.tokenizer)
     )
@@ -375,6 +375,7 @@ def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
     times stored with the runs were taken whenever each run finished, on whatever else the machine was doing.
     """
     from ditsam.engine.config import load_experiment
+    from ditsam.engine.text_encoder import resolve_text_encoder
     from ditsam.engine.train import build_model
     from ditsam.model.dit import DITSam
 
@@ -384,7 +385,11 @@ def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
         if run is None:
             model, experiment, prompts = DITSam.from_pretrained(TINY_SAM), "refshapes/sam", ("points", "box")
         else:
-            config = load_experiment(run.experiment, {**dict(run.overrides), **args.common})
+            config, text_encoder = resolve_text_encoder(
+                load_experiment(run.experiment, {**dict(run.overrides), **args.common})
+            )
+            if text_encoder is not None:  # RefShapes' tiny BERT, written beside the data (once)
+                text_encoder.build()
             model, experiment, prompts = build_model(config), run.experiment, run.prompts
         times[key] = {prompt: _time_forward(model, experiment, prompt, args) for prompt in prompts}
         logger.info("%s: %s ms / sentence", key, times[key])

@@ -115,3 +115,19 @@ def test_a_run_finished_in_the_store_is_reused_not_trained(paper, tmp_path: Path
     with pytest.raises(SystemExit, match="has other settings"):
         paper._train_and_score("ldit", run, 1, args)
     assert paper._finished("ldit", 0, args) is None
+
+
+def test_retime_builds_each_rows_model_from_its_recipe_and_times_its_prompts(
+    paper, refshapes_root: Path, monkeypatch
+) -> None:
+    import argparse
+
+    monkeypatch.setattr(paper, "TIMED_SAMPLES", 1)
+    data = {"data.root": str(refshapes_root), "data.refshapes_preset": "tiny", "data.refshapes_seed": 3}
+    args = argparse.Namespace(data=str(refshapes_root), common=data)
+    timing = paper.retime(["sam", "mix"], args)
+    assert set(timing["ms_per_sentence"]) == {"sam", "mix"}
+    assert set(timing["ms_per_sentence"]["sam"]) == {"points", "box"}
+    assert set(timing["ms_per_sentence"]["mix"]) == {"text", "points", "box"}
+    assert all(ms > 0 for row in timing["ms_per_sentence"].values() for ms in row.values())
+    assert timing["timed_samples"] == 1 and timing["machine"]["cpu_model"]
