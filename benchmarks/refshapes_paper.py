@@ -41,6 +41,9 @@ CLAIM_SPLITS = ("val", "testA", "testB")
 CLAIM_METRIC = "miou"
 # Sentences timed at batch 1 for a row's inference time (after one warm-up batch).
 TIMED_SAMPLES = 32
+# --retime: passes over the timed sentences per row, the rows taking turns; the row's time is the median of
+# every forward, which a scheduler hiccup on a shared 2-core machine does not move as it moves a mean.
+RETIME_PASSES = 5
 RESULT_FILE = "paper_result.json"
 # The untuned tiny SAM's entry in the store (it has no seed).
 TINY_SAM_STORE_FILE = "sam.json"
@@ -335,15 +338,17 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
 
 
 def _inference_ms(checkpoint: str | Path, experiment: str, prompt: str, args: argparse.Namespace) -> float:
-    """Milliseconds per sentence of the checkpoint's forward at batch 1 on val (:data:`TIMED_SAMPLES`), fp32."""
+    """Milliseconds per sentence (median) of the checkpoint's forward at batch 1 on val, fp32."""
     from ditsam.model.dit import DITSam
 
-    return _time_forward(DITSam.from_pretrained(checkpoint), experiment, prompt, args)
+    model = DITSam.from_pretrained(checkpoint).eval()
+    batches = _timing_batches(model, experiment, prompt, args)
+    _forward_seconds(model, batches[:1])  # warm-up
+    return 1000 * statistics.median(_forward_seconds(model, batches))
 
 
-def _time_forward(model, experiment: str, prompt: str, args: argparse.Namespace) -> float:
-    """Milliseconds per sentence of ``model``'s forward at batch 1 on val (after one warm-up sentence)."""
-    import torch
+def _timing_batches(model, experiment: str, prompt: str, args: argparse.Namespace) -> list[tuple[Any, dict]]:
+    """:data:`TIMED_SAMPLES` val sentences at batch 1 as ``(images, prompts)``, ready for ``model``'s forward."""
     from torch.utils.data import DataLoader, Subset
 
     from ditsam.data.collate import RISCollator
@@ -351,20 +356,24 @@ def _time_forward(model, experiment: str, prompt: str, args: argparse.Namespace)
     from ditsam.engine.data import ris_dataset
     from ditsam.engine.prompts import evaluation_prompts
 
-    model = model.eval()
     dataset = ris_dataset(load_experiment(experiment, args.common), "val", train=False)
-    loader = DataLoader(
-        Subset(dataset, range(TIMED_SAMPLES + 1)), batch_size=1, collate_fn=RISCollator(model.tokenizer)
-    )
-    elapsed = 0.0
+    loader = DataLoader(Subset(dataset, range(TIMED_SAMPLES)), batch_size=1, collate_fn=RISCollator(model.tokenizer))
+    return [
+        (batch.images, {"text": batch.text} if prompt == "text" else evaluation_prompts(batch.masks, prompt, [index]))
+        for index, batch in enumerate(loader)
+    ]
+
+
+def _forward_seconds(model, batches: list[tuple[Any, dict]]) -> list[float]:
+    import torch
+
+    seconds = []
     with torch.no_grad():
-        for index, batch in enumerate(loader):
-            prompts = {"text": batch.text} if prompt == "text" else evaluation_prompts(batch.masks, prompt, [index])
+        for images, prompts in batches:
             started = time.perf_counter()
-            model(batch.images, **prompts)
-            if index:  # the first call warms up
-                elapsed += time.perf_counter() - started
-    return 1000 * elapsed / TIMED_SAMPLES
+            model(images, **prompts)
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -373,13 +382,15 @@ def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
     The time of a forward depends on the architecture, not on the weights, so each run's model is built from
     its recipe (the tiny SAM's weights, fresh new parts) rather than from a checkpoint that may be gone; the
     times stored with the runs were taken whenever each run finished, on whatever else the machine was doing.
+    The rows take turns, one pass of :data:`TIMED_SAMPLES` sentences each, :data:`RETIME_PASSES` times over,
+    so that a machine whose speed drifts over minutes slows every row alike; a row's time is the median.
     """
     from ditsam.engine.config import load_experiment
     from ditsam.engine.text_encoder import resolve_text_encoder
     from ditsam.engine.train import build_model
     from ditsam.model.dit import DITSam
 
-    times: dict[str, dict[str, float]] = {}
+    timed: list[tuple[str, str, Any, list[tuple[Any, dict]]]] = []
     for key in keys:
         run = RUNS[key]
         if run is None:
@@ -391,9 +402,25 @@ def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
             if text_encoder is not None:  # RefShapes' tiny BERT, written beside the data (once)
                 text_encoder.build()
             model, experiment, prompts = build_model(config), run.experiment, run.prompts
-        times[key] = {prompt: _time_forward(model, experiment, prompt, args) for prompt in prompts}
-        logger.info("%s: %s ms / sentence", key, times[key])
-    return {"machine": machine_info(), "timed_samples": TIMED_SAMPLES, "ms_per_sentence": times}
+        model.eval()
+        timed += [(key, prompt, model, _timing_batches(model, experiment, prompt, args)) for prompt in prompts]
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for _, _, model, batches in timed:
+        _forward_seconds(model, batches[:1])  # warm-up
+    for _ in range(RETIME_PASSES):
+        for key, prompt, model, batches in timed:
+            seconds.setdefault((key, prompt), []).extend(_forward_seconds(model, batches))
+    times: dict[str, dict[str, float]] = {}
+    for (key, prompt), values in seconds.items():
+        times.setdefault(key, {})[prompt] = 1000 * statistics.median(values)
+        logger.info("%s %s: %.1f ms / sentence", key, prompt, times[key][prompt])
+    return {
+        "machine": machine_info(),
+        "timed_samples": TIMED_SAMPLES,
+        "passes": RETIME_PASSES,
+        "statistic": "median, the rows taking turns pass by pass",
+        "ms_per_sentence": times,
+    }
 
 
 def _stat(values: list[float]) -> str:
