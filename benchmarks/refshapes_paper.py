@@ -34,8 +34,11 @@ from typing import Any
 from ditsam.config import parse_override
 from machine import machine_info
 
-# The tiny SAM every run starts from, scored as Table 4's first rows (no training on text).
+# The tiny SAM every run starts from, scored as Table 4's first rows (no training on text), with its
+# experiment (the data it is scored on) and the prompts it is scored with.
 TINY_SAM = "refshapes-sam"
+TINY_SAM_EXPERIMENT = "refshapes/sam"
+TINY_SAM_PROMPTS = ("points", "box")
 # Splits a claim averages its metric over (mIoU of val, testA and testB: less noise than one split).
 CLAIM_SPLITS = ("val", "testA", "testB")
 CLAIM_METRIC = "miou"
@@ -314,12 +317,12 @@ def _score_tiny_sam(args: argparse.Namespace) -> dict[str, Any]:
     if finished is not None:
         return finished
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"experiment": "refshapes/sam", "train_seconds": None, "scores": {}}
-    for prompt in ("points", "box"):
+    result: dict[str, Any] = {"experiment": TINY_SAM_EXPERIMENT, "train_seconds": None, "scores": {}}
+    for prompt in TINY_SAM_PROMPTS:
         shutil.rmtree(out / f"eval-{prompt}", ignore_errors=True)  # an interrupted invocation's partial output
         scores, _ = evaluate_checkpoint(
             TINY_SAM,
-            data="refshapes/sam",
+            data=TINY_SAM_EXPERIMENT,
             overrides=[f"data.root={args.data}"],
             prompt=prompt,
             out=out / f"eval-{prompt}",
@@ -328,7 +331,7 @@ def _score_tiny_sam(args: argparse.Namespace) -> dict[str, Any]:
             num_pictures=0,
         )
         result["scores"][prompt] = {split: _metrics(values) for split, values in scores.items()}
-        result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(TINY_SAM, "refshapes/sam", prompt, args)
+        result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(TINY_SAM, TINY_SAM_EXPERIMENT, prompt, args)
     _write_result(result, out / RESULT_FILE, _store_path("sam", None, args))
     return result
 
@@ -394,7 +397,7 @@ def retime(keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
     for key in keys:
         run = RUNS[key]
         if run is None:
-            model, experiment, prompts = DITSam.from_pretrained(TINY_SAM), "refshapes/sam", ("points", "box")
+            model, experiment, prompts = DITSam.from_pretrained(TINY_SAM), TINY_SAM_EXPERIMENT, TINY_SAM_PROMPTS
         else:
             config, text_encoder = resolve_text_encoder(
                 load_experiment(run.experiment, {**dict(run.overrides), **args.common})
