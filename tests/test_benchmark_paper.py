@@ -1,5 +1,5 @@
-"""benchmarks/refshapes_paper.py: every row names a run whose experiment loads, and the claims are judged
-right on hand-made scores."""
+"""benchmarks/refshapes_paper.py and its paper_tables.py: every row names a run whose experiment loads, the
+claims are judged right on hand-made scores, stored runs are reused."""
 
 from __future__ import annotations
 
@@ -19,52 +19,58 @@ def paper(monkeypatch: pytest.MonkeyPatch):
     return importlib.import_module("refshapes_paper")
 
 
-def test_every_row_and_claim_names_a_run_that_loads(paper) -> None:
-    for _, rows in paper.TABLES.values():
+@pytest.fixture()
+def tables(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("paper_tables")
+
+
+def test_every_row_and_claim_names_a_run_that_loads(paper, tables) -> None:
+    for _, rows in tables.TABLES.values():
         for _, key, prompt in rows:
-            run = paper.RUNS[key]
+            run = tables.RUNS[key]
             if run is None:
                 assert prompt in ("points", "box")
                 continue
             assert prompt in run.prompts
             config = load_experiment(run.experiment, dict(run.overrides))
             assert config.train.init_checkpoint == paper.TINY_SAM
-    for claim in paper.CLAIMS:
-        assert claim.table in paper.TABLES
+    for claim in tables.CLAIMS:
+        assert claim.table in tables.TABLES
         for key, _ in (*claim.plus, *claim.minus):
-            assert key in paper.RUNS
+            assert key in tables.RUNS
 
 
-def test_a_claim_holds_by_its_per_seed_differences(paper) -> None:
-    claim = paper.Claim("1", "a > b", (("a", "text"),), (("b", "text"),))
-    verdict = paper.judge(claim, {("a", "text"): [60.0, 62.0, 64.0], ("b", "text"): [59.0, 60.0, 61.0]})
+def test_a_claim_holds_by_its_per_seed_differences(tables) -> None:
+    claim = tables.Claim("1", "a > b", (("a", "text"),), (("b", "text"),))
+    verdict = tables.judge(claim, {("a", "text"): [60.0, 62.0, 64.0], ("b", "text"): [59.0, 60.0, 61.0]})
     # differences 1, 2, 3: mean 2, sample std 1
     assert verdict["verdict"] == "holds" and verdict["difference"] == pytest.approx(2.0)
     assert verdict["margin_in_std"] == pytest.approx(2.0) and verdict["seeds"] == 3
-    against = paper.judge(claim, {("a", "text"): [50.0, 50.0], ("b", "text"): [51.0, 53.0]})
+    against = tables.judge(claim, {("a", "text"): [50.0, 50.0], ("b", "text"): [51.0, 53.0]})
     assert against["verdict"] == "does not hold" and against["margin_in_std"] == pytest.approx(-2.0 / 2**0.5 * 1)
-    assert paper.judge(claim, {("a", "text"): [1.0]})["verdict"] == "not measured"
+    assert tables.judge(claim, {("a", "text"): [1.0]})["verdict"] == "not measured"
 
 
-def test_a_single_valued_row_serves_every_seed(paper) -> None:
-    claim = paper.Claim("4", "mix > sam", (("mix", "box"),), (("sam", "box"),))
-    verdict = paper.judge(claim, {("mix", "box"): [80.0, 82.0], ("sam", "box"): [79.0]})
+def test_a_single_valued_row_serves_every_seed(tables) -> None:
+    claim = tables.Claim("4", "mix > sam", (("mix", "box"),), (("sam", "box"),))
+    verdict = tables.judge(claim, {("mix", "box"): [80.0, 82.0], ("sam", "box"): [79.0]})
     assert verdict["difference"] == pytest.approx(2.0) and verdict["seeds"] == 2
 
 
-def test_a_difference_of_differences(paper) -> None:
-    claim = next(c for c in paper.CLAIMS if "larger with the encoder frozen" in c.text)
+def test_a_difference_of_differences(tables) -> None:
+    claim = next(c for c in tables.CLAIMS if "larger with the encoder frozen" in c.text)
     scores = {
         ("ldit", "text"): [70.0],
         ("default", "text"): [60.0],
         ("ldit_frozen", "text"): [65.0],
         ("default_frozen", "text"): [45.0],
     }
-    verdict = paper.judge(claim, scores)
+    verdict = tables.judge(claim, scores)
     assert verdict["difference"] == pytest.approx(10.0) and verdict["margin_in_std"] is None
 
 
-def test_the_markdown_shows_rows_and_verdicts(paper) -> None:
+def test_the_markdown_shows_rows_and_verdicts(tables) -> None:
     split = {"miou": 61.0, "oiou": 60.0, "p@0.5": 70.0}
     result = {
         "train_seconds": 100.0,
@@ -72,8 +78,8 @@ def test_the_markdown_shows_rows_and_verdicts(paper) -> None:
         "ms_per_sentence": {"text": 3.0},
     }
     results = {"ldit": [result, result], "crossatt": [result]}
-    verdicts = [paper.judge(c, paper.collect_scores(results)) for c in paper.CLAIMS if c.table == "3"]
-    text = paper.markdown(results, ["3"], verdicts)
+    verdicts = [tables.judge(c, tables.collect_scores(results)) for c in tables.CLAIMS if c.table == "3"]
+    text = tables.markdown(results, ["3"], verdicts)
     assert (
         "| Linear projection | 2 | 61.0 ± 0.0 | 61.0 ± 0.0 | 61.0 ± 0.0 | 70.0 ± 0.0 | 100.0 ± 0.0 | 3.0 ± 0.0 |"
         in text
@@ -81,27 +87,27 @@ def test_the_markdown_shows_rows_and_verdicts(paper) -> None:
     assert "| CrossAtt + FFN | 0 | - |" in text
     assert "| linear projection beats CrossAtt + FFN | not measured |" in text
     # Times from one sitting replace each run's own; a row the sitting did not time keeps its runs' times.
-    retimed = paper.markdown(results, ["3"], verdicts, {"ldit": {"text": 2.5}})
+    retimed = tables.markdown(results, ["3"], verdicts, {"ldit": {"text": 2.5}})
     assert (
         "| 100.0 ± 0.0 | 2.5 |" in retimed and "| CrossAtt | 1 | 61.0 | 61.0 | 61.0 | 70.0 | 100.0 | 3.0 |" in retimed
     )
 
 
-def test_claims_pair_the_seeds_both_sides_have(paper) -> None:
-    claim = paper.Claim("1", "a > b", (("a", "text"),), (("b", "text"),))
-    verdict = paper.judge(claim, {("a", "text"): {0: 60.0, 2: 64.0}, ("b", "text"): {0: 59.0, 1: 99.0, 2: 61.0}})
+def test_claims_pair_the_seeds_both_sides_have(tables) -> None:
+    claim = tables.Claim("1", "a > b", (("a", "text"),), (("b", "text"),))
+    verdict = tables.judge(claim, {("a", "text"): {0: 60.0, 2: 64.0}, ("b", "text"): {0: 59.0, 1: 99.0, 2: 61.0}})
     # seed 1 of b has no partner: differences 1 (seed 0) and 3 (seed 2)
     assert verdict["seeds"] == 2 and verdict["difference"] == pytest.approx(2.0)
-    untuned = paper.judge(claim, {("a", "text"): {1: 62.0, 2: 64.0}, ("b", "text"): {None: 60.0}})
+    untuned = tables.judge(claim, {("a", "text"): {1: 62.0, 2: 64.0}, ("b", "text"): {None: 60.0}})
     assert untuned["seeds"] == 2 and untuned["difference"] == pytest.approx(3.0)
 
 
-def test_a_run_finished_in_the_store_is_reused_not_trained(paper, tmp_path: Path, monkeypatch) -> None:
+def test_a_run_finished_in_the_store_is_reused_not_trained(paper, tables, tmp_path: Path, monkeypatch) -> None:
     import argparse
     import json
 
     args = argparse.Namespace(runs=str(tmp_path / "runs"), store=str(tmp_path / "store"), common={"data.root": "d"})
-    run = paper.RUNS["ldit"]
+    run = tables.RUNS["ldit"]
     stored = {"experiment": run.experiment, "overrides": {"data.root": "d", "train.seed": 1}, "scores": {}}
     (tmp_path / "store" / "ldit").mkdir(parents=True)
     (tmp_path / "store" / "ldit" / "seed1.json").write_text(json.dumps(stored))
