@@ -262,7 +262,10 @@ def markdown(
                 if v["verdict"] == "not measured":
                     lines.append(f"| {v['claim']} | not measured | - | - |")
                     continue
-                margin = "n/a (1 seed)" if v["margin_in_std"] is None else f"{v['margin_in_std']:+.1f} std"
+                if v["margin_in_std"] is None:
+                    margin = f"n/a ({v['seeds']} seed{'s' if v['seeds'] > 1 else ''})"
+                else:
+                    margin = f"{v['margin_in_std']:+.1f} std ({v['seeds']} seeds)"
                 lines.append(f"| {v['claim']} | **{v['verdict']}** | {v['difference']:+.2f} | {margin} |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

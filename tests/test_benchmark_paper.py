@@ -86,6 +86,18 @@ def test_the_markdown_shows_rows_and_verdicts(tables) -> None:
     )
     assert "| CrossAtt + FFN | 0 | - |" in text
     assert "| linear projection beats CrossAtt + FFN | not measured |" in text
+    assert "| linear projection beats CrossAtt | **does not hold** | +0.00 | n/a (1 seed) |" in text
+
+    def scored(miou: float, seed: int) -> dict:
+        values = {"miou": miou, "oiou": miou, "p@0.5": miou}
+        return {**result, "seed": seed, "scores": {"text": {"val": values, "testA": values, "testB": values}}}
+
+    two_seeds = {"ldit": [scored(60.0, 0), scored(62.0, 1)], "crossatt": [scored(59.0, 0), scored(60.0, 1)]}
+    # differences 1 and 2: mean 1.5, sample std 0.71, margin 2.1
+    paired = [tables.judge(c, tables.collect_scores(two_seeds)) for c in tables.CLAIMS if c.table == "3"]
+    assert "| linear projection beats CrossAtt | **holds** | +1.50 | +2.1 std (2 seeds) |" in tables.markdown(
+        two_seeds, ["3"], paired
+    )
     # Times from one sitting replace each run's own; a row the sitting did not time keeps its runs' times.
     retimed = tables.markdown(results, ["3"], verdicts, {"ldit": {"text": 2.5}})
     assert (
