@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from ditsam.engine.checkpoint import load_training_state
     from ditsam.engine.config import load_experiment
     from ditsam.engine.run_eval import evaluate_checkpoint
     from ditsam.engine.train import train
@@ -71,9 +72,9 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
             )
         return finished
     config = load_experiment(run.experiment, overrides)
-    started = time.perf_counter()
     train(config, run_dir=run_dir, resume=(run_dir / "checkpoints" / "last").is_dir(), progress=False)
-    seconds = time.perf_counter() - started
+    # The checkpoint's count covers every session of a run resumed after an interruption, not only the last.
+    seconds = load_training_state(run_dir / "checkpoints" / "last")["progress"]["train_seconds"]
     best = run_dir / "checkpoints" / "best"
     result = {"experiment": run.experiment, "overrides": overrides, "train_seconds": seconds, "scores": {}}
     for prompt in run.prompts:

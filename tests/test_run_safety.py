@@ -40,8 +40,13 @@ def _steps(run: Path) -> list[int]:
     return [r["step"] for r in records if "train/loss" in r]
 
 
+def _state(checkpoint: Path) -> dict:
+    """The training progress a checkpoint copy holds."""
+    return torch.load(checkpoint / "training_state.pt", weights_only=True)["progress"]
+
+
 def _state_step(checkpoint: Path) -> int:
-    return int(torch.load(checkpoint / "training_state.pt", weights_only=True)["progress"]["global_step"])
+    return int(_state(checkpoint)["global_step"])
 
 
 def _yaml(config, path: Path) -> Path:
@@ -198,6 +203,21 @@ def test_resumed_run_does_not_repeat_metrics_records(refshapes_root, tiny_bert_d
     assert _steps(run) == [1, 2, 3, 4, 5] and _state_step(run / "checkpoints/last") == 3
     Trainer(config, run_dir=run, resume=True, progress=False).fit()
     assert _steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoints_count_training_time_over_every_resume(refshapes_root, tiny_bert_dir, tmp_path, monkeypatch):
+    from ditsam.engine.stopping import PAUSE_PER_STEP_ENV
+
+    pause = 0.2  # seconds a step at least, so each session's three steps take >= 0.6 s
+    monkeypatch.setenv(PAUSE_PER_STEP_ENV, str(pause))
+    run = tmp_path / "run"
+    config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=3, eval_every_epochs=100)
+    Trainer(config, run_dir=run, progress=False).fit()
+    first = _state(run / "checkpoints/last")["train_seconds"]
+    assert first >= 3 * pause
+    more = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=6, eval_every_epochs=100)
+    Trainer(more, run_dir=run, resume=True, progress=False).fit()
+    assert _state(run / "checkpoints/last")["train_seconds"] >= first + 3 * pause, "the resume adds to the total"
 
 
 # ---------------------------------------------------------------------------------------------------

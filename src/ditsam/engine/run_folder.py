@@ -85,6 +85,10 @@ class Progress:
     # Records written to metrics.jsonl when the checkpoint was saved: a resume drops later ones (their
     # steps are trained and logged again), so no step appears twice.
     metrics_records: int = 0
+    # Wall seconds of the training loop (steps and evaluations) up to this checkpoint, summed over every
+    # resume: what the run has cost, which a preempted run's last session alone understates. Steps after the
+    # checkpoint are trained again on resume and counted then.
+    train_seconds: float = 0.0
 
 
 def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -194,6 +194,8 @@ class Trainer:
         # Steps not yet checked for a finite loss: (global step, result, ref_ids per micro-batch).
         self._unchecked: list[tuple[int, StepResult, list[list[int]]]] = []
         self.progress = Progress()
+        # While fit() runs: (its perf_counter start, progress.train_seconds then), for the time saved in checkpoints.
+        self._clock: tuple[float, float] | None = None
         if resume:
             main_first(self._resume)  # rank 0 first: a damaged copy is reported once
         self.collator = RISCollator(self.unwrapped.tokenizer, drop_padding_columns=config.model.mask_text_padding)
@@ -265,6 +267,9 @@ class Trainer:
 
     def save(self, name: str) -> Path | None:
         self._check_finite()  # never write weights that a non-finite loss has touched
+        if self._clock is not None:
+            started, seconds_before = self._clock
+            self.progress.train_seconds = seconds_before + time.perf_counter() - started
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
@@ -303,6 +308,11 @@ class Trainer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.progress = Progress(**state["progress"])
+        if "train_seconds" not in state["progress"]:
+            logger.warning(
+                "%s was saved before checkpoints counted training time: this run's train_seconds counts from now on",
+                copy,
+            )
         if self.accelerator.is_main_process:
             drop_metrics_after_checkpoint(
                 self.run_dir / METRICS_FILE, self.progress, counted="metrics_records" in state["progress"]
@@ -380,6 +390,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
+        self._clock = (time.perf_counter(), self.progress.train_seconds)
         self.model.train()
         stop = StopSignals()
         stop.install()
