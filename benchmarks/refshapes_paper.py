@@ -299,6 +299,7 @@ def main() -> None:
         record["timing"] = timing
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    trained = sum(1 for runs in results.values() for r in runs if r["train_seconds"] is not None)
     body = markdown(results, list(TABLES), verdicts, None if timing is None else timing["ms_per_sentence"])
     times = (
         "ms / sentence: each run's own, timed when it finished"
@@ -308,6 +309,8 @@ def main() -> None:
     out.with_suffix(".md").write_text(
         f"Machine: {record['machine']['cpu_model']}, {record['machine']['usable_cores']} cores "
         f"({', '.join(record['machine']['isa'])}); seeds {args.seeds}; mean ± std over seeds; {times}.\n\n"
+        f"Cost: {trained} training runs stored, {record['train_seconds_all_runs'] / 3600:.1f} hours of training in all "
+        f"(each run on the machine and in the session it finished in).\n\n"
         f"{body}\n"
     )
     print(body)
