@@ -13,6 +13,9 @@ from typing import Any
 # Splits a claim averages its metric over (mIoU of val, testA and testB: less noise than one split).
 CLAIM_SPLITS = ("val", "testA", "testB")
 CLAIM_METRIC = "miou"
+# The lines between which --readme writes the report into a Markdown file (kept by hand around it).
+README_BEGIN = "<!-- refshapes_paper.py --readme: begin -->"
+README_END = "<!-- refshapes_paper.py --readme: end -->"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,3 +288,18 @@ def _by_seed(values: list[float] | dict[int | None, float]) -> dict[int | None, 
     if isinstance(values, dict):
         return values
     return {None: values[0]} if len(values) == 1 else dict(enumerate(values))
+
+
+def splice(document: str, report: str) -> str:
+    """``document`` with the lines between :data:`README_BEGIN` and :data:`README_END` replaced by ``report``.
+
+    Raises ValueError naming the marker lines when the document does not hold each once, in that order."""
+    begin, end = document.count(README_BEGIN), document.count(README_END)
+    if begin != 1 or end != 1 or document.index(README_BEGIN) > document.index(README_END):
+        raise ValueError(
+            f"needs the line {README_BEGIN!r} once and, after it, the line {README_END!r} once "
+            f"(found {begin} and {end})"
+        )
+    head, rest = document.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    return f"{head}{README_BEGIN}\n{report.strip()}\n{README_END}{tail}"

@@ -33,7 +33,7 @@ from typing import Any
 
 from ditsam.config import parse_override
 from machine import machine_info
-from paper_tables import CLAIMS, RUNS, TABLES, Run, collect_scores, judge, markdown
+from paper_tables import CLAIMS, RUNS, TABLES, Run, collect_scores, judge, markdown, splice
 
 # The tiny SAM every run starts from, scored as Table 4's first rows (no training on text), with its
 # experiment (the data it is scored on) and the prompts it is scored with.
@@ -253,6 +253,13 @@ def main() -> None:
         action="store_true",
         help="train nothing: time every row's model in one sitting (quiet machine) for the report's time column",
     )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also write the report's tables into this Markdown file, between its two marker lines "
+        "(benchmarks/README.md has them)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.lr=0.0005")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -263,6 +270,8 @@ def main() -> None:
     keys = list(dict.fromkeys(key for table in args.tables for _, key, _ in TABLES[table][1]))
     if args.only:
         keys = [key for key in args.only if key in keys]
+    if args.readme is not None:  # before hours of training, not after
+        _splice_into(args.readme, "")
     started = time.perf_counter()
     out = Path(args.out)
     timing_file = out.with_name(out.name + TIMING_SUFFIX)
@@ -313,7 +322,17 @@ def main() -> None:
         f"(each run on the machine and in the session it finished in).\n\n"
         f"{body}\n"
     )
+    if args.readme is not None:
+        args.readme.write_text(_splice_into(args.readme, body))
     print(body)
+
+
+def _splice_into(readme: Path, report: str) -> str:
+    """The text of ``readme`` with ``report`` between its marker lines; SystemExit naming the file if it cannot."""
+    try:
+        return splice(readme.read_text(), report)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--readme {readme}: {error}") from error
 
 
 if __name__ == "__main__":

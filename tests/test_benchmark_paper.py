@@ -105,6 +105,19 @@ def test_the_markdown_shows_rows_and_verdicts(tables) -> None:
     )
 
 
+def test_the_report_replaces_only_what_stands_between_the_readme_markers(tables) -> None:
+    document = f"# Benchmarks\nprose before\n{tables.README_BEGIN}\nold table\n{tables.README_END}\nprose after\n"
+    spliced = tables.splice(document, "### new table\n")
+    assert (
+        spliced
+        == f"# Benchmarks\nprose before\n{tables.README_BEGIN}\n### new table\n{tables.README_END}\nprose after\n"
+    )
+    assert tables.splice(spliced, "### new table") == spliced
+    for broken in (document.replace(tables.README_END, ""), document + tables.README_BEGIN + "\n"):
+        with pytest.raises(ValueError, match="once"):
+            tables.splice(broken, "x")
+
+
 def test_claims_pair_the_seeds_both_sides_have(tables) -> None:
     claim = tables.Claim("1", "a > b", (("a", "text"),), (("b", "text"),))
     verdict = tables.judge(claim, {("a", "text"): {0: 60.0, 2: 64.0}, ("b", "text"): {0: 59.0, 1: 99.0, 2: 61.0}})
@@ -149,3 +162,20 @@ def test_retime_builds_each_rows_model_from_its_recipe_and_times_its_prompts(
     assert set(timing["ms_per_sentence"]["mix"]) == {"text", "points", "box"}
     assert all(ms > 0 for row in timing["ms_per_sentence"].values() for ms in row.values())
     assert timing["timed_samples"] == 1 and timing["machine"]["cpu_model"]
+
+
+def test_report_only_writes_the_tables_into_the_readme_and_refuses_one_without_markers(
+    paper, tables, tmp_path: Path, monkeypatch
+) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{tables.README_BEGIN}\n{tables.README_END}\nkept\n")
+    where = ["--store", str(tmp_path / "store"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out/r")]
+    monkeypatch.setattr("sys.argv", ["refshapes_paper.py", "--report-only", *where, "--readme", str(readme)])
+    paper.main()
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{tables.README_END}\nkept\n")
+    assert "### Table 1: where the text enters" in text and "| L-DIT > E-DIT | not measured |" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match=f"--readme {readme}: needs the line"):
+        paper.main()
+    assert readme.read_text() == "no markers\n"
