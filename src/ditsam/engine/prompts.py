@@ -113,6 +113,26 @@ def training_prompts(
     return {"points": points}
 
 
+def mixed_prompts(text: Any, masks: torch.Tensor, train: Any) -> dict[str, Any]:
+    """A training micro-batch's prompts: ``{"text": text}``, or for a Mix experiment (``train.prompt_mix``:
+    the chances of text, point and box) sometimes a point or a box drawn from ``masks`` (B, H, W) as
+    ``train.prompt_sampling`` says; text when any mask is empty (a point or box needs an object)."""
+    mix = train.prompt_mix
+    if mix[1] == 0 and mix[2] == 0:
+        return {"text": text}
+    kind = ("text", "point", "box")[int(torch.multinomial(torch.tensor(mix, dtype=torch.float), 1))]
+    if kind == "text" or not bool((masks.flatten(1) > 0.5).any(1).all()):
+        return {"text": text}
+    sampling = train.prompt_sampling
+    return training_prompts(
+        masks,
+        kind,
+        max_points=sampling.max_points,
+        max_negatives=sampling.max_negatives,
+        box_noise=sampling.box_noise,
+    )
+
+
 def evaluation_prompts(masks: torch.Tensor, kind: str, indices: Sequence[int]) -> dict[str, Any]:
     """Table 4's prompts for (B, 1, S, S) targets of the samples ``indices`` of a split: ``"box"`` (the
     ground-truth box) or ``"points"`` (:data:`EVAL_POINTS` positive clicks on the mask)."""

@@ -20,6 +20,7 @@ replaced (``overwrite=True``, which deletes the outputs listed above and nothing
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from ditsam.outputs import (
     remove_outputs,
     write_text_atomically,
 )
+from ditsam.versions import software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,20 @@ def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
+
+
+def write_run_record(run_dir: Path, config: ExperimentConfig, datasets: dict[str, Any]) -> None:
+    """What a run's start records beside its checkpoints: the resolved config, the software versions and, for
+    ``datasets`` (split name -> dataset) whose reader names its annotation file, which file each split read."""
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (run_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
+    sources = {
+        split: dataset.base.source
+        for split, dataset in datasets.items()
+        if getattr(dataset.base, "source", None) is not None
+    }
+    if sources:  # gRefCOCO was renumbered once: a run names the files it read
+        (run_dir / DATA_SOURCES_FILE).write_text(json.dumps(sources, indent=2))
 
 
 def default_run_dir(config: ExperimentConfig, run_dir: Path | str | None) -> Path:

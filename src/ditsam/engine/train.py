@@ -32,13 +32,11 @@ from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
 from ditsam.engine.losses import mask_loss, presence_loss
-from ditsam.engine.prompts import training_prompts
+from ditsam.engine.prompts import mixed_prompts
 from ditsam.engine.run_folder import (
     BAD_RECORDS_FILE,
     CHECKPOINT_NAMES,
-    DATA_SOURCES_FILE,
     METRICS_FILE,
-    VERSIONS_FILE,
     Progress,
     RunFolderError,
     check_resumed_architecture,
@@ -47,6 +45,7 @@ from ditsam.engine.run_folder import (
     drop_metrics_after_checkpoint,
     non_finite_message,
     prepare_run_folder,
+    write_run_record,
 )
 from ditsam.engine.schedule import learning_rate
 from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
@@ -56,7 +55,6 @@ from ditsam.engine.trackers import RunTrackers
 from ditsam.metrics import format_table, summarize
 from ditsam.model.dit import DITSam
 from ditsam.outputs import describe_write_failure, is_disk_full
-from ditsam.versions import software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -366,15 +364,7 @@ class Trainer:
     def fit(self) -> dict[str, dict[str, float]]:
         train = self.config.train
         if self.accelerator.is_main_process:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-            (self.run_dir / VERSIONS_FILE).write_text(json.dumps(software_versions(), indent=2))
-            sources = {
-                split: dataset.base.source
-                for split, dataset in {"train": self.train_set, **self.eval_sets}.items()
-                if getattr(dataset.base, "source", None) is not None
-            }
-            if sources:  # gRefCOCO was renumbered once: a run names the files it read
-                (self.run_dir / DATA_SOURCES_FILE).write_text(json.dumps(sources, indent=2))
+            write_run_record(self.run_dir, self.config, {"train": self.train_set, **self.eval_sets})
         step, config = self.progress.global_step, self.config.to_dict()
         self.trackers.start(self.accelerator, project=self.config.name, config=config, resumed_step=step)
         total_steps = self.steps_per_epoch * train.epochs
@@ -498,23 +488,6 @@ class Trainer:
             self.progress.best_score = score
             self.save("best")
 
-    def _prompts(self, batch: Any) -> dict[str, Any]:
-        """Text, or for a Mix experiment sometimes a point or a box from the target mask."""
-        mix = self.config.train.prompt_mix
-        if mix[1] == 0 and mix[2] == 0:
-            return {"text": batch.text}
-        kind = ("text", "point", "box")[int(torch.multinomial(torch.tensor(mix, dtype=torch.float), 1))]
-        if kind == "text" or not bool((batch.masks.flatten(1) > 0.5).any(1).all()):
-            return {"text": batch.text}
-        sampling = self.config.train.prompt_sampling
-        return training_prompts(
-            batch.masks,
-            kind,
-            max_points=sampling.max_points,
-            max_negatives=sampling.max_negatives,
-            box_noise=sampling.box_noise,
-        )
-
     def _loss(self, output: Any, micro: MicroBatch) -> torch.Tensor:
         # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.
         # Multimask models learn from their best mask and train the IoU head that picks it (SAM's recipe).
@@ -552,7 +525,10 @@ class Trainer:
             batch = batch.to(self.accelerator.device, non_blocking=True)
             micro_batches.append(
                 MicroBatch(
-                    images=batch.images, masks=batch.masks, prompts=self._prompts(batch), no_target=batch.no_target
+                    images=batch.images,
+                    masks=batch.masks,
+                    prompts=mixed_prompts(batch.text, batch.masks, self.config.train),
+                    no_target=batch.no_target,
                 )
             )
         result = self.step(micro_batches)
