@@ -16,11 +16,14 @@ last column.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from ditsam.model.sam.prompt_encoder import PADDING_LABEL
+
+if TYPE_CHECKING:
+    from ditsam.engine.config import TrainConfig
 
 # Offset of a pixel's centre from its top-left corner in continuous coordinates.
 PIXEL_CENTRE = 0.5
@@ -113,7 +116,7 @@ def training_prompts(
     return {"points": points}
 
 
-def mixed_prompts(text: Any, masks: torch.Tensor, train: Any) -> dict[str, Any]:
+def mixed_prompts(text: Any, masks: torch.Tensor, train: TrainConfig) -> dict[str, Any]:
     """A training micro-batch's prompts: ``{"text": text}``, or for a Mix experiment (``train.prompt_mix``:
     the chances of text, point and box) sometimes a point or a box drawn from ``masks`` (B, H, W) as
     ``train.prompt_sampling`` says; text when any mask is empty (a point or box needs an object)."""
