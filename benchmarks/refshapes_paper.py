@@ -11,7 +11,8 @@ the frozen rows) trains once. Finished runs are reused by a rerun: each run fold
 (``benchmarks/results/refshapes_paper_runs/<run>/seed<N>.json``, committed: run folders do not outlive a
 machine), so an interrupted invocation continues where it stopped, another machine or session carries on
 from the store, and more seeds can be added later. Runs go seed by seed (every run of seed 0 first), and the
-report always holds every table with every finished run; ``--report-only`` trains nothing.
+report always holds every table with every finished run; ``--report-only`` trains nothing, and
+``--readme benchmarks/README.md`` also writes the tables into that file between its two marker lines.
 
 The runs, tables and claims, and how a claim is judged: ``paper_tables.py``. Writes
 ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
