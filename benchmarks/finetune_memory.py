@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoke_models import SMOKE_BERT, SMOKE_SAM
+
 HERE = Path(__file__).resolve().parent
 MODES = ("full", "frozen", "lora")
 GIB = 2**30
@@ -60,28 +62,7 @@ FULL_MODEL = dict(
     injection="layerwise",
     mask_text_padding=False,
 )
-SMOKE_MODEL = dict(
-    backbone="custom",
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    global_attn_indexes=[1],
-    image_size=64,
-    attention="global",
-    injection="layerwise",
-    mask_text_padding=False,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-)
-SMOKE_BERT = dict(
-    vocab_size=200,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
+SMOKE_MODEL = dict(SMOKE_SAM, attention="global", injection="layerwise", mask_text_padding=False)
 MAX_TOKENS = 20
 # Parameters a text-prompted training step never reaches (no gradient, no Adam state).
 UNUSED_BY_TEXT_TRAINING = (

@@ -65,6 +65,7 @@ import torch
 from gpu_backbones import section_backbones
 from gpu_harness import MAX_TOKENS, Models, encoder_call, in_precision, measure, model_call, precision, synchronize
 from gpu_report import goals, markdown
+from smoke_models import SMOKE_BERT, SMOKE_SAM
 
 HERE = Path(__file__).resolve().parent
 
@@ -109,17 +110,6 @@ class Scale:
     budget_s: float
 
 
-TINY_BACKBONE = dict(
-    backbone="custom",
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    global_attn_indexes=[1],
-    image_size=64,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-)
 FULL = Scale(
     model={},
     bert={},
@@ -140,15 +130,8 @@ FULL = Scale(
     budget_s=420.0,
 )
 SMOKE = Scale(
-    model=TINY_BACKBONE,
-    bert=dict(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ),
+    model=SMOKE_SAM,
+    bert=SMOKE_BERT,
     throughput_batch=4,
     max_batches=(8,),
     train_batches=(2,),
@@ -157,7 +140,7 @@ SMOKE = Scale(
     throughput_iters=2,
     train_steps=1,
     matmul_n=128,
-    large=(("tiny_wide", {**TINY_BACKBONE, "embed_dim": 48, "num_heads": 3}, 2),),
+    large=(("tiny_wide", {**SMOKE_SAM, "embed_dim": 48, "num_heads": 3}, 2),),
     backbones=(("tiny_sam", {}), ("tiny_efficientsam", {"family": "efficientsam"})),
     budget_s=50.0,
 )

@@ -55,6 +55,7 @@ from ditsam.model.config import DITSamConfig
 from ditsam.model.dit import DITSam
 from ditsam.model.text import build_tiny_bert
 from machine import machine_info
+from smoke_models import SMOKE_SAM
 
 RESULTS = Path(__file__).parent / "results" / "latency_cpu.json"
 WORDS = "the man on left right of a red car dog woman in front small large near".split()
@@ -76,18 +77,7 @@ SIZES = {
         ),
     ),
     "tiny": dict(
-        model=dict(
-            backbone="custom",
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            global_attn_indexes=[1],
-            image_size=64,
-            window_size=3,
-            prompt_embed_dim=32,
-            decoder_mlp_dim=64,
-            decoder_num_heads=2,
-        ),
+        model=dict(SMOKE_SAM, window_size=3),
         hf=dict(
             hidden_size=32,
             num_hidden_layers=2,
