@@ -18,7 +18,8 @@ The runs, tables and claims, and how a claim is judged: ``paper_tables.py``. Wri
 ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
 mIoU per split, P@0.5 on val, training time per run, inference time per sentence at batch 1 on this machine),
 then every claim the paper makes about each table, marked holds / does not hold with its margin in standard
-deviations of the per-seed differences.
+deviations of the per-seed differences; and ``refshapes_paper.png`` (``paper_plot.py``): every row's score at
+every seed, so the spread between seeds is seen at a glance.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 from ditsam.config import parse_override
 from machine import machine_info
+from paper_plot import draw_seeds
 from paper_tables import CLAIMS, RUNS, TABLES, Run, collect_scores, judge, markdown, splice
 
 # The tiny SAM every run starts from, scored as Table 4's first rows (no training on text), with its
@@ -309,6 +311,7 @@ def main() -> None:
         record["timing"] = timing
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    draw_seeds(collect_scores(results), list(TABLES)).save(out.with_suffix(".png"))
     trained = sum(1 for runs in results.values() for r in runs if r["train_seconds"] is not None)
     body = markdown(results, list(TABLES), verdicts, None if timing is None else timing["ms_per_sentence"])
     times = (

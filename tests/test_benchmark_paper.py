@@ -179,3 +179,21 @@ def test_report_only_writes_the_tables_into_the_readme_and_refuses_one_without_m
     with pytest.raises(SystemExit, match=f"--readme {readme}: needs the line"):
         paper.main()
     assert readme.read_text() == "no markers\n"
+
+
+def test_the_picture_puts_each_seed_at_its_score(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    plot = importlib.import_module("paper_plot")
+    scores = {("ldit", "text"): {0: 50.0, 1: 70.0}, ("sam", "points"): {None: 90.0}}
+    image = plot.draw_seeds(scores, ["1", "4"])
+    pixels, rows_end = image.load(), image.height - plot.AXIS_HEIGHT  # the legend below repeats the seed colours
+
+    def columns(colour: tuple[int, int, int]) -> set[int]:
+        return {x for x in range(image.width) for y in range(rows_end) if pixels[x, y] == colour}
+
+    for colour, score in ((plot.SEED_COLOURS[0], 50.0), (plot.SEED_COLOURS[1], 70.0), (plot.UNSEEDED_COLOUR, 90.0)):
+        found = columns(colour)
+        assert found and all(abs(x - plot.x_of(score)) <= plot.DOT_RADIUS + 1 for x in found), (colour, score)
+    assert not columns(plot.SEED_COLOURS[2])
+    assert [title for title, _ in plot.plotted_rows(["1", "2"])][1].startswith("Table 2")
+    assert all(key not in ("edit", "ldit") for _, rows in plot.plotted_rows(["1", "2"])[1:] for _, key, _ in rows)
