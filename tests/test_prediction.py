@@ -11,9 +11,15 @@ import torch
 from ditsam.config import ConfigError
 from ditsam.defaults import MASK_THRESHOLD
 from ditsam.engine.config import TrainConfig
-from ditsam.engine.losses import iou_head_loss, mask_iou, mask_loss, per_mask_segmentation_loss, segmentation_loss
+from ditsam.engine.losses import (
+    iou_head_loss,
+    mask_iou,
+    mask_loss,
+    per_mask_segmentation_loss,
+    segmentation_loss,
+    training_loss,
+)
 from ditsam.engine.step import MicroBatch
-from ditsam.engine.train import Trainer
 from ditsam.model.dit import DITSam, DITSamOutput
 from ditsam.model.prediction import choose_prediction, final_mask, foreground
 from helpers import tiny_config
@@ -175,12 +181,12 @@ def test_the_iou_head_learns_from_the_multimask_loss_and_from_nothing_else(tiny_
 
 
 def _trainer_loss(config_overrides: dict, multimask: bool, output: DITSamOutput, target: torch.Tensor) -> torch.Tensor:
-    """Trainer._loss for a config, without building a Trainer (it reads only the config)."""
+    """The Trainer's loss (:func:`training_loss`) for a config; it reads only ``train`` and ``model.multimask_output``."""
     config = SimpleNamespace(
         train=TrainConfig.from_dict(config_overrides), model=SimpleNamespace(multimask_output=multimask)
     )
     micro = MicroBatch(images=torch.zeros(0), masks=target, prompts={})
-    return Trainer._loss(SimpleNamespace(config=config), output, micro)  # type: ignore[arg-type]
+    return training_loss(output, micro, config=config)  # type: ignore[arg-type]
 
 
 def test_the_trainer_adds_the_iou_loss_to_multimask_models_only_unless_asked():

@@ -26,11 +26,15 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from torch import nn
 
 from ditsam.digest import file_sha256
+
+if TYPE_CHECKING:
+    from ditsam.engine.ema import EMA
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,40 @@ def recover_checkpoints(folder: Path) -> list[str]:
     for action in actions:
         logger.info("%s", action)
     return actions
+
+
+def capture_training_state(
+    *, progress: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
+) -> dict[str, Any]:
+    """Everything ``--resume`` needs to continue as if never stopped: the counters (``progress``), the raw
+    weights, the optimiser, the EMA weights and update count, the CPU (and CUDA) random states."""
+    state = {
+        "progress": progress,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    if ema is not None:
+        state["ema"] = ema.shadow.state_dict()
+        state["ema_updates"] = ema.updates
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_training_state(
+    state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
+) -> None:
+    """Load a :func:`capture_training_state` back into the parts and the random states (the CUDA one when
+    both the state and this machine have it); the caller restores the counters from ``state["progress"]``."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.shadow.load_state_dict(state["ema"])
+        ema.updates = int(state["ema_updates"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
 
 
 def save_training_state(directory: Path, state: dict[str, Any]) -> None:

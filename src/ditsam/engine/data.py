@@ -1,12 +1,19 @@
-"""From a :class:`~ditsam.engine.config.DataConfig` to readers (the :data:`READERS` table) and transforms."""
+"""From a :class:`~ditsam.engine.config.DataConfig` to readers (the :data:`READERS` table) and transforms, and
+each training process's order of the training samples in an epoch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ditsam.engine.config import DataConfig, ExperimentConfig
 from ditsam.engine.generated import GENERATED_FORMATS, ensure_refshapes
+
+# Seed of an epoch's permutation: train.seed * EPOCH_SEED_STRIDE + epoch (a prime, so that nearby seeds and
+# epochs never share a permutation in any run of sensible length).
+EPOCH_SEED_STRIDE = 100_003
 
 
 def _generated_root(data: DataConfig) -> tuple[Path, str]:
@@ -129,3 +136,18 @@ def transform_for(config: ExperimentConfig, *, train: bool) -> Any:
         flip_p=data.flip_probability,
     )
     return RISTransform.for_training(transform_config) if train else RISTransform.for_eval(transform_config)
+
+
+def epoch_indices(
+    length: int, *, seed: int, epoch: int, presorted: bool, rank: int, world: int, skip_samples: int
+) -> list[int]:
+    """The training sample indices process ``rank`` of ``world`` visits in ``epoch``: its share of a
+    permutation seeded by ``seed`` and ``epoch`` -- the same on every process and every resume -- less its first
+    ``skip_samples`` (those a resumed run has seen). ``presorted``: a stream already in random order, kept as is.
+    The ``length % world`` samples left over are dropped, so every process takes as many steps."""
+    if presorted:
+        order = torch.arange(length)
+    else:
+        order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch))
+    per_process = length // world
+    return order[rank * per_process : (rank + 1) * per_process][skip_samples:].tolist()

@@ -1,13 +1,21 @@
 """Training losses: the paper's mask loss (BCE, optional Dice), SAM's multimask recipe (the best of
-the masks, the IoU head on all of them) and the gRIS presence loss."""
+the masks, the IoU head on all of them) and the gRIS presence loss; :func:`training_loss` combines them as an
+experiment's config asks."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ditsam.defaults import MASK_THRESHOLD
 from ditsam.model.prediction import foreground
+
+if TYPE_CHECKING:
+    from ditsam.engine.config import ExperimentConfig
+    from ditsam.engine.step import MicroBatch
+    from ditsam.model.dit import DITSamOutput
 
 # IoU of an empty prediction with an empty target (DESIGN 2: such a sample scores 1).
 EMPTY_IOU = 1.0
@@ -86,3 +94,23 @@ def mask_loss(
 def presence_loss(presence_logits: torch.Tensor, no_target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the (B,) presence logits against "something is referred" (not ``no_target``)."""
     return F.binary_cross_entropy_with_logits(presence_logits.float(), (~no_target).float())
+
+
+def training_loss(output: DITSamOutput, micro: MicroBatch, *, config: ExperimentConfig) -> torch.Tensor:
+    """The loss a training step minimises for ``config``: :func:`mask_loss` (the IoU head trained when the model
+    outputs several masks, or ``train.iou_loss_single_mask``), plus the presence loss of a gRIS model.
+
+    No-target samples keep their (empty) mask target: the decoder learns to draw nothing."""
+    train = config.train
+    iou_head = config.model.multimask_output or train.iou_loss_single_mask
+    loss = mask_loss(
+        output.logits,
+        output.iou_predictions,
+        micro.masks,
+        dice_weight=train.dice_weight,
+        iou_weight=train.iou_loss_weight if iou_head else 0.0,
+        threshold=train.threshold,
+    )
+    if output.presence_logits is not None:
+        loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, micro.no_target)
+    return loss

@@ -8,6 +8,7 @@ builds everything from an experiment config -- final before anything is written 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -24,14 +25,20 @@ from tqdm.auto import tqdm
 from ditsam.config import ConfigError
 from ditsam.data.collate import RISCollator
 from ditsam.distributed import any_rank, check_joined, main_first, on_main, use_cpu
-from ditsam.engine.checkpoint import load_newest_training_state, save_training_state, write_atomically
+from ditsam.engine.checkpoint import (
+    capture_training_state,
+    load_newest_training_state,
+    restore_training_state,
+    save_training_state,
+    write_atomically,
+)
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import ris_dataset
+from ditsam.engine.data import epoch_indices, ris_dataset
 from ditsam.engine.data_check import check_data
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
 from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
-from ditsam.engine.losses import mask_loss, presence_loss
+from ditsam.engine.losses import training_loss
 from ditsam.engine.prompts import mixed_prompts
 from ditsam.engine.run_folder import (
     BAD_RECORDS_FILE,
@@ -185,7 +192,7 @@ class Trainer:
             accelerator=self.accelerator,
             model=self.model,
             optimizer=self.optimizer,
-            loss_fn=self._loss,
+            loss_fn=functools.partial(training_loss, config=config),
             ema=self.ema,
             grad_clip=train.grad_clip,
         )
@@ -217,18 +224,18 @@ class Trainer:
 
     def _epoch_loader(self, epoch: int, skip_micro_batches: int) -> DataLoader:
         """This process's share of a seeded permutation, the same on every process and every resume."""
-        generator = torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)
-        if getattr(self.train_set.base, "presorted", False):  # a stream in random order already
-            order = torch.arange(len(self.train_set))
-        else:
-            order = torch.randperm(len(self.train_set), generator=generator)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        per_process = len(self.train_set) // world
-        mine = order[rank * per_process : (rank + 1) * per_process]
-        mine = mine[skip_micro_batches * self.config.train.micro_batch_size :]
+        mine = epoch_indices(
+            len(self.train_set),
+            seed=self.config.train.seed,
+            epoch=epoch,
+            presorted=getattr(self.train_set.base, "presorted", False),
+            rank=self.accelerator.process_index,
+            world=self.accelerator.num_processes,
+            skip_samples=skip_micro_batches * self.config.train.micro_batch_size,
+        )
         self.train_set.set_epoch(epoch)
         return DataLoader(
-            Subset(self.train_set, mine.tolist()),
+            Subset(self.train_set, mine),
             batch_size=self.config.train.micro_batch_size,
             shuffle=False,
             num_workers=self.config.data.num_workers,
@@ -249,20 +256,6 @@ class Trainer:
         self.trackers.log(self.accelerator, record, step=record.get("step", self.progress.global_step))
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _training_state(self) -> dict[str, Any]:
-        state = {
-            "progress": dataclasses.asdict(self.progress),
-            "model": self.unwrapped.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        if self.ema is not None:
-            state["ema"] = self.ema.shadow.state_dict()
-            state["ema_updates"] = self.ema.updates
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state()
-        return state
-
     def save(self, name: str) -> Path | None:
         self._check_finite()  # never write weights that a non-finite loss has touched
         if self._clock is not None:
@@ -271,7 +264,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
-        state = self._training_state()
+        state = capture_training_state(
+            progress=dataclasses.asdict(self.progress), model=self.unwrapped, optimizer=self.optimizer, ema=self.ema
+        )
 
         def write(directory: Path) -> None:
             merged_copy(self.eval_model).save_pretrained(directory)  # LoRA adapters merged: no peft to load
@@ -297,14 +292,7 @@ class Trainer:
         """Continue from the newest checkpoint copy that is whole and loads (``last``, else ``best``)."""
         copy, state = load_newest_training_state(self.run_dir / "checkpoints", CHECKPOINT_NAMES)
         check_resumed_architecture(copy, self.config, self.unwrapped.state_dict(), state["model"])
-        self.unwrapped.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            self.ema.shadow.load_state_dict(state["ema"])
-            self.ema.updates = int(state["ema_updates"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        restore_training_state(state, model=self.unwrapped, optimizer=self.optimizer, ema=self.ema)
         self.progress = Progress(**state["progress"])
         if "train_seconds" not in state["progress"]:
             logger.warning(
@@ -487,23 +475,6 @@ class Trainer:
         if self.progress.best_score is None or score > self.progress.best_score:
             self.progress.best_score = score
             self.save("best")
-
-    def _loss(self, output: Any, micro: MicroBatch) -> torch.Tensor:
-        # No-target samples keep their (empty) mask target: the decoder learns to draw nothing.
-        # Multimask models learn from their best mask and train the IoU head that picks it (SAM's recipe).
-        train = self.config.train
-        iou_head = self.config.model.multimask_output or train.iou_loss_single_mask
-        loss = mask_loss(
-            output.logits,
-            output.iou_predictions,
-            micro.masks,
-            dice_weight=train.dice_weight,
-            iou_weight=train.iou_loss_weight if iou_head else 0.0,
-            threshold=train.threshold,
-        )
-        if output.presence_logits is not None:
-            loss = loss + train.no_target_loss_weight * presence_loss(output.presence_logits, micro.no_target)
-        return loss
 
     def _optimizer_step(self, group: list[Any]) -> torch.Tensor:
         """One optimiser step over the micro-batches of ``group``; returns the mean loss, a 0-dim tensor on
