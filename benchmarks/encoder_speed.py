@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from ditsam.model.inject import EndToEndInjection, LayerwiseInjection
 from ditsam.model.sam import image_encoder as ie
 from ditsam.model.sam.image_encoder import Attention, Block, ImageEncoderViT
+from ditsam.model.sam.position import relative_position_table
 from ditsam.model.sam.text_hooks import NoInjection
 from machine import machine_info
 
@@ -59,8 +60,8 @@ ANCHOR_FP32_GFLOPS = 170.0
 # --------------------------------------------------------------------------------------------
 def legacy_relative_position_bias(q, rel_pos_h, rel_pos_w, grid):
     height, width = grid
-    table_h = ie.relative_position_table(height, height, rel_pos_h)
-    table_w = ie.relative_position_table(width, width, rel_pos_w)
+    table_h = relative_position_table(height, height, rel_pos_h)
+    table_w = relative_position_table(width, width, rel_pos_w)
     q = q.reshape(q.shape[0], height, width, q.shape[-1])
     bias_h = torch.einsum("nhwc,hkc->nhwk", q, table_h.to(q.dtype))
     bias_w = torch.einsum("nhwc,wkc->nhwk", q, table_w.to(q.dtype))

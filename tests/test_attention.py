@@ -12,10 +12,9 @@ from ditsam.model.sam.common import padding_to_additive_mask
 from ditsam.model.sam.image_encoder import (
     Attention,
     ImageEncoderViT,
-    fold_last_column,
-    relative_position_bias,
     set_text_padding,
 )
+from ditsam.model.sam.position import fold_last_column, relative_position_bias
 
 TEXT_DIM = 24
 TOLERANCE = 1e-5  # relative to the output's largest magnitude, fp32

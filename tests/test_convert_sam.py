@@ -13,7 +13,7 @@ from ditsam.cli.main import main
 from ditsam.model.checkpoints.shapes import sam_start_config
 from ditsam.model.config import BACKBONES
 from ditsam.model.dit import DITSam
-from ditsam.model.sam.image_encoder import resize_absolute_position_embedding
+from ditsam.model.sam.position import resize_absolute_position_embedding
 
 TINY = dict(width=32, depth=2, heads=2, global_blocks=(1,))
 RANDOM = ("pos_embed", "rel_pos_h", "qkv.weight", "lin1.weight", "iou_token.weight", "neck.0.weight")

@@ -21,7 +21,7 @@ from ditsam.model.checkpoints.keys import (
 from ditsam.model.checkpoints.loadable import LoadableModel
 from ditsam.model.checkpoints.report import CheckpointError, LoadReport
 from ditsam.model.config import BACKBONES, DITSamConfig
-from ditsam.model.sam.image_encoder import resize_absolute_position_embedding, resize_relative_position_table
+from ditsam.model.sam.position import resize_absolute_position_embedding, resize_relative_position_table
 
 logger = logging.getLogger(__name__)
 
