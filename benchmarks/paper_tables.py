@@ -218,12 +218,19 @@ def judge(claim: Claim, scores: dict[tuple[str, str], list[float]]) -> dict[str,
     }
 
 
-def _stat(values: list[float]) -> str:
+def _stat(values: list[float], *, digits: int = 1) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _known(values: list[float | None], *, digits: int) -> str:
+    """:func:`_stat` of the values known, saying how many of all they are when some are not (None)."""
+    known = [value for value in values if value is not None]
+    cell = _stat(known, digits=digits)
+    return cell if len(known) in (0, len(values)) else f"{cell} ({len(known)} of {len(values)})"
 
 
 def markdown(
@@ -241,19 +248,20 @@ def markdown(
         lines = [
             f"### {title}",
             "",
-            "| row | seeds | val mIoU | testA mIoU | testB mIoU | val P@0.5 | train s | ms / sentence |",
-            "|---|---|---|---|---|---|---|---|",
+            "| row | seeds | val mIoU | testA mIoU | testB mIoU | val P@0.5 | last-epoch loss | train s | ms / sentence |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for label, key, prompt in rows:
             runs = [r for r in results.get(key, []) if prompt in r["scores"]]
             cells = [_stat([r["scores"][prompt][s]["miou"] for r in runs]) for s in CLAIM_SPLITS]
             p50 = _stat([r["scores"][prompt]["val"]["p@0.5"] for r in runs])
+            loss = _known([r.get("last_epoch_loss") for r in runs], digits=2)
             train_s = _stat([r["train_seconds"] for r in runs if r["train_seconds"] is not None])
             if timing is not None and prompt in timing.get(key, {}):
                 infer = f"{timing[key][prompt]:.1f}"
             else:
                 infer = _stat([r["ms_per_sentence"][prompt] for r in runs])
-            lines.append(f"| {label} | {len(runs)} | {' | '.join(cells)} | {p50} | {train_s} | {infer} |")
+            lines.append(f"| {label} | {len(runs)} | {' | '.join(cells)} | {p50} | {loss} | {train_s} | {infer} |")
         claims = [v for v in verdicts if v["table"] == table]
         if claims:
             lines += [

@@ -16,10 +16,10 @@ report always holds every table with every finished run; ``--report-only`` train
 
 The runs, tables and claims, and how a claim is judged: ``paper_tables.py``. Writes
 ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
-mIoU per split, P@0.5 on val, training time per run, inference time per sentence at batch 1 on this machine),
-then every claim the paper makes about each table, marked holds / does not hold with its margin in standard
-deviations of the per-seed differences; and ``refshapes_paper.png`` (``paper_plot.py``): every row's score at
-every seed, so the spread between seeds is seen at a glance.
+mIoU per split, P@0.5 on val, the last epoch's training loss, training time per run, inference time per
+sentence at batch 1 on this machine), then every claim the paper makes about each table, marked holds / does
+not hold with its margin in standard deviations of the per-seed differences; and ``refshapes_paper.png``
+(``paper_plot.py``): every row's score at every seed, so the spread between seeds is seen at a glance.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ditsam.config import parse_override
+from ditsam.engine.run_folder import METRICS_FILE
 from machine import machine_info
 from paper_plot import draw_seeds
 from paper_tables import CLAIMS, RUNS, TABLES, Run, collect_scores, judge, markdown, splice
@@ -79,7 +80,13 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
     # The checkpoint's count covers every session of a run resumed after an interruption, not only the last.
     seconds = load_training_state(run_dir / "checkpoints" / "last")["progress"]["train_seconds"]
     best = run_dir / "checkpoints" / "best"
-    result = {"experiment": run.experiment, "overrides": overrides, "train_seconds": seconds, "scores": {}}
+    result = {
+        "experiment": run.experiment,
+        "overrides": overrides,
+        "train_seconds": seconds,
+        "last_epoch_loss": last_epoch_loss(run_dir / METRICS_FILE),
+        "scores": {},
+    }
     for prompt in run.prompts:
         shutil.rmtree(run_dir / f"eval-{prompt}", ignore_errors=True)  # an interrupted invocation's partial output
         scores, _ = evaluate_checkpoint(
@@ -89,6 +96,19 @@ def _train_and_score(key: str, run: Run, seed: int, args: argparse.Namespace) ->
         result.setdefault("ms_per_sentence", {})[prompt] = _inference_ms(best, run.experiment, prompt, args)
     _write_result(result, done, _store_path(key, seed, args))
     return result
+
+
+def last_epoch_loss(metrics_file: Path) -> float | None:
+    """The mean training loss logged in a run's last epoch (``metrics.jsonl``): near 0.70 for a run still on the
+    plateau where a model that has not learnt to read sits; None when the file or its loss records are missing."""
+    if not metrics_file.is_file():
+        return None
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    losses = [(r["epoch"], r["train/loss"]) for r in records if "train/loss" in r]
+    if not losses:
+        return None
+    last = max(epoch for epoch, _ in losses)
+    return statistics.fmean(loss for epoch, loss in losses if epoch == last)
 
 
 def _store_path(key: str, seed: int | None, args: argparse.Namespace) -> Path:

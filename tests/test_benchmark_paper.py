@@ -4,6 +4,7 @@ claims are judged right on hand-made scores, stored runs are reused."""
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,14 @@ def test_the_markdown_shows_rows_and_verdicts(tables) -> None:
     verdicts = [tables.judge(c, tables.collect_scores(results)) for c in tables.CLAIMS if c.table == "3"]
     text = tables.markdown(results, ["3"], verdicts)
     assert (
-        "| Linear projection | 2 | 61.0 ± 0.0 | 61.0 ± 0.0 | 61.0 ± 0.0 | 70.0 ± 0.0 | 100.0 ± 0.0 | 3.0 ± 0.0 |"
+        "| Linear projection | 2 | 61.0 ± 0.0 | 61.0 ± 0.0 | 61.0 ± 0.0 | 70.0 ± 0.0 | - | 100.0 ± 0.0 | 3.0 ± 0.0 |"
         in text
     )
+    # The last epoch's training loss, of the runs that recorded it (runs stored before it was kept have none).
+    losses = {"ldit": [{**result, "last_epoch_loss": 0.5}, {**result, "last_epoch_loss": 0.7}], "crossatt": [result]}
+    assert "| 70.0 ± 0.0 | 0.60 ± 0.14 | 100.0 ± 0.0 |" in tables.markdown(losses, ["3"], verdicts)
+    losses["ldit"][1] = result
+    assert "| 70.0 ± 0.0 | 0.50 (1 of 2) | 100.0 ± 0.0 |" in tables.markdown(losses, ["3"], verdicts)
     assert "| CrossAtt + FFN | 0 | - |" in text
     assert "| linear projection beats CrossAtt + FFN | not measured |" in text
     assert "| linear projection beats CrossAtt | **does not hold** | +0.00 | n/a (1 seed) |" in text
@@ -101,7 +107,8 @@ def test_the_markdown_shows_rows_and_verdicts(tables) -> None:
     # Times from one sitting replace each run's own; a row the sitting did not time keeps its runs' times.
     retimed = tables.markdown(results, ["3"], verdicts, {"ldit": {"text": 2.5}})
     assert (
-        "| 100.0 ± 0.0 | 2.5 |" in retimed and "| CrossAtt | 1 | 61.0 | 61.0 | 61.0 | 70.0 | 100.0 | 3.0 |" in retimed
+        "| 100.0 ± 0.0 | 2.5 |" in retimed
+        and "| CrossAtt | 1 | 61.0 | 61.0 | 61.0 | 70.0 | - | 100.0 | 3.0 |" in retimed
     )
 
 
@@ -197,3 +204,18 @@ def test_the_picture_puts_each_seed_at_its_score(monkeypatch) -> None:
     assert not columns(plot.SEED_COLOURS[2])
     assert [title for title, _ in plot.plotted_rows(["1", "2"])][1].startswith("Table 2")
     assert all(key not in ("edit", "ldit") for _, rows in plot.plotted_rows(["1", "2"])[1:] for _, key, _ in rows)
+
+
+def test_the_last_epochs_loss_is_the_mean_of_its_logged_losses(paper, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    assert paper.last_epoch_loss(metrics) is None
+    records = [
+        {"step": 10, "epoch": 0, "train/loss": 1.0, "train/lr": 1e-4},
+        {"step": 20, "epoch": 1, "train/loss": 0.75, "train/lr": 1e-4},
+        {"step": 20, "epoch": 1, "split": "val", "val/miou": 30.0},
+        {"step": 30, "epoch": 1, "train/loss": 0.65, "train/lr": 1e-4},
+    ]
+    metrics.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert paper.last_epoch_loss(metrics) == pytest.approx(0.70)
+    metrics.write_text(json.dumps(records[2]) + "\n")
+    assert paper.last_epoch_loss(metrics) is None
