@@ -17,7 +17,7 @@ from paper_tables import CLAIM_METRIC, CLAIM_SPLITS, TABLES
 WIDTH, LABEL_WIDTH, MARGIN = 980, 330, 20
 ROW_HEIGHT, GROUP_GAP, AXIS_HEIGHT, TITLE_HEIGHT = 18, 24, 40, 30
 X_MAX, X_TICK = 100.0, 10.0  # mIoU in percent
-DOT_RADIUS, MEAN_HALF_HEIGHT = 4, 7
+DOT_RADIUS, MEAN_HALF_HEIGHT, RING_WIDTH = 4, 7, 2
 # Seed 0, 1, 2, ... (cycled); the untrained SAM (seed None) in black.
 SEED_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
 UNSEEDED_COLOUR = (0, 0, 0)
@@ -45,9 +45,15 @@ def x_of(value: float) -> float:
     return LABEL_WIDTH + (right - LABEL_WIDTH) * min(max(value, 0.0), X_MAX) / X_MAX
 
 
-def draw_seeds(scores: dict[tuple[str, str], dict[int | None, float]], tables: list[str]) -> Image.Image:
+def draw_seeds(
+    scores: dict[tuple[str, str], dict[int | None, float]],
+    tables: list[str],
+    *,
+    plateau: frozenset[tuple[str, int]] = frozenset(),
+) -> Image.Image:
     """The picture of ``scores`` (:func:`~paper_tables.collect_scores`: ``{(run, prompt): {seed: score}}``) for
-    ``tables``; a row with no score yet is drawn with its label and "not run"."""
+    ``tables``; a row with no score yet is drawn with its label and "not run". The (run, seed) pairs of
+    ``plateau`` -- runs whose training loss never left the plateau -- are drawn as rings instead of dots."""
     groups = plotted_rows(tables)
     rows = sum(len(group) for _, group in groups)
     height = TITLE_HEIGHT + GROUP_GAP * len(groups) + ROW_HEIGHT * rows + AXIS_HEIGHT
@@ -67,7 +73,7 @@ def draw_seeds(scores: dict[tuple[str, str], dict[int | None, float]], tables: l
     for seed in seeds:
         pen.text((x, bottom + 22), f"seed {seed}", fill=_colour(seed))
         x += pen.textlength(f"seed {seed}   ")
-    pen.text((x, bottom + 22), "| = mean over seeds", fill=AXIS_COLOUR)
+    pen.text((x, bottom + 22), "| = mean over seeds   o = last-epoch training loss on the plateau", fill=AXIS_COLOUR)
     y = top
     for title, group in groups:
         y += GROUP_GAP
@@ -79,12 +85,12 @@ def draw_seeds(scores: dict[tuple[str, str], dict[int | None, float]], tables: l
             if not values:
                 pen.text((x_of(0) + 6, middle - 6), "not run", fill=RANGE_COLOUR)
             else:
-                _draw_row(pen, values, middle)
+                _draw_row(pen, values, middle, rings={seed for run, seed in plateau if run == key})
             y += ROW_HEIGHT
     return image
 
 
-def _draw_row(pen: ImageDraw.ImageDraw, values: dict[int | None, float], middle: float) -> None:
+def _draw_row(pen: ImageDraw.ImageDraw, values: dict[int | None, float], middle: float, *, rings: set[int]) -> None:
     low, high = x_of(min(values.values())), x_of(max(values.values()))
     pen.line([(low, middle), (high, middle)], fill=RANGE_COLOUR, width=1)
     mean = x_of(statistics.fmean(values.values()))
@@ -92,7 +98,10 @@ def _draw_row(pen: ImageDraw.ImageDraw, values: dict[int | None, float], middle:
     for seed, value in sorted(values.items(), key=lambda item: -1 if item[0] is None else item[0]):
         x = x_of(value)
         box = [x - DOT_RADIUS, middle - DOT_RADIUS, x + DOT_RADIUS, middle + DOT_RADIUS]
-        pen.ellipse(box, fill=_colour(seed))
+        if seed in rings:
+            pen.ellipse(box, fill="white", outline=_colour(seed), width=RING_WIDTH)
+        else:
+            pen.ellipse(box, fill=_colour(seed))
 
 
 def _colour(seed: int | None) -> tuple[int, int, int]:

@@ -37,7 +37,7 @@ from ditsam.config import parse_override
 from ditsam.engine.run_folder import METRICS_FILE
 from machine import machine_info
 from paper_plot import draw_seeds
-from paper_tables import CLAIMS, RUNS, TABLES, Run, collect_scores, judge, markdown, splice
+from paper_tables import CLAIMS, RUNS, TABLES, Run, collect_scores, judge, markdown, on_plateau, splice
 
 # The tiny SAM every run starts from, scored as Table 4's first rows (no training on text), with its
 # experiment (the data it is scored on) and the prompts it is scored with.
@@ -331,7 +331,7 @@ def main() -> None:
         record["timing"] = timing
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    draw_seeds(collect_scores(results), list(TABLES)).save(out.with_suffix(".png"))
+    draw_seeds(collect_scores(results), list(TABLES), plateau=on_plateau(results)).save(out.with_suffix(".png"))
     trained = sum(1 for runs in results.values() for r in runs if r["train_seconds"] is not None)
     body = markdown(results, list(TABLES), verdicts, None if timing is None else timing["ms_per_sentence"])
     times = (

@@ -202,6 +202,12 @@ def test_the_picture_puts_each_seed_at_its_score(monkeypatch) -> None:
         found = columns(colour)
         assert found and all(abs(x - plot.x_of(score)) <= plot.DOT_RADIUS + 1 for x in found), (colour, score)
     assert not columns(plot.SEED_COLOURS[2])
+    # A run on the plateau is a ring: its colour around, white at its centre.
+    ringed = plot.draw_seeds(scores, ["1", "4"], plateau=frozenset({("ldit", 0)}))
+    ring_pixels = ringed.load()
+    ring = [(x, y) for x in range(ringed.width) for y in range(rows_end) if ring_pixels[x, y] == plot.SEED_COLOURS[0]]
+    centre = (round(sum(x for x, _ in ring) / len(ring)), round(sum(y for _, y in ring) / len(ring)))
+    assert ring and ring_pixels[centre] == (255, 255, 255) and pixels[centre] == plot.SEED_COLOURS[0]
     assert [title for title, _ in plot.plotted_rows(["1", "2"])][1].startswith("Table 2")
     assert all(key not in ("edit", "ldit") for _, rows in plot.plotted_rows(["1", "2"])[1:] for _, key, _ in rows)
 
@@ -219,3 +225,13 @@ def test_the_last_epochs_loss_is_the_mean_of_its_logged_losses(paper, tmp_path: 
     assert paper.last_epoch_loss(metrics) == pytest.approx(0.70)
     metrics.write_text(json.dumps(records[2]) + "\n")
     assert paper.last_epoch_loss(metrics) is None
+
+
+def test_runs_whose_last_epoch_loss_stayed_high_are_on_the_plateau(tables) -> None:
+    high, low = tables.PLATEAU_LOSS, tables.PLATEAU_LOSS - 0.01
+    results = {
+        "ldit": [{"seed": 0, "last_epoch_loss": high}, {"seed": 1, "last_epoch_loss": low}],
+        "edit": [{"seed": 0}],  # stored before the loss was kept
+        "sam": [{"seed": None}],
+    }
+    assert tables.on_plateau(results) == {("ldit", 0)}
