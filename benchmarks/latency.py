@@ -61,6 +61,7 @@ RESULTS = Path(__file__).parent / "results" / "latency_cpu.json"
 WORDS = "the man on left right of a red car dog woman in front small large near".split()
 SENTENCE = "the man on the left of the red car"  # padded to 20 tokens, as every sentence
 SEGMENTER_IMAGE = (480, 640)  # (H, W), a typical COCO picture
+TINY_WINDOW = 3  # the tiny model's 4 x 4 grid padded to 6 x 6: windowed attention with padding, as ViT-B's 32 -> 42
 
 SIZES = {
     # backbone, image size, HF SamVisionConfig fields
@@ -77,16 +78,16 @@ SIZES = {
         ),
     ),
     "tiny": dict(
-        model=dict(SMOKE_SAM, window_size=3),
+        model=dict(SMOKE_SAM, window_size=TINY_WINDOW),
         hf=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            mlp_dim=128,
-            global_attn_indexes=[1],
-            window_size=3,
-            image_size=64,
-            output_channels=32,
+            hidden_size=SMOKE_SAM["embed_dim"],
+            num_hidden_layers=SMOKE_SAM["depth"],
+            num_attention_heads=SMOKE_SAM["num_heads"],
+            mlp_dim=4 * SMOKE_SAM["embed_dim"],  # SAM's MLP ratio
+            global_attn_indexes=SMOKE_SAM["global_attn_indexes"],
+            window_size=TINY_WINDOW,
+            image_size=SMOKE_SAM["image_size"],
+            output_channels=SMOKE_SAM["prompt_embed_dim"],
         ),
     ),
 }

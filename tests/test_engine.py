@@ -86,17 +86,17 @@ def test_resume_gives_the_same_weights(refshapes_root, tiny_bert_dir, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(refshapes_root, tiny_bert_dir, tmp_path, monkeypatch):
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=4, save_every_steps=1, eval_every_epochs=100)
     trainer = Trainer(config, run_dir=tmp_path / "run", progress=False)
-    import ditsam.engine.train as train_module
+    import ditsam.engine.losses as losses_module
 
     calls = {"n": 0}
-    real_loss = train_module.mask_loss
+    real_loss = losses_module.mask_loss
 
     def poisoned(logits, iou, target, **kwargs):
         calls["n"] += 1
         loss = real_loss(logits, iou, target, **kwargs)
         return loss * float("nan") if calls["n"] > 4 else loss
 
-    monkeypatch.setattr(train_module, "mask_loss", poisoned)
+    monkeypatch.setattr(losses_module, "mask_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"step 2 .*ref_ids"):
         trainer.fit()
     state = torch.load(tmp_path / "run/checkpoints/last/training_state.pt", weights_only=True)

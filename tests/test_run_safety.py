@@ -267,13 +267,13 @@ def test_resume_with_a_changed_architecture_is_one_sentence(refshapes_root, tiny
 def test_nan_loss_right_after_init_checkpoint_claims_no_checkpoint(
     refshapes_root, tiny_bert_dir, tmp_path, monkeypatch, capsys
 ):
-    import ditsam.engine.train as train_module
+    import ditsam.engine.losses as losses_module
 
     start = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=1, eval_every_epochs=100)
     train(start, run_dir=tmp_path / "start", progress=False)
     init = tmp_path / "start" / "checkpoints" / "last"
     config = start.with_overrides({"train.init_checkpoint": str(init), "train.max_steps": 2})
-    monkeypatch.setattr(train_module, "mask_loss", lambda logits, iou, target, **kwargs: logits.sum() * float("nan"))
+    monkeypatch.setattr(losses_module, "mask_loss", lambda logits, iou, target, **kwargs: logits.sum() * float("nan"))
     with pytest.raises(NonFiniteLossError) as raised:
         train(config, run_dir=tmp_path / "run", progress=False)
     message = str(raised.value)

@@ -64,7 +64,7 @@ def relative_position_bias(
     """Decomposed relative-position bias between the image tokens of one attention call.
 
     q: (N, h*w, C) unscaled image queries (N = batch * heads). Returns (N, h*w, h*w).
-    Materialises the full bias; :class:`Attention` uses the factored form
+    Materialises the full bias; :class:`~ditsam.model.sam.image_encoder.Attention` uses the factored form
     (:func:`relative_position_query_terms`, :func:`relative_position_key_terms`) instead.
     """
     height, width = grid
@@ -108,7 +108,7 @@ def fold_last_column(query_terms: torch.Tensor, height: int) -> torch.Tensor:
     Every key's row one-hot and column one-hot each sum to 1, so the h + w key factors are linearly
     dependent and one can go: with ``A`` the row and ``B`` the column terms, ``A[ky] + B[kx] = (A[ky] + B[w-1]) + (B[kx] - B[w-1])``,
     whose second part vanishes for the last column. Dropping that column's one-hot frees one slot of
-    the widened heads (see :class:`Attention`) without changing the bias.
+    the widened heads (see :class:`~ditsam.model.sam.image_encoder.Attention`) without changing the bias.
     """
     rows, cols, last = query_terms.split([height, query_terms.shape[-1] - height - 1, 1], dim=-1)
     return torch.cat([rows + last, cols - last], dim=-1)
