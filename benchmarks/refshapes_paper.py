@@ -14,6 +14,11 @@ from the store, and more seeds can be added later. Runs go seed by seed (every r
 report always holds every table with every finished run; ``--report-only`` trains nothing, and
 ``--readme benchmarks/README.md`` also writes the tables into that file between its two marker lines.
 
+Two at a time: the tiny models use a second core poorly (on the 2-core AMX Xeon an L-DIT-sized epoch takes about
+50 s with two threads and 65 s with one), so two invocations with disjoint ``--only`` lists, each under
+``OMP_NUM_THREADS=1``, train about 1.5x as many runs an hour; their run folders and store files are disjoint
+(the report each writes at its end is partial: rebuild it with ``--report-only``).
+
 The runs, tables and claims, and how a claim is judged: ``paper_tables.py``. Writes
 ``benchmarks/results/refshapes_paper.{json,md}``: one table per paper table (mean +- std over seeds of
 mIoU per split, P@0.5 on val, the last epoch's training loss, training time per run, inference time per
