@@ -14,9 +14,9 @@ from typing import Any
 CLAIM_SPLITS = ("val", "testA", "testB")
 CLAIM_METRIC = "miou"
 # Last-epoch training loss at or above which a run counts as still on the plateau (RefShapes, the demo's budget):
-# the runs that never learnt to read ended at 0.68-0.72 (26-28 val mIoU); L-DIT with its text encoder frozen,
-# which learns the attributes but not positions, at 0.63-0.66; every other at 0.37-0.58 (Mix, trained on points and
-# boxes too, at 0.33).
+# the runs that never learnt to read ended at 0.68-0.73 (26-28 val mIoU); L-DIT with its text encoder frozen,
+# which learns the attributes but not positions, at 0.63-0.67; every other at 0.37-0.58 (Mix, trained on points and
+# boxes too, at 0.33-0.36).
 PLATEAU_LOSS = 0.67
 # The lines between which --readme writes the report into a Markdown file (kept by hand around it).
 README_BEGIN = "<!-- refshapes_paper.py --readme: begin -->"
