@@ -226,10 +226,10 @@ def test_checkpoints_count_training_time_over_every_resume(refshapes_root, tiny_
 def test_full_disk_says_so_and_keeps_the_previous_checkpoint(
     refshapes_root, tiny_bert_dir, tmp_path, monkeypatch, capsys
 ):
-    import ditsam.engine.train as train_module
+    import ditsam.engine.run_folder as run_folder_module
 
     config = tiny_experiment(refshapes_root, tiny_bert_dir, max_steps=3, save_every_steps=1, eval_every_epochs=100)
-    real_save = train_module.save_training_state
+    real_save = run_folder_module.save_training_state
     calls = {"n": 0}
 
     def fills_the_disk(directory, state):
@@ -238,7 +238,7 @@ def test_full_disk_says_so_and_keeps_the_previous_checkpoint(
             raise OSError(errno.ENOSPC, "No space left on device", str(directory / "training_state.pt"))
         real_save(directory, state)
 
-    monkeypatch.setattr(train_module, "save_training_state", fills_the_disk)
+    monkeypatch.setattr(run_folder_module, "save_training_state", fills_the_disk)
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), str(_yaml(config, tmp_path / "t.yaml"))]) == 2
     line = _one_line_error(capsys)

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from ditsam.engine.config import TrainConfig
 from ditsam.engine.ema import EMA
 from ditsam.engine.losses import segmentation_loss
-from ditsam.engine.step import MicroBatch, TrainingStep, build_adam
+from ditsam.engine.step import MicroBatch, PendingFiniteChecks, StepResult, TrainingStep, build_adam
 from ditsam.model.dit import DITSam
 from ditsam.model.text import TokenizedText
 from helpers import tiny_config
@@ -67,6 +67,25 @@ def test_a_non_finite_loss_is_flagged_not_raised(tiny_bert_dir: Path) -> None:
 
     result = _step(model, second_is_nan)([_micro(model, ["a"], seed=1), _micro(model, ["the star"], seed=2)])
     assert result.finite.tolist() == [True, False] and torch.isnan(result.loss)
+
+
+def test_pending_finite_checks_name_the_first_bad_step_and_micro_batch_then_forget() -> None:
+    def result(*finite: bool) -> StepResult:
+        return StepResult(loss=torch.zeros(()), finite=torch.tensor(finite))
+
+    checks = PendingFiniteChecks()
+    checks.add(4, result(True, True), [[1, 2], [3, 4]])
+    checks.add(5, result(True, False), [[5, 6], [7, 8]])
+    checks.add(6, result(False, False), [[9], [10]])
+    assert checks.first_failure(lambda flags: flags) == (5, [7, 8])
+    assert checks.first_failure(lambda flags: flags) is None  # read once, then forgotten
+
+    # Finite here, not finite on another process (its flag arrives through the sum): no ref_ids to name.
+    checks.add(7, result(True, True), [[11], [12]])
+    checks.add(8, result(True, True), [[13], [14]])
+    assert checks.first_failure(lambda flags: flags + torch.tensor([0.0, 1.0])) == (8, None)
+    checks.add(9, result(True), [[15]])
+    assert checks.first_failure(lambda flags: flags) is None
 
 
 def test_padding_columns_are_trimmed_on_the_cpu(tiny_bert_dir: Path) -> None:

@@ -64,6 +64,25 @@ def check_joined(num_processes: int) -> None:
         )
 
 
+def training_accelerator(*, mixed_precision: str, log_with: Any = None) -> Any:
+    """accelerate's ``Accelerator`` for a training run, its processes checked to have joined one group.
+
+    ``cpu=True`` on a machine without CUDA (:func:`use_cpu`): only then do launched CPU processes join one
+    (gloo) group. DDP must expect unused parameters: text-only steps leave the point / box embeddings out of
+    the graph."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=use_cpu(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=log_with,
+    )
+    check_joined(accelerator.num_processes)
+    return accelerator
+
+
 def _initialized() -> bool:
     import torch.distributed as dist
 

@@ -17,6 +17,8 @@ Generalized RIS (gRefCOCO: a sentence may name several objects or none) is score
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -243,6 +245,13 @@ def format_table(results: dict[str, dict[str, Any]], *, title: str = "") -> str:
         cells = ("n/a" if values[name] is None else f"{values[name]:.2f}" for name in names)
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_results(folder: Path, results: dict[str, dict[str, Any]], *, title: str) -> None:
+    """``results.json`` (the metrics per split) and ``results.md`` (:func:`format_table` under ``title``) in
+    ``folder``."""
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    (folder / "results.md").write_text(format_table(results, title=title) + "\n")
 
 
 def summarize(values: dict[str, Any]) -> str:

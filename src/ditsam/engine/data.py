@@ -1,5 +1,5 @@
 """From a :class:`~ditsam.engine.config.DataConfig` to readers (the :data:`READERS` table) and transforms, and
-each training process's order of the training samples in an epoch."""
+each training process's samples in an epoch (their order, their loader)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from ditsam.engine.config import DataConfig, ExperimentConfig
 from ditsam.engine.generated import GENERATED_FORMATS, ensure_refshapes
@@ -151,3 +152,43 @@ def epoch_indices(
         order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch))
     per_process = length // world
     return order[rank * per_process : (rank + 1) * per_process][skip_samples:].tolist()
+
+
+def epoch_loader(
+    dataset: Any,
+    *,
+    config: ExperimentConfig,
+    epoch: int,
+    skip_micro_batches: int,
+    rank: int,
+    world: int,
+    collate_fn: Callable[[list[Any]], Any],
+    pin_memory: bool,
+) -> DataLoader:
+    """The micro-batches process ``rank`` of ``world`` trains on in ``epoch`` (:func:`epoch_indices`), less
+    the first ``skip_micro_batches`` (seen before a resume). ``dataset``: a training
+    :class:`~ditsam.data.collate.RISDataset`, told the epoch (its random sentences and augmentations
+    depend on it)."""
+    train = config.train
+    mine = epoch_indices(
+        len(dataset),
+        seed=train.seed,
+        epoch=epoch,
+        presorted=getattr(dataset.base, "presorted", False),
+        rank=rank,
+        world=world,
+        skip_samples=skip_micro_batches * train.micro_batch_size,
+    )
+    dataset.set_epoch(epoch)
+    return DataLoader(
+        Subset(dataset, mine),
+        batch_size=train.micro_batch_size,
+        shuffle=False,
+        num_workers=config.data.num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
+        # run's dropout masks would differ from an uninterrupted run's.
+        generator=torch.Generator().manual_seed(train.seed + epoch),
+    )

@@ -15,7 +15,7 @@ from ditsam.engine.config import ExperimentConfig, load_experiment
 from ditsam.engine.data import ris_dataset
 from ditsam.engine.evaluate import SamplePrediction, evaluate
 from ditsam.engine.pictures import save_prediction_pictures
-from ditsam.metrics import format_table, summarize
+from ditsam.metrics import summarize, write_results
 from ditsam.versions import VERSIONS_KEY, software_versions
 
 if TYPE_CHECKING:
@@ -191,8 +191,5 @@ def evaluate_checkpoint(
             save_prediction_pictures(result.kept, dataset, out / f"predictions_{split}.png")
         logger.info("%s: %d sentences, %s", split, result.count, summarize(result.metrics))
     if accelerator.is_main_process:
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(
-            format_table(results, title=f"## {checkpoint} ({protocol} protocol, {prompt} prompts)") + "\n"
-        )
+        write_results(out, results, title=f"## {checkpoint} ({protocol} protocol, {prompt} prompts)")
     return results, out

@@ -1,4 +1,4 @@
-"""The run folder: what a run writes, the folder's preparation, and the checks a resume makes.
+"""The run folder: what a run writes, the folder's preparation, its checkpoints and the checks a resume makes.
 
 Run folder layout::
 
@@ -29,7 +29,13 @@ import torch
 import yaml
 
 from ditsam.config import ConfigError
-from ditsam.engine.checkpoint import recover_checkpoints
+from ditsam.engine.checkpoint import (
+    load_newest_training_state,
+    recover_checkpoints,
+    restore_training_state,
+    save_training_state,
+    write_atomically,
+)
 from ditsam.engine.config import ExperimentConfig
 from ditsam.engine.lock import RunFolderLock
 from ditsam.engine.text_encoder import GENERATED_BERT_DIR
@@ -37,6 +43,7 @@ from ditsam.outputs import (
     OutputFolderError,
     describe_write_failure,
     ensure_writable_folder,
+    is_disk_full,
     refuse_earlier_results,
     remove_outputs,
     write_text_atomically,
@@ -221,6 +228,55 @@ def check_resumed_architecture(
     bad = first_non_finite(weights)
     if bad is not None:
         raise CheckpointError(f"cannot resume {last / 'training_state.pt'}: {bad}")
+
+
+def save_checkpoint(
+    run_dir: Path, name: str, *, model: Any, state: dict[str, Any], config: ExperimentConfig, step: int
+) -> Path:
+    """Write ``checkpoints/<name>`` of ``run_dir`` whole or not at all (the copy before it stays until the new one
+    is complete): ``model``'s ``save_pretrained`` folder, the training ``state``
+    (:func:`~ditsam.engine.checkpoint.capture_training_state`) and the experiment config. A failed write raises
+    :class:`RunFolderError` naming optimiser step ``step``, the cause and what is kept."""
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory)
+        save_training_state(directory, state)
+        (directory / "experiment.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    target = run_dir / "checkpoints" / name
+    try:
+        return write_atomically(target, write)
+    except OSError as error:
+        kept = (
+            f"the previous checkpoint {target} is intact"
+            if target.is_dir()
+            else f"no earlier {name!r} checkpoint existed"
+        )
+        advice = "Free some space" if is_disk_full(error) else "Fix that"
+        raise RunFolderError(
+            f"cannot save checkpoint {target} at step {step}: {describe_write_failure(error, target.parent)}; "
+            f"{kept}. {advice}, then continue with --resume"
+        ) from error
+
+
+def resume_training(
+    run_dir: Path, config: ExperimentConfig, *, model: torch.nn.Module, optimizer: Any, ema: Any, main_process: bool
+) -> Progress:
+    """Continue from the newest checkpoint copy of ``run_dir`` that is whole and loads (``last``, else ``best``):
+    checked against the model built now, loaded into ``model`` (unwrapped), ``optimizer`` and ``ema``, the
+    metrics records logged after it dropped (by the ``main_process``). Returns where training stood."""
+    copy, state = load_newest_training_state(run_dir / "checkpoints", CHECKPOINT_NAMES)
+    check_resumed_architecture(copy, config, model.state_dict(), state["model"])
+    restore_training_state(state, model=model, optimizer=optimizer, ema=ema)
+    progress = Progress(**state["progress"])
+    if "train_seconds" not in state["progress"]:
+        logger.warning(
+            "%s was saved before checkpoints counted training time: this run's train_seconds counts from now on", copy
+        )
+    if main_process:
+        drop_metrics_after_checkpoint(run_dir / METRICS_FILE, progress, counted="metrics_records" in state["progress"])
+    logger.info("resumed from %s at epoch %d, step %d", copy, progress.epoch, progress.global_step)
+    return progress
 
 
 def drop_metrics_after_checkpoint(path: Path, progress: Progress, *, counted: bool) -> None:

@@ -127,3 +127,33 @@ class TrainingStep:
             self.ema.update(self.accelerator.unwrap_model(self.model))
         stacked = torch.stack(losses)
         return StepResult(loss=stacked.mean(), finite=torch.isfinite(stacked))
+
+
+ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PendingFiniteChecks:
+    """The steps whose finiteness flags nobody has read yet (reading one waits for the device, so the
+    Trainer reads them all at once: at log steps and before a checkpoint)."""
+
+    def __init__(self) -> None:
+        # (global step, its result, the ref_ids of each of its micro-batches)
+        self._pending: list[tuple[int, StepResult, list[list[int]]]] = []
+
+    def add(self, step: int, result: StepResult, ref_ids: list[list[int]]) -> None:
+        self._pending.append((step, result, ref_ids))
+
+    def first_failure(self, reduce_sum: ReduceSum) -> tuple[int, list[int] | None] | None:
+        """Read and forget the pending flags. None when every pending step was finite on every process
+        (``reduce_sum`` sums a tensor over them); else the first step that was not, with the ref_ids of its
+        first non-finite micro-batch here (None when only another process saw it)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return None
+        local = torch.stack([~result.finite.all() for _, result, _ in pending]).float()
+        bad = reduce_sum(local).cpu()
+        if not bool(bad.any()):
+            return None
+        step, result, ref_ids = pending[int(bad.nonzero()[0])]
+        finite = result.finite.cpu()
+        return step, None if bool(finite.all()) else ref_ids[int((~finite).nonzero()[0])]

@@ -1,6 +1,7 @@
 """Training loop on Hugging Face Accelerate: one CPU, one GPU, DDP over GPUs or nodes.
 
-The run folder (its layout, preparation, resume checks) is :mod:`ditsam.engine.run_folder`. :class:`Trainer`
+The run folder (its layout, preparation, checkpoints, resume checks) is :mod:`ditsam.engine.run_folder`; one
+optimiser step is :mod:`ditsam.engine.step`; an epoch's samples are :mod:`ditsam.engine.data`. :class:`Trainer`
 builds everything from an experiment config -- final before anything is written -- and runs the loop;
 :func:`train` is its entry point.
 """
@@ -15,25 +16,18 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, TypeVar
 
 import torch
-import yaml
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ditsam.config import ConfigError
 from ditsam.data.collate import RISCollator
-from ditsam.distributed import any_rank, check_joined, main_first, on_main, use_cpu
-from ditsam.engine.checkpoint import (
-    capture_training_state,
-    load_newest_training_state,
-    restore_training_state,
-    save_training_state,
-    write_atomically,
-)
+from ditsam.distributed import any_rank, main_first, on_main, training_accelerator
+from ditsam.engine.checkpoint import capture_training_state
 from ditsam.engine.config import ExperimentConfig
-from ditsam.engine.data import epoch_indices, ris_dataset
+from ditsam.engine.data import epoch_loader, ris_dataset
 from ditsam.engine.data_check import check_data
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
@@ -42,28 +36,27 @@ from ditsam.engine.losses import training_loss
 from ditsam.engine.prompts import mixed_prompts
 from ditsam.engine.run_folder import (
     BAD_RECORDS_FILE,
-    CHECKPOINT_NAMES,
     METRICS_FILE,
     Progress,
-    RunFolderError,
-    check_resumed_architecture,
     default_run_dir,
     disk_full_error,
-    drop_metrics_after_checkpoint,
     non_finite_message,
     prepare_run_folder,
+    resume_training,
+    save_checkpoint,
     write_run_record,
 )
 from ditsam.engine.schedule import learning_rate
-from ditsam.engine.step import MicroBatch, StepResult, TrainingStep, build_adam
+from ditsam.engine.step import MicroBatch, PendingFiniteChecks, TrainingStep, build_adam
 from ditsam.engine.stopping import PAUSE_PER_STEP_ENV, StopSignals, TrainingStopped
 from ditsam.engine.text_encoder import resolve_text_encoder
 from ditsam.engine.trackers import RunTrackers
-from ditsam.metrics import format_table, summarize
+from ditsam.metrics import summarize, write_results
 from ditsam.model.dit import DITSam
-from ditsam.outputs import describe_write_failure, is_disk_full
+from ditsam.outputs import is_disk_full
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,6 +73,18 @@ def build_model(config: ExperimentConfig) -> DITSam:
     return model
 
 
+def _in_groups(batches: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``batches`` ``size`` at a time, the last group of fewer when they do not divide."""
+    group: list[T] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 class Trainer:
     """Builds everything from an :class:`ExperimentConfig` and runs the loop. See :func:`train`."""
 
@@ -93,9 +98,6 @@ class Trainer:
         skip_bad_data: bool = False,
         progress: bool = True,
     ) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         self.config = config
         train = config.train
         mixed = train.mixed_precision
@@ -103,15 +105,7 @@ class Trainer:
             mixed = "bf16" if torch.cuda.is_available() else "no"
         run_dir = default_run_dir(config, run_dir)
         self.trackers = RunTrackers(names=train.log_with, run_dir=run_dir)  # one not installed: stops here
-        # cpu=True on a machine without CUDA: only then do launched CPU processes join one (gloo) group. DDP
-        # must expect unused parameters: text-only steps leave the point / box embeddings out of the graph.
-        self.accelerator = Accelerator(
-            mixed_precision=mixed,
-            cpu=use_cpu(),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            log_with=self.trackers.log_with,
-        )
-        check_joined(self.accelerator.num_processes)
+        self.accelerator = training_accelerator(mixed_precision=mixed, log_with=self.trackers.log_with)
         self.mixed_precision = mixed
         world = self.accelerator.num_processes
         if train.batch_size % (train.micro_batch_size * world):
@@ -196,8 +190,7 @@ class Trainer:
             ema=self.ema,
             grad_clip=train.grad_clip,
         )
-        # Steps not yet checked for a finite loss: (global step, result, ref_ids per micro-batch).
-        self._unchecked: list[tuple[int, StepResult, list[list[int]]]] = []
+        self._unchecked = PendingFiniteChecks()
         self.progress = Progress()
         # While fit() runs: (its perf_counter start, progress.train_seconds then), for the time saved in checkpoints.
         self._clock: tuple[float, float] | None = None
@@ -224,27 +217,15 @@ class Trainer:
 
     def _epoch_loader(self, epoch: int, skip_micro_batches: int) -> DataLoader:
         """This process's share of a seeded permutation, the same on every process and every resume."""
-        mine = epoch_indices(
-            len(self.train_set),
-            seed=self.config.train.seed,
+        return epoch_loader(
+            self.train_set,
+            config=self.config,
             epoch=epoch,
-            presorted=getattr(self.train_set.base, "presorted", False),
+            skip_micro_batches=skip_micro_batches,
             rank=self.accelerator.process_index,
             world=self.accelerator.num_processes,
-            skip_samples=skip_micro_batches * self.config.train.micro_batch_size,
-        )
-        self.train_set.set_epoch(epoch)
-        return DataLoader(
-            Subset(self.train_set, mine),
-            batch_size=self.config.train.micro_batch_size,
-            shuffle=False,
-            num_workers=self.config.data.num_workers,
             collate_fn=self.collator,
             pin_memory=self.accelerator.device.type == "cuda",
-            persistent_workers=False,
-            # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
-            # run's dropout masks would differ from an uninterrupted run's.
-            generator=torch.Generator().manual_seed(self.config.train.seed + epoch),
         )
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -267,43 +248,24 @@ class Trainer:
         state = capture_training_state(
             progress=dataclasses.asdict(self.progress), model=self.unwrapped, optimizer=self.optimizer, ema=self.ema
         )
-
-        def write(directory: Path) -> None:
-            merged_copy(self.eval_model).save_pretrained(directory)  # LoRA adapters merged: no peft to load
-            save_training_state(directory, state)
-            (directory / "experiment.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-
-        target = self.run_dir / "checkpoints" / name
-        try:
-            return write_atomically(target, write)
-        except OSError as error:
-            kept = (
-                f"the previous checkpoint {target} is intact"
-                if target.is_dir()
-                else f"no earlier {name!r} checkpoint existed"
-            )
-            advice = "Free some space" if is_disk_full(error) else "Fix that"
-            raise RunFolderError(
-                f"cannot save checkpoint {target} at step {self.progress.global_step}: "
-                f"{describe_write_failure(error, target.parent)}; {kept}. {advice}, then continue with --resume"
-            ) from error
+        return save_checkpoint(
+            self.run_dir,
+            name,
+            model=merged_copy(self.eval_model),  # LoRA adapters merged: no peft to load
+            state=state,
+            config=self.config,
+            step=self.progress.global_step,
+        )
 
     def _resume(self) -> None:
-        """Continue from the newest checkpoint copy that is whole and loads (``last``, else ``best``)."""
-        copy, state = load_newest_training_state(self.run_dir / "checkpoints", CHECKPOINT_NAMES)
-        check_resumed_architecture(copy, self.config, self.unwrapped.state_dict(), state["model"])
-        restore_training_state(state, model=self.unwrapped, optimizer=self.optimizer, ema=self.ema)
-        self.progress = Progress(**state["progress"])
-        if "train_seconds" not in state["progress"]:
-            logger.warning(
-                "%s was saved before checkpoints counted training time: this run's train_seconds counts from now on",
-                copy,
-            )
-        if self.accelerator.is_main_process:
-            drop_metrics_after_checkpoint(
-                self.run_dir / METRICS_FILE, self.progress, counted="metrics_records" in state["progress"]
-            )
-        logger.info("resumed from %s at epoch %d, step %d", copy, self.progress.epoch, self.progress.global_step)
+        self.progress = resume_training(
+            self.run_dir,
+            self.config,
+            model=self.unwrapped,
+            optimizer=self.optimizer,
+            ema=self.ema,
+            main_process=self.accelerator.is_main_process,
+        )
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_all(self, *, keep: int = 0) -> dict[str, EvalResult]:
@@ -367,58 +329,17 @@ class Trainer:
             disable=not self.progress_bars,
             dynamic_ncols=True,
         )
-        pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
         self._clock = (time.perf_counter(), self.progress.train_seconds)
         self.model.train()
         stop = StopSignals()
         stop.install()
         try:
             while self.progress.epoch < train.epochs and self.progress.global_step < total_steps:
-                epoch = self.progress.epoch
-                epoch_loss, epoch_samples, started = torch.zeros(()), 0, time.perf_counter()
-                loader = self._epoch_loader(epoch, self.progress.step_in_epoch * self.accumulation)
-                remaining = len(loader)
-                group: list[Any] = []
-                for batch in loader:
-                    group.append(batch)
-                    remaining -= 1
-                    if len(group) < self.accumulation and remaining > 0:
-                        continue
-                    loss = self._optimizer_step(group)  # on the device: read only at log steps
-                    epoch_loss = epoch_loss.to(loss.device) + loss * sum(len(b.sentences) for b in group)
-                    epoch_samples += sum(len(b.sentences) for b in group)
-                    group = []
-                    self.progress.step_in_epoch += 1
-                    self.progress.global_step += 1
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.update(1)
-                    if self.progress.global_step % train.log_every_steps == 0:
-                        self._check_finite()
-                        elapsed = time.perf_counter() - started
-                        bar.set_postfix(
-                            epoch=epoch,
-                            loss=f"{float(loss):.4f}",
-                            lr=f"{lr:.2e}",
-                            samples_s=f"{epoch_samples * self.accelerator.num_processes / max(elapsed, 1e-9):.1f}",
-                        )
-                        self._log(
-                            {
-                                "step": self.progress.global_step,
-                                "epoch": epoch,
-                                "train/loss": float(loss),
-                                "train/lr": lr,
-                            }
-                        )
-                    saved = bool(train.save_every_steps) and self.progress.global_step % train.save_every_steps == 0
-                    if saved:
-                        self.save("last")
-                    if pause:
-                        time.sleep(pause)
-                    if any_rank(stop.received is not None):  # every process stops after the same step
-                        self._stop(stop, saved=saved)
-                    if self.progress.global_step >= total_steps:
-                        break
-                epoch_finished = self.progress.global_step < total_steps or remaining == 0
+                epoch, started = self.progress.epoch, time.perf_counter()
+                mean_loss = self._train_epoch(epoch, total_steps=total_steps, bar=bar, stop=stop)
+                epoch_finished = (
+                    self.progress.global_step < total_steps or self.progress.step_in_epoch >= self.steps_per_epoch
+                )
                 if epoch_finished:
                     self.progress.epoch += 1
                     self.progress.step_in_epoch = 0
@@ -428,7 +349,6 @@ class Trainer:
                     self._after_evaluation(last_results, epoch)
                     self._select_best(last_results)
                 self.save("last")
-                mean_loss = float(epoch_loss) / max(epoch_samples, 1)
                 summary = " ".join(f"{s} {summarize(r.metrics)}" for s, r in last_results.items())
                 logger.info("epoch %d: loss %.4f, %.1f s, %s", epoch, mean_loss, time.perf_counter() - started, summary)
                 if any_rank(stop.received is not None):  # a signal during the evaluation
@@ -444,9 +364,42 @@ class Trainer:
             self.close()
         final = {split: result.metrics for split, result in last_results.items()}
         if self.accelerator.is_main_process and final:
-            (self.run_dir / "results.json").write_text(json.dumps(final, indent=2))
-            (self.run_dir / "results.md").write_text(format_table(final, title=f"## {self.config.name}") + "\n")
+            write_results(self.run_dir, final, title=f"## {self.config.name}")
         return final
+
+    def _train_epoch(self, epoch: int, *, total_steps: int, bar: tqdm, stop: StopSignals) -> float:
+        """The optimiser steps left in ``epoch`` (up to step ``total_steps``), each logged, saved and
+        stopped after as the config and the signals say; returns the epoch's mean training loss."""
+        train = self.config.train
+        pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
+        epoch_loss, epoch_samples, started = torch.zeros(()), 0, time.perf_counter()
+        loader = self._epoch_loader(epoch, self.progress.step_in_epoch * self.accumulation)
+        for group in _in_groups(loader, self.accumulation):
+            loss = self._optimizer_step(group)  # on the device: read only at log steps
+            samples = sum(len(batch.sentences) for batch in group)
+            epoch_loss = epoch_loss.to(loss.device) + loss * samples
+            epoch_samples += samples
+            self.progress.step_in_epoch += 1
+            self.progress.global_step += 1
+            bar.update(1)
+            if self.progress.global_step % train.log_every_steps == 0:
+                self._check_finite()
+                lr = self.optimizer.param_groups[0]["lr"]
+                samples_s = epoch_samples * self.accelerator.num_processes / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_s:.1f}")
+                self._log(
+                    {"step": self.progress.global_step, "epoch": epoch, "train/loss": float(loss), "train/lr": lr}
+                )
+            saved = bool(train.save_every_steps) and self.progress.global_step % train.save_every_steps == 0
+            if saved:
+                self.save("last")
+            if pause:
+                time.sleep(pause)
+            if any_rank(stop.received is not None):  # every process stops after the same step
+                self._stop(stop, saved=saved)
+            if self.progress.global_step >= total_steps:
+                break
+        return float(epoch_loss) / max(epoch_samples, 1)
 
     def _stop(self, stop: StopSignals, *, saved: bool) -> None:
         """Write ``last`` (unless this step was just saved) and raise :class:`TrainingStopped`."""
@@ -503,23 +456,16 @@ class Trainer:
                 )
             )
         result = self.step(micro_batches)
-        self._unchecked.append((self.progress.global_step, result, [[int(r) for r in b.ref_ids] for b in group]))
+        self._unchecked.add(self.progress.global_step, result, [[int(r) for r in b.ref_ids] for b in group])
         return result.loss
 
     def _check_finite(self) -> None:
         """Raise NonFiniteLossError if a step since the last check had a non-finite loss on any process.
         The one place where training waits for the device (one flag per step, summed over processes)."""
-        unchecked, self._unchecked = self._unchecked, []
-        if not unchecked:
+        failure = self._unchecked.first_failure(lambda flags: self.accelerator.reduce(flags, reduction="sum"))
+        if failure is None:
             return
-        local = torch.stack([~result.finite.all() for _, result, _ in unchecked]).float()
-        bad = self.accelerator.reduce(local, reduction="sum").cpu()
-        if not bool(bad.any()):
-            return
-        first = int(bad.nonzero()[0])
-        step, result, ref_ids = unchecked[first]
-        finite = result.finite.cpu()
-        bad_refs = None if bool(finite.all()) else ref_ids[int((~finite).nonzero()[0])]
+        step, bad_refs = failure
         raise NonFiniteLossError(
             non_finite_message(
                 self.run_dir,
