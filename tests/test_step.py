@@ -74,18 +74,18 @@ def test_pending_finite_checks_name_the_first_bad_step_and_micro_batch_then_forg
         return StepResult(loss=torch.zeros(()), finite=torch.tensor(finite))
 
     checks = PendingFiniteChecks()
-    checks.add(4, result(True, True), [[1, 2], [3, 4]])
-    checks.add(5, result(True, False), [[5, 6], [7, 8]])
-    checks.add(6, result(False, False), [[9], [10]])
-    assert checks.first_failure(lambda flags: flags) == (5, [7, 8])
-    assert checks.first_failure(lambda flags: flags) is None  # read once, then forgotten
+    checks.add(step=4, result=result(True, True), ref_ids=[[1, 2], [3, 4]])
+    checks.add(step=5, result=result(True, False), ref_ids=[[5, 6], [7, 8]])
+    checks.add(step=6, result=result(False, False), ref_ids=[[9], [10]])
+    assert checks.first_failure(reduce_sum=lambda flags: flags) == (5, [7, 8])
+    assert checks.first_failure(reduce_sum=lambda flags: flags) is None  # read once, then forgotten
 
     # Finite here, not finite on another process (its flag arrives through the sum): no ref_ids to name.
-    checks.add(7, result(True, True), [[11], [12]])
-    checks.add(8, result(True, True), [[13], [14]])
-    assert checks.first_failure(lambda flags: flags + torch.tensor([0.0, 1.0])) == (8, None)
-    checks.add(9, result(True), [[15]])
-    assert checks.first_failure(lambda flags: flags) is None
+    checks.add(step=7, result=result(True, True), ref_ids=[[11], [12]])
+    checks.add(step=8, result=result(True, True), ref_ids=[[13], [14]])
+    assert checks.first_failure(reduce_sum=lambda flags: flags + torch.tensor([0.0, 1.0])) == (8, None)
+    checks.add(step=9, result=result(True), ref_ids=[[15]])
+    assert checks.first_failure(reduce_sum=lambda flags: flags) is None
 
 
 def test_padding_columns_are_trimmed_on_the_cpu(tiny_bert_dir: Path) -> None:

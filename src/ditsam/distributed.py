@@ -22,7 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ def check_joined(num_processes: int) -> None:
         )
 
 
-def training_accelerator(*, mixed_precision: str, log_with: Any = None) -> Any:
+def training_accelerator(*, mixed_precision: str, log_with: Any = None) -> "Accelerator":
     """accelerate's ``Accelerator`` for a training run, its processes checked to have joined one group.
 
     ``cpu=True`` on a machine without CUDA (:func:`use_cpu`): only then do launched CPU processes join one

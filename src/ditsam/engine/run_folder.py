@@ -37,8 +37,11 @@ from ditsam.engine.checkpoint import (
     write_atomically,
 )
 from ditsam.engine.config import ExperimentConfig
+from ditsam.engine.ema import EMA
+from ditsam.engine.finetune import merged_copy
 from ditsam.engine.lock import RunFolderLock
 from ditsam.engine.text_encoder import GENERATED_BERT_DIR
+from ditsam.model.dit import DITSam
 from ditsam.outputs import (
     OutputFolderError,
     describe_write_failure,
@@ -231,15 +234,15 @@ def check_resumed_architecture(
 
 
 def save_checkpoint(
-    run_dir: Path, name: str, *, model: Any, state: dict[str, Any], config: ExperimentConfig, step: int
+    run_dir: Path, *, name: str, model: DITSam, state: dict[str, Any], config: ExperimentConfig, step: int
 ) -> Path:
     """Write ``checkpoints/<name>`` of ``run_dir`` whole or not at all (the copy before it stays until the new one
-    is complete): ``model``'s ``save_pretrained`` folder, the training ``state``
-    (:func:`~ditsam.engine.checkpoint.capture_training_state`) and the experiment config. A failed write raises
-    :class:`RunFolderError` naming optimiser step ``step``, the cause and what is kept."""
+    is complete): ``model``'s ``save_pretrained`` folder (LoRA adapters merged: no peft needed to load it), the
+    training ``state`` (:func:`~ditsam.engine.checkpoint.capture_training_state`) and the experiment config. A
+    failed write raises :class:`RunFolderError` naming optimiser step ``step``, the cause and what is kept."""
 
     def write(directory: Path) -> None:
-        model.save_pretrained(directory)
+        merged_copy(model).save_pretrained(directory)
         save_training_state(directory, state)
         (directory / "experiment.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -260,11 +263,18 @@ def save_checkpoint(
 
 
 def resume_training(
-    run_dir: Path, config: ExperimentConfig, *, model: torch.nn.Module, optimizer: Any, ema: Any, main_process: bool
-) -> Progress:
+    run_dir: Path,
+    config: ExperimentConfig,
+    *,
+    model: DITSam,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    main_process: bool,
+) -> tuple[Path, Progress]:
     """Continue from the newest checkpoint copy of ``run_dir`` that is whole and loads (``last``, else ``best``):
     checked against the model built now, loaded into ``model`` (unwrapped), ``optimizer`` and ``ema``, the
-    metrics records logged after it dropped (by the ``main_process``). Returns where training stood."""
+    metrics records logged after it dropped (by the ``main_process``). Returns the copy and where training
+    stood."""
     copy, state = load_newest_training_state(run_dir / "checkpoints", CHECKPOINT_NAMES)
     check_resumed_architecture(copy, config, model.state_dict(), state["model"])
     restore_training_state(state, model=model, optimizer=optimizer, ema=ema)
@@ -275,8 +285,7 @@ def resume_training(
         )
     if main_process:
         drop_metrics_after_checkpoint(run_dir / METRICS_FILE, progress, counted="metrics_records" in state["progress"])
-    logger.info("resumed from %s at epoch %d, step %d", copy, progress.epoch, progress.global_step)
-    return progress
+    return copy, progress
 
 
 def drop_metrics_after_checkpoint(path: Path, progress: Progress, *, counted: bool) -> None:

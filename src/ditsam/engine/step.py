@@ -9,7 +9,7 @@ next check instead of at once, and the steps in between have already been applie
 are then abandoned: the check raises, and no checkpoint is written from them).
 
 :class:`TrainingStep` is what :class:`ditsam.engine.train.Trainer` runs per optimiser step, and what
-``benchmarks/gpu_suite.py`` times.
+```benchmarks/gpu_suite.py`` times; :class:`PendingFiniteChecks` holds the flags of the steps not yet read.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ class TrainingStep:
         return StepResult(loss=stacked.mean(), finite=torch.isfinite(stacked))
 
 
+# Sums a tensor over the processes of the run (accelerator.reduce(t, reduction="sum")).
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -140,13 +141,15 @@ class PendingFiniteChecks:
         # (global step, its result, the ref_ids of each of its micro-batches)
         self._pending: list[tuple[int, StepResult, list[list[int]]]] = []
 
-    def add(self, step: int, result: StepResult, ref_ids: list[list[int]]) -> None:
+    def add(self, *, step: int, result: StepResult, ref_ids: list[list[int]]) -> None:
+        """Keep global step ``step``'s ``result`` unread; ``ref_ids``: one list per micro-batch of the step."""
         self._pending.append((step, result, ref_ids))
 
-    def first_failure(self, reduce_sum: ReduceSum) -> tuple[int, list[int] | None] | None:
+    def first_failure(self, *, reduce_sum: ReduceSum) -> tuple[int, list[int] | None] | None:
         """Read and forget the pending flags. None when every pending step was finite on every process
-        (``reduce_sum`` sums a tensor over them); else the first step that was not, with the ref_ids of its
-        first non-finite micro-batch here (None when only another process saw it)."""
+        (``reduce_sum`` sums the (N,) float flags, 1 = not finite here, one per pending step, over them); else
+        the first step that was not, with the ref_ids of its first non-finite micro-batch here (None when only
+        another process saw it)."""
         pending, self._pending = self._pending, []
         if not pending:
             return None

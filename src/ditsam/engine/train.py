@@ -31,7 +31,7 @@ from ditsam.engine.data import epoch_loader, ris_dataset
 from ditsam.engine.data_check import check_data
 from ditsam.engine.ema import EMA
 from ditsam.engine.evaluate import EvalResult, evaluate
-from ditsam.engine.finetune import merged_copy, prepare_for_finetuning
+from ditsam.engine.finetune import prepare_for_finetuning
 from ditsam.engine.losses import training_loss
 from ditsam.engine.prompts import mixed_prompts
 from ditsam.engine.run_folder import (
@@ -56,7 +56,7 @@ from ditsam.model.dit import DITSam
 from ditsam.outputs import is_disk_full
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
+T = TypeVar("T")  # what _in_groups groups
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,7 +73,7 @@ def build_model(config: ExperimentConfig) -> DITSam:
     return model
 
 
-def _in_groups(batches: Iterable[T], size: int) -> Iterator[list[T]]:
+def _in_groups(batches: Iterable[T], *, size: int) -> Iterator[list[T]]:
     """``batches`` ``size`` at a time, the last group of fewer when they do not divide."""
     group: list[T] = []
     for batch in batches:
@@ -190,7 +190,7 @@ class Trainer:
             ema=self.ema,
             grad_clip=train.grad_clip,
         )
-        self._unchecked = PendingFiniteChecks()
+        self._pending_checks = PendingFiniteChecks()
         self.progress = Progress()
         # While fit() runs: (its perf_counter start, progress.train_seconds then), for the time saved in checkpoints.
         self._clock: tuple[float, float] | None = None
@@ -250,15 +250,16 @@ class Trainer:
         )
         return save_checkpoint(
             self.run_dir,
-            name,
-            model=merged_copy(self.eval_model),  # LoRA adapters merged: no peft to load
+            name=name,
+            model=self.eval_model,
             state=state,
             config=self.config,
             step=self.progress.global_step,
         )
 
     def _resume(self) -> None:
-        self.progress = resume_training(
+        """Continue from the newest checkpoint copy that is whole and loads (``last``, else ``best``)."""
+        copy, self.progress = resume_training(
             self.run_dir,
             self.config,
             model=self.unwrapped,
@@ -266,6 +267,7 @@ class Trainer:
             ema=self.ema,
             main_process=self.accelerator.is_main_process,
         )
+        logger.info("resumed from %s at epoch %d, step %d", copy, self.progress.epoch, self.progress.global_step)
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate_all(self, *, keep: int = 0) -> dict[str, EvalResult]:
@@ -329,6 +331,7 @@ class Trainer:
             disable=not self.progress_bars,
             dynamic_ncols=True,
         )
+        pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
         self._clock = (time.perf_counter(), self.progress.train_seconds)
         self.model.train()
         stop = StopSignals()
@@ -336,10 +339,10 @@ class Trainer:
         try:
             while self.progress.epoch < train.epochs and self.progress.global_step < total_steps:
                 epoch, started = self.progress.epoch, time.perf_counter()
-                mean_loss = self._train_epoch(epoch, total_steps=total_steps, bar=bar, stop=stop)
-                epoch_finished = (
-                    self.progress.global_step < total_steps or self.progress.step_in_epoch >= self.steps_per_epoch
+                mean_loss, exhausted = self._train_epoch(
+                    epoch, total_steps=total_steps, bar=bar, stop=stop, pause=pause
                 )
+                epoch_finished = self.progress.global_step < total_steps or exhausted
                 if epoch_finished:
                     self.progress.epoch += 1
                     self.progress.step_in_epoch = 0
@@ -367,14 +370,19 @@ class Trainer:
             write_results(self.run_dir, final, title=f"## {self.config.name}")
         return final
 
-    def _train_epoch(self, epoch: int, *, total_steps: int, bar: tqdm, stop: StopSignals) -> float:
-        """The optimiser steps left in ``epoch`` (up to step ``total_steps``), each logged, saved and
-        stopped after as the config and the signals say; returns the epoch's mean training loss."""
+    def _train_epoch(
+        self, epoch: int, *, total_steps: int, bar: tqdm, stop: StopSignals, pause: float
+    ) -> tuple[float, bool]:
+        """The optimiser steps left in ``epoch`` (up to step ``total_steps``), each logged, saved and stopped
+        after as the config and the signals say (``pause``: seconds to sleep after each, a test's hook).
+        Returns this process's mean training loss over the steps this call took, and whether they used up
+        the epoch's micro-batches."""
         train = self.config.train
-        pause = float(os.environ.get(PAUSE_PER_STEP_ENV) or 0)
         epoch_loss, epoch_samples, started = torch.zeros(()), 0, time.perf_counter()
         loader = self._epoch_loader(epoch, self.progress.step_in_epoch * self.accumulation)
-        for group in _in_groups(loader, self.accumulation):
+        remaining = len(loader)
+        for group in _in_groups(loader, size=self.accumulation):
+            remaining -= len(group)
             loss = self._optimizer_step(group)  # on the device: read only at log steps
             samples = sum(len(batch.sentences) for batch in group)
             epoch_loss = epoch_loss.to(loss.device) + loss * samples
@@ -399,7 +407,7 @@ class Trainer:
                 self._stop(stop, saved=saved)
             if self.progress.global_step >= total_steps:
                 break
-        return float(epoch_loss) / max(epoch_samples, 1)
+        return float(epoch_loss) / max(epoch_samples, 1), remaining == 0
 
     def _stop(self, stop: StopSignals, *, saved: bool) -> None:
         """Write ``last`` (unless this step was just saved) and raise :class:`TrainingStopped`."""
@@ -456,13 +464,16 @@ class Trainer:
                 )
             )
         result = self.step(micro_batches)
-        self._unchecked.add(self.progress.global_step, result, [[int(r) for r in b.ref_ids] for b in group])
+        ref_ids = [[int(r) for r in batch.ref_ids] for batch in group]
+        self._pending_checks.add(step=self.progress.global_step, result=result, ref_ids=ref_ids)
         return result.loss
 
     def _check_finite(self) -> None:
         """Raise NonFiniteLossError if a step since the last check had a non-finite loss on any process.
         The one place where training waits for the device (one flag per step, summed over processes)."""
-        failure = self._unchecked.first_failure(lambda flags: self.accelerator.reduce(flags, reduction="sum"))
+        failure = self._pending_checks.first_failure(
+            reduce_sum=lambda flags: self.accelerator.reduce(flags, reduction="sum")
+        )
         if failure is None:
             return
         step, bad_refs = failure
