@@ -9,7 +9,7 @@ next check instead of at once, and the steps in between have already been applie
 are then abandoned: the check raises, and no checkpoint is written from them).
 
 :class:`TrainingStep` is what :class:`ditsam.engine.train.Trainer` runs per optimiser step, and what
-```benchmarks/gpu_suite.py`` times; :class:`PendingFiniteChecks` holds the flags of the steps not yet read.
+``benchmarks/gpu_suite.py`` times; :class:`PendingFiniteChecks` holds the flags of the steps not yet read.
 """
 
 from __future__ import annotations
